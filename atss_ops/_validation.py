@@ -1,0 +1,170 @@
+"""Input checks shared by the reference and the public API.
+
+The messages are word for word those of ``csrc/common/checks.h``, so a caller
+sees the same error whichever implementation runs. Structural checks (shape,
+dtype, device, level sizes, ``topk``) read no tensor data. Value checks (finite
+boxes, ``x2 >= x1``, ``gt_counts`` in range, candidate indices in range) read
+the data, which on a GPU costs a device-to-host sync: the public API runs them
+on CUDA only when asked (``check_inputs=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _shape(t: Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def check_same_device(**tensors: Optional[Tensor]) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    if not named:
+        return
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            _fail(
+                f"{name} is on {t.device} but {first_name} is on {first.device}: "
+                "all tensors must be on one device"
+            )
+
+
+def check_anchors(anchors: Tensor) -> None:
+    if not isinstance(anchors, Tensor):
+        raise TypeError(f"anchors must be a torch.Tensor, got {type(anchors).__name__}")
+    if anchors.dim() != 2 or anchors.shape[1] != 4:
+        _fail(f"anchors must have shape [A, 4], got shape {_shape(anchors)}")
+    if anchors.dtype != torch.float32:
+        _fail(f"anchors must be float32, got {anchors.dtype}")
+
+
+def check_gt_boxes(gt_boxes: Tensor) -> None:
+    if not isinstance(gt_boxes, Tensor):
+        raise TypeError(f"gt_boxes must be a torch.Tensor, got {type(gt_boxes).__name__}")
+    if gt_boxes.dim() != 3 or gt_boxes.shape[2] != 4:
+        _fail(f"gt_boxes must have shape [B, G, 4], got shape {_shape(gt_boxes)}")
+    if gt_boxes.dtype != torch.float32:
+        _fail(f"gt_boxes must be float32, got {gt_boxes.dtype}")
+
+
+def check_levels(num_anchors_per_level: Sequence[int], num_anchors: int) -> None:
+    levels = list(num_anchors_per_level)
+    if any(int(n) < 0 for n in levels):
+        _fail(f"num_anchors_per_level entries must be >= 0, got {levels}")
+    total = sum(int(n) for n in levels)
+    if total != num_anchors:
+        _fail(
+            f"num_anchors_per_level must sum to A = {num_anchors} (anchors.shape[0]), "
+            f"got {levels} summing to {total}"
+        )
+
+
+def check_topk(topk: int) -> None:
+    if topk < 1:
+        _fail(f"topk must be >= 1, got {topk}")
+
+
+def check_center_eps(center_eps: float) -> None:
+    if not math.isfinite(center_eps):
+        _fail(f"center_eps must be finite, got {center_eps}")
+
+
+def check_gt_counts(gt_counts: Optional[Tensor], batch: int) -> None:
+    if gt_counts is None:
+        return
+    if gt_counts.dim() != 1 or gt_counts.shape[0] != batch:
+        _fail(f"gt_counts must have shape [B] = [{batch}], got shape {_shape(gt_counts)}")
+    if gt_counts.dtype != torch.int64:
+        _fail(f"gt_counts must be int64, got {gt_counts.dtype}")
+
+
+def check_anchor_valid(anchor_valid: Optional[Tensor], batch: int, num_anchors: int) -> None:
+    if anchor_valid is None:
+        return
+    if anchor_valid.dim() != 2 or tuple(anchor_valid.shape) != (batch, num_anchors):
+        _fail(
+            f"anchor_valid must have shape [B, A] = [{batch}, {num_anchors}], "
+            f"got shape {_shape(anchor_valid)}"
+        )
+    if anchor_valid.dtype != torch.bool:
+        _fail(f"anchor_valid must be bool, got {anchor_valid.dtype}")
+
+
+def _box_str(row: Tensor) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in row.tolist()) + "]"
+
+
+def _check_boxes_values(name: str, boxes: Tensor, valid: Optional[Tensor]) -> None:
+    """Finite and ordered, for the rows where ``valid`` holds (all when None)."""
+    finite = torch.isfinite(boxes).all(dim=-1)
+    ordered = (boxes[..., 2] >= boxes[..., 0]) & (boxes[..., 3] >= boxes[..., 1])
+    bad_finite = ~finite
+    bad_order = finite & ~ordered
+    if valid is not None:
+        bad_finite &= valid
+        bad_order &= valid
+    for bad, what in ((bad_finite, "is not finite"), (bad_order, "has x2 < x1 or y2 < y1")):
+        if bool(bad.any()):
+            where = bad.nonzero()[0].tolist()
+            idx = ", ".join(str(i) for i in where)
+            _fail(f"{name}[{idx}] = {_box_str(boxes[tuple(where)])} {what}")
+
+
+def check_gt_counts_values(gt_counts: Optional[Tensor], num_gt: int) -> None:
+    if gt_counts is None or gt_counts.numel() == 0:
+        return
+    bad = (gt_counts < 0) | (gt_counts > num_gt)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        _fail(f"gt_counts[{b}] = {int(gt_counts[b])} is out of range [0, G = {num_gt}]")
+
+
+def gt_valid_mask(gt_boxes: Tensor, gt_counts: Optional[Tensor]) -> Tensor:
+    """``[B, G]`` bool: True for the boxes that are not padding."""
+    batch, num_gt = gt_boxes.shape[:2]
+    slots = torch.arange(num_gt, device=gt_boxes.device).expand(batch, num_gt)
+    if gt_counts is None:
+        return torch.ones(batch, num_gt, dtype=torch.bool, device=gt_boxes.device)
+    return slots < gt_counts[:, None]
+
+
+def check_box_values(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tensor]) -> None:
+    """Value checks on anchors, the valid GT boxes and ``gt_counts`` (reads data)."""
+    check_gt_counts_values(gt_counts, gt_boxes.shape[1])
+    _check_boxes_values("anchors", anchors, None)
+    _check_boxes_values("gt_boxes", gt_boxes, gt_valid_mask(gt_boxes, gt_counts))
+
+
+def check_assign_inputs(
+    anchors: Tensor,
+    num_anchors_per_level: Sequence[int],
+    gt_boxes: Tensor,
+    gt_counts: Optional[Tensor],
+    topk: int,
+    anchor_valid: Optional[Tensor],
+    center_eps: float,
+    *,
+    values: bool,
+) -> None:
+    """Every check of ``atss_assign``; ``values=False`` keeps to the ones that read no data."""
+    check_anchors(anchors)
+    check_gt_boxes(gt_boxes)
+    check_same_device(
+        anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts, anchor_valid=anchor_valid
+    )
+    check_levels(num_anchors_per_level, anchors.shape[0])
+    check_topk(topk)
+    check_center_eps(center_eps)
+    check_gt_counts(gt_counts, gt_boxes.shape[0])
+    check_anchor_valid(anchor_valid, gt_boxes.shape[0], anchors.shape[0])
+    if values:
+        check_box_values(anchors, gt_boxes, gt_counts)

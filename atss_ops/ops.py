@@ -1,0 +1,350 @@
+"""Typed wrappers of the ``torch.ops.atss_ops`` ops, their fake kernels, and the public API.
+
+Every op is a dispatcher op (schemas in ``csrc/atss_ops.cpp``), so
+``torch.compile(fullgraph=True)``, ``torch.export`` and
+``torch.library.opcheck`` see it. When the compiled extension is missing, or
+has no kernel for the device at hand (a CPU-only build given CUDA tensors), the
+wrappers fall back to :mod:`atss_ops.reference`, which computes the same bits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from . import reference
+from .reference import AssignResult, num_candidates
+
+try:
+    from . import _C  # noqa: F401  (loading it registers torch.ops.atss_ops.*)
+
+    EXTENSION_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # not built: the reference serves every call
+    EXTENSION_ERROR = exc
+
+__all__ = [
+    "AssignResult",
+    "atss_assign",
+    "center_distance",
+    "topk_per_level",
+    "iou_statistics",
+    "resolve_multi_gt",
+    "extension_available",
+    "has_kernel",
+    "num_candidates",
+    "pad_gt_boxes",
+]
+
+OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
+
+
+def extension_available() -> bool:
+    """True when the compiled library is loaded (``atss_ops._C``)."""
+    return EXTENSION_ERROR is None
+
+
+def _kernel_table() -> dict:
+    if not extension_available():
+        return {}
+    return {
+        (op, device): torch._C._dispatch_has_kernel_for_dispatch_key(f"atss_ops::{op}", key)
+        for op in OPS
+        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    }
+
+
+# Looked up once: a plain dict read stays traceable under torch.compile.
+_KERNELS = _kernel_table()
+
+
+def has_kernel(op: str, device: Union[str, torch.device]) -> bool:
+    """True when ``torch.ops.atss_ops.<op>`` has a compiled kernel for ``device``'s type."""
+    return _KERNELS.get((op, torch.device(device).type), False)
+
+
+_warned_fallback: set = set()
+
+
+def _use_kernel(op: str, device: torch.device) -> bool:
+    if _KERNELS.get((op, device.type), False):
+        return True
+    if device.type not in _warned_fallback:
+        _warned_fallback.add(device.type)
+        why = f"it failed to load ({EXTENSION_ERROR})" if EXTENSION_ERROR else f"it has no {device.type} kernels"
+        warnings.warn(
+            f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. "
+            "Results are identical, only slower.",
+            stacklevel=3,
+        )
+    return False
+
+
+# --------------------------------------------------------------------------- fake kernels
+
+if extension_available():
+
+    @torch.library.register_fake("atss_ops::center_distance")
+    def _center_distance_fake(anchors, gt_boxes, gt_counts=None):
+        V.check_anchors(anchors)
+        V.check_gt_boxes(gt_boxes)
+        V.check_gt_counts(gt_counts, gt_boxes.shape[0])
+        return anchors.new_empty(gt_boxes.shape[0], gt_boxes.shape[1], anchors.shape[0])
+
+    @torch.library.register_fake("atss_ops::topk_per_level")
+    def _topk_per_level_fake(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None):
+        reference._check_distances(distances)
+        B, G, A = distances.shape
+        V.check_levels(num_anchors_per_level, A)
+        V.check_topk(topk)
+        V.check_gt_counts(gt_counts, B)
+        V.check_anchor_valid(anchor_valid, B, A)
+        C = num_candidates(num_anchors_per_level, topk)
+        return distances.new_empty(B, G, C, dtype=torch.int64)
+
+    @torch.library.register_fake("atss_ops::iou_statistics")
+    def _iou_statistics_fake(anchors, gt_boxes, candidates, gt_counts=None, center_eps=0.01):
+        V.check_anchors(anchors)
+        V.check_gt_boxes(gt_boxes)
+        B, G = gt_boxes.shape[:2]
+        reference._check_candidates(candidates, B, G)
+        V.check_gt_counts(gt_counts, B)
+        V.check_center_eps(center_eps)
+        return (
+            anchors.new_empty(candidates.shape),
+            anchors.new_empty(B, G),
+            anchors.new_empty(candidates.shape, dtype=torch.bool),
+        )
+
+    @torch.library.register_fake("atss_ops::resolve_multi_gt")
+    def _resolve_multi_gt_fake(candidates, candidate_iou, is_positive, num_anchors):
+        B, G = candidates.shape[:2]
+        reference._check_candidates(candidates, B, G)
+        reference._check_candidate_like(candidate_iou, "candidate_iou", candidates, torch.float32)
+        reference._check_candidate_like(is_positive, "is_positive", candidates, torch.bool)
+        return (
+            candidates.new_empty(B, num_anchors),
+            candidate_iou.new_empty(B, num_anchors),
+            candidates.new_empty(B, G),
+        )
+
+    @torch.library.register_fake("atss_ops::atss_assign")
+    def _atss_assign_fake(anchors, num_anchors_per_level, gt_boxes, gt_counts=None, topk=9,
+                          anchor_valid=None, center_eps=0.01):
+        V.check_assign_inputs(
+            anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps, values=False
+        )
+        B, G = gt_boxes.shape[:2]
+        A = anchors.shape[0]
+        return (
+            anchors.new_empty(B, A, dtype=torch.int64),
+            anchors.new_empty(B, A),
+            anchors.new_empty(B, G),
+            anchors.new_empty(B, G, dtype=torch.int64),
+        )
+
+
+# --------------------------------------------------------------------------- stage ops
+
+
+def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tensor] = None) -> Tensor:
+    """Squared distances between anchor and GT centres (contract steps 1-2).
+
+    Args:
+        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``.
+        gt_boxes: ``Tensor[B, G, 4]`` float32, ``x1, y1, x2, y2``, padded to G.
+        gt_counts: optional ``Tensor[B]`` int64, valid boxes per image (``None``: all).
+
+    Returns:
+        ``Tensor[B, G, A]`` float32: ``dx*dx + dy*dy``, each operation rounded to
+        float32; rows of padding GTs are NaN. Time and memory O(B·G·A).
+    """
+    if _use_kernel("center_distance", anchors.device):
+        return torch.ops.atss_ops.center_distance(anchors, gt_boxes, gt_counts)
+    return reference.center_distance(anchors, gt_boxes, gt_counts)
+
+
+def topk_per_level(
+    distances: Tensor,
+    num_anchors_per_level: Sequence[int],
+    topk: int = 9,
+    gt_counts: Optional[Tensor] = None,
+    anchor_valid: Optional[Tensor] = None,
+) -> Tensor:
+    """The ``topk`` nearest valid anchors of each level, per GT (contract step 3).
+
+    Args:
+        distances: ``Tensor[B, G, A]`` float32, e.g. from :func:`center_distance`.
+        num_anchors_per_level: ``L`` ints summing to A.
+        topk: candidates per level (>= 1).
+        gt_counts: optional ``Tensor[B]`` int64; padding GTs get no candidate.
+        anchor_valid: optional ``Tensor[B, A]`` bool; invalid anchors are never candidates.
+
+    Returns:
+        ``Tensor[B, G, C]`` int64 anchor indices, ``C = sum_l min(topk, N_l)``,
+        level by level and nearest first; ordered by ``(distance, anchor index)``
+        like ``torch.sort(stable=True)`` (NaN last). Slots a level cannot fill
+        (fewer valid anchors than ``topk``) hold -1. Time O(B·G·A), memory O(B·G·C).
+    """
+    levels = _levels(num_anchors_per_level)
+    if _use_kernel("topk_per_level", distances.device):
+        return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
+    return reference.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
+
+
+def iou_statistics(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    candidates: Tensor,
+    gt_counts: Optional[Tensor] = None,
+    center_eps: float = 0.01,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Candidate IoUs, the per-GT threshold and the positive mask (contract steps 4-6).
+
+    Returns:
+        ``candidate_iou`` ``Tensor[B, G, C]`` float32 (0 in empty slots),
+        ``threshold`` ``Tensor[B, G]`` float32 (mean + std of the candidate IoUs in
+        float64, rounded; NaN for padding and GTs without candidates),
+        ``is_positive`` ``Tensor[B, G, C]`` bool (IoU >= threshold and anchor
+        centre inside the GT by more than ``center_eps``). Time O(B·G·C).
+    """
+    if _use_kernel("iou_statistics", anchors.device):
+        return tuple(torch.ops.atss_ops.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps))
+    return reference.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
+
+
+def resolve_multi_gt(
+    candidates: Tensor, candidate_iou: Tensor, is_positive: Tensor, num_anchors: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One GT per anchor (contract step 7).
+
+    Returns:
+        ``gt_index`` ``Tensor[B, A]`` int64 (-1 background), ``iou`` ``Tensor[B, A]``
+        float32 (0 background), ``num_positive`` ``Tensor[B, G]`` int64. An anchor
+        positive for several GTs goes to the highest IoU, then the lowest GT index;
+        entries whose IoU is NaN or negative never claim an anchor.
+    """
+    if _use_kernel("resolve_multi_gt", candidates.device):
+        return tuple(torch.ops.atss_ops.resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors))
+    return reference.resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors)
+
+
+# --------------------------------------------------------------------------- the public call
+
+
+def pad_gt_boxes(boxes: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Pads a list of ``Tensor[G_i, 4]`` into ``(Tensor[B, max G_i, 4], gt_counts Tensor[B] int64)``.
+
+    Padding rows are zeros; they are never read for assignment.
+    """
+    boxes = list(boxes)
+    for i, b in enumerate(boxes):
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] != 4:
+            shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"gt_boxes[{i}] must be a Tensor[G_i, 4], got {shape}")
+    if not boxes:
+        raise ValueError("gt_boxes is an empty list: pass a Tensor[0, G, 4] for an empty batch")
+    device = boxes[0].device
+    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
+    G = max(b.shape[0] for b in boxes)
+    padded = boxes[0].new_zeros(len(boxes), G, 4)
+    for i, b in enumerate(boxes):
+        padded[i, : b.shape[0]] = b
+    return padded, counts
+
+
+def _levels(num_anchors_per_level) -> List[int]:
+    if isinstance(num_anchors_per_level, Tensor):
+        return [int(n) for n in num_anchors_per_level.tolist()]
+    return [int(n) for n in num_anchors_per_level]
+
+
+def atss_assign(
+    anchors: Tensor,
+    num_anchors_per_level: Sequence[int],
+    gt_boxes: Union[Tensor, Sequence[Tensor]],
+    gt_counts: Optional[Tensor] = None,
+    *,
+    topk: int = 9,
+    anchor_valid: Optional[Tensor] = None,
+    center_eps: float = 0.01,
+    check_inputs: Optional[bool] = None,
+) -> AssignResult:
+    """ATSS assignment of a whole padded batch, exactly as ``docs/contract.md`` defines it.
+
+    Per image and valid GT: on each pyramid level the ``topk`` valid anchors whose
+    centres are nearest the GT centre become candidates (ties: lower anchor
+    index); a candidate is positive when its IoU reaches the mean plus the standard
+    deviation of the GT's candidate IoUs (float64, summed in candidate order) and
+    its centre lies inside the GT by more than ``center_eps``; an anchor positive
+    for several GTs goes to the highest IoU, then the lowest GT index.
+
+    Args:
+        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``, level by level,
+            shared by the batch.
+        num_anchors_per_level: ``L`` ints (list, tuple or 1-D tensor) summing to A;
+            a level may be empty.
+        gt_boxes: ``Tensor[B, G, 4]`` float32 ``x1, y1, x2, y2`` padded to G, or a
+            list of ``Tensor[G_i, 4]`` (padded here; then ``gt_counts`` must be None).
+        gt_counts: optional ``Tensor[B]`` int64: image b uses
+            ``gt_boxes[b, :gt_counts[b]]``; the rest is never read (NaN is fine).
+        topk: candidates per level per GT, the paper's k (>= 1). With several
+            anchors per location, pass ``k * anchors_per_location`` as the
+            original code does.
+        anchor_valid: optional ``Tensor[B, A]`` bool; an invalid anchor is never a
+            candidate and always background (e.g. outside an image's unpadded area).
+        center_eps: margin of the centre-inside-GT test, in box units (rounded to float32).
+        check_inputs: value checks (finite boxes, ``x2 >= x1``, ``gt_counts`` in
+            ``[0, G]``). The CPU kernels always run them. On CUDA they cost a
+            device-to-host sync, so they run only with ``check_inputs=True``;
+            without them the CUDA kernels never read out of bounds (counts are
+            clamped) but non-finite boxes yield no positives rather than an error.
+            Shape, dtype and device checks always run and never sync.
+
+    Returns:
+        :class:`AssignResult` (a NamedTuple):
+
+        - ``gt_index`` ``Tensor[B, A]`` int64: index into ``gt_boxes[b]`` of the GT
+          the anchor is assigned to; -1 for background (-2 is reserved for ignore).
+        - ``iou`` ``Tensor[B, A]`` float32: IoU with the assigned GT; 0 for background.
+        - ``threshold`` ``Tensor[B, G]`` float32: each GT's mean + std; NaN for
+          padding slots and GTs without candidates.
+        - ``num_positive`` ``Tensor[B, G]`` int64: anchors finally assigned to each
+          GT; 0 for padding.
+
+    Complexity: time O(B·G·A); memory O(B·A + B·G·C) with ``C = sum_l
+    min(topk, N_l)``: no ``[B, G, A]`` tensor is ever built by the kernels (the
+    pure-PyTorch fallback does build them). Deterministic: the same inputs give
+    the same bits on every run, thread count and device. No host sync on CUDA
+    unless ``check_inputs=True``; runs under ``torch.compile(fullgraph=True)``
+    and CUDA graph capture.
+
+    Differences from MMDetection's ``ATSSAssigner`` (and the original code):
+    0-based GT indices with -1 for background (MMDetection: 1-based, 0 negative);
+    background IoU 0 (MMDetection: -1e8); the caller chooses ``topk`` (the
+    original multiplies k by anchors per location itself); distance ties go to
+    the lower anchor index and IoU ties to the lower GT index (both unspecified
+    there); mean and std are float64 in a fixed order (float32, library order
+    there); a GT with a single candidate gets std 0 (NaN there, so no positive);
+    IoU uses continuous areas with ``union`` clamped to 1e-6 (as MMDetection; the
+    original adds 1 pixel); the whole padded batch in one call (per image there).
+    """
+    if not isinstance(gt_boxes, Tensor):
+        if gt_counts is not None:
+            raise ValueError("gt_counts must be None when gt_boxes is a list: the counts come from the list")
+        gt_boxes, gt_counts = pad_gt_boxes(gt_boxes)
+    if gt_counts is not None and isinstance(gt_counts, Tensor) and gt_counts.dtype != torch.int64:
+        if gt_counts.dtype.is_floating_point or gt_counts.dtype == torch.bool:
+            raise ValueError(f"gt_counts must be int64, got {gt_counts.dtype}")
+        gt_counts = gt_counts.to(torch.int64)
+    levels = _levels(num_anchors_per_level)
+    use_kernel = isinstance(anchors, Tensor) and _use_kernel("atss_assign", anchors.device)
+    if not use_kernel:
+        return reference.atss_assign(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
+    if check_inputs and anchors.device.type != "cpu" and not torch.compiler.is_compiling():
+        V.check_assign_inputs(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps, values=True)
+    out = torch.ops.atss_ops.atss_assign(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
+    return AssignResult(*out)

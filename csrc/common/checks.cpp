@@ -1,0 +1,223 @@
+#include "checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <limits>
+#include <sstream>
+#include <string>
+
+namespace atss {
+namespace {
+
+// torch's Python spelling of a dtype ("torch.float16"), so that messages read
+// the same as the ones the Python reference raises.
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+std::string short_name(at::ScalarType t) { return dtype_name(t).substr(6); }
+
+std::string sizes_str(at::IntArrayRef sizes) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
+  os << "]";
+  return os.str();
+}
+
+std::string box_str(const float* box) {
+  std::ostringstream os;
+  os << "[" << box[0] << ", " << box[1] << ", " << box[2] << ", " << box[3] << "]";
+  return os.str();
+}
+
+bool box_finite(const float* box) {
+  for (int i = 0; i < 4; ++i)
+    if (!std::isfinite(box[i])) return false;
+  return true;
+}
+
+bool box_ordered(const float* box) { return box[2] >= box[0] && box[3] >= box[1]; }
+
+void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", short_name(dtype), ", got ",
+                    dtype_name(t.scalar_type()));
+}
+
+}  // namespace
+
+void check_anchors(const at::Tensor& anchors) {
+  TORCH_CHECK_VALUE(anchors.dim() == 2 && anchors.size(1) == 4,
+                    "anchors must have shape [A, 4], got shape ", sizes_str(anchors.sizes()));
+  check_dtype(anchors, "anchors", at::kFloat);
+  check_num_anchors(anchors.size(0));
+}
+
+void check_num_anchors(int64_t num_anchors) {
+  // Anchor indices travel as 32 bits inside the packed sort keys.
+  TORCH_CHECK_VALUE(num_anchors <= std::numeric_limits<int32_t>::max(),
+                    "anchors must hold at most 2^31 - 1 anchors, got A = ", num_anchors);
+}
+
+void check_gt_boxes(const at::Tensor& gt_boxes) {
+  TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4,
+                    "gt_boxes must have shape [B, G, 4], got shape ", sizes_str(gt_boxes.sizes()));
+  check_dtype(gt_boxes, "gt_boxes", at::kFloat);
+}
+
+void check_distances(const at::Tensor& distances) {
+  TORCH_CHECK_VALUE(distances.dim() == 3, "distances must have shape [B, G, A], got shape ",
+                    sizes_str(distances.sizes()));
+  check_dtype(distances, "distances", at::kFloat);
+  check_num_anchors(distances.size(2));
+}
+
+void check_same_device(std::initializer_list<std::pair<const char*, const at::Tensor*>> named) {
+  const char* first_name = nullptr;
+  const at::Tensor* first = nullptr;
+  for (const auto& [name, t] : named) {
+    if (t == nullptr || !t->defined()) continue;
+    if (first == nullptr) {
+      first_name = name;
+      first = t;
+      continue;
+    }
+    TORCH_CHECK_VALUE(t->device() == first->device(), name, " is on ", t->device(), " but ",
+                      first_name, " is on ", first->device(), ": all tensors must be on one device");
+  }
+}
+
+void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors) {
+  int64_t total = 0;
+  for (int64_t n : num_anchors_per_level) {
+    TORCH_CHECK_VALUE(n >= 0, "num_anchors_per_level entries must be >= 0, got ",
+                      sizes_str(num_anchors_per_level));
+    total += n;
+  }
+  TORCH_CHECK_VALUE(total == num_anchors, "num_anchors_per_level must sum to A = ", num_anchors,
+                    " (anchors.shape[0]), got ", sizes_str(num_anchors_per_level), " summing to ",
+                    total);
+}
+
+void check_topk(int64_t topk) { TORCH_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", topk); }
+
+void check_center_eps(double center_eps) {
+  TORCH_CHECK_VALUE(std::isfinite(center_eps), "center_eps must be finite, got ", center_eps);
+}
+
+void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch) {
+  if (!gt_counts.has_value()) return;
+  const at::Tensor& t = *gt_counts;
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, "gt_counts must have shape [B] = [", batch,
+                    "], got shape ", sizes_str(t.sizes()));
+  check_dtype(t, "gt_counts", at::kLong);
+}
+
+void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t batch,
+                        int64_t num_anchors) {
+  if (!anchor_valid.has_value()) return;
+  const at::Tensor& t = *anchor_valid;
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors,
+                    "anchor_valid must have shape [B, A] = [", batch, ", ", num_anchors,
+                    "], got shape ", sizes_str(t.sizes()));
+  check_dtype(t, "anchor_valid", at::kBool);
+}
+
+void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt) {
+  TORCH_CHECK_VALUE(
+      candidates.dim() == 3 && candidates.size(0) == batch && candidates.size(1) == num_gt,
+      "candidates must have shape [B, G, C] with B = ", batch, ", G = ", num_gt, ", got shape ",
+      sizes_str(candidates.sizes()));
+  check_dtype(candidates, "candidates", at::kLong);
+}
+
+void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
+                          at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(t.sizes() == candidates.sizes(), name, " must have the shape of candidates ",
+                    sizes_str(candidates.sizes()), ", got shape ", sizes_str(t.sizes()));
+  check_dtype(t, name, dtype);
+}
+
+void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t num_gt) {
+  if (!gt_counts.has_value()) return;
+  const at::Tensor counts = gt_counts->contiguous();
+  const int64_t* p = counts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < counts.numel(); ++b) {
+    TORCH_CHECK_VALUE(p[b] >= 0 && p[b] <= num_gt, "gt_counts[", b, "] = ", p[b],
+                      " is out of range [0, G = ", num_gt, "]");
+  }
+}
+
+void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                      const std::optional<at::Tensor>& gt_counts) {
+  const int64_t num_gt = gt_boxes.size(1);
+  check_gt_counts_values(gt_counts, num_gt);
+  // Non-finite boxes are reported before misordered ones, as in the reference.
+  const at::Tensor a = anchors.contiguous();
+  const float* ap = a.data_ptr<float>();
+  const int64_t num_anchors = a.size(0);
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t i = 0; i < num_anchors; ++i) {
+      const float* box = ap + 4 * i;
+      if (pass == 0) {
+        TORCH_CHECK_VALUE(box_finite(box), "anchors[", i, "] = ", box_str(box), " is not finite");
+      } else {
+        TORCH_CHECK_VALUE(box_ordered(box), "anchors[", i, "] = ", box_str(box),
+                          " has x2 < x1 or y2 < y1");
+      }
+    }
+  }
+  const at::Tensor g = gt_boxes.contiguous();
+  const float* gp = g.data_ptr<float>();
+  std::optional<at::Tensor> counts;
+  if (gt_counts.has_value()) counts = gt_counts->contiguous();
+  const int64_t* cp = counts.has_value() ? counts->data_ptr<int64_t>() : nullptr;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t b = 0; b < g.size(0); ++b) {
+      const int64_t valid = valid_gt_count(cp, b, num_gt);
+      for (int64_t j = 0; j < valid; ++j) {
+        const float* box = gp + 4 * (b * num_gt + j);
+        if (pass == 0) {
+          TORCH_CHECK_VALUE(box_finite(box), "gt_boxes[", b, ", ", j, "] = ", box_str(box),
+                            " is not finite");
+        } else {
+          TORCH_CHECK_VALUE(box_ordered(box), "gt_boxes[", b, ", ", j, "] = ", box_str(box),
+                            " has x2 < x1 or y2 < y1");
+        }
+      }
+    }
+  }
+}
+
+void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors) {
+  const at::Tensor c = candidates.contiguous();
+  const int64_t* p = c.data_ptr<int64_t>();
+  const int64_t G = c.size(1), C = c.size(2);
+  for (int64_t i = 0; i < c.numel(); ++i) {
+    if (p[i] < -1 || p[i] >= num_anchors) {
+      const int64_t b = i / (G * C), g = (i / C) % G, k = i % C;
+      TORCH_CHECK_VALUE(false, "candidates[", b, ", ", g, ", ", k, "] = ", p[i],
+                        " is out of range [-1, A) with A = ", num_anchors);
+    }
+  }
+}
+
+int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk) {
+  int64_t total = 0;
+  for (int64_t n : num_anchors_per_level) total += n < topk ? n : topk;
+  return total;
+}
+
+}  // namespace atss

@@ -1,0 +1,49 @@
+// Input checks shared by every backend. The messages match
+// atss_ops/_validation.py word for word.
+//
+// Structural checks (shape, dtype, device, level sizes, topk) read no tensor
+// data and run in every kernel. Value checks read the data: the CPU kernels
+// always run them; on CUDA they would cost a device-to-host sync, so the CUDA
+// kernels skip them and stay safe on any input instead (see each kernel).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace atss {
+
+void check_anchors(const at::Tensor& anchors);
+void check_gt_boxes(const at::Tensor& gt_boxes);
+void check_distances(const at::Tensor& distances);
+// All defined tensors of `named` on the device of the first one.
+void check_same_device(std::initializer_list<std::pair<const char*, const at::Tensor*>> named);
+void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors);
+void check_topk(int64_t topk);
+void check_center_eps(double center_eps);
+void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch);
+void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t batch,
+                        int64_t num_anchors);
+void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt);
+void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
+                          at::ScalarType dtype);
+void check_num_anchors(int64_t num_anchors);
+
+// Value checks: read tensor data (contiguous CPU tensors).
+void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t num_gt);
+void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                      const std::optional<at::Tensor>& gt_counts);
+void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors);
+
+// Number of candidate slots per GT: sum over levels of min(topk, N_l).
+int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk);
+
+// Valid boxes of image b: gt_counts[b], or G without gt_counts. Clamped to
+// [0, G] so that a kernel that skipped the value checks never reads outside.
+inline int64_t valid_gt_count(const int64_t* gt_counts, int64_t b, int64_t num_gt) {
+  if (gt_counts == nullptr) return num_gt;
+  const int64_t n = gt_counts[b];
+  return n < 0 ? 0 : (n > num_gt ? num_gt : n);
+}
+
+}  // namespace atss

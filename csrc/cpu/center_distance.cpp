@@ -1,0 +1,51 @@
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../common/checks.h"
+#include "steps.h"
+
+namespace atss::cpu {
+
+at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                               const std::optional<at::Tensor>& gt_counts) {
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
+                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
+  check_gt_counts(gt_counts, gt_boxes.size(0));
+  check_box_values(anchors, gt_boxes, gt_counts);
+
+  const at::Tensor a = anchors.contiguous();
+  const at::Tensor g = gt_boxes.contiguous();
+  const int64_t B = g.size(0), G = g.size(1), A = a.size(0);
+  at::Tensor out = at::empty({B, G, A}, a.options());
+  if (out.numel() == 0) return out;
+  std::optional<at::Tensor> counts;
+  if (gt_counts) counts = gt_counts->contiguous();
+  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
+  const AnchorCenters centers(a.data_ptr<float>(), A);
+  const float* gp = g.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+
+  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bg = begin; bg < end; ++bg) {
+      float* row = op + bg * A;
+      if (bg % G >= valid_gt_count(cp, bg / G, G)) {
+        std::fill(row, row + A, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
+      const float* box = gp + 4 * bg;
+      const float gcx = center_of(box[0], box[2]), gcy = center_of(box[1], box[3]);
+      for (int64_t i = 0; i < A; ++i)
+        row[i] = squared_distance(centers.cx[i], centers.cy[i], gcx, gcy);
+    }
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("center_distance", &center_distance_cpu); }
+
+}  // namespace atss::cpu

@@ -1,0 +1,50 @@
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../common/checks.h"
+#include "steps.h"
+
+namespace atss::cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
+    const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
+    int64_t num_anchors) {
+  const int64_t B = candidates.dim() > 0 ? candidates.size(0) : 0;
+  const int64_t G = candidates.dim() > 1 ? candidates.size(1) : 0;
+  check_candidates(candidates, B, G);
+  check_candidate_like(candidate_iou, "candidate_iou", candidates, at::kFloat);
+  check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
+  check_same_device({{"candidates", &candidates}, {"candidate_iou", &candidate_iou},
+                     {"is_positive", &is_positive}});
+  TORCH_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num_anchors);
+  check_num_anchors(num_anchors);
+  check_candidate_values(candidates, num_anchors);
+
+  const int64_t A = num_anchors, C = candidates.size(2);
+  at::Tensor gt_index = at::full({B, A}, -1, candidates.options());
+  at::Tensor iou = at::zeros({B, A}, candidate_iou.options());
+  at::Tensor num_positive = at::zeros({B, G}, candidates.options());
+  if (B * G * A == 0) return {gt_index, iou, num_positive};
+  const at::Tensor cand = candidates.contiguous();
+  const at::Tensor ciou = candidate_iou.contiguous();
+  const at::Tensor pos = is_positive.contiguous();
+  const int64_t* kp = cand.data_ptr<int64_t>();
+  const float* cip = ciou.data_ptr<float>();
+  const bool* pp = pos.data_ptr<bool>();
+  int64_t* gi = gt_index.data_ptr<int64_t>();
+  float* io = iou.data_ptr<float>();
+  int64_t* np = num_positive.data_ptr<int64_t>();
+
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t off = b * G * C;
+      resolve_image(kp + off, cip + off, pp + off, G, C, A, gi + b * A, io + b * A, np + b * G);
+    }
+  });
+  return {gt_index, iou, num_positive};
+}
+
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("resolve_multi_gt", &resolve_multi_gt_cpu); }
+
+}  // namespace atss::cpu

@@ -1,0 +1,69 @@
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/checks.h"
+#include "steps.h"
+
+namespace atss::cpu {
+
+at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
+                              int64_t topk, const std::optional<at::Tensor>& gt_counts,
+                              const std::optional<at::Tensor>& anchor_valid) {
+  check_distances(distances);
+  const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
+  check_same_device({{"distances", &distances},
+                     {"gt_counts", gt_counts ? &*gt_counts : nullptr},
+                     {"anchor_valid", anchor_valid ? &*anchor_valid : nullptr}});
+  check_levels(num_anchors_per_level, A);
+  check_topk(topk);
+  check_gt_counts(gt_counts, B);
+  check_anchor_valid(anchor_valid, B, A);
+  check_gt_counts_values(gt_counts, G);
+
+  const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
+  at::Tensor out = at::empty({B, G, C}, distances.options().dtype(at::kLong));
+  if (out.numel() == 0) return out;
+  const at::Tensor d = distances.contiguous();
+  std::optional<at::Tensor> counts, valid;
+  if (gt_counts) counts = gt_counts->contiguous();
+  if (anchor_valid) valid = anchor_valid->contiguous();
+  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
+  const bool* vp = valid ? valid->data_ptr<bool>() : nullptr;
+  const float* dp = d.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
+  const int64_t max_level = levels.empty() ? 0 : *std::max_element(levels.begin(), levels.end());
+
+  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> keys(max_level), best_keys(topk);
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G;
+      int64_t* slots = op + bg * C;
+      if (bg % G >= valid_gt_count(cp, b, G)) {
+        std::fill(slots, slots + C, int64_t{-1});
+        continue;
+      }
+      const float* row = dp + bg * A;
+      int64_t start = 0;
+      for (int64_t n : levels) {
+        const int64_t k = std::min(topk, n);
+        if (k > 0) {
+          for (int64_t i = 0; i < n; ++i) keys[i] = distance_bits(row[start + i]);
+          select_level(keys.data(), vp ? vp + b * A + start : nullptr, start, n, k,
+                       best_keys.data(), slots);
+          slots += k;
+        }
+        start += n;
+      }
+    }
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("topk_per_level", &topk_per_level_cpu); }
+
+}  // namespace atss::cpu
