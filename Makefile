@@ -1,0 +1,58 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates the
+# virtual environment, installs what the project needs, builds the extension
+# (incrementally, with ninja) and runs.
+#
+# Knobs: PYTHON (the interpreter that creates the venv), VENV, TORCH_SPEC.
+# CUDA kernels: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 CUDA_HOME=/usr/local/cuda make build
+# (built automatically when the CUDA toolkit, a CUDA build of torch and a GPU are present).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+export MAX_JOBS ?= 2
+# torch guesses the wrong CUDA home from the nvcc wrapper on PATH.
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME ?= /usr/local/cuda
+endif
+
+.PHONY: venv build install test demo bench bench-gpu cmake-check clean
+
+venv: $(VENV)/.stamp-deps
+
+$(VENV)/.stamp-deps: requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	touch $@
+
+# In-place build: ninja recompiles only what changed.
+build: venv
+	$(PY) setup.py --quiet build_ext --inplace
+
+# Installs the package (and the `atss-detector` console script) into the venv.
+install: venv
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+
+test: build
+	$(PY) -m pytest -q tests
+
+demo: build
+	$(PY) -m benchmarks.bench_cpu --check
+	$(PY) -m atss_ops.detector.demo --out runs/demo
+
+bench: build
+	$(PY) -m benchmarks.bench_cpu --check
+
+bench-gpu: build
+	$(PY) -m benchmarks.bench_gpu
+
+# The CMake build of the same library (CPU kernels), loaded by tests/test_cmake_library.py.
+cmake-check: venv
+	cmake -S . -B build-cmake -DWITH_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  $(if $(CUDA_HOME),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME))
+	cmake --build build-cmake -j $(MAX_JOBS)
+
+clean:
+	rm -rf build build-cmake atss_ops/_C*.so runs benchmarks/results
