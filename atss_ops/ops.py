@@ -89,6 +89,9 @@ if extension_available():
 
     @torch.library.register_fake("atss_ops::center_distance")
     def _center_distance_fake(anchors, gt_boxes, gt_counts=None):
+        # The fake kernels double as Meta kernels: a 'meta' tensor among CPU ones
+        # lands here, so the device check must be here too.
+        V.check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts)
         V.check_anchors(anchors)
         V.check_gt_boxes(gt_boxes)
         V.check_gt_counts(gt_counts, gt_boxes.shape[0])
@@ -96,6 +99,7 @@ if extension_available():
 
     @torch.library.register_fake("atss_ops::topk_per_level")
     def _topk_per_level_fake(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None):
+        V.check_same_device(distances=distances, gt_counts=gt_counts, anchor_valid=anchor_valid)
         reference._check_distances(distances)
         B, G, A = distances.shape
         V.check_levels(num_anchors_per_level, A)
@@ -107,6 +111,7 @@ if extension_available():
 
     @torch.library.register_fake("atss_ops::iou_statistics")
     def _iou_statistics_fake(anchors, gt_boxes, candidates, gt_counts=None, center_eps=0.01):
+        V.check_same_device(anchors=anchors, gt_boxes=gt_boxes, candidates=candidates, gt_counts=gt_counts)
         V.check_anchors(anchors)
         V.check_gt_boxes(gt_boxes)
         B, G = gt_boxes.shape[:2]
@@ -121,6 +126,7 @@ if extension_available():
 
     @torch.library.register_fake("atss_ops::resolve_multi_gt")
     def _resolve_multi_gt_fake(candidates, candidate_iou, is_positive, num_anchors):
+        V.check_same_device(candidates=candidates, candidate_iou=candidate_iou, is_positive=is_positive)
         B, G = candidates.shape[:2]
         reference._check_candidates(candidates, B, G)
         reference._check_candidate_like(candidate_iou, "candidate_iou", candidates, torch.float32)

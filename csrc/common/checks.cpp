@@ -99,16 +99,27 @@ void check_same_device(std::initializer_list<std::pair<const char*, const at::Te
   }
 }
 
+// Decimal digits of a non-negative 128-bit integer.
+static std::string to_decimal(unsigned __int128 v) {
+  std::string digits;
+  do {
+    digits.insert(digits.begin(), static_cast<char>('0' + static_cast<int>(v % 10)));
+    v /= 10;
+  } while (v != 0);
+  return digits;
+}
+
 void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors) {
-  int64_t total = 0;
+  // 128-bit sum: level sizes near 2^63 must not wrap around to A.
+  unsigned __int128 total = 0;
   for (int64_t n : num_anchors_per_level) {
     TORCH_CHECK_VALUE(n >= 0, "num_anchors_per_level entries must be >= 0, got ",
                       sizes_str(num_anchors_per_level));
-    total += n;
+    total += static_cast<unsigned __int128>(n);
   }
-  TORCH_CHECK_VALUE(total == num_anchors, "num_anchors_per_level must sum to A = ", num_anchors,
+  TORCH_CHECK_VALUE(total == static_cast<unsigned __int128>(num_anchors), "num_anchors_per_level must sum to A = ", num_anchors,
                     " (anchors.shape[0]), got ", sizes_str(num_anchors_per_level), " summing to ",
-                    total);
+                    to_decimal(total));
 }
 
 void check_topk(int64_t topk) { TORCH_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", topk); }

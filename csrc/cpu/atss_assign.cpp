@@ -53,6 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   const float eps = static_cast<float>(center_eps);
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
   const int64_t max_level = *std::max_element(levels.begin(), levels.end());
+  const int64_t held = std::min(topk, max_level);  // topk itself may be huge
 
   // O(B * G * C) per-GT state between the candidate and the resolution passes.
   std::vector<int64_t> candidates(B * G * C, -1);
@@ -61,7 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   float* thr_p = threshold.data_ptr<float>();
 
   at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> keys(max_level), best_keys(topk);
+    std::vector<float> d2(max_level), best_dist(held);
+    std::vector<uint32_t> best_keys(held);
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G;
       if (bg % G >= valid_gt_count(cp, b, G)) continue;  // padding: never read
@@ -72,9 +74,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
       for (int64_t n : levels) {
         const int64_t k = std::min(topk, n);
         if (k > 0) {
-          level_distance_bits(centers, start, n, gcx, gcy, keys.data());
-          select_level(keys.data(), vp ? vp + b * A + start : nullptr, start, n, k,
-                       best_keys.data(), slots);
+          level_distances(centers, start, n, gcx, gcy, d2.data());
+          select_level(d2.data(), vp ? vp + b * A + start : nullptr, start, n, k,
+                       best_keys.data(), best_dist.data(), slots);
           slots += k;
         }
         start += n;

@@ -9,6 +9,10 @@
 
 #include "../common/box_math.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace atss::cpu {
 
 // Anchor centres, computed once per call and shared by the whole batch.
@@ -22,40 +26,74 @@ struct AnchorCenters {
   }
 };
 
-// Step 2 for one GT over anchors [start, start + n): keys[i] = distance_bits(d2).
-// A plain loop over arrays, so the compiler vectorises it.
-inline void level_distance_bits(const AnchorCenters& centers, int64_t start, int64_t n, float gcx,
-                                float gcy, uint32_t* keys) {
+// Step 2 for one GT over anchors [start, start + n) into d2[0, n). A plain
+// loop over arrays, so the compiler vectorises it.
+inline void level_distances(const AnchorCenters& centers, int64_t start, int64_t n, float gcx,
+                            float gcy, float* d2) {
   const float* cx = centers.cx.data() + start;
   const float* cy = centers.cy.data() + start;
-  for (int64_t i = 0; i < n; ++i) keys[i] = distance_bits(squared_distance(cx[i], cy[i], gcx, gcy));
+  for (int64_t i = 0; i < n; ++i) d2[i] = squared_distance(cx[i], cy[i], gcx, gcy);
 }
 
 // Step 3 for one GT and one level: the k valid anchors with the smallest
-// (key, index), nearest first, written to out[0, k); slots left over (fewer
-// than k valid anchors) get -1. `keys` covers the level; `valid` is the
-// level's anchor_valid row or null (all valid).
+// (distance_bits(d), index), nearest first, written to out[0, k); slots left
+// over (fewer than k valid anchors) get -1. `dist` covers the level; `valid`
+// is the level's anchor_valid row or null (all valid). `best_keys` and
+// `best_dist` are scratch of k entries.
 //
 // Anchors are scanned in index order, so an anchor whose key equals the
 // current k-th key has a higher index and loses the tie: the test is a strict
 // `key < worst`, and an insertion shifts only strictly greater keys.
-inline void select_level(const uint32_t* keys, const bool* valid, int64_t start, int64_t n,
-                         int64_t k, uint32_t* best_keys, int64_t* out) {
+//
+// Once k anchors are held, whole chunks are skipped when no distance in them
+// can beat the k-th: `!(d >= worst_dist)` is true for every d that beats it
+// (distance_bits is monotone in d, and -0.0 >= 0.0), and also for NaN on
+// either side, so the chunk test only ever lets extra anchors through to the
+// exact test, never keeps one out. It compiles to a few SIMD compares.
+// True when some d in dist[0, 16) has !(d >= worst_dist): it may beat the k-th.
+inline bool chunk_may_beat(const float* dist, float worst_dist) {
+#if defined(__SSE2__)
+  const __m128 w = _mm_set1_ps(worst_dist);
+  __m128 m = _mm_cmpnge_ps(_mm_loadu_ps(dist), w);
+  m = _mm_or_ps(m, _mm_cmpnge_ps(_mm_loadu_ps(dist + 4), w));
+  m = _mm_or_ps(m, _mm_cmpnge_ps(_mm_loadu_ps(dist + 8), w));
+  m = _mm_or_ps(m, _mm_cmpnge_ps(_mm_loadu_ps(dist + 12), w));
+  return _mm_movemask_ps(m) != 0;
+#else
+  bool may_beat = false;
+  for (int j = 0; j < 16; ++j) may_beat |= !(dist[j] >= worst_dist);
+  return may_beat;
+#endif
+}
+
+inline void select_level(const float* dist, const bool* valid, int64_t start, int64_t n, int64_t k,
+                         uint32_t* best_keys, float* best_dist, int64_t* out) {
+  constexpr int64_t kChunk = 16;
   int64_t filled = 0;
-  uint32_t worst = 0xffffffffu;  // key of out[k-1] once full
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t key = keys[i];
-    if (filled == k && key >= worst) continue;
-    if (valid != nullptr && !valid[i]) continue;
-    int64_t pos = filled < k ? filled++ : k - 1;
-    while (pos > 0 && best_keys[pos - 1] > key) {
-      best_keys[pos] = best_keys[pos - 1];
-      out[pos] = out[pos - 1];
-      --pos;
+  uint32_t worst = 0xffffffffu;
+  float worst_dist = 0.0f;
+  for (int64_t base = 0; base < n; base += kChunk) {
+    const int64_t stop = base + kChunk < n ? base + kChunk : n;
+    if (filled == k && stop - base == kChunk && !chunk_may_beat(dist + base, worst_dist)) continue;
+    for (int64_t i = base; i < stop; ++i) {
+      const uint32_t key = distance_bits(dist[i]);
+      if (filled == k && key >= worst) continue;
+      if (valid != nullptr && !valid[i]) continue;
+      int64_t pos = filled < k ? filled++ : k - 1;
+      while (pos > 0 && best_keys[pos - 1] > key) {
+        best_keys[pos] = best_keys[pos - 1];
+        best_dist[pos] = best_dist[pos - 1];
+        out[pos] = out[pos - 1];
+        --pos;
+      }
+      best_keys[pos] = key;
+      best_dist[pos] = dist[i];
+      out[pos] = start + i;
+      if (filled == k) {
+        worst = best_keys[k - 1];
+        worst_dist = best_dist[k - 1];
+      }
     }
-    best_keys[pos] = key;
-    out[pos] = start + i;
-    if (filled == k) worst = best_keys[k - 1];
   }
   for (int64_t j = filled; j < k; ++j) out[j] = -1;
 }

@@ -36,10 +36,14 @@ at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_a
   const float* dp = d.data_ptr<float>();
   int64_t* op = out.data_ptr<int64_t>();
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
+
+  // Scratch of min(topk, largest level) entries: topk itself may be huge.
   const int64_t max_level = levels.empty() ? 0 : *std::max_element(levels.begin(), levels.end());
+  const int64_t held = std::min(topk, max_level);
 
   at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> keys(max_level), best_keys(topk);
+    std::vector<uint32_t> best_keys(held);
+    std::vector<float> best_dist(held);
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G;
       int64_t* slots = op + bg * C;
@@ -52,9 +56,8 @@ at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_a
       for (int64_t n : levels) {
         const int64_t k = std::min(topk, n);
         if (k > 0) {
-          for (int64_t i = 0; i < n; ++i) keys[i] = distance_bits(row[start + i]);
-          select_level(keys.data(), vp ? vp + b * A + start : nullptr, start, n, k,
-                       best_keys.data(), slots);
+          select_level(row + start, vp ? vp + b * A + start : nullptr, start, n, k,
+                       best_keys.data(), best_dist.data(), slots);
           slots += k;
         }
         start += n;

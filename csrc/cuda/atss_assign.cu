@@ -1,0 +1,117 @@
+// The fused atss_assign on CUDA: the whole contract in two kernel launches
+// after one memset, never materialising [B, G, A]:
+//
+//   memset    claims [B, A] and the per-tile counters to 0 (one call).
+//   launch 1  select_kernel<Mode::kFused> (select.cuh): per (chunk, tile of 8
+//             GT rows), distances from anchor centres staged in shared memory,
+//             per-level top-k keys into partial lists; the last block of each
+//             tile merges them into candidates, computes IoUs, the float64
+//             threshold (one lane, candidate order), the positives, writes
+//             threshold and num_positive = 0, and claims positive anchors with
+//             atomicMax on (IoU, inverted GT index) keys.
+//   launch 2  decode_claims (resolve.cuh): gt_index, iou per anchor, and the
+//             integer-atomic count of num_positive.
+//
+// No host sync, no allocation whose size depends on data (so it is CUDA-graph
+// capturable and traceable by torch.compile), current stream, device guard.
+// Memory: outputs, plus scratch of B*A*8 bytes (claims) + B*G*(8*P + 13*C)
+// bytes (partial keys, P <= C * chunks per level; candidates, IoUs,
+// positives) + 4 bytes per tile of 8 rows: O(B*A + B*G*C).
+#include <torch/library.h>
+
+#include <limits>
+
+#include "resolve.cuh"
+#include "select.cuh"
+
+namespace atss::cuda {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
+    const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
+    const std::optional<at::Tensor>& gt_counts, int64_t topk,
+    const std::optional<at::Tensor>& anchor_valid, double center_eps) {
+  // The CPU kernel's structural checks, in its order; no value check (no sync).
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
+                     {"gt_counts", gt_counts ? &*gt_counts : nullptr},
+                     {"anchor_valid", anchor_valid ? &*anchor_valid : nullptr}});
+  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
+  check_levels(num_anchors_per_level, A);
+  check_topk(topk);
+  check_center_eps(center_eps);
+  check_gt_counts(gt_counts, B);
+  check_anchor_valid(anchor_valid, B, A);
+  check_cuda_num_gt(G);
+
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const auto f32 = anchors.options();
+  const auto i64 = f32.dtype(at::kLong);
+  if (B * G * A == 0) {  // everything background, as the CPU returns it
+    return {at::full({B, A}, -1, i64), at::zeros({B, A}, f32),
+            at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32), at::zeros({B, G}, i64)};
+  }
+
+  const at::Tensor a = anchors.contiguous();
+  const at::Tensor g = gt_boxes.contiguous();
+  std::optional<at::Tensor> counts, valid;
+  if (gt_counts) counts = gt_counts->contiguous();
+  if (anchor_valid) valid = anchor_valid->contiguous();
+  const int64_t rows = B * G;
+  const LevelTable lt = make_level_table(num_anchors_per_level, topk, rows);
+  const int64_t C = lt.num_cand;
+
+  at::Tensor gt_index = at::empty({B, A}, i64);
+  at::Tensor iou = at::empty({B, A}, f32);
+  at::Tensor threshold = at::empty({B, G}, f32);
+  at::Tensor num_positive = at::empty({B, G}, i64);
+
+  SelectArgs p{};
+  p.anchors = a.data_ptr<float>();
+  p.gt_boxes = g.data_ptr<float>();
+  p.gt_counts = optional_ptr<int64_t>(counts);
+  p.anchor_valid = optional_ptr<bool>(valid);
+  p.num_gt = G;
+  p.num_anchors = A;
+  p.rows = rows;
+  p.num_tiles = num_row_tiles(rows);
+  p.anchors_aligned = reinterpret_cast<uintptr_t>(p.anchors) % 16 == 0;
+  p.score_in_smem = score_smem_bytes(C) <= kMaxScoreBytes;
+  p.center_eps = static_cast<float>(center_eps);
+  p.threshold = threshold.data_ptr<float>();
+  p.num_positive = num_positive.data_ptr<int64_t>();
+
+  // One scratch allocation; the zeroed part (claims, counters) comes first.
+  ScratchPlan plan;
+  const int64_t claims_at = plan.take(B * A * static_cast<int64_t>(sizeof(u64)));
+  const int64_t done_at = plan.take(p.num_tiles * static_cast<int64_t>(sizeof(unsigned)));
+  const int64_t zeroed_bytes = done_at + p.num_tiles * static_cast<int64_t>(sizeof(unsigned));
+  const int64_t part_at = plan.take(rows * lt.num_part * static_cast<int64_t>(sizeof(u64)));
+  const int64_t cand_at = plan.take(rows * C * static_cast<int64_t>(sizeof(int64_t)));
+  const int64_t iou_at = plan.take(rows * C * static_cast<int64_t>(sizeof(float)));
+  const int64_t pos_at = plan.take(rows * C * static_cast<int64_t>(sizeof(bool)));
+  at::Tensor scratch = at::empty({plan.total()}, f32.dtype(at::kByte));
+  uint8_t* base = scratch.data_ptr<uint8_t>();
+  p.claims = reinterpret_cast<u64*>(base + claims_at);
+  p.tile_done = reinterpret_cast<unsigned*>(base + done_at);
+  p.partial = reinterpret_cast<u64*>(base + part_at);
+  p.candidates = reinterpret_cast<int64_t*>(base + cand_at);
+  p.cand_iou = reinterpret_cast<float*>(base + iou_at);
+  p.cand_positive = reinterpret_cast<bool*>(base + pos_at);
+
+  const int64_t smem_bytes = p.score_in_smem && score_smem_bytes(C) > kTileBytes ? score_smem_bytes(C) : kTileBytes;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(cudaMemsetAsync(base, 0, static_cast<size_t>(zeroed_bytes), stream));
+  launch_select<Mode::kFused>(p, lt, valid.has_value(), smem_bytes, stream);
+  launch_decode_claims(p.claims, B, G, A, C, p.candidates, p.cand_iou, p.cand_positive,
+                       gt_index.data_ptr<int64_t>(), iou.data_ptr<float>(),
+                       num_positive.data_ptr<int64_t>(), stream);
+  return {gt_index, iou, threshold, num_positive};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("atss_assign", &atss_assign_cuda); }
+
+}  // namespace atss::cuda

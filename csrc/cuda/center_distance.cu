@@ -1,0 +1,72 @@
+// center_distance on CUDA (contract steps 1-2): out[b, g, a] = squared_distance
+// of the anchor and GT centres, NaN rows for padding GTs. One launch; a 2-D
+// grid-stride loop (rows on y, anchors on x), one thread per output element.
+// This op materialises [B, G, A] by definition; atss_assign never calls it.
+#include <torch/library.h>
+
+#include "cuda_common.cuh"
+
+namespace atss::cuda {
+namespace {
+
+constexpr int kDistanceThreads = 256;
+
+__global__ void __launch_bounds__(kDistanceThreads)
+    center_distance_kernel(const float* anchors, const float* gt_boxes, const int64_t* gt_counts,
+                           int64_t num_gt, int64_t num_anchors, int64_t rows, float* out) {
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int64_t b = row / num_gt;
+    const bool active = row - b * num_gt < valid_gt_count_dev(gt_counts, b, num_gt);
+    float gcx = 0.0f, gcy = 0.0f;
+    if (active) {
+      const float* box = gt_boxes + 4 * row;
+      gcx = center_of(box[0], box[2]);
+      gcy = center_of(box[1], box[3]);
+    }
+    float* out_row = out + row * num_anchors;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t a = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; a < num_anchors;
+         a += stride) {
+      float d = quiet_nan();  // padding GT: the CPU's quiet NaN
+      if (active) {
+        const float* box = anchors + 4 * a;
+        d = cpu_nan_bits(squared_distance(center_of(box[0], box[2]), center_of(box[1], box[3]), gcx, gcy));
+      }
+      out_row[a] = d;
+    }
+  }
+}
+
+at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                                const std::optional<at::Tensor>& gt_counts) {
+  // The CPU kernel's structural checks, in its order; no value check (no sync).
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
+                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
+  check_gt_counts(gt_counts, gt_boxes.size(0));
+
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const at::Tensor a = anchors.contiguous();
+  const at::Tensor g = gt_boxes.contiguous();
+  const int64_t B = g.size(0), G = g.size(1), A = a.size(0);
+  at::Tensor out = at::empty({B, G, A}, a.options());
+  if (out.numel() == 0) return out;
+  std::optional<at::Tensor> counts;
+  if (gt_counts) counts = gt_counts->contiguous();
+
+  const int64_t rows = B * G;
+  const unsigned blocks_x = grid_for(A, kDistanceThreads, 1024);
+  const unsigned blocks_y = static_cast<unsigned>(rows < 65535 ? rows : 65535);
+  const dim3 grid(blocks_x, blocks_y);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  center_distance_kernel<<<grid, kDistanceThreads, 0, stream>>>(a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows, out.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("center_distance", &center_distance_cuda); }
+
+}  // namespace atss::cuda

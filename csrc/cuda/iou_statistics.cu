@@ -1,0 +1,133 @@
+// iou_statistics on CUDA (contract steps 4-6) for caller-given candidates
+// [B, G, C]: one launch, one warp per GT row (score_row in score.cuh, the code
+// the fused atss_assign scores with). Candidate indices outside [-1, A) are
+// empty slots (the CPU rejects them in its value checks; here they are never
+// read through). gt_counts out of [0, G] is clamped.
+#include <torch/library.h>
+
+#include "score.cuh"
+
+namespace atss::cuda {
+namespace {
+
+// The per-warp buffers (C sanitised candidate indices, C IoUs) go to shared
+// memory when they fit, else to global memory.
+constexpr int64_t kMaxSmemBytes = 40 * 1024;
+
+struct IouArgs {
+  const float* anchors;      // [A, 4]
+  const float* gt_boxes;     // [B, G, 4]
+  const int64_t* candidates;  // [B, G, C]
+  const int64_t* gt_counts;  // [B] or null
+  int64_t num_gt, num_anchors, num_slots, rows, num_tiles;
+  float center_eps;
+  int in_smem;
+  int64_t* cand_buf;  // [rows, C] when !in_smem
+  float* cand_iou;    // [B, G, C]
+  float* threshold;   // [B, G]
+  bool* is_positive;  // [B, G, C]
+};
+
+__global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int64_t C = p.num_slots, G = p.num_gt;
+  for (int64_t tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
+    const int64_t row = tile * kRowsPerBlock + warp;  // warp-uniform from here on
+    if (row >= p.rows) continue;
+    const int64_t b = row / G;
+    float* iou_out = p.cand_iou + row * C;
+    bool* pos_out = p.is_positive + row * C;
+    if (row - b * G >= valid_gt_count_dev(p.gt_counts, b, G)) {  // padding: IoU 0, NaN, false
+      for (int64_t c = lane; c < C; c += kWarp) {
+        iou_out[c] = 0.0f;
+        pos_out[c] = false;
+      }
+      if (lane == 0) p.threshold[row] = quiet_nan();
+      continue;
+    }
+    int64_t* cand = p.in_smem ? reinterpret_cast<int64_t*>(smem) + warp * C : p.cand_buf + row * C;
+    float* iou_buf =
+        p.in_smem ? reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * C) + warp * C
+                  : iou_out;
+    const int64_t* cand_in = p.candidates + row * C;
+    for (int64_t c = lane; c < C; c += kWarp) {
+      const int64_t a = cand_in[c];
+      cand[c] = a >= 0 && a < p.num_anchors ? a : -1;
+    }
+    __syncwarp();
+    float gt[4];
+    load_box(p.gt_boxes + 4 * row, gt);
+    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, lane,
+                                [&](int64_t c, int64_t, float v, bool positive) {
+                                  iou_out[c] = cpu_nan_bits(v);
+                                  pos_out[c] = positive;
+                                });
+    if (lane == 0) p.threshold[row] = thr;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
+    const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& candidates,
+    const std::optional<at::Tensor>& gt_counts, double center_eps) {
+  // The CPU kernel's structural checks, in its order; no value check (no sync).
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
+  check_candidates(candidates, B, G);
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"candidates", &candidates},
+                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
+  check_gt_counts(gt_counts, B);
+  check_center_eps(center_eps);
+
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const int64_t C = candidates.size(2);
+  at::Tensor cand_iou = at::empty({B, G, C}, anchors.options());
+  at::Tensor threshold = at::empty({B, G}, anchors.options());
+  at::Tensor is_positive = at::empty({B, G, C}, anchors.options().dtype(at::kBool));
+  if (B * G == 0) return {cand_iou, threshold, is_positive};
+
+  const at::Tensor a = anchors.contiguous();
+  const at::Tensor g = gt_boxes.contiguous();
+  const at::Tensor cand = candidates.contiguous();
+  std::optional<at::Tensor> counts;
+  if (gt_counts) counts = gt_counts->contiguous();
+  const int64_t rows = B * G;
+  const int64_t smem_bytes =
+      kRowsPerBlock * C * static_cast<int64_t>(sizeof(int64_t) + sizeof(float));
+
+  IouArgs p{};
+  p.anchors = a.data_ptr<float>();
+  p.gt_boxes = g.data_ptr<float>();
+  p.candidates = cand.data_ptr<int64_t>();
+  p.gt_counts = optional_ptr<int64_t>(counts);
+  p.num_gt = G;
+  p.num_anchors = A;
+  p.num_slots = C;
+  p.rows = rows;
+  p.num_tiles = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  p.center_eps = static_cast<float>(center_eps);
+  p.in_smem = smem_bytes <= kMaxSmemBytes;
+  at::Tensor cand_buf;
+  if (!p.in_smem) {
+    cand_buf = at::empty({rows * C}, cand.options());
+    p.cand_buf = cand_buf.data_ptr<int64_t>();
+  }
+  p.cand_iou = cand_iou.data_ptr<float>();
+  p.threshold = threshold.data_ptr<float>();
+  p.is_positive = is_positive.data_ptr<bool>();
+
+  const unsigned blocks = static_cast<unsigned>(p.num_tiles < (int64_t{1} << 20) ? p.num_tiles : (int64_t{1} << 20));
+  const size_t dynamic_smem = p.in_smem ? static_cast<size_t>(smem_bytes) : 0;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  iou_statistics_kernel<<<blocks, kThreads, dynamic_smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {cand_iou, threshold, is_positive};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("iou_statistics", &iou_statistics_cuda); }
+
+}  // namespace atss::cuda

@@ -1,0 +1,414 @@
+// Step 3 on the GPU: the per-level top-k of (distance, anchor index) keys for
+// every GT row, shared by topk_per_level.cu (keys from a [B, G, A] distance
+// tensor) and the fused atss_assign.cu (keys computed on the fly from anchor
+// centres, then steps 4-6 and the claims of step 7 for the same row).
+//
+// Work decomposition (one launch):
+//   * Rows (b, g) are grouped in tiles of kRowsPerBlock rows: one warp per row.
+//   * Each non-empty level is cut into chunks of `chunk_len` anchors. A block
+//     takes one (chunk, tile) work item: every warp scans the chunk for its
+//     row and writes the chunk's min(k, chunk size) smallest keys, in order,
+//     to a partial list in global scratch (kEmptyKey where the chunk has fewer
+//     valid anchors). In the fused kernel the block first stages the chunk's
+//     anchor centres in shared memory (kTile at a time) for its 8 rows.
+//   * The block that completes the last chunk of a tile (an atomic counter per
+//     tile, with the threadfence pattern of the CUDA programming guide) merges
+//     the partial lists of each row and level into the row's candidates
+//     (nearest first), then (fused) scores the row.
+// Tiles of 8 rows share every anchor read; chunks give the grid enough blocks
+// when B * G is small; the merge touches only O(C * chunks per level) keys.
+//
+// Selection. Keys are distance_key(d, a) = distance_bits(d) << 32 | a: unique,
+// and their u64 order is the contract's order ((d2, a), NaN last, -0 == +0),
+// the CPU's select_level order. Each lane keeps the K smallest keys it has
+// seen (TopList); the warp then takes the `want` smallest of all lanes' lists
+// one by one (warp_extract). A warp-wide bound (the smallest, over lanes, of
+// each lane's want-th key) filters keys early: at least `want` keys at or
+// below the bound are held, so a key above it is never among the `want`
+// smallest. When a level's k exceeds K, the chunk (and the merge) run in
+// passes of K keys, each pass taking only keys above the last one taken.
+// Which block merges, and in which order lanes and blocks run, never changes
+// a result: the selected set is defined by the keys alone.
+#pragma once
+
+#include "cuda_common.cuh"
+#include "score.cuh"
+
+namespace atss::cuda {
+
+// Non-empty levels the kernels take (the level table is a kernel parameter).
+constexpr int kMaxLevels = 128;
+// Anchor centres per shared-memory tile in the fused kernel (16 KB).
+constexpr int kTile = 2048;
+// Keys per lane between two updates of the warp-wide bound.
+constexpr int kUnroll = 8;
+
+// The level layout, with empty levels dropped (they have no candidate slot).
+struct LevelTable {
+  int32_t num_levels;  // non-empty levels
+  int32_t num_chunks;  // over all levels
+  int32_t chunk_len;   // anchors per chunk (the last chunk of a level may be shorter)
+  int32_t num_cand;    // C = sum_l min(topk, N_l)
+  int32_t num_part;    // partial slots per row = sum over chunks of min(k_l, chunk size)
+  int32_t k_max;       // max_l min(topk, N_l)
+  int32_t start[kMaxLevels];       // first anchor of the level
+  int32_t size[kMaxLevels];        // N_l
+  int32_t k[kMaxLevels];           // min(topk, N_l)
+  int32_t chunk_base[kMaxLevels];  // first chunk of the level
+  int32_t cand_base[kMaxLevels];   // first candidate slot of the level in a row
+  int32_t part_base[kMaxLevels];   // first partial slot of the level in a row
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int64_t num_row_tiles(int64_t rows) { return ceil_div(rows, kRowsPerBlock); }
+
+// The level table for `levels` (which check_levels has accepted: entries >= 0,
+// sum A < 2^31) and topk >= 1. The chunk length is the largest of 8192 ..
+// 1024 anchors that still gives the grid about 4 work items per multiprocessor.
+inline LevelTable make_level_table(at::IntArrayRef levels, int64_t topk, int64_t rows) {
+  int64_t non_empty = 0;
+  for (int64_t n : levels) non_empty += n > 0;
+  TORCH_CHECK_VALUE(non_empty <= kMaxLevels,
+                    "num_anchors_per_level: the CUDA kernels take at most ", kMaxLevels,
+                    " non-empty levels, got ", non_empty);
+  const int64_t tiles = num_row_tiles(rows);
+  const int64_t target = 4 * static_cast<int64_t>(num_sms());
+  int64_t chunk_len = 1024;
+  for (int64_t len : {8192, 4096, 2048}) {
+    int64_t chunks = 0;
+    for (int64_t n : levels) chunks += ceil_div(n, len);
+    if (tiles * chunks >= target) {
+      chunk_len = len;
+      break;
+    }
+  }
+  LevelTable t{};
+  t.chunk_len = static_cast<int32_t>(chunk_len);
+  int64_t start = 0, chunks = 0, cand = 0, part = 0, k_max = 0;
+  int l = 0;
+  for (int64_t n : levels) {
+    if (n > 0) {
+      const int64_t k = topk < n ? topk : n;
+      t.start[l] = static_cast<int32_t>(start);
+      t.size[l] = static_cast<int32_t>(n);
+      t.k[l] = static_cast<int32_t>(k);
+      t.chunk_base[l] = static_cast<int32_t>(chunks);
+      t.cand_base[l] = static_cast<int32_t>(cand);
+      t.part_base[l] = static_cast<int32_t>(part);
+      const int64_t level_chunks = ceil_div(n, chunk_len);
+      const int64_t last_len = n - (level_chunks - 1) * chunk_len;
+      part += (level_chunks - 1) * (k < chunk_len ? k : chunk_len) + (k < last_len ? k : last_len);
+      chunks += level_chunks;
+      cand += k;
+      k_max = k > k_max ? k : k_max;
+      ++l;
+    }
+    start += n;
+  }
+  t.num_levels = l;
+  t.num_chunks = static_cast<int32_t>(chunks);
+  t.num_cand = static_cast<int32_t>(cand);
+  t.num_part = static_cast<int32_t>(part);
+  t.k_max = static_cast<int32_t>(k_max);
+  return t;
+}
+
+enum class Mode { kTopk, kFused };
+
+struct SelectArgs {
+  // Inputs (contiguous).
+  const float* anchors;      // fused: [A, 4]
+  const float* gt_boxes;     // fused: [B, G, 4]
+  const float* distances;    // topk: [B, G, A]
+  const int64_t* gt_counts;  // [B] or null (all G valid)
+  const bool* anchor_valid;  // [B, A] (used when HAS_VALID)
+  int64_t num_gt;
+  int64_t num_anchors;
+  int64_t rows;       // B * G
+  int64_t num_tiles;  // ceil(rows / kRowsPerBlock)
+  int anchors_aligned;  // anchors are 16-byte aligned: float4 loads
+  int score_in_smem;    // fused: the per-warp score buffers fit in shared memory
+  float center_eps;
+  // Scratch.
+  unsigned* tile_done;  // [num_tiles], zeroed before the launch
+  u64* partial;         // [rows, num_part]
+  // Outputs. topk: candidates [rows, C]. fused: candidates, cand_iou,
+  // cand_positive [rows, C] (scratch for the claim decoding), claims [B, A]
+  // (zeroed before the launch), threshold and num_positive [B, G].
+  int64_t* candidates;
+  float* cand_iou;
+  bool* cand_positive;
+  u64* claims;
+  float* threshold;
+  int64_t* num_positive;
+};
+
+// Dynamic shared memory of the fused kernel: the centre tile, or the score
+// buffers of the kRowsPerBlock rows when they fit (they are used one after
+// the other, never at once).
+constexpr int64_t kTileBytes = kTile * static_cast<int64_t>(sizeof(float2));
+constexpr int64_t kMaxScoreBytes = 40 * 1024;
+inline int64_t score_smem_bytes(int64_t num_cand) {
+  return kRowsPerBlock * num_cand * static_cast<int64_t>(sizeof(int64_t) + sizeof(float));
+}
+
+// Anchor centres [first, first + len) into tile[0, len), by the whole block.
+__device__ __forceinline__ void load_centers(const SelectArgs& p, int64_t first, int len,
+                                             float2* tile) {
+  for (int i = threadIdx.x; i < len; i += blockDim.x) {
+    const int64_t a = first + i;
+    float x1, y1, x2, y2;
+    if (p.anchors_aligned) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p.anchors) + a);
+      x1 = v.x;
+      y1 = v.y;
+      x2 = v.z;
+      y2 = v.w;
+    } else {
+      x1 = __ldg(p.anchors + 4 * a + 0);
+      y1 = __ldg(p.anchors + 4 * a + 1);
+      x2 = __ldg(p.anchors + 4 * a + 2);
+      y2 = __ldg(p.anchors + 4 * a + 3);
+    }
+    // The CPU's AnchorCenters: cx = center_of(x1, x2), cy = center_of(y1, y2).
+    tile[i] = make_float2(center_of(x1, x2), center_of(y1, y2));
+  }
+}
+
+// The last block of a tile: merges each row's partial lists into its
+// candidates, then (fused) scores the row and claims its positive anchors.
+// One warp per row; nothing here synchronises more than the warp.
+template <int K, Mode MODE>
+__device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t row, bool active,
+                           int64_t b, int warp, int lane, unsigned char* smem) {
+  if (row >= p.rows) return;
+  const int64_t C = lt.num_cand;
+  if (!active) {  // padding GT: no candidate, NaN threshold, no positive
+    if constexpr (MODE == Mode::kTopk) {
+      for (int64_t c = lane; c < C; c += kWarp) p.candidates[row * C + c] = -1;
+    } else if (lane == 0) {
+      p.threshold[row] = quiet_nan();
+      p.num_positive[row] = 0;
+    }
+    return;
+  }
+  int64_t* cand = p.candidates + row * C;
+  if constexpr (MODE == Mode::kFused) {
+    if (p.score_in_smem) cand = reinterpret_cast<int64_t*>(smem) + warp * C;
+  }
+  const u64* part = p.partial + row * lt.num_part;
+  for (int l = 0; l < lt.num_levels; ++l) {
+    const int k = lt.k[l];
+    const int begin = lt.part_base[l];
+    const int end = l + 1 < lt.num_levels ? lt.part_base[l + 1] : lt.num_part;
+    int64_t* out = cand + lt.cand_base[l];
+    int written = 0;
+    u64 lower = 0;
+    while (written < k) {  // warp-uniform
+      const int want = k - written < K ? k - written : K;
+      TopList<K> list;
+      list.clear();
+      for (int i = begin + lane; i < end; i += kWarp) {
+        // Written by other blocks: read from L2, past this SM's L1.
+        const u64 key = __ldcg(reinterpret_cast<const u64*>(part + i));
+        if (key != kEmptyKey && key > lower && key < list.worst()) list.insert(key);
+      }
+      const u64 last = warp_extract(list, want, [&](int r, u64 m) {
+        if (lane == (r & (kWarp - 1))) out[written + r] = key_anchor(m);
+      });
+      written += want;
+      if (last == kEmptyKey) break;
+      lower = last;
+    }
+    for (int s = written + lane; s < k; s += kWarp) out[s] = -1;
+  }
+  __syncwarp();
+  if constexpr (MODE == Mode::kFused) {
+    float* iou_buf = p.cand_iou + row * C;
+    if (p.score_in_smem) {
+      iou_buf = reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * C) +
+                warp * C;
+    }
+    float gt[4];
+    load_box(p.gt_boxes + 4 * row, gt);
+    const int64_t g = row - b * p.num_gt;
+    const int64_t A = p.num_anchors;
+    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, lane,
+                                [&](int64_t c, int64_t a, float v, bool positive) {
+                                  const int64_t i = row * C + c;
+                                  p.candidates[i] = a;
+                                  p.cand_iou[i] = v;
+                                  p.cand_positive[i] = positive;
+                                  // Only a real IoU (>= 0; never NaN) claims an anchor.
+                                  if (positive && v >= 0.0f) {
+                                    atomicMax(p.claims + b * A + a, claim_key(v, g));
+                                  }
+                                });
+    if (lane == 0) {
+      p.threshold[row] = thr;
+      p.num_positive[row] = 0;  // counted by the decoding kernel
+    }
+  }
+}
+
+template <int K, bool HAS_VALID, Mode MODE>
+__global__ void __launch_bounds__(kThreads)
+    select_kernel(const SelectArgs p, const __grid_constant__ LevelTable lt) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int s_last;
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int64_t G = p.num_gt;
+  const int64_t items = static_cast<int64_t>(lt.num_chunks) * p.num_tiles;
+  float2* tile_centers = reinterpret_cast<float2*>(smem);
+
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int chunk = static_cast<int>(item % lt.num_chunks);
+    const int64_t tile = item / lt.num_chunks;
+    int l = 0;
+    while (l + 1 < lt.num_levels && lt.chunk_base[l + 1] <= chunk) ++l;
+    const int j = chunk - lt.chunk_base[l];
+    const int offset = j * lt.chunk_len;  // < N_l < 2^31
+    const int64_t chunk_start = static_cast<int64_t>(lt.start[l]) + offset;
+    const int clen = lt.size[l] - offset < lt.chunk_len ? lt.size[l] - offset : lt.chunk_len;
+    const int k = lt.k[l];
+    const int kc = k < clen ? k : clen;  // keys this chunk contributes
+    const int64_t slot0 =
+        static_cast<int64_t>(lt.part_base[l]) + static_cast<int64_t>(j) * (k < lt.chunk_len ? k : lt.chunk_len);
+
+    // This warp's row (warp-uniform state).
+    const int64_t row = tile * kRowsPerBlock + warp;
+    bool active = false;
+    int64_t b = 0;
+    if (row < p.rows) {
+      b = row / G;
+      active = row - b * G < valid_gt_count_dev(p.gt_counts, b, G);
+    }
+    float gcx = 0.0f, gcy = 0.0f;
+    const float* drow = nullptr;
+    if (active) {
+      if constexpr (MODE == Mode::kFused) {
+        const float* box = p.gt_boxes + 4 * row;
+        gcx = center_of(box[0], box[2]);
+        gcy = center_of(box[1], box[3]);
+      } else {
+        drow = p.distances + row * p.num_anchors;
+      }
+    }
+    const bool* vrow = HAS_VALID ? p.anchor_valid + b * p.num_anchors : nullptr;
+    u64* part = p.partial + (active ? row * lt.num_part + slot0 : 0);
+
+    bool exhausted = !active;
+    int written = 0;
+    u64 lower = 0;  // every real key is > 0
+    const int passes = (kc + K - 1) / K;
+    for (int pass = 0; pass < passes; ++pass) {  // block-uniform
+      const int want = kc - pass * K < K ? kc - pass * K : K;
+      TopList<K> list;
+      list.clear();
+      u64 bound = kEmptyKey;
+      for (int t0 = 0; t0 < clen; t0 += kTile) {  // block-uniform
+        const int tlen = clen - t0 < kTile ? clen - t0 : kTile;
+        if constexpr (MODE == Mode::kFused) {
+          __syncthreads();  // the previous tile is consumed
+          load_centers(p, chunk_start + t0, tlen, tile_centers);
+          __syncthreads();
+        }
+        if (!exhausted) {  // warp-uniform
+          for (int base = 0; base < tlen; base += kWarp * kUnroll) {
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+              const int i = base + u * kWarp + lane;
+              if (i < tlen) {
+                const int64_t a = chunk_start + t0 + i;
+                if (!HAS_VALID || vrow[a]) {
+                  float d;
+                  if constexpr (MODE == Mode::kFused) {
+                    const float2 c = tile_centers[i];
+                    d = squared_distance(c.x, c.y, gcx, gcy);
+                  } else {
+                    d = drow[a];
+                  }
+                  const u64 key = distance_key(d, a);
+                  const u64 limit = bound < list.worst() ? bound : list.worst();
+                  if (key > lower && key < limit) list.insert(key);
+                }
+              }
+            }
+            bound = warp_min(list.nth(want));
+          }
+        }
+      }
+      if (!exhausted) {
+        const u64 last = warp_extract(list, want, [&](int r, u64 m) {
+          if (lane == (r & (kWarp - 1))) part[written + r] = m;
+        });
+        written += want;
+        lower = last;
+        exhausted = last == kEmptyKey;  // fewer valid anchors than kc: the rest stays empty
+      }
+    }
+    if (active) {
+      for (int s = written + lane; s < kc; s += kWarp) part[s] = kEmptyKey;
+    }
+
+    // Last block of this tile? (threadfence reduction pattern)
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const unsigned done = atomicAdd(p.tile_done + tile, 1u);
+      s_last = done == static_cast<unsigned>(lt.num_chunks - 1);
+    }
+    __syncthreads();
+    if (s_last) {
+      __threadfence();
+      finish_row<K, MODE>(p, lt, row, active, b, warp, lane, smem);
+    }
+    __syncthreads();  // s_last and the shared memory are reused by the next item
+  }
+}
+
+// The list size K for the largest per-level k: one pass when k <= 32.
+inline int pick_list_size(int64_t k_max) {
+  if (k_max <= 4) return 4;
+  if (k_max <= 9) return 9;
+  if (k_max <= 16) return 16;
+  return 32;
+}
+
+template <int K, bool HAS_VALID, Mode MODE>
+void launch_select_kernel(unsigned blocks, int64_t smem_bytes, cudaStream_t stream,
+                          const SelectArgs& p, const LevelTable& lt) {
+  select_kernel<K, HAS_VALID, MODE><<<blocks, kThreads, static_cast<size_t>(smem_bytes), stream>>>(p, lt);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// One launch of select_kernel over every (chunk, tile) item.
+template <Mode MODE>
+void launch_select(const SelectArgs& p, const LevelTable& lt, bool has_valid, int64_t smem_bytes,
+                   cudaStream_t stream) {
+  const int64_t items = static_cast<int64_t>(lt.num_chunks) * p.num_tiles;
+  const int64_t max_blocks = int64_t{1} << 20;  // then grid-stride
+  const unsigned blocks = static_cast<unsigned>(items < max_blocks ? items : max_blocks);
+  switch (pick_list_size(lt.k_max)) {
+    case 4:
+      has_valid ? launch_select_kernel<4, true, MODE>(blocks, smem_bytes, stream, p, lt)
+                : launch_select_kernel<4, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      break;
+    case 9:
+      has_valid ? launch_select_kernel<9, true, MODE>(blocks, smem_bytes, stream, p, lt)
+                : launch_select_kernel<9, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      break;
+    case 16:
+      has_valid ? launch_select_kernel<16, true, MODE>(blocks, smem_bytes, stream, p, lt)
+                : launch_select_kernel<16, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      break;
+    default:
+      has_valid ? launch_select_kernel<32, true, MODE>(blocks, smem_bytes, stream, p, lt)
+                : launch_select_kernel<32, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      break;
+  }
+}
+
+}  // namespace atss::cuda
