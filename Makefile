@@ -11,6 +11,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export MAX_JOBS ?= 2
+# The venv's ninja and cmake (from requirements.txt) come first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 # torch guesses the wrong CUDA home from the nvcc wrapper on PATH.
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda

@@ -1,0 +1,682 @@
+"""Inputs of the test suite, and the bit-for-bit comparison helpers.
+
+Every generator is a plain function of no argument returning a *case*: a dict
+with the arguments of ``atss_assign`` (``anchors``, ``num_anchors_per_level``,
+``gt_boxes``, ``gt_counts``, ``topk``, ``anchor_valid``, ``center_eps``). They
+are registered by name in :data:`CASES`, so tests parametrise over
+``CASE_NAMES`` and the ids say which input failed. Generators are
+deterministic (fixed seeds); :func:`make_case` returns a fresh copy each call.
+
+The adversarial cases target the places where two implementations of the
+contract could disagree: distance ties (several anchors per location, GT
+centres on grid lines and cell corners), IoU ties (integer boxes, duplicate
+GTs), degenerate and padding GTs, invalid anchors, levels smaller than
+``topk`` or empty, empty batches, and float overflow / signed zeros.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+from benchmarks.cases import grid_anchors, random_gt
+
+import atss_ops
+from atss_ops import reference
+
+# --------------------------------------------------------------------------- comparison
+
+_INT_VIEW = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def _bits(t: Tensor) -> Tensor:
+    t = t.detach().cpu().contiguous()
+    view = _INT_VIEW.get(t.dtype)
+    return t.view(view) if view is not None else t
+
+
+def bits_equal(a: Tensor, b: Tensor) -> bool:
+    """True when ``a`` and ``b`` have the same dtype, shape and bits.
+
+    Floats are compared through an integer view, so NaN equals NaN (same
+    payload) and -0.0 differs from +0.0. Tensors on different devices are
+    compared on the CPU.
+    """
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+        return False
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    return torch.equal(_bits(a), _bits(b))
+
+
+def describe_difference(a: Tensor, b: Tensor) -> str:
+    """A short human-readable account of why ``bits_equal(a, b)`` is False."""
+    if a.dtype != b.dtype:
+        return f"dtype {a.dtype} != {b.dtype}"
+    if tuple(a.shape) != tuple(b.shape):
+        return f"shape {list(a.shape)} != {list(b.shape)}"
+    diff = (_bits(a) != _bits(b)).nonzero()
+    first = tuple(diff[0].tolist())
+    return (
+        f"{len(diff)} of {a.numel()} elements differ; first at {list(first)}: "
+        f"{a.detach().cpu()[first].item()!r} != {b.detach().cpu()[first].item()!r}"
+    )
+
+
+def assert_bits_equal(a, b, what: str = "") -> None:
+    """``bits_equal`` over a tensor or a (named) tuple of tensors, with a useful message."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        assert bits_equal(a, b), f"{what}: {describe_difference(a, b)}"
+        return
+    a, b = tuple(a), tuple(b)
+    assert len(a) == len(b), f"{what}: {len(a)} outputs != {len(b)}"
+    fields = getattr(a, "_fields", None) or [str(i) for i in range(len(a))]
+    for name, x, y in zip(fields, a, b):
+        assert_bits_equal(x, y, f"{what}[{name}]" if what else name)
+
+
+# --------------------------------------------------------------------------- case plumbing
+
+ARG_NAMES = ("anchors", "num_anchors_per_level", "gt_boxes", "gt_counts", "topk", "anchor_valid", "center_eps")
+OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
+
+CASES: Dict[str, Callable[[], dict]] = {}
+
+
+def register(name: str):
+    """Decorator: registers a case generator under ``name``."""
+
+    def deco(fn):
+        assert name not in CASES, name
+        CASES[name] = fn
+        return fn
+
+    return deco
+
+
+def make_case(name: str) -> dict:
+    """A fresh copy of case ``name`` (tests may modify it)."""
+    case = CASES[name]()
+    return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in case.items()}
+
+
+def case_args(case: dict) -> tuple:
+    """The positional arguments of ``atss_assign`` (op schema order)."""
+    return tuple(case[k] for k in ARG_NAMES)
+
+
+def to_device(case: dict, device) -> dict:
+    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in case.items()}
+
+
+def _case(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None, center_eps=0.01) -> dict:
+    levels = [int(n) for n in levels]
+    assert sum(levels) == anchors.shape[0]
+    return dict(
+        anchors=anchors.float().contiguous(),
+        num_anchors_per_level=levels,
+        gt_boxes=gt_boxes.float().contiguous(),
+        gt_counts=gt_counts,
+        topk=topk,
+        anchor_valid=anchor_valid,
+        center_eps=center_eps,
+    )
+
+
+def multi_scale_anchors(height: int, width: int, strides: Sequence[int], scales: Sequence[float]):
+    """``len(scales)`` square anchors per location (consecutive indices, equal centres), level by level."""
+    boxes, counts = [], []
+    for s in strides:
+        ny, nx = -(-height // s), -(-width // s)
+        ys, xs = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+        cx = ((xs.flatten().float() + 0.5) * s)[:, None]
+        cy = ((ys.flatten().float() + 0.5) * s)[:, None]
+        half = torch.tensor([sc * s / 2 for sc in scales])[None, :]
+        level = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1).reshape(-1, 4)
+        boxes.append(level)
+        counts.append(level.shape[0])
+    return torch.cat(boxes), counts
+
+
+def boxes_around(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    """``x1, y1, x2, y2`` boxes with the given centres and sizes (exact when all are small integers/halves)."""
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def pad_counts(gt_boxes: Tensor, counts: Sequence[int], fill: float = float("nan")) -> tuple:
+    """Marks ``gt_boxes[b, counts[b]:]`` as padding, filled with ``fill``."""
+    gt_boxes = gt_boxes.clone()
+    for b, n in enumerate(counts):
+        gt_boxes[b, n:] = fill
+    return gt_boxes, torch.tensor(list(counts), dtype=torch.int64)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- random COCO-like batches
+
+# name: (seed, B, G, height, width, strides, with gt_counts)
+_COCO = {
+    "coco_s0_b1_g1": (0, 1, 1, 320, 480, (8, 16, 32, 64, 128), False),
+    "coco_s1_b2_g7": (1, 2, 7, 320, 480, (8, 16, 32, 64, 128), True),
+    "coco_s2_b3_g20": (2, 3, 20, 256, 384, (8, 16, 32, 64, 128), True),
+    "coco_s3_b4_g5": (3, 4, 5, 200, 300, (8, 16, 32, 64), False),
+    "coco_s4_b2_g40": (4, 2, 40, 320, 320, (8, 16, 32), True),
+    "coco_full_b2_g20": (5, 2, 20, 800, 1344, (8, 16, 32, 64, 128), False),
+}
+
+
+def _coco(seed, B, G, height, width, strides, with_counts):
+    anchors, levels = grid_anchors(height, width, strides)
+    gt = random_gt(B, G, height, width, seed=seed)
+    counts = None
+    if with_counts:
+        counts = torch.randint(0, G + 1, (B,), generator=_gen(seed))
+        counts[0] = G  # at least one full image
+        gt, counts = pad_counts(gt, counts.tolist())
+    return _case(anchors, levels, gt, counts)
+
+
+for _name, _params in _COCO.items():
+    register(_name)(functools.partial(_coco, *_params))
+
+
+# --------------------------------------------------------------------------- distance ties
+
+
+@register("multi_anchor_3scales")
+def _multi_anchor():
+    """3 anchors per location (equal centres: ties by index), topk = 9 * 3 as the original code."""
+    anchors, levels = multi_scale_anchors(192, 256, (8, 16, 32, 64), [4 * 2 ** (i / 3) for i in range(3)])
+    gt = random_gt(2, 12, 192, 256, seed=11)
+    return _case(anchors, levels, gt, topk=27)
+
+
+@register("multi_anchor_ratios")
+def _multi_anchor_ratios():
+    """3 aspect ratios per location (equal centres, different IoUs), topk = 9 * 3."""
+    boxes, levels = [], []
+    for s in (8, 16, 32):
+        level = []
+        for ratio in (0.5, 1.0, 2.0):
+            a, n = grid_anchors(128, 128, (s,), scale=4.0)
+            cx, cy = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2
+            w, h = (a[:, 2] - a[:, 0]) * math.sqrt(ratio), (a[:, 3] - a[:, 1]) / math.sqrt(ratio)
+            level.append(boxes_around(cx, cy, w, h))
+        level = torch.stack(level, dim=1).reshape(-1, 4)  # location-major: 3 per location
+        boxes.append(level)
+        levels.append(level.shape[0])
+    gt = random_gt(2, 8, 128, 128, seed=12)
+    return _case(torch.cat(boxes), levels, gt, topk=27)
+
+
+def _on_lines(seed: int, corners: bool):
+    height, width, strides = 256, 256, (8, 16, 32)
+    anchors, levels = grid_anchors(height, width, strides)
+    g = _gen(seed)
+    B, G, big = 2, 16, max(strides)
+    # Multiples of the largest stride are grid lines of every level: the GT centre
+    # is equidistant from 2 (line) or 4 (corner) anchor centres on each level.
+    cx = torch.randint(1, width // big, (B, G), generator=g).float() * big
+    if corners:
+        cy = torch.randint(1, height // big, (B, G), generator=g).float() * big
+    else:
+        cy = (torch.randint(0, height // 8, (B, G), generator=g).float() + 0.5) * 8  # a row of stride-8 centres
+    w = torch.randint(2, 60, (B, G), generator=g).float() * 2
+    h = torch.randint(2, 60, (B, G), generator=g).float() * 2
+    return _case(anchors, levels, boxes_around(cx, cy, w, h))
+
+
+register("gt_centres_on_grid_lines")(functools.partial(_on_lines, 21, False))
+register("gt_centres_on_cell_corners")(functools.partial(_on_lines, 22, True))
+
+
+@register("gt_centre_on_anchor_centre")
+def _on_centres():
+    """GT centres exactly on stride-8 anchor centres: d2 = 0 for one anchor, then rings of equal d2."""
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32))
+    g = _gen(23)
+    cx = (torch.randint(0, 16, (1, 10), generator=g).float() + 0.5) * 8
+    cy = (torch.randint(0, 16, (1, 10), generator=g).float() + 0.5) * 8
+    w = torch.randint(1, 40, (1, 10), generator=g).float() * 2
+    return _case(anchors, levels, boxes_around(cx, cy, w, w))
+
+
+# --------------------------------------------------------------------------- GT edge cases
+
+
+@register("duplicate_gts")
+def _duplicates():
+    """Identical GT boxes (3 copies of one, 2 of another): shared positives go to the lower index."""
+    anchors, levels = grid_anchors(256, 320, (8, 16, 32, 64))
+    gt = random_gt(2, 8, 256, 320, seed=31)
+    gt[:, 3] = gt[:, 0]
+    gt[:, 6] = gt[:, 0]
+    gt[:, 7] = gt[:, 2]
+    gt[1, 5] = gt[0, 1]
+    return _case(anchors, levels, gt)
+
+
+@register("degenerate_gts")
+def _degenerate():
+    """Zero-width, zero-height and point GTs among normal ones: candidates, IoU 0, no positives."""
+    anchors, levels = grid_anchors(128, 192, (8, 16, 32))
+    gt = random_gt(2, 9, 128, 192, seed=32)
+    gt[:, 0, 2] = gt[:, 0, 0]  # zero width
+    gt[:, 1, 3] = gt[:, 1, 1]  # zero height
+    gt[:, 2, 2:] = gt[:, 2, :2]  # a point
+    gt[0, 3] = torch.tensor([60.0, 40.0, 60.0, 100.0])  # zero width, on a grid line
+    gt[1, 4] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # a point at the origin
+    return _case(anchors, levels, gt)
+
+
+@register("negative_center_eps_degenerate")
+def _negative_eps():
+    """center_eps < 0: degenerate GTs do get positives, with IoU 0 (ties resolved by GT index)."""
+    anchors, levels = grid_anchors(64, 64, (8, 16))
+    gt = torch.tensor(
+        [[[20.0, 28.0, 44.0, 28.0], [20.0, 28.0, 44.0, 28.0], [28.0, 20.0, 28.0, 44.0], [30.0, 30.0, 30.0, 30.0]]]
+    )
+    return _case(anchors, levels, gt, center_eps=-8.0)
+
+
+@register("large_center_eps")
+def _large_eps():
+    """center_eps larger than every box: candidates and thresholds, but no positives at all."""
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32))
+    return _case(anchors, levels, random_gt(2, 6, 128, 128, seed=33), center_eps=1e4)
+
+
+@register("nan_padding")
+def _nan_padding():
+    """Padding rows beyond gt_counts hold NaN: never read."""
+    anchors, levels = grid_anchors(192, 256, (8, 16, 32, 64))
+    gt, counts = pad_counts(random_gt(3, 10, 192, 256, seed=34), [10, 4, 1])
+    return _case(anchors, levels, gt, counts)
+
+
+@register("garbage_padding")
+def _garbage_padding():
+    """Padding rows hold inf, -inf and inverted boxes: never read, never an error."""
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32))
+    gt = random_gt(2, 5, 128, 128, seed=35)
+    gt[0, 3] = torch.tensor([float("inf"), 0.0, float("-inf"), 5.0])
+    gt[0, 4] = torch.tensor([50.0, 50.0, 10.0, 10.0])
+    gt[1, 2:] = float("nan")
+    gt[1, 4, 0] = float("inf")
+    return _case(anchors, levels, gt, torch.tensor([3, 2]))
+
+
+@register("gt_counts_zero")
+def _counts_zero():
+    """Images with gt_counts[b] == 0 beside a normal one: all background there."""
+    anchors, levels = grid_anchors(128, 160, (8, 16, 32))
+    gt, counts = pad_counts(random_gt(3, 4, 128, 160, seed=36), [0, 4, 0])
+    return _case(anchors, levels, gt, counts)
+
+
+@register("gt_counts_all_zero")
+def _counts_all_zero():
+    """Every image has gt_counts 0 (G > 0): the kernels' fast paths must still give the sentinels."""
+    anchors, levels = grid_anchors(64, 64, (8, 16))
+    gt, counts = pad_counts(random_gt(2, 3, 64, 64, seed=37), [0, 0])
+    return _case(anchors, levels, gt, counts)
+
+
+@register("g0")
+def _g0():
+    anchors, levels = grid_anchors(64, 96, (8, 16, 32))
+    return _case(anchors, levels, torch.zeros(3, 0, 4))
+
+
+@register("g0_with_counts")
+def _g0_counts():
+    anchors, levels = grid_anchors(64, 96, (8, 16, 32))
+    return _case(anchors, levels, torch.zeros(2, 0, 4), torch.zeros(2, dtype=torch.int64))
+
+
+@register("b0")
+def _b0():
+    anchors, levels = grid_anchors(64, 96, (8, 16, 32))
+    return _case(
+        anchors, levels, torch.zeros(0, 5, 4), torch.zeros(0, dtype=torch.int64),
+        anchor_valid=torch.zeros(0, anchors.shape[0], dtype=torch.bool),
+    )
+
+
+@register("a0_empty_levels")
+def _a0():
+    """A = 0 with every level empty: GTs get no candidate (threshold NaN) and nothing is assigned."""
+    return _case(torch.zeros(0, 4), [0, 0, 0], random_gt(2, 3, 64, 64, seed=38))
+
+
+@register("a0_no_levels")
+def _a0_no_levels():
+    return _case(torch.zeros(0, 4), [], random_gt(1, 2, 64, 64, seed=39))
+
+
+# --------------------------------------------------------------------------- anchor_valid
+
+
+@register("anchor_valid_random")
+def _valid_random():
+    anchors, levels = grid_anchors(192, 256, (8, 16, 32, 64))
+    valid = torch.rand(3, anchors.shape[0], generator=_gen(41)) < 0.6
+    return _case(anchors, levels, random_gt(3, 8, 192, 256, seed=41), anchor_valid=valid)
+
+
+@register("anchor_valid_padded_image")
+def _valid_padded():
+    """Per-image unpadded areas (anchor centre inside), as a batch of differently sized images."""
+    height, width = 256, 320
+    anchors, levels = grid_anchors(height, width, (8, 16, 32, 64, 128))
+    sizes = [(256, 320), (200, 150), (64, 300), (17, 9)]
+    cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    valid = torch.stack([(cx < w) & (cy < h) for h, w in sizes])
+    gt = torch.stack([random_gt(1, 6, max(h, 16), max(w, 16), seed=42 + i)[0] for i, (h, w) in enumerate(sizes)])
+    return _case(anchors, levels, gt, anchor_valid=valid)
+
+
+@register("anchor_valid_none_in_image")
+def _valid_none():
+    """One image where no anchor is valid: C == 0 for its GTs (threshold NaN, no positives)."""
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32))
+    valid = torch.ones(2, anchors.shape[0], dtype=torch.bool)
+    valid[1] = False
+    return _case(anchors, levels, random_gt(2, 4, 128, 128, seed=43), anchor_valid=valid)
+
+
+@register("anchor_valid_one_per_level")
+def _valid_one_per_level():
+    """A single valid anchor per level (V_l = 1 < topk): one candidate per level, the rest -1."""
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32))
+    valid = torch.zeros(1, anchors.shape[0], dtype=torch.bool)
+    start = 0
+    for n in levels:
+        valid[0, start + n // 3] = True
+        start += n
+    return _case(anchors, levels, random_gt(1, 5, 128, 128, seed=44), anchor_valid=valid)
+
+
+# --------------------------------------------------------------------------- levels
+
+
+@register("level_smaller_than_topk")
+def _small_level():
+    """Levels of 6 and 2 anchors with topk = 9: min(topk, N_l) candidates there."""
+    anchors, levels = grid_anchors(64, 80, (8, 16, 32, 64))
+    return _case(anchors, levels, random_gt(2, 6, 64, 80, seed=51))
+
+
+@register("topk_larger_than_every_level")
+def _huge_topk():
+    """topk = 1000 > A: every valid anchor is a candidate of every GT."""
+    anchors, levels = grid_anchors(48, 64, (8, 16, 32))
+    valid = torch.rand(2, anchors.shape[0], generator=_gen(52)) < 0.8
+    return _case(anchors, levels, random_gt(2, 5, 48, 64, seed=52), topk=1000, anchor_valid=valid)
+
+
+def _empty_level(where: str):
+    anchors, levels = grid_anchors(96, 128, (8, 16, 32))
+    levels = {
+        "start": [0] + levels,
+        "middle": levels[:1] + [0] + levels[1:],
+        "end": levels + [0],
+        "everywhere": [0, levels[0], 0, 0, levels[1], levels[2], 0],
+    }[where]
+    return _case(anchors, levels, random_gt(2, 6, 96, 128, seed=53))
+
+
+for _where in ("start", "middle", "end", "everywhere"):
+    register(f"empty_level_{_where}")(functools.partial(_empty_level, _where))
+
+
+@register("c1_topk1_one_level")
+def _c1():
+    """C == 1 (topk = 1, one level): std = 0, so the single candidate is positive if its centre is inside."""
+    anchors, levels = grid_anchors(64, 64, (8,))
+    return _case(anchors, levels, random_gt(2, 7, 64, 64, seed=54), topk=1)
+
+
+@register("topk1_multi_level")
+def _topk1():
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32, 64))
+    return _case(anchors, levels, random_gt(2, 7, 128, 128, seed=55), topk=1)
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+@register("integer_boxes")
+def _integer_boxes():
+    """Small integer anchors and GTs: many exactly equal IoUs and distances."""
+    g = _gen(61)
+    anchors, levels = multi_scale_anchors(32, 32, (4, 8), [2.0, 3.0])
+    xy = torch.randint(0, 24, (2, 12, 2), generator=g).float()
+    wh = torch.randint(1, 12, (2, 12, 2), generator=g).float()
+    gt = torch.cat([xy, xy + wh], dim=-1)
+    return _case(anchors, levels, gt, topk=6)
+
+
+@register("tiny_image")
+def _tiny():
+    """An 8x8 image with strides up to 128: one anchor per level, GTs larger than the image."""
+    anchors, levels = grid_anchors(8, 8, (8, 16, 32, 64, 128))
+    gt = torch.tensor([[[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 3.0, 7.0], [-50.0, -50.0, 60.0, 60.0]]])
+    return _case(anchors, levels, gt)
+
+
+@register("tiny_image_1px")
+def _tiny_1px():
+    anchors, levels = grid_anchors(1, 1, (1, 2, 4), scale=1.0)
+    gt = torch.tensor([[[0.0, 0.0, 1.0, 1.0]], [[0.25, 0.25, 0.75, 0.75]]])
+    return _case(anchors, levels, gt, topk=3, center_eps=0.0)
+
+
+@register("negative_coordinates")
+def _negative():
+    """Everything shifted to negative coordinates."""
+    anchors, levels = grid_anchors(128, 128, (8, 16, 32))
+    return _case(anchors - 1000.0, levels, random_gt(2, 6, 128, 128, seed=62) - 1000.0)
+
+
+@register("huge_coordinates_overflow")
+def _huge():
+    """Coordinates near float32's limit: centres, d2, areas overflow to inf and IoUs become NaN."""
+    big = 3.0e38
+    anchors = torch.tensor(
+        [[0.0, 0.0, 1.0, 1.0], [big, big, big, big], [-big, -big, big, big], [1e19, 1e19, 3e19, 3e19],
+         [0.0, 0.0, big, big], [-big, 0.0, 0.0, 1.0], [1e30, -1e30, 2e30, 1e30], [5.0, 5.0, 6.0, 6.0]]
+    )
+    gt = torch.tensor(
+        [[[0.0, 0.0, 2.0, 2.0], [big, big, big, big], [-big, -big, big, big], [1e19, 1e19, 2e19, 2e19]],
+         [[0.0, 0.0, big, big], [1e30, 0.0, 2e30, 1e30], [-1.0, -1.0, 7.0, 7.0], [-big, -big, -big, -big]]]
+    )
+    return _case(anchors, [3, 5], gt, topk=2)
+
+
+@register("tiny_coordinates")
+def _tiny_coords():
+    """Sub-normal sizes: areas underflow to 0 and the union clamps to 1e-6."""
+    anchors, levels = grid_anchors(16, 16, (4, 8), scale=2.0)
+    anchors = anchors * 1e-20
+    gt = torch.tensor([[[0.0, 0.0, 8e-20, 8e-20], [1e-20, 2e-20, 9e-20, 1.5e-19], [0.0, 0.0, 1.0, 1.0]]])
+    return _case(anchors, levels, gt, center_eps=0.0)
+
+
+@register("signed_zeros")
+def _signed_zeros():
+    """Boxes touching at +-0 coordinates: where -0.0 can appear in centres, widths and IoUs."""
+    z = -0.0
+    anchors = torch.tensor(
+        [[z, z, 1.0, 1.0], [-1.0, -1.0, z, z], [z, -1.0, 1.0, z], [-1.0, z, z, 1.0],
+         [z, z, z, z], [0.0, 0.0, 0.0, 0.0], [-2.0, -2.0, 2.0, 2.0], [z, z, 2.0, 2.0]]
+    )
+    gt = torch.tensor(
+        [[[z, z, 1.0, 1.0], [-1.0, -1.0, 0.0, 0.0], [z, z, z, z], [-1.0, -1.0, 1.0, 1.0]],
+         [[0.0, z, 1.0, 0.0], [z, -1.0, z, 1.0], [-2.0, z, 2.0, z], [z, z, 2.0, 2.0]]]
+    )
+    return _case(anchors, [4, 4], gt, topk=3, center_eps=-1.0)
+
+
+@register("non_integer_random_boxes")
+def _random_float_boxes():
+    """Anchors not on a grid at all (random floats): generic rounding everywhere."""
+    g = _gen(63)
+    xy = torch.rand(60, 2, generator=g) * 100
+    wh = torch.rand(60, 2, generator=g) * 30
+    anchors = torch.cat([xy, xy + wh], dim=-1)
+    gxy = torch.rand(2, 7, 2, generator=g) * 100
+    gwh = torch.rand(2, 7, 2, generator=g) * 50
+    return _case(anchors, [25, 20, 15], torch.cat([gxy, gxy + gwh], dim=-1), topk=5, center_eps=0.5)
+
+
+CASE_NAMES: List[str] = list(CASES)
+# Cases where everything is background by construction.
+EMPTY_CASE_NAMES = ["g0", "g0_with_counts", "b0", "a0_empty_levels", "a0_no_levels", "gt_counts_all_zero"]
+
+
+# --------------------------------------------------------------------------- per-op inputs and outputs
+
+
+@functools.lru_cache(maxsize=None)
+def reference_stages(name: str) -> dict:
+    """The reference's outputs of each stage for case ``name`` (cached: the reference is slow)."""
+    return compute_reference_stages(make_case(name))
+
+
+def compute_reference_stages(c: dict) -> dict:
+    """The reference's output of each op on case ``c``, each stage fed the previous one's output."""
+    d = reference.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
+    cand = reference.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
+    stats = reference.iou_statistics(c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"])
+    resolved = reference.resolve_multi_gt(cand, stats[0], stats[2], c["anchors"].shape[0])
+    return {
+        "center_distance": d,
+        "topk_per_level": cand,
+        "iou_statistics": stats,
+        "resolve_multi_gt": resolved,
+        "atss_assign": reference.atss_assign(*case_args(c)),
+    }
+
+
+def op_args(op: str, case: dict, stages: Optional[dict] = None) -> tuple:
+    """Positional arguments of stage ``op`` for ``case``; intermediate inputs come from ``stages``
+    (by default the reference's outputs for the case, which all implementations then share)."""
+    c = case
+    if op == "center_distance":
+        return (c["anchors"], c["gt_boxes"], c["gt_counts"])
+    if op == "topk_per_level":
+        return (stages["center_distance"], c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
+    if op == "iou_statistics":
+        return (c["anchors"], c["gt_boxes"], stages["topk_per_level"], c["gt_counts"], c["center_eps"])
+    if op == "resolve_multi_gt":
+        cand_iou, _, is_positive = stages["iou_statistics"]
+        return (stages["topk_per_level"], cand_iou, is_positive, c["anchors"].shape[0])
+    if op == "atss_assign":
+        return case_args(c)
+    raise KeyError(op)
+
+
+def chain_stage_kernels(case: dict) -> tuple:
+    """The four stage kernels chained, as the fused ``atss_assign`` computes them."""
+    c = case
+    ops = torch.ops.atss_ops
+    d = ops.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
+    cand = ops.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
+    cand_iou, threshold, is_positive = ops.iou_statistics(
+        c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"]
+    )
+    gt_index, iou, num_positive = ops.resolve_multi_gt(cand, cand_iou, is_positive, c["anchors"].shape[0])
+    return gt_index, iou, threshold, num_positive
+
+
+def move(x, device):
+    """``x`` (a tensor, or a tuple / dict of them, or anything else) moved to ``device``."""
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, tuple):
+        return tuple(move(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: move(v, device) for k, v in x.items()}
+    return x
+
+
+def kernel(op: str):
+    """The compiled op ``torch.ops.atss_ops.<op>``."""
+    return getattr(torch.ops.atss_ops, op)
+
+
+def reference_op(op: str):
+    return getattr(reference, op)
+
+
+def has_cuda_kernels() -> bool:
+    return torch.cuda.is_available() and atss_ops.has_kernel("atss_assign", "cuda")
+
+
+# The device axis of the kernel tests: CUDA runs only where conftest does not skip `cuda`.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_isolated(setup: str, calls: Dict[str, str], memory_gb: int = 8) -> subprocess.CompletedProcess:
+    """Runs ``calls`` (label -> Python expression) after ``setup`` in a fresh interpreter.
+
+    For inputs that may crash the process (a segfault would take pytest down)
+    or allocate absurd amounts of memory: the child's address space is capped
+    at ``memory_gb`` GiB, so a huge allocation fails fast instead of swapping.
+    Each call prints one line, flushed, ``label: ok <repr>`` or
+    ``label: <ExceptionType>: <message>``, so the lines before a crash survive.
+    """
+    lines = [
+        "import sys, torch, atss_ops",
+        "from atss_ops import reference",
+        setup,
+        "def _probe(label, fn):",
+        "    try:",
+        "        out = fn()",
+        "        print(f'{label}: ok {out!r}'.replace(chr(10), ' '), flush=True)",
+        "    except Exception as e:",
+        "        print(f'{label}: {type(e).__name__}: {e}'.replace(chr(10), ' '), flush=True)",
+    ]
+    lines += [f"_probe({label!r}, lambda: {expr})" for label, expr in calls.items()]
+
+    def limit():
+        import resource
+
+        cap = memory_gb << 30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(os.path.abspath(__file__))]))
+    return subprocess.run(
+        [sys.executable, "-c", "\n".join(lines)], preexec_fn=limit, capture_output=True, text=True,
+        cwd=ROOT, env=env, timeout=120,
+    )
+
+
+def isolated_results(proc: subprocess.CompletedProcess, labels) -> Dict[str, str]:
+    """label -> what ``run_isolated`` printed for it ("<no output: process died with code N>" after a crash)."""
+    out = {}
+    for line in proc.stdout.splitlines():
+        label, _, rest = line.partition(": ")
+        out[label] = rest
+    died = f"<no output: the process died with code {proc.returncode}; stderr tail: {proc.stderr[-300:]!r}>"
+    return {label: out.get(label, died) for label in labels}
