@@ -128,20 +128,19 @@ def check_gt_counts_values(gt_counts: Optional[Tensor], num_gt: int) -> None:
         _fail(f"gt_counts[{b}] = {int(gt_counts[b])} is out of range [0, G = {num_gt}]")
 
 
-def gt_valid_mask(gt_boxes: Tensor, gt_counts: Optional[Tensor]) -> Tensor:
+def gt_valid_mask(batch: int, num_gt: int, gt_counts: Optional[Tensor], device) -> Tensor:
     """``[B, G]`` bool: True for the boxes that are not padding."""
-    batch, num_gt = gt_boxes.shape[:2]
-    slots = torch.arange(num_gt, device=gt_boxes.device).expand(batch, num_gt)
     if gt_counts is None:
-        return torch.ones(batch, num_gt, dtype=torch.bool, device=gt_boxes.device)
-    return slots < gt_counts[:, None]
+        return torch.ones(batch, num_gt, dtype=torch.bool, device=device)
+    return torch.arange(num_gt, device=device)[None, :] < gt_counts[:, None]
 
 
 def check_box_values(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tensor]) -> None:
     """Value checks on anchors, the valid GT boxes and ``gt_counts`` (reads data)."""
     check_gt_counts_values(gt_counts, gt_boxes.shape[1])
     _check_boxes_values("anchors", anchors, None)
-    _check_boxes_values("gt_boxes", gt_boxes, gt_valid_mask(gt_boxes, gt_counts))
+    valid = gt_valid_mask(gt_boxes.shape[0], gt_boxes.shape[1], gt_counts, gt_boxes.device)
+    _check_boxes_values("gt_boxes", gt_boxes, valid)
 
 
 def check_assign_inputs(

@@ -94,7 +94,7 @@ def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tenso
     dx = acx[None, None, :] - gcx[:, :, None]
     dy = acy[None, None, :] - gcy[:, :, None]
     d2 = dx * dx + dy * dy
-    valid = V.gt_valid_mask(gt_boxes, gt_counts)
+    valid = V.gt_valid_mask(*gt_boxes.shape[:2], gt_counts, gt_boxes.device)
     return d2.masked_fill(~valid[:, :, None], float("nan"))
 
 
@@ -145,7 +145,7 @@ def topk_per_level(
         candidates = torch.cat(per_level, dim=-1)
     else:
         candidates = torch.empty(B, G, 0, dtype=torch.int64, device=device)
-    gt_valid = _gt_valid_from_counts(B, G, gt_counts, device)
+    gt_valid = V.gt_valid_mask(B, G, gt_counts, device)
     return candidates.masked_fill(~gt_valid[:, :, None], -1)
 
 
@@ -173,7 +173,7 @@ def iou_statistics(
     V.check_box_values(anchors, gt_boxes, gt_counts)
     _check_candidate_values(candidates, anchors.shape[0])
     C = candidates.shape[2]
-    gt_valid = V.gt_valid_mask(gt_boxes, gt_counts)
+    gt_valid = V.gt_valid_mask(B, G, gt_counts, gt_boxes.device)
     present = (candidates >= 0) & gt_valid[:, :, None]
 
     cand_boxes = anchors[candidates.clamp(min=0)]  # [B, G, C, 4]
@@ -279,12 +279,6 @@ def atss_assign(
 
 
 # --- checks of the intermediate tensors (the stage ops take them as input) ---
-
-
-def _gt_valid_from_counts(B: int, G: int, gt_counts: Optional[Tensor], device) -> Tensor:
-    if gt_counts is None:
-        return torch.ones(B, G, dtype=torch.bool, device=device)
-    return torch.arange(G, device=device)[None, :] < gt_counts[:, None]
 
 
 def _check_distances(distances: Tensor) -> None:
