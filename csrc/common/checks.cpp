@@ -225,6 +225,70 @@ void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors) {
   }
 }
 
+namespace {
+const at::Tensor* maybe(const std::optional<at::Tensor>& t) { return t ? &*t : nullptr; }
+}  // namespace
+
+void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                                const std::optional<at::Tensor>& gt_counts) {
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"gt_counts", maybe(gt_counts)}});
+  check_gt_counts(gt_counts, gt_boxes.size(0));
+}
+
+void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
+                               int64_t topk, const std::optional<at::Tensor>& gt_counts,
+                               const std::optional<at::Tensor>& anchor_valid) {
+  check_distances(distances);
+  check_same_device({{"distances", &distances}, {"gt_counts", maybe(gt_counts)},
+                     {"anchor_valid", maybe(anchor_valid)}});
+  check_levels(num_anchors_per_level, distances.size(2));
+  check_topk(topk);
+  check_gt_counts(gt_counts, distances.size(0));
+  check_anchor_valid(anchor_valid, distances.size(0), distances.size(2));
+}
+
+void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                               const at::Tensor& candidates,
+                               const std::optional<at::Tensor>& gt_counts, double center_eps) {
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  check_candidates(candidates, gt_boxes.size(0), gt_boxes.size(1));
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"candidates", &candidates},
+                     {"gt_counts", maybe(gt_counts)}});
+  check_gt_counts(gt_counts, gt_boxes.size(0));
+  check_center_eps(center_eps);
+}
+
+void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor& candidate_iou,
+                                 const at::Tensor& is_positive, int64_t num_anchors) {
+  const int64_t B = candidates.dim() > 0 ? candidates.size(0) : 0;
+  const int64_t G = candidates.dim() > 1 ? candidates.size(1) : 0;
+  check_candidates(candidates, B, G);
+  check_candidate_like(candidate_iou, "candidate_iou", candidates, at::kFloat);
+  check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
+  check_same_device({{"candidates", &candidates}, {"candidate_iou", &candidate_iou},
+                     {"is_positive", &is_positive}});
+  TORCH_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num_anchors);
+  check_num_anchors(num_anchors);
+}
+
+void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level,
+                            const at::Tensor& gt_boxes, const std::optional<at::Tensor>& gt_counts,
+                            int64_t topk, const std::optional<at::Tensor>& anchor_valid,
+                            double center_eps) {
+  check_anchors(anchors);
+  check_gt_boxes(gt_boxes);
+  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
+                     {"gt_counts", maybe(gt_counts)}, {"anchor_valid", maybe(anchor_valid)}});
+  check_levels(num_anchors_per_level, anchors.size(0));
+  check_topk(topk);
+  check_center_eps(center_eps);
+  check_gt_counts(gt_counts, gt_boxes.size(0));
+  check_anchor_valid(anchor_valid, gt_boxes.size(0), anchors.size(0));
+}
+
 int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk) {
   int64_t total = 0;
   for (int64_t n : num_anchors_per_level) total += n < topk ? n : topk;

@@ -29,6 +29,23 @@ void check_candidate_like(const at::Tensor& t, const char* name, const at::Tenso
                           at::ScalarType dtype);
 void check_num_anchors(int64_t num_anchors);
 
+// Every structural check of one op, in the order both backends run them (and
+// the order of the fake kernels in atss_ops/ops.py).
+void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                                const std::optional<at::Tensor>& gt_counts);
+void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
+                               int64_t topk, const std::optional<at::Tensor>& gt_counts,
+                               const std::optional<at::Tensor>& anchor_valid);
+void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                               const at::Tensor& candidates,
+                               const std::optional<at::Tensor>& gt_counts, double center_eps);
+void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor& candidate_iou,
+                                 const at::Tensor& is_positive, int64_t num_anchors);
+void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level,
+                            const at::Tensor& gt_boxes, const std::optional<at::Tensor>& gt_counts,
+                            int64_t topk, const std::optional<at::Tensor>& anchor_valid,
+                            double center_eps);
+
 // Value checks: read tensor data (contiguous CPU tensors).
 void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t num_gt);
 void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,

@@ -19,17 +19,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
     const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
     const std::optional<at::Tensor>& gt_counts, int64_t topk,
     const std::optional<at::Tensor>& anchor_valid, double center_eps) {
-  check_anchors(anchors);
-  check_gt_boxes(gt_boxes);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr},
-                     {"anchor_valid", anchor_valid ? &*anchor_valid : nullptr}});
+  check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
+                         center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
-  check_levels(num_anchors_per_level, A);
-  check_topk(topk);
-  check_center_eps(center_eps);
-  check_gt_counts(gt_counts, B);
-  check_anchor_valid(anchor_valid, B, A);
   check_box_values(anchors, gt_boxes, gt_counts);
 
   const auto f32 = anchors.options();

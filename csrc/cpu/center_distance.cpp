@@ -11,11 +11,7 @@ namespace atss::cpu {
 
 at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                                const std::optional<at::Tensor>& gt_counts) {
-  check_anchors(anchors);
-  check_gt_boxes(gt_boxes);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
-  check_gt_counts(gt_counts, gt_boxes.size(0));
+  check_center_distance_args(anchors, gt_boxes, gt_counts);
   check_box_values(anchors, gt_boxes, gt_counts);
 
   const at::Tensor a = anchors.contiguous();

@@ -12,14 +12,8 @@ namespace atss::cpu {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cpu(
     const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& candidates,
     const std::optional<at::Tensor>& gt_counts, double center_eps) {
-  check_anchors(anchors);
-  check_gt_boxes(gt_boxes);
+  check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
-  check_candidates(candidates, B, G);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"candidates", &candidates},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
-  check_gt_counts(gt_counts, B);
-  check_center_eps(center_eps);
   check_box_values(anchors, gt_boxes, gt_counts);
   check_candidate_values(candidates, A);
 

@@ -10,15 +10,8 @@ namespace atss::cpu {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
     const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
     int64_t num_anchors) {
-  const int64_t B = candidates.dim() > 0 ? candidates.size(0) : 0;
-  const int64_t G = candidates.dim() > 1 ? candidates.size(1) : 0;
-  check_candidates(candidates, B, G);
-  check_candidate_like(candidate_iou, "candidate_iou", candidates, at::kFloat);
-  check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
-  check_same_device({{"candidates", &candidates}, {"candidate_iou", &candidate_iou},
-                     {"is_positive", &is_positive}});
-  TORCH_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num_anchors);
-  check_num_anchors(num_anchors);
+  check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors);
+  const int64_t B = candidates.size(0), G = candidates.size(1);
   check_candidate_values(candidates, num_anchors);
 
   const int64_t A = num_anchors, C = candidates.size(2);
