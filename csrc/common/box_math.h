@@ -21,6 +21,15 @@
 
 namespace atss {
 
+// Valid boxes of image b: gt_counts[b], or G without gt_counts. Clamped to
+// [0, G] so that a kernel that skipped the value checks (CUDA) never reads
+// outside the padded batch.
+ATSS_HD int64_t valid_gt_count(const int64_t* gt_counts, int64_t b, int64_t num_gt) {
+  if (gt_counts == nullptr) return num_gt;
+  const int64_t n = gt_counts[b];
+  return n < 0 ? 0 : (n > num_gt ? num_gt : n);
+}
+
 ATSS_HD float min_of(float a, float b) { return b < a ? b : a; }
 ATSS_HD float max_of(float a, float b) { return b > a ? b : a; }
 

@@ -11,6 +11,8 @@
 
 #include <optional>
 
+#include "box_math.h"  // valid_gt_count
+
 namespace atss {
 
 void check_anchors(const at::Tensor& anchors);
@@ -55,12 +57,5 @@ void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors);
 // Number of candidate slots per GT: sum over levels of min(topk, N_l).
 int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk);
 
-// Valid boxes of image b: gt_counts[b], or G without gt_counts. Clamped to
-// [0, G] so that a kernel that skipped the value checks never reads outside.
-inline int64_t valid_gt_count(const int64_t* gt_counts, int64_t b, int64_t num_gt) {
-  if (gt_counts == nullptr) return num_gt;
-  const int64_t n = gt_counts[b];
-  return n < 0 ? 0 : (n > num_gt ? num_gt : n);
-}
 
 }  // namespace atss

@@ -31,18 +31,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
     const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
     const std::optional<at::Tensor>& gt_counts, int64_t topk,
     const std::optional<at::Tensor>& anchor_valid, double center_eps) {
-  // The CPU kernel's structural checks, in its order; no value check (no sync).
-  check_anchors(anchors);
-  check_gt_boxes(gt_boxes);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr},
-                     {"anchor_valid", anchor_valid ? &*anchor_valid : nullptr}});
+  // The structural checks every backend runs; no value check (no sync).
+  check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
+                         center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
-  check_levels(num_anchors_per_level, A);
-  check_topk(topk);
-  check_center_eps(center_eps);
-  check_gt_counts(gt_counts, B);
-  check_anchor_valid(anchor_valid, B, A);
   check_cuda_num_gt(G);
 
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -79,6 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.anchors_aligned = reinterpret_cast<uintptr_t>(p.anchors) % 16 == 0;
   p.score_in_smem = score_smem_bytes(C) <= kMaxScoreBytes;
   p.center_eps = static_cast<float>(center_eps);
+  p.nan_bits = host_default_nan_bits();
   p.threshold = threshold.data_ptr<float>();
   p.num_positive = num_positive.data_ptr<int64_t>();
 
@@ -100,7 +93,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.cand_iou = reinterpret_cast<float*>(base + iou_at);
   p.cand_positive = reinterpret_cast<bool*>(base + pos_at);
 
-  const int64_t smem_bytes = p.score_in_smem && score_smem_bytes(C) > kTileBytes ? score_smem_bytes(C) : kTileBytes;
+  const int64_t score_bytes = p.score_in_smem ? score_smem_bytes(C) : 0;
+  const int64_t smem_bytes = score_bytes > kTileBytes ? score_bytes : kTileBytes;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   C10_CUDA_CHECK(cudaMemsetAsync(base, 0, static_cast<size_t>(zeroed_bytes), stream));
   launch_select<Mode::kFused>(p, lt, valid.has_value(), smem_bytes, stream);

@@ -13,10 +13,11 @@ constexpr int kDistanceThreads = 256;
 
 __global__ void __launch_bounds__(kDistanceThreads)
     center_distance_kernel(const float* anchors, const float* gt_boxes, const int64_t* gt_counts,
-                           int64_t num_gt, int64_t num_anchors, int64_t rows, float* out) {
+                           int64_t num_gt, int64_t num_anchors, int64_t rows, uint32_t nan_bits,
+                           float* out) {
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const int64_t b = row / num_gt;
-    const bool active = row - b * num_gt < valid_gt_count_dev(gt_counts, b, num_gt);
+    const bool active = row - b * num_gt < valid_gt_count(gt_counts, b, num_gt);
     float gcx = 0.0f, gcy = 0.0f;
     if (active) {
       const float* box = gt_boxes + 4 * row;
@@ -30,7 +31,8 @@ __global__ void __launch_bounds__(kDistanceThreads)
       float d = quiet_nan();  // padding GT: the CPU's quiet NaN
       if (active) {
         const float* box = anchors + 4 * a;
-        d = cpu_nan_bits(squared_distance(center_of(box[0], box[2]), center_of(box[1], box[3]), gcx, gcy));
+        const float cx = center_of(box[0], box[2]), cy = center_of(box[1], box[3]);
+        d = cpu_nan_bits(squared_distance(cx, cy, gcx, gcy), nan_bits);
       }
       out_row[a] = d;
     }
@@ -39,12 +41,8 @@ __global__ void __launch_bounds__(kDistanceThreads)
 
 at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                                 const std::optional<at::Tensor>& gt_counts) {
-  // The CPU kernel's structural checks, in its order; no value check (no sync).
-  check_anchors(anchors);
-  check_gt_boxes(gt_boxes);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
-  check_gt_counts(gt_counts, gt_boxes.size(0));
+  // The structural checks every backend runs; no value check (no sync).
+  check_center_distance_args(anchors, gt_boxes, gt_counts);
 
   const c10::cuda::CUDAGuard guard(anchors.device());
   const at::Tensor a = anchors.contiguous();
@@ -60,7 +58,9 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
   const unsigned blocks_y = static_cast<unsigned>(rows < 65535 ? rows : 65535);
   const dim3 grid(blocks_x, blocks_y);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  center_distance_kernel<<<grid, kDistanceThreads, 0, stream>>>(a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows, out.data_ptr<float>());
+  center_distance_kernel<<<grid, kDistanceThreads, 0, stream>>>(
+      a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
+      host_default_nan_bits(), out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -21,6 +21,7 @@ struct IouArgs {
   const int64_t* gt_counts;  // [B] or null
   int64_t num_gt, num_anchors, num_slots, rows, num_tiles;
   float center_eps;
+  uint32_t nan_bits;  // host_default_nan_bits()
   int in_smem;
   int64_t* cand_buf;  // [rows, C] when !in_smem
   float* cand_iou;    // [B, G, C]
@@ -39,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
     const int64_t b = row / G;
     float* iou_out = p.cand_iou + row * C;
     bool* pos_out = p.is_positive + row * C;
-    if (row - b * G >= valid_gt_count_dev(p.gt_counts, b, G)) {  // padding: IoU 0, NaN, false
+    if (row - b * G >= valid_gt_count(p.gt_counts, b, G)) {  // padding: IoU 0, NaN, false
       for (int64_t c = lane; c < C; c += kWarp) {
         iou_out[c] = 0.0f;
         pos_out[c] = false;
@@ -47,10 +48,13 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
       if (lane == 0) p.threshold[row] = quiet_nan();
       continue;
     }
-    int64_t* cand = p.in_smem ? reinterpret_cast<int64_t*>(smem) + warp * C : p.cand_buf + row * C;
-    float* iou_buf =
-        p.in_smem ? reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * C) + warp * C
-                  : iou_out;
+    int64_t* cand = p.cand_buf + row * C;
+    float* iou_buf = iou_out;
+    if (p.in_smem) {  // [8 warps][C] indices, then [8 warps][C] IoUs
+      cand = reinterpret_cast<int64_t*>(smem) + warp * C;
+      float* ious = reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * C);
+      iou_buf = ious + warp * C;
+    }
     const int64_t* cand_in = p.candidates + row * C;
     for (int64_t c = lane; c < C; c += kWarp) {
       const int64_t a = cand_in[c];
@@ -59,9 +63,9 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
     __syncwarp();
     float gt[4];
     load_box(p.gt_boxes + 4 * row, gt);
-    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, lane,
+    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
                                 [&](int64_t c, int64_t, float v, bool positive) {
-                                  iou_out[c] = cpu_nan_bits(v);
+                                  iou_out[c] = cpu_nan_bits(v, p.nan_bits);
                                   pos_out[c] = positive;
                                 });
     if (lane == 0) p.threshold[row] = thr;
@@ -71,15 +75,9 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
     const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& candidates,
     const std::optional<at::Tensor>& gt_counts, double center_eps) {
-  // The CPU kernel's structural checks, in its order; no value check (no sync).
-  check_anchors(anchors);
-  check_gt_boxes(gt_boxes);
+  // The structural checks every backend runs; no value check (no sync).
+  check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
-  check_candidates(candidates, B, G);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"candidates", &candidates},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr}});
-  check_gt_counts(gt_counts, B);
-  check_center_eps(center_eps);
 
   const c10::cuda::CUDAGuard guard(anchors.device());
   const int64_t C = candidates.size(2);
@@ -108,6 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   p.rows = rows;
   p.num_tiles = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   p.center_eps = static_cast<float>(center_eps);
+  p.nan_bits = host_default_nan_bits();
   p.in_smem = smem_bytes <= kMaxSmemBytes;
   at::Tensor cand_buf;
   if (!p.in_smem) {
@@ -118,7 +117,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   p.threshold = threshold.data_ptr<float>();
   p.is_positive = is_positive.data_ptr<bool>();
 
-  const unsigned blocks = static_cast<unsigned>(p.num_tiles < (int64_t{1} << 20) ? p.num_tiles : (int64_t{1} << 20));
+  const int64_t max_blocks = int64_t{1} << 20;  // then grid-stride
+  const unsigned blocks =
+      static_cast<unsigned>(p.num_tiles < max_blocks ? p.num_tiles : max_blocks);
   const size_t dynamic_smem = p.in_smem ? static_cast<size_t>(smem_bytes) : 0;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   iou_statistics_kernel<<<blocks, kThreads, dynamic_smem, stream>>>(p);

@@ -11,7 +11,8 @@ namespace {
 
 __global__ void __launch_bounds__(256)
     claim_kernel(const int64_t* cand, const float* cand_iou, const bool* cand_positive,
-                 int64_t num_gt, int64_t num_slots, int64_t num_anchors, int64_t total, u64* claims) {
+                 int64_t num_gt, int64_t num_slots, int64_t num_anchors, int64_t total,
+                 u64* claims) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += stride) {
@@ -42,23 +43,12 @@ __global__ void __launch_bounds__(256)
     }
     const int64_t b = i / num_anchors;
     const int64_t a = i - b * num_anchors;
-    const int64_t g = static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(key));
-    const uint32_t bits = static_cast<uint32_t>(key >> 32);
-    float v = __uint_as_float(bits);
-    if (bits == 0) {
-      // The winning IoU is +0.0 or -0.0 (a positive anchor with no overlap:
-      // degenerate boxes, a negative center_eps). The CPU keeps the bits of
-      // GT g's first claim of the anchor: no lower GT claimed it (it would
-      // have won the tie), and g's later zeros are not strictly greater.
-      const int64_t base = (b * num_gt + g) * num_slots;
-      for (int64_t c = 0; c < num_slots; ++c) {
-        const int64_t j = base + c;
-        if (cand[j] == a && cand_positive[j] && cand_iou[j] >= 0.0f) {
-          v = cand_iou[j];
-          break;
-        }
-      }
-    }
+    const int64_t g = claim_gt(key);
+    // The winning IoU's bits; for a zero (a positive anchor with no overlap:
+    // degenerate boxes, a negative center_eps) the sign is read back from the
+    // winner's candidate row.
+    const int64_t row = (b * num_gt + g) * num_slots;
+    const float v = claim_iou(key, a, cand + row, cand_iou + row, cand_positive + row, num_slots);
     gt_index[i] = g;
     iou[i] = v;
     atomicAdd(reinterpret_cast<u64*>(num_positive + b * num_gt + g), u64{1});
@@ -69,15 +59,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cuda(
     const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
     int64_t num_anchors) {
   // The CPU kernel's structural checks, in its order; no value check (no sync).
-  const int64_t B = candidates.dim() > 0 ? candidates.size(0) : 0;
-  const int64_t G = candidates.dim() > 1 ? candidates.size(1) : 0;
-  check_candidates(candidates, B, G);
-  check_candidate_like(candidate_iou, "candidate_iou", candidates, at::kFloat);
-  check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
-  check_same_device({{"candidates", &candidates}, {"candidate_iou", &candidate_iou},
-                     {"is_positive", &is_positive}});
-  TORCH_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num_anchors);
-  check_num_anchors(num_anchors);
+  // The structural checks every backend runs; no value check (no sync).
+  check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors);
+  const int64_t B = candidates.size(0), G = candidates.size(1);
   check_cuda_num_gt(G);
 
   const c10::cuda::CUDAGuard guard(candidates.device());
@@ -120,7 +104,9 @@ void launch_decode_claims(const u64* claims, int64_t batch, int64_t num_gt, int6
   const int64_t total = batch * num_anchors;
   if (total == 0) return;
   const unsigned blocks = grid_for(total, 256, int64_t{32} * num_sms());
-  decode_claims_kernel<<<blocks, 256, 0, stream>>>(claims, num_gt, num_anchors, num_slots, total, cand, cand_iou, cand_positive, gt_index, iou, num_positive);
+  decode_claims_kernel<<<blocks, 256, 0, stream>>>(claims, num_gt, num_anchors, num_slots, total,
+                                                   cand, cand_iou, cand_positive, gt_index, iou,
+                                                   num_positive);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

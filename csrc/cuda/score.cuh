@@ -11,9 +11,10 @@ namespace atss::cuda {
 // `cand` holds the row's C candidate anchors (-1 = empty slot; every other
 // value in [0, A)), written and made visible to the warp (__syncwarp) by the
 // caller. `iou_buf` is C floats of scratch (shared or global memory). `gt` is
-// the GT box. For every slot c, the lane that owns it (c % 32) calls
-// on_slot(c, anchor, iou, positive). Returns the threshold as the CPU writes
-// it: quiet NaN without candidates, else mean + std rounded to float32.
+// the GT box, `nan_bits` the host's default NaN. For every slot c, the lane
+// that owns it (c % 32) calls on_slot(c, anchor, iou, positive). Returns the
+// threshold as the CPU writes it: quiet NaN without candidates, else
+// mean + std rounded to float32.
 //
 // Bit-exactness: the IoU is box_iou and the positive test the CPU's
 // expression, element by element; the float64 statistics are
@@ -22,7 +23,7 @@ namespace atss::cuda {
 template <class OnSlot>
 __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, int64_t num_slots,
                                            const float* anchors, const float* gt, float center_eps,
-                                           int lane, OnSlot&& on_slot) {
+                                           uint32_t nan_bits, int lane, OnSlot&& on_slot) {
   for (int64_t c = lane; c < num_slots; c += kWarp) {
     const int64_t a = cand[c];
     iou_buf[c] = a >= 0 ? box_iou(anchors + 4 * a, gt) : 0.0f;
@@ -44,12 +45,13 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
     if (a >= 0) {
       const float* box = anchors + 4 * a;
       positive = static_cast<double>(v) >= thr &&
-                 center_inside(center_of(box[0], box[2]), center_of(box[1], box[3]), gt, center_eps);
+                 center_inside(center_of(box[0], box[2]), center_of(box[1], box[3]), gt,
+                               center_eps);
     }
     on_slot(c, a, v, positive);
   }
   __syncwarp();
-  return count > 0 ? cpu_nan_bits(static_cast<float>(thr)) : quiet_nan();
+  return count > 0 ? cpu_nan_bits(static_cast<float>(thr), nan_bits) : quiet_nan();
 }
 
 // Loads a GT box into registers.

@@ -36,82 +36,28 @@
 
 namespace atss::cuda {
 
-// Non-empty levels the kernels take (the level table is a kernel parameter).
-constexpr int kMaxLevels = 128;
-// Anchor centres per shared-memory tile in the fused kernel (16 KB).
-constexpr int kTile = 2048;
-// Keys per lane between two updates of the warp-wide bound.
-constexpr int kUnroll = 8;
-
-// The level layout, with empty levels dropped (they have no candidate slot).
-struct LevelTable {
-  int32_t num_levels;  // non-empty levels
-  int32_t num_chunks;  // over all levels
-  int32_t chunk_len;   // anchors per chunk (the last chunk of a level may be shorter)
-  int32_t num_cand;    // C = sum_l min(topk, N_l)
-  int32_t num_part;    // partial slots per row = sum over chunks of min(k_l, chunk size)
-  int32_t k_max;       // max_l min(topk, N_l)
-  int32_t start[kMaxLevels];       // first anchor of the level
-  int32_t size[kMaxLevels];        // N_l
-  int32_t k[kMaxLevels];           // min(topk, N_l)
-  int32_t chunk_base[kMaxLevels];  // first chunk of the level
-  int32_t cand_base[kMaxLevels];   // first candidate slot of the level in a row
-  int32_t part_base[kMaxLevels];   // first partial slot of the level in a row
-};
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-inline int64_t num_row_tiles(int64_t rows) { return ceil_div(rows, kRowsPerBlock); }
+// The chunk length: the largest of 8192 .. 1024 anchors that still gives the
+// grid about 4 work items per multiprocessor.
+inline int64_t pick_chunk_len(at::IntArrayRef levels, int64_t rows) {
+  const int64_t tiles = num_row_tiles(rows);
+  const int64_t target = 4 * static_cast<int64_t>(num_sms());
+  for (int64_t len : {8192, 4096, 2048}) {
+    int64_t chunks = 0;
+    for (int64_t n : levels) chunks += ceil_div(n, len);
+    if (tiles * chunks >= target) return len;
+  }
+  return 1024;
+}
 
 // The level table for `levels` (which check_levels has accepted: entries >= 0,
-// sum A < 2^31) and topk >= 1. The chunk length is the largest of 8192 ..
-// 1024 anchors that still gives the grid about 4 work items per multiprocessor.
+// sum A < 2^31) and topk >= 1.
 inline LevelTable make_level_table(at::IntArrayRef levels, int64_t topk, int64_t rows) {
   int64_t non_empty = 0;
   for (int64_t n : levels) non_empty += n > 0;
   TORCH_CHECK_VALUE(non_empty <= kMaxLevels,
                     "num_anchors_per_level: the CUDA kernels take at most ", kMaxLevels,
                     " non-empty levels, got ", non_empty);
-  const int64_t tiles = num_row_tiles(rows);
-  const int64_t target = 4 * static_cast<int64_t>(num_sms());
-  int64_t chunk_len = 1024;
-  for (int64_t len : {8192, 4096, 2048}) {
-    int64_t chunks = 0;
-    for (int64_t n : levels) chunks += ceil_div(n, len);
-    if (tiles * chunks >= target) {
-      chunk_len = len;
-      break;
-    }
-  }
-  LevelTable t{};
-  t.chunk_len = static_cast<int32_t>(chunk_len);
-  int64_t start = 0, chunks = 0, cand = 0, part = 0, k_max = 0;
-  int l = 0;
-  for (int64_t n : levels) {
-    if (n > 0) {
-      const int64_t k = topk < n ? topk : n;
-      t.start[l] = static_cast<int32_t>(start);
-      t.size[l] = static_cast<int32_t>(n);
-      t.k[l] = static_cast<int32_t>(k);
-      t.chunk_base[l] = static_cast<int32_t>(chunks);
-      t.cand_base[l] = static_cast<int32_t>(cand);
-      t.part_base[l] = static_cast<int32_t>(part);
-      const int64_t level_chunks = ceil_div(n, chunk_len);
-      const int64_t last_len = n - (level_chunks - 1) * chunk_len;
-      part += (level_chunks - 1) * (k < chunk_len ? k : chunk_len) + (k < last_len ? k : last_len);
-      chunks += level_chunks;
-      cand += k;
-      k_max = k > k_max ? k : k_max;
-      ++l;
-    }
-    start += n;
-  }
-  t.num_levels = l;
-  t.num_chunks = static_cast<int32_t>(chunks);
-  t.num_cand = static_cast<int32_t>(cand);
-  t.num_part = static_cast<int32_t>(part);
-  t.k_max = static_cast<int32_t>(k_max);
-  return t;
+  return fill_level_table(levels.data(), levels.size(), topk, pick_chunk_len(levels, rows));
 }
 
 enum class Mode { kTopk, kFused };
@@ -130,6 +76,7 @@ struct SelectArgs {
   int anchors_aligned;  // anchors are 16-byte aligned: float4 loads
   int score_in_smem;    // fused: the per-warp score buffers fit in shared memory
   float center_eps;
+  uint32_t nan_bits;  // host_default_nan_bits()
   // Scratch.
   unsigned* tile_done;  // [num_tiles], zeroed before the launch
   u64* partial;         // [rows, num_part]
@@ -234,7 +181,7 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
     load_box(p.gt_boxes + 4 * row, gt);
     const int64_t g = row - b * p.num_gt;
     const int64_t A = p.num_anchors;
-    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, lane,
+    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
                                 [&](int64_t c, int64_t a, float v, bool positive) {
                                   const int64_t i = row * C + c;
                                   p.candidates[i] = a;
@@ -252,9 +199,16 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
   }
 }
 
+// Registers: up to 80 per thread for lists of up to 16 keys (3 blocks of 256
+// threads per multiprocessor; ptxas reports no spill there, while its own
+// choice for K = 9 was 64 registers with spills); no cap for 32 keys (about
+// 120 registers, which an 80-register cap would spill).
+template <int K>
+constexpr int kMinBlocksPerSm = K <= 16 ? 3 : 1;
+
 template <int K, bool HAS_VALID, Mode MODE>
-__global__ void __launch_bounds__(kThreads)
-    select_kernel(const SelectArgs p, const __grid_constant__ LevelTable lt) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
+    select_kernel(const __grid_constant__ SelectArgs p, const __grid_constant__ LevelTable lt) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_last;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
@@ -274,8 +228,8 @@ __global__ void __launch_bounds__(kThreads)
     const int clen = lt.size[l] - offset < lt.chunk_len ? lt.size[l] - offset : lt.chunk_len;
     const int k = lt.k[l];
     const int kc = k < clen ? k : clen;  // keys this chunk contributes
-    const int64_t slot0 =
-        static_cast<int64_t>(lt.part_base[l]) + static_cast<int64_t>(j) * (k < lt.chunk_len ? k : lt.chunk_len);
+    const int64_t slot0 = static_cast<int64_t>(lt.part_base[l]) +
+                          static_cast<int64_t>(j) * (k < lt.chunk_len ? k : lt.chunk_len);
 
     // This warp's row (warp-uniform state).
     const int64_t row = tile * kRowsPerBlock + warp;
@@ -283,7 +237,7 @@ __global__ void __launch_bounds__(kThreads)
     int64_t b = 0;
     if (row < p.rows) {
       b = row / G;
-      active = row - b * G < valid_gt_count_dev(p.gt_counts, b, G);
+      active = row - b * G < valid_gt_count(p.gt_counts, b, G);
     }
     float gcx = 0.0f, gcy = 0.0f;
     const float* drow = nullptr;
@@ -380,7 +334,8 @@ inline int pick_list_size(int64_t k_max) {
 template <int K, bool HAS_VALID, Mode MODE>
 void launch_select_kernel(unsigned blocks, int64_t smem_bytes, cudaStream_t stream,
                           const SelectArgs& p, const LevelTable& lt) {
-  select_kernel<K, HAS_VALID, MODE><<<blocks, kThreads, static_cast<size_t>(smem_bytes), stream>>>(p, lt);
+  const size_t smem = static_cast<size_t>(smem_bytes);
+  select_kernel<K, HAS_VALID, MODE><<<blocks, kThreads, smem, stream>>>(p, lt);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

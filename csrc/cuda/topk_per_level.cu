@@ -14,16 +14,9 @@ namespace {
 at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
                                int64_t topk, const std::optional<at::Tensor>& gt_counts,
                                const std::optional<at::Tensor>& anchor_valid) {
-  // The CPU kernel's structural checks, in its order; no value check (no sync).
-  check_distances(distances);
+  // The structural checks every backend runs; no value check (no sync).
+  check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
-  check_same_device({{"distances", &distances},
-                     {"gt_counts", gt_counts ? &*gt_counts : nullptr},
-                     {"anchor_valid", anchor_valid ? &*anchor_valid : nullptr}});
-  check_levels(num_anchors_per_level, A);
-  check_topk(topk);
-  check_gt_counts(gt_counts, B);
-  check_anchor_valid(anchor_valid, B, A);
 
   const c10::cuda::CUDAGuard guard(distances.device());
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);

@@ -1,0 +1,206 @@
+// The host-and-device core of the CUDA kernels' logic: ordering keys, the
+// per-lane top-K list, the level table, and the claim keys of step 7. Plain C++
+// (ATSS_HD functions, no CUDA API), so that the programs in host_sim/ check
+// this logic against the CPU kernels (csrc/cpu/steps.h) on a machine without a
+// GPU; tests/test_cuda_host_sim.py builds and runs them.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "../common/box_math.h"
+
+#if defined(__CUDACC__)
+#define ATSS_UNROLL _Pragma("unroll")
+#else
+#define ATSS_UNROLL
+#endif
+
+namespace atss::cuda {
+
+using u64 = unsigned long long;  // the type of atomicMax / __ldcg / shuffles
+
+// A key no real candidate has: real keys hold an anchor index < 2^31 in
+// their low 32 bits.
+constexpr u64 kEmptyKey = ~u64{0};
+
+// The (distance, anchor index) ordering key: distance_bits in the high half,
+// the index in the low half, so that u64 order is the contract's order. Every
+// real key is > 0: distance_bits is never 0 (that would be the bits of a NaN,
+// which maps to 0xffffffff), so 0 can serve as "no lower bound".
+ATSS_HD u64 distance_key(float d, int64_t anchor) {
+  return (static_cast<u64>(distance_bits(d)) << 32) | static_cast<uint32_t>(anchor);
+}
+
+ATSS_HD int64_t key_anchor(u64 key) {
+  return key == kEmptyKey ? int64_t{-1} : static_cast<int64_t>(static_cast<uint32_t>(key));
+}
+
+// Rows (GTs) per block of the selection kernels: one warp per row.
+constexpr int kRowsPerBlock = 8;
+// Non-empty levels the kernels take (the level table is a kernel parameter).
+constexpr int kMaxLevels = 128;
+// Anchor centres per shared-memory tile in the fused kernel (16 KB).
+constexpr int kTile = 2048;
+// Keys per lane between two updates of the warp-wide bound.
+constexpr int kUnroll = 8;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int64_t num_row_tiles(int64_t rows) { return ceil_div(rows, kRowsPerBlock); }
+
+// The level layout, with empty levels dropped (they have no candidate slot).
+// 32 bits suffice for every field: each is at most A (< 2^31, check_num_anchors).
+struct LevelTable {
+  int32_t num_levels;  // non-empty levels
+  int32_t num_chunks;  // over all levels
+  int32_t chunk_len;   // anchors per chunk (the last chunk of a level may be shorter)
+  int32_t num_cand;    // C = sum_l min(topk, N_l)
+  int32_t num_part;    // partial slots per row = sum over chunks of min(k_l, chunk size)
+  int32_t k_max;       // max_l min(topk, N_l)
+  int32_t start[kMaxLevels];       // first anchor of the level
+  int32_t size[kMaxLevels];        // N_l
+  int32_t k[kMaxLevels];           // min(topk, N_l)
+  int32_t chunk_base[kMaxLevels];  // first chunk of the level
+  int32_t cand_base[kMaxLevels];   // first candidate slot of the level in a row
+  int32_t part_base[kMaxLevels];   // first partial slot of the level in a row
+};
+
+// The table of levels[0, num_levels) (entries >= 0, sum < 2^31, at most
+// kMaxLevels non-empty: the caller checks), topk >= 1, chunk_len >= 1.
+inline LevelTable fill_level_table(const int64_t* levels, size_t num_levels, int64_t topk,
+                                   int64_t chunk_len) {
+  LevelTable t{};
+  t.chunk_len = static_cast<int32_t>(chunk_len);
+  int64_t start = 0, chunks = 0, cand = 0, part = 0, k_max = 0;
+  int l = 0;
+  for (size_t i = 0; i < num_levels; ++i) {
+    const int64_t n = levels[i];
+    if (n > 0) {
+      const int64_t k = topk < n ? topk : n;
+      t.start[l] = static_cast<int32_t>(start);
+      t.size[l] = static_cast<int32_t>(n);
+      t.k[l] = static_cast<int32_t>(k);
+      t.chunk_base[l] = static_cast<int32_t>(chunks);
+      t.cand_base[l] = static_cast<int32_t>(cand);
+      t.part_base[l] = static_cast<int32_t>(part);
+      const int64_t level_chunks = ceil_div(n, chunk_len);
+      const int64_t last_len = n - (level_chunks - 1) * chunk_len;
+      part += (level_chunks - 1) * (k < chunk_len ? k : chunk_len) + (k < last_len ? k : last_len);
+      chunks += level_chunks;
+      cand += k;
+      k_max = k > k_max ? k : k_max;
+      ++l;
+    }
+    start += n;
+  }
+  t.num_levels = l;
+  t.num_chunks = static_cast<int32_t>(chunks);
+  t.num_cand = static_cast<int32_t>(cand);
+  t.num_part = static_cast<int32_t>(part);
+  t.k_max = static_cast<int32_t>(k_max);
+  return t;
+}
+
+
+// The K smallest keys one lane has seen, ascending, padded with kEmptyKey.
+// Keys are unique (they contain the anchor index), so the order is total.
+// Indexed only with compile-time constants, so it lives in registers.
+template <int K>
+struct TopList {
+  u64 key[K];
+
+  ATSS_HD void clear() {
+ATSS_UNROLL
+    for (int j = 0; j < K; ++j) key[j] = kEmptyKey;
+  }
+  ATSS_HD u64 worst() const { return key[K - 1]; }
+  ATSS_HD u64 head() const { return key[0]; }
+
+  // Inserts k, which the caller has checked is < worst(): each slot takes its
+  // left neighbour when that is greater than k (shift right), k itself at the
+  // first slot whose old key is greater, or keeps its key. All slots are
+  // computed from the old values, from the right, so no temporary is needed.
+  ATSS_HD void insert(u64 k) {
+ATSS_UNROLL
+    for (int j = K - 1; j > 0; --j) {
+      key[j] = key[j - 1] > k ? key[j - 1] : (key[j] > k ? k : key[j]);
+    }
+    key[0] = key[0] > k ? k : key[0];
+  }
+
+  // Removes the head (the smallest key).
+  ATSS_HD void pop() {
+ATSS_UNROLL
+    for (int j = 0; j < K - 1; ++j) key[j] = key[j + 1];
+    key[K - 1] = kEmptyKey;
+  }
+
+  // The n-th smallest key (1 <= n <= K), with a run-time n: the largest of
+  // the first n keys. Written with masks rather than `j == n - 1 ? key[j]`,
+  // which the compiler turns into key[n - 1], an indexed access that moves
+  // the whole list to local memory.
+  ATSS_HD u64 nth(int n) const {
+    u64 r = 0;
+ATSS_UNROLL
+    for (int j = 0; j < K; ++j) {
+      const u64 mask = u64{0} - static_cast<u64>(j < n);
+      const u64 v = key[j] & mask;
+      r = v > r ? v : r;
+    }
+    return r;
+  }
+};
+
+// ----------------------------------------------------------------- step 7 claims
+
+ATSS_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+#endif
+}
+
+ATSS_HD float bits_float(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+#endif
+}
+
+// The ordering key of a claim of an anchor by GT g with IoU v (v >= 0, not
+// NaN): higher IoU first, then lower GT index, as u64 order. Both zeros map to
+// 0 so that -0.0 ties +0.0 as in the CPU's float comparison. 0 is never a
+// claim key (g < 2^32 - 1), so a zeroed buffer means "no claim".
+ATSS_HD u64 claim_key(float v, int64_t g) {
+  const uint32_t bits = v == 0.0f ? 0u : float_bits(v);
+  return (static_cast<u64>(bits) << 32) | (0xffffffffu - static_cast<uint32_t>(g));
+}
+
+// The GT of a claim key (key != 0).
+ATSS_HD int64_t claim_gt(u64 key) {
+  return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(key));
+}
+
+// The IoU the CPU writes for anchor a won with claim key `key`: the key's IoU
+// bits, except for a zero, whose sign the key dropped: then the bits of the
+// winner's first claim of the anchor in slot order (no lower GT claimed the
+// anchor, it would have won the tie; the winner's later zeros are not strictly
+// greater, so its first claim stays). The row is the winner's candidates.
+ATSS_HD float claim_iou(u64 key, int64_t a, const int64_t* cand, const float* cand_iou,
+                        const bool* cand_positive, int64_t num_slots) {
+  const uint32_t bits = static_cast<uint32_t>(key >> 32);
+  if (bits != 0) return bits_float(bits);
+  for (int64_t c = 0; c < num_slots; ++c) {
+    if (cand[c] == a && cand_positive[c] && cand_iou[c] >= 0.0f) return cand_iou[c];
+  }
+  return 0.0f;  // unreachable: the claim came from such a slot
+}
+
+}  // namespace atss::cuda
