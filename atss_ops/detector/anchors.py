@@ -1,0 +1,110 @@
+"""Anchors on the feature pyramid, their validity in padded batches, and box coding."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+class AnchorGenerator:
+    """Anchors of every pyramid level, in the layout the head's outputs use.
+
+    Level ``l`` (stride ``2**l``) gets, at each location ``(y, x)`` of its
+    feature map, one anchor per ``(scale, ratio)`` pair centred at
+    ``((x + 0.5) * stride, (y + 0.5) * stride)`` with area ``(scale * stride)**2``
+    and ``height / width = ratio``. Anchors are ordered level by level, then row
+    by row, then by ``(scale, ratio)``: the order of ``atss_assign``'s
+    ``num_anchors_per_level`` and of the head's flattened predictions.
+
+    Args:
+        strides: stride of each level, finest first.
+        scales: anchor size in strides (default one, 8: the ATSS paper's #A=1).
+        ratios: anchor aspect ratios ``h / w``.
+    """
+
+    def __init__(self, strides: Sequence[int], scales: Sequence[float] = (8.0,), ratios: Sequence[float] = (1.0,)):
+        if not strides or any(s <= 0 for s in strides):
+            raise ValueError(f"strides must be positive, got {list(strides)}")
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"anchor scales must be positive, got {list(scales)}")
+        if not ratios or any(r <= 0 for r in ratios):
+            raise ValueError(f"anchor ratios must be positive, got {list(ratios)}")
+        self.strides = tuple(int(s) for s in strides)
+        # [#A, 2] (w, h) of the anchors of one location, in strides.
+        self._shapes = torch.tensor(
+            [(s / math.sqrt(r), s * math.sqrt(r)) for s in scales for r in ratios], dtype=torch.float32
+        )
+        self._cache: Dict[Tuple, Tuple[Tensor, List[int]]] = {}
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return self._shapes.shape[0]
+
+    def __call__(self, feature_sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tuple[Tensor, List[int]]:
+        """``(anchors Tensor[A, 4] float32 on device, num_anchors_per_level)`` for these feature map sizes."""
+        if len(feature_sizes) != len(self.strides):
+            raise ValueError(f"expected {len(self.strides)} feature maps, got {len(feature_sizes)}")
+        key = (tuple(tuple(int(v) for v in s) for s in feature_sizes), str(device))
+        if key not in self._cache:
+            per_level = [self._level(h, w, stride) for (h, w), stride in zip(key[0], self.strides)]
+            anchors = torch.cat(per_level).to(device)
+            self._cache[key] = anchors, [a.shape[0] for a in per_level]
+        return self._cache[key]
+
+    def _level(self, height: int, width: int, stride: int) -> Tensor:
+        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        centres = (torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2).float() + 0.5) * stride  # [HW, 1, 2]
+        half = self._shapes[None] * stride / 2  # [1, #A, 2]
+        return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)
+
+
+def anchor_validity(anchors: Tensor, image_sizes: Tensor) -> Tensor:
+    """``Tensor[B, A]`` bool: the anchor's centre lies inside image b's unpadded area.
+
+    ``image_sizes`` is ``Tensor[B, 2]`` (h, w). Anchors centred in the padding
+    are never candidates in the assignment and are ignored by the losses and
+    at inference.
+    """
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    sizes = image_sizes.to(anchors.device, torch.float32)
+    return (cx[None] < sizes[:, 1:2]) & (cy[None] < sizes[:, 0:1])
+
+
+class BoxCoder:
+    """The R-CNN box parametrisation ``(dx, dy, dw, dh)`` relative to an anchor.
+
+    ``dx = wx * (gx - ax) / aw``, ``dw = ww * log(gw / aw)`` etc., with weights
+    ``(10, 10, 5, 5)`` as in ATSS. Decoding clamps ``dw, dh`` so that a wild
+    prediction cannot overflow ``exp``.
+    """
+
+    def __init__(self, weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+                 max_log_scale: float = math.log(1000.0 / 16)):
+        self.weights = weights
+        self.max_log_scale = max_log_scale
+
+    def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        """Deltas ``[..., 4]`` that turn ``anchors`` into ``boxes`` (both ``[..., 4]`` x1y1x2y2)."""
+        wx, wy, ww, wh = self.weights
+        aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+        ax, ay = anchors[..., 0] + aw / 2, anchors[..., 1] + ah / 2
+        bw, bh = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        bx, by = boxes[..., 0] + bw / 2, boxes[..., 1] + bh / 2
+        return torch.stack(
+            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
+        )
+
+    def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        """Boxes ``[..., 4]`` (x1y1x2y2) from ``deltas`` and ``anchors`` (broadcast together)."""
+        wx, wy, ww, wh = self.weights
+        aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+        ax, ay = anchors[..., 0] + aw / 2, anchors[..., 1] + ah / 2
+        cx = deltas[..., 0] / wx * aw + ax
+        cy = deltas[..., 1] / wy * ah + ay
+        w = torch.exp((deltas[..., 2] / ww).clamp(max=self.max_log_scale)) * aw
+        h = torch.exp((deltas[..., 3] / wh).clamp(max=self.max_log_scale)) * ah
+        return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)

@@ -1,0 +1,109 @@
+"""COCO-format detection data: an ``annotations.json`` and a folder of images.
+
+Two directory layouts are recognised by :func:`find_split`:
+
+* ``ROOT/<split>/annotations.json`` with images under ``ROOT/<split>/images/``
+  (what :meth:`SyntheticShapes.export_coco` writes);
+* the COCO 2017 layout, ``ROOT/annotations/instances_<split>.json`` with images
+  under ``ROOT/<split>/`` (e.g. ``--train-split train2017 --val-split val2017``).
+
+Crowd annotations (``iscrowd: 1``) never become training targets; evaluation
+reads them from the json through pycocotools, which treats them as "ignore".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def find_split(root: str, split: str) -> Tuple[str, str]:
+    """``(annotation_file, image_dir)`` of ``split`` under ``root`` (see the module docstring)."""
+    candidates = [
+        (os.path.join(root, split, "annotations.json"), os.path.join(root, split, "images")),
+        (os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)),
+    ]
+    for annotation_file, image_dir in candidates:
+        if os.path.isfile(annotation_file):
+            if not os.path.isdir(image_dir):
+                raise FileNotFoundError(f"found {annotation_file} but no image folder {image_dir}")
+            return annotation_file, image_dir
+    tried = ", ".join(a for a, _ in candidates)
+    raise FileNotFoundError(f"no annotations for split {split!r} under {root!r}: tried {tried}")
+
+
+class CocoDetection:
+    """A COCO-format dataset with the item format of :mod:`atss_ops.detector.data`.
+
+    Args:
+        annotation_file: COCO json with ``images``, ``annotations``, ``categories``.
+        image_dir: folder the images' ``file_name`` entries are relative to.
+        skip_empty: drop images without any non-crowd box (for training).
+
+    Items: ``image`` uint8 ``Tensor[3, H, W]`` (RGB), ``boxes`` float32
+    ``Tensor[N, 4]`` (``x1, y1, x2, y2`` pixels, clipped to the image, crowd and
+    empty boxes removed), ``labels`` int64 ``Tensor[N]`` (contiguous class
+    indices, categories sorted by id), ``image_id`` (the json's id).
+    """
+
+    def __init__(self, annotation_file: str, image_dir: str, *, skip_empty: bool = False):
+        with open(annotation_file) as f:
+            data = json.load(f)
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise ValueError(f"{annotation_file} is not COCO format: no {key!r} key")
+        self.annotation_file = annotation_file
+        self.image_dir = image_dir
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        self.category_ids: List[int] = [c["id"] for c in categories]
+        self.classes: Tuple[str, ...] = tuple(c["name"] for c in categories)
+        label_of = {cid: i for i, cid in enumerate(self.category_ids)}
+        per_image: Dict[int, List[Tuple[List[float], int]]] = defaultdict(list)
+        for ann in data["annotations"]:
+            if ann.get("iscrowd", 0):
+                continue
+            if ann["category_id"] not in label_of:
+                raise ValueError(f"annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
+            per_image[ann["image_id"]].append((ann["bbox"], label_of[ann["category_id"]]))
+        self._annotations = per_image
+        images = sorted(data["images"], key=lambda im: im["id"])
+        if skip_empty:
+            images = [im for im in images if any(w > 0 and h > 0 for (_, _, w, h), _ in per_image[im["id"]])]
+        if not images:
+            raise ValueError(f"{annotation_file} has no usable images")
+        self.images: List[Dict[str, Any]] = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        info = self.images[index]
+        path = os.path.join(self.image_dir, info["file_name"])
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+        H, W = image.shape[:2]
+        boxes, labels = [], []
+        for (x, y, w, h), label in self._annotations[info["id"]]:
+            x1, y1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
+            x2, y2 = min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)
+            if x2 > x1 and y2 > y1:
+                boxes.append([x1, y1, x2, y2])
+                labels.append(label)
+        return {
+            "image": torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "image_id": info["id"],
+        }
+
+    def coco(self):
+        """The ground truth as a ``pycocotools.coco.COCO`` object (crowd boxes included)."""
+        from .evaluation import load_coco
+
+        return load_coco(self.annotation_file)

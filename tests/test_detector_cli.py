@@ -1,0 +1,111 @@
+"""The detector end to end from the command line: train, resume, eval, predict, and torchrun (gloo, CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from atss_ops.detector import cli
+from atss_ops.detector.engine import read_log
+from atss_ops.detector.synthetic import SyntheticShapes, SyntheticSpec
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--threads", "1"]
+
+
+def run(*args: str, timeout: int = 300) -> str:
+    """Runs ``python args...`` from the repository root; returns stdout, fails with the output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    # Idle OpenMP threads sleep instead of spinning: several processes share few cores here.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def detector(*args: str) -> str:
+    return run("-m", "atss_ops.detector.cli", *args)
+
+
+def test_train_checkpoint_resume_eval_predict(tmp_path):
+    out = tmp_path / "run"
+    detector("train", *TINY, "--epochs", "1", "--output-dir", str(out))
+    first = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (first["epoch"], first["iteration"]) == (1, 4)  # 16 images, batch 4
+
+    # resume takes the settings from the checkpoint; only --epochs changes
+    detector("train", "--output-dir", str(out), "--resume", "--epochs", "2")
+    resumed = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (resumed["epoch"], resumed["iteration"]) == (2, 8)
+    assert resumed["config"]["model"] == first["config"]["model"]
+    log = read_log(str(out / "train_log.jsonl"))
+    steps = [r["iteration"] for r in log if r["kind"] == "train"]
+    assert steps == list(range(1, 9))  # appended across the two runs, nothing repeated
+    assert [r["epoch"] for r in log if r["kind"] == "eval"] == [1, 2]
+    for name in ("config.json", "curves.png", "metrics.json", "metrics.txt"):
+        assert (out / name).is_file(), name
+
+    # the optimiser state was carried over (Adam's step count continues from 4)
+    assert all(int(state["step"]) == 8 for state in resumed["optimizer"]["state"].values())
+    assert any(not torch.equal(resumed["model"][k], v) for k, v in first["model"].items())
+
+    printed = detector("eval", "--checkpoint", str(out / "checkpoint.pt"), "--threads", "1")
+    assert "AP50" in printed
+    assert (out / "eval_val.json").is_file() and (out / "eval_val.txt").is_file()
+
+    images = tmp_path / "images"
+    SyntheticShapes("val", 3, SyntheticSpec(image_size=64, min_object=12)).export_coco(str(images))
+    printed = detector("predict", "--checkpoint", str(out / "checkpoint.pt"), str(images / "images"),
+                       "--output-dir", str(tmp_path / "pred"), "--threads", "1")
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["000001.png", "000002.png", "000003.png"]
+    assert printed.count("detections") == 3
+
+
+def test_train_on_a_coco_folder(tmp_path):
+    # the synthetic data exported in COCO format goes through the COCO loader
+    for split, count in (("train", 8), ("val", 4)):
+        SyntheticShapes(split, count, SyntheticSpec(image_size=64, min_object=12)).export_coco(str(tmp_path / "coco" / split))
+    detector("train", *TINY, "--data", str(tmp_path / "coco"), "--image-size", "64", "--iterations", "2",
+             "--output-dir", str(tmp_path / "run"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] == 2 and checkpoint["classes"][0] == "rectangle"
+
+
+def test_cli_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        cli.main(["train", "--output-dir", str(tmp_path), "--resume"])
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--preset", "huge"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_stay_in_sync(tmp_path):
+    run("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), str(REPO / "tests" / "data" / "ddp_train.py"), str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for state in ranks:
+        assert state["world_size"] == 2 and state["iterations"] == 3
+        assert any(not torch.equal(state["initial"][k], v) for k, v in state["final"].items())  # it stepped
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), f"{name} differs between ranks"
+    # rank 0 alone writes: one checkpoint (rewritten each epoch), one log
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint.pt"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] == 3
+    for name, value in checkpoint["model"].items():
+        assert torch.equal(value, ranks[0]["final"][name]), name
+    steps = [r["iteration"] for r in read_log(str(tmp_path / "run" / "train_log.jsonl")) if r["kind"] == "train"]
+    assert steps == [1, 2, 3]
