@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 import numpy as np
@@ -218,6 +217,30 @@ def test_config_round_trip_and_errors():
         preset("huge")
     with pytest.raises(ValueError, match="min_level"):
         build_model(dataclasses.replace(cfg.model, min_level=1), 3)
+
+
+def test_local_backbone_weights_are_loaded_and_frozen(tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model(tiny_config(backbone_weights=str(path)).model, 3)
+    body = model.backbone.body
+    assert torch.equal(body.layer2[0].conv1.weight, reference.layer2[0].conv1.weight)
+    assert isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
+    assert not body.conv1.weight.requires_grad and body.layer2[0].conv1.weight.requires_grad
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a state_dict of this ResNet"):
+        build_model(tiny_config(backbone_weights=str(tmp_path / "bad.pth")).model, 3)
+
+
+def test_detections_map_back_to_original_pixels():
+    detections = [{"boxes": torch.tensor([[10.0, 10, 50, 30], [0, 0, 200, 200]]), "scores": torch.ones(2),
+                   "labels": torch.zeros(2, dtype=torch.int64)}]
+    out = rescale_detections(detections, torch.tensor([[2.0, 0.5]]), torch.tensor([[100, 80]]))
+    assert out[0]["boxes"].tolist() == [[5, 20, 25, 60], [0, 0, 80, 100]]  # clipped to 80 x 100
 
 
 # --------------------------------------------------------------------------- targets and losses

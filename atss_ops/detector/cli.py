@@ -12,15 +12,16 @@ Examples::
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
 
 Every ``train`` flag left out keeps the value of ``--preset`` (or, with
-``--resume``, of the checkpoint being resumed).
+``--resume``, of the checkpoint being resumed). On a CPU shared with other jobs,
+set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads otherwise slow training
+down many times over (``python -m atss_ops.detector.demo`` sets it itself).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .config import PRESETS, Config, preset
 
@@ -123,6 +124,8 @@ def train_config(args: argparse.Namespace) -> Config:
         value = getattr(args, _dest(flag))
         if value is not None:
             setattr(getattr(cfg, section), field, value)
+    if args.epochs is not None and args.iterations is None:
+        cfg.train.iterations = None  # --epochs alone replaces a step count from the preset or checkpoint
     return cfg
 
 
@@ -139,11 +142,16 @@ def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
 
 def run_train(args: argparse.Namespace) -> None:
     from . import engine
+    from .evaluation import format_table
 
     cfg = train_config(args)
     resume = _resume_path(args, cfg) if args.resume else None
     try:
-        engine.train(cfg, resume=resume)
+        summary = engine.train(cfg, resume=resume)
+        if engine.dist.is_main():
+            title = f"{cfg.data.data} {cfg.data.val_split} after {summary['iterations']} iterations"
+            print(format_table(summary["metrics"], title))
+            print(f"wrote {os.path.join(cfg.train.output_dir, engine.METRICS_JSON)}")
     finally:
         engine.dist.shutdown()
 

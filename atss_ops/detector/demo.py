@@ -23,6 +23,7 @@ from .data import build_dataset, build_loader
 from .evaluation import format_table
 
 NUM_SHOWN = 8
+SHOWN_SCORE = 0.4  # detections drawn in predictions.png score at least this
 
 
 def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOWN) -> None:
@@ -38,7 +39,8 @@ def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOW
     tiles = []
     for index, det in enumerate(detections):
         image, boxes, _ = dataset.dataset.render(index)
-        tiles.append(draw_detections(image, det, ckpt["classes"], ground_truth=boxes, min_side=256))
+        tiles.append(draw_detections(image, det, ckpt["classes"], score_threshold=SHOWN_SCORE,
+                                     ground_truth=boxes, min_side=256))
     save_grid(tiles, path)
 
 

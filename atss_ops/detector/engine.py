@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .config import Config, TrainConfig
-from .data import Batch, DetectionTransform, build_dataset, build_loader, build_transform, collate
-from .evaluation import coco_evaluate, format_table, to_coco_results
+from .data import Batch, DetectionTransform, build_dataset, build_loader, collate
+from .evaluation import coco_evaluate, format_line, format_table, to_coco_results
 from .model import ATSSDetector, Detections, build_model, rescale_detections
 
 CHECKPOINT = "checkpoint.pt"
@@ -267,136 +267,167 @@ class _Progress:
         return values
 
 
-def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
-    """Trains, checkpoints every epoch, evaluates on the val split; alone or under ``torchrun``.
+class Trainer:
+    """One training run, alone or as one process of a ``torchrun`` group.
 
-    Args:
-        cfg: the run's settings.
-        resume: a checkpoint to continue from (model, optimiser, schedule,
-            epoch, iteration); its model settings must equal ``cfg.model``.
-
-    Returns:
-        ``{"model", "metrics", "iterations", "epochs", "output_dir", "train_seconds", "rank",
-        "world_size"}`` on every rank (``model``: the trained :class:`ATSSDetector`, not
-        DDP-wrapped; ``metrics``: the final COCO metrics).
+    ``Trainer(cfg, resume).run()`` trains, checkpoints after every epoch,
+    evaluates on the val split every ``eval_every`` epochs and at the end, and
+    (rank 0) writes the run directory described in the module docstring.
     """
-    tc = cfg.train
-    device = select_device(tc.device)
-    dist.init(device.type)
-    threads = configure_threads(tc.threads, device)
-    amp = autocast_dtype(tc.amp, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    main = dist.is_main()
-    out = tc.output_dir
-    if main:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, CONFIG), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-    log_path = os.path.join(out, LOG)
 
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
-    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
-    model = build_model(cfg.model, len(train_set.classes)).to(device)
-    optimizer = build_optimizer(tc, model)
-    loader = build_loader(train_set, tc.batch_size, train=True, rank=dist.rank(), world_size=dist.world_size(),
-                          num_workers=cfg.data.num_workers, seed=tc.seed, size_divisible=cfg.data.size_divisible)
-    iters_per_epoch = len(loader)
-    total = tc.iterations if tc.iterations is not None else tc.epochs * iters_per_epoch
-    if total < 1:
-        raise ValueError(f"nothing to train: {total} iterations (epochs={tc.epochs}, iterations={tc.iterations})")
-    epochs = math.ceil(total / iters_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(tc, total))
+    def __init__(self, cfg: Config, resume: Optional[str] = None):
+        tc = self.tc = cfg.train
+        self.cfg = cfg
+        self.device = select_device(tc.device)
+        dist.init(self.device.type)
+        self.threads = configure_threads(tc.threads, self.device)
+        self.amp = autocast_dtype(tc.amp, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.main = dist.is_main()
+        self.out = tc.output_dir
+        self.log_path = os.path.join(self.out, LOG)
+        if self.main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, CONFIG), "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
 
-    start_epoch, iteration = 0, 0
-    if resume:
-        checkpoint = load_checkpoint(resume)
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        self.model = build_model(cfg.model, len(self.train_set.classes)).to(self.device)
+        self.optimizer = build_optimizer(tc, self.model)
+        self.loader = build_loader(
+            self.train_set, tc.batch_size, train=True, rank=dist.rank(), world_size=dist.world_size(),
+            num_workers=cfg.data.num_workers, seed=tc.seed, size_divisible=cfg.data.size_divisible,
+        )
+        self.iters_per_epoch = len(self.loader)
+        self.total = tc.iterations if tc.iterations is not None else tc.epochs * self.iters_per_epoch
+        if self.total < 1:
+            raise ValueError(f"nothing to train: {self.total} iterations (epochs={tc.epochs}, "
+                             f"iterations={tc.iterations})")
+        self.epochs = math.ceil(self.total / self.iters_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(tc, self.total))
+        self.start_epoch, self.iteration = 0, 0
+        self.resumed_from = resume
+        if resume:
+            self._restore(resume)
+        self.ddp_model: nn.Module = self.model
+        if dist.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _restore(self, path: str) -> None:
+        checkpoint = load_checkpoint(path)
         saved = Config.from_dict(checkpoint["config"]).model
-        if saved != cfg.model:
-            raise ValueError(f"cannot resume from {resume}: its model settings {saved} differ from {cfg.model}")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch, iteration = checkpoint["epoch"], checkpoint["iteration"]
+        if saved != self.cfg.model:
+            raise ValueError(f"cannot resume from {path}: its model settings {saved} differ from {self.cfg.model}")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.start_epoch, self.iteration = checkpoint["epoch"], checkpoint["iteration"]
 
-    ddp_model: nn.Module = model
-    if dist.world_size() > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def run(self) -> Dict[str, Any]:
+        """Trains and evaluates; returns ``{"model", "metrics", "iterations", "epochs",
+        "output_dir", "train_seconds", "rank", "world_size"}`` on every rank."""
+        self._announce()
+        started = self.started = time.time()
+        for epoch in range(self.start_epoch, self.epochs):
+            self._train_epoch(epoch)
+            self._end_epoch(epoch)
+        train_seconds = time.time() - started
+        metrics = self._evaluate(self.epochs)
+        if self.main:
+            _plot(self.out)
+            write_metrics(self.out, metrics, {"split": self.cfg.data.val_split, "images": len(self.val_set),
+                                              "iterations": self.iteration, "train_seconds": round(train_seconds, 1)})
+        return {"model": self.model, "metrics": metrics, "iterations": self.iteration, "epochs": self.epochs,
+                "output_dir": self.out, "train_seconds": train_seconds, "rank": dist.rank(),
+                "world_size": dist.world_size()}
 
-    if main:
-        where = f"{device}" + (f" x {dist.world_size()} processes" if dist.world_size() > 1 else "")
-        print(f"atss-detector: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes; "
-              f"{total} iterations ({epochs} epochs of {iters_per_epoch}) of batch {tc.batch_size} on {where}, "
-              f"{threads} threads, amp {amp or 'off'}" + (f"; resumed at iteration {iteration}" if resume else ""),
-              flush=True)
+    def _announce(self) -> None:
+        if not self.main:
+            return
+        where = f"{self.device}" + (f" x {dist.world_size()} processes" if dist.world_size() > 1 else "")
+        resumed = f"; resumed at iteration {self.iteration}" if self.resumed_from else ""
+        print(f"atss-detector: {len(self.train_set)} train / {len(self.val_set)} val images, "
+              f"{len(self.train_set.classes)} classes; {self.total} iterations ({self.epochs} epochs of "
+              f"{self.iters_per_epoch}) of batch {self.tc.batch_size} on {where}, {self.threads} threads, "
+              f"amp {self.amp or 'off'}{resumed}", flush=True)
 
-    started = time.time()
-    progress = _Progress()
-    for epoch in range(start_epoch, epochs):
-        loader.sampler.set_epoch(epoch)
+    def _train_epoch(self, epoch: int) -> None:
+        tc = self.tc
+        self.loader.sampler.set_epoch(epoch)
         torch.manual_seed(tc.seed + 1000 * epoch + dist.rank())  # augmentation draws: resumable, per rank
-        ddp_model.train()
-        bar = tqdm(total=min(iters_per_epoch, total - iteration), desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not main, dynamic_ncols=True)
-        for batch in loader:
-            if iteration >= total:
+        self.ddp_model.train()
+        progress = _Progress()
+        steps = min(self.iters_per_epoch, self.total - self.iteration)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.main, dynamic_ncols=True)
+        for batch in self.loader:
+            if self.iteration >= self.total:
                 break
-            batch = batch.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                losses = ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels)
+            batch = batch.to(self.device, non_blocking=True)
+            with _autocast(self.device, self.amp):
+                losses = self.ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels)
             loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            iteration += 1
+                nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.iteration += 1
             progress.add({"loss": loss, **losses})
-            if iteration % tc.log_every == 0 or iteration == total:
-                values = progress.pop()
-                if not math.isfinite(values["loss"]):
-                    raise FloatingPointError(
-                        f"the loss is {values['loss']} at iteration {iteration}: lower --lr or raise --warmup-iters"
-                    )
-                lr = optimizer.param_groups[0]["lr"]
-                if main:
-                    append_log(log_path, {"kind": "train", "epoch": epoch + 1, "iteration": iteration, "lr": lr,
-                                          "seconds": round(time.time() - started, 2), **values})
-                bar.set_postfix_str(" ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in values.items())
-                                    + f" lr={lr:.2e}")
+            if self.iteration % tc.log_every == 0 or self.iteration == self.total:
+                self._log_losses(epoch, progress.pop(), bar)
             bar.update(1)
         bar.close()
-        dist.broadcast_buffers(model)
 
-        last = epoch + 1 == epochs
-        if not last and tc.eval_every and (epoch + 1) % tc.eval_every == 0:
-            metrics = evaluate(model, val_set, device, tc.batch_size, amp)
-            if main:
-                append_log(log_path, {"kind": "eval", "epoch": epoch + 1, "iteration": iteration, **metrics})
-                tqdm.write(f"epoch {epoch + 1}: " + " ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
-        if main:
-            save_checkpoint(
-                os.path.join(out, CHECKPOINT), model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), epoch=epoch + 1, iteration=iteration, config=cfg.to_dict(),
-                classes=list(train_set.classes), category_ids=list(train_set.category_ids),
+    def _log_losses(self, epoch: int, values: Dict[str, float], bar: tqdm) -> None:
+        # Reading the losses syncs with the device: done every log_every steps only.
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(
+                f"the loss is {values['loss']} at iteration {self.iteration}: lower --lr or raise --warmup-iters"
             )
-            _plot(out)
-        dist.barrier()
-    train_seconds = time.time() - started
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.main:
+            append_log(self.log_path, {"kind": "train", "epoch": epoch + 1, "iteration": self.iteration, "lr": lr,
+                                       "seconds": round(time.time() - self.started, 2), **values})
+        bar.set_postfix_str(" ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in values.items())
+                            + f" lr={lr:.2e}")
 
-    metrics = evaluate(model, val_set, device, tc.batch_size, amp)
-    if main:
-        append_log(log_path, {"kind": "eval", "epoch": epochs, "iteration": iteration, **metrics})
-        _plot(out)
-        write_metrics(out, metrics, {"split": cfg.data.val_split, "images": len(val_set), "iterations": iteration,
-                                     "train_seconds": round(train_seconds, 1)})
-        print(format_table(metrics, f"{cfg.data.data} {cfg.data.val_split}, {len(val_set)} images"), flush=True)
-    return {"model": model, "metrics": metrics, "iterations": iteration, "epochs": epochs, "output_dir": out,
-            "train_seconds": train_seconds, "rank": dist.rank(), "world_size": dist.world_size()}
+    def _end_epoch(self, epoch: int) -> None:
+        dist.broadcast_buffers(self.model)
+        done = epoch + 1
+        if done < self.epochs and self.tc.eval_every and done % self.tc.eval_every == 0:
+            metrics = self._evaluate(done)
+            if self.main:
+                tqdm.write(f"epoch {done}: {format_line(metrics)}")
+        if self.main:
+            save_checkpoint(
+                os.path.join(self.out, CHECKPOINT), model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), epoch=done,
+                iteration=self.iteration, config=self.cfg.to_dict(), classes=list(self.train_set.classes),
+                category_ids=list(self.train_set.category_ids),
+            )
+            _plot(self.out)
+        dist.barrier()
+
+    def _evaluate(self, epoch: int) -> Dict[str, float]:
+        metrics = evaluate(self.model, self.val_set, self.device, self.tc.batch_size, self.amp)
+        if self.main:
+            append_log(self.log_path, {"kind": "eval", "epoch": epoch, "iteration": self.iteration, **metrics})
+        return metrics
+
+
+def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
+    """Trains with ``cfg`` (continuing from the checkpoint ``resume`` if given): see :class:`Trainer`.
+
+    ``resume``'s model settings must equal ``cfg.model``. Returns :meth:`Trainer.run`'s summary.
+    """
+    return Trainer(cfg, resume).run()
 
 
 def _plot(out: str) -> None:

@@ -70,12 +70,18 @@ def coco_evaluate(coco_gt, results: List[Dict]) -> Dict[str, float]:
     return {name: float(value) for name, value in zip(METRICS, evaluator.stats[: len(METRICS)])}
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}" if value >= 0 else "n/a"  # pycocotools' -1: no GT box of that size
+
+
 def format_table(metrics: Dict[str, float], title: str = "COCO box metrics") -> str:
     """A fixed-width text table of the metrics (in percent)."""
     names = [m for m in METRICS if m in metrics]
-    width = max(len(title), 8)
-    lines = [title, "-" * width]
     header = " ".join(f"{n:>6}" for n in names)
-    values = " ".join(f"{100 * metrics[n]:6.1f}" if metrics[n] >= 0 else f"{'n/a':>6}" for n in names)
-    lines += [header, values]
-    return "\n".join(lines)
+    values = " ".join(f"{_percent(metrics[n]):>6}" for n in names)
+    return "\n".join([title, "-" * max(len(title), len(header)), header, values])
+
+
+def format_line(metrics: Dict[str, float]) -> str:
+    """``AP 33.8 AP50 58.0 ...`` on one line (in percent)."""
+    return " ".join(f"{n} {_percent(metrics[n])}" for n in METRICS if n in metrics)

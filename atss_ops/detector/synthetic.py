@@ -110,7 +110,7 @@ def render(spec: SyntheticSpec, seed: int, split: str, index: int) -> Tuple[np.n
         ys, xs = np.nonzero(mask)
         boxes.append([left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1])
         labels.append(label)
-    image += rng.normal(0.0, spec.noise, image.shape).astype(np.float32)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(spec.noise)
     return (
         np.clip(image, 0, 255).astype(np.uint8),
         np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -174,31 +174,36 @@ def _shape_mask(rng, label: int, x1: float, y1: float, w: float, h: float, H: in
     return np.asarray(canvas, dtype=bool)
 
 
-def _upsample(grid: np.ndarray, H: int, W: int) -> np.ndarray:
-    """Bilinear resize of ``[h, w, C]`` to ``[H, W, C]`` (separable, corners aligned)."""
-    def axis(n_out, n_in):
-        pos = np.linspace(0, n_in - 1, n_out)
-        lo = np.minimum(pos.astype(int), n_in - 2)
-        return lo, (pos - lo)[:, None]
+def _interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """``[n_out, n_in]`` float32 weights of 1-D linear interpolation, corners aligned."""
+    pos = np.linspace(0, n_in - 1, n_out, dtype=np.float32)
+    lo = np.minimum(pos.astype(int), n_in - 2)
+    frac = pos - lo
+    weights = np.zeros((n_out, n_in), dtype=np.float32)
+    weights[np.arange(n_out), lo] = 1 - frac
+    weights[np.arange(n_out), lo + 1] = frac
+    return weights
 
-    ylo, wy = axis(H, grid.shape[0])
-    rows = grid[ylo] * (1 - wy[..., None]) + grid[ylo + 1] * wy[..., None]
-    xlo, wx = axis(W, grid.shape[1])
-    return rows[:, xlo] * (1 - wx[None]) + rows[:, xlo + 1] * wx[None]
+
+def _upsample(grid: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Bilinear resize of float32 ``[h, w, C]`` to ``[H, W, C]`` (corners aligned), as two matrix products."""
+    h, w, C = grid.shape
+    rows = _interpolation_matrix(H, h) @ grid.reshape(h, w * C)  # [H, w * C]
+    return np.einsum("Wx,Hxc->HWc", _interpolation_matrix(W, w), rows.reshape(H, w, C), optimize=True)
 
 
 def _background(rng, H: int, W: int) -> np.ndarray:
     """Float32 ``[H, W, 3]``: a base colour, two scales of smooth colour noise, maybe stripes."""
     image = np.broadcast_to(rng.uniform(30, 225, 3), (H, W, 3)).astype(np.float32)
     for cells, amplitude in ((rng.integers(2, 6), rng.uniform(20, 70)), (rng.integers(8, 20), rng.uniform(5, 25))):
-        grid = rng.uniform(-1, 1, (cells + 1, cells + 1, 3))
-        image += amplitude * _upsample(grid, H, W).astype(np.float32)
+        grid = rng.uniform(-amplitude, amplitude, (cells + 1, cells + 1, 3)).astype(np.float32)
+        image += _upsample(grid, H, W)
     if rng.random() < 0.4:
         angle = rng.uniform(0, math.pi)
-        period = rng.uniform(4, 24)
-        ys, xs = np.mgrid[0:H, 0:W]
-        phase = (xs * math.cos(angle) + ys * math.sin(angle)) * (2 * math.pi / period)
-        image += (rng.uniform(8, 30) * np.sin(phase))[..., None].astype(np.float32)
+        step = 2 * math.pi / rng.uniform(4, 24)
+        xs = np.arange(W, dtype=np.float32) * np.float32(step * math.cos(angle))
+        ys = np.arange(H, dtype=np.float32) * np.float32(step * math.sin(angle))
+        image += (np.float32(rng.uniform(8, 30)) * np.sin(ys[:, None] + xs[None, :]))[..., None]
     return image
 
 

@@ -22,7 +22,7 @@ def _pyplot():
 
 
 def plot_curves(records: Sequence[Dict], path: str) -> None:
-    """Loss parts against iterations and AP / AP50 against epochs, from ``train_log.jsonl`` records."""
+    """Loss parts and validation AP / AP50 / AP75 against iterations, from ``train_log.jsonl`` records."""
     plt = _pyplot()
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -38,10 +38,10 @@ def plot_curves(records: Sequence[Dict], path: str) -> None:
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     for key in ("AP", "AP50", "AP75"):
-        points = [(r["epoch"], 100 * r[key]) for r in evals if key in r]
+        points = [(r["iteration"], 100 * r[key]) for r in evals if key in r]
         if points:
             ax_ap.plot(*zip(*points), marker="o", label=key)
-    ax_ap.set_xlabel("epoch")
+    ax_ap.set_xlabel("iteration (evaluated after each epoch)")
     ax_ap.set_ylabel("%")
     ax_ap.set_title("validation AP")
     ax_ap.grid(alpha=0.3)
