@@ -18,6 +18,7 @@ from atss_ops.detector.config import Config, preset
 from atss_ops.detector.data import DetectionTransform, TransformedDataset, build_dataset, collate
 from atss_ops.detector.engine import lr_factor
 from atss_ops.detector.evaluation import coco_evaluate, to_coco_results
+from atss_ops.detector.loss import max_iou_assign
 from atss_ops.detector.model import build_model, rescale_detections
 from atss_ops.detector.synthetic import CLASSES, SyntheticShapes, SyntheticSpec, render
 
@@ -287,6 +288,46 @@ def test_head_targets_agree_with_the_assignment(scales, ratios):
     losses = model.criterion(cls, box, ctr, anchors, targets)
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+
+
+def test_max_iou_baseline_by_hand():
+    anchors = torch.tensor([
+        [0.0, 0, 10, 10],      # IoU 1 with GT 0: positive
+        [0, 0, 10, 4.5],       # IoU 0.45 with GT 0: ignored (between 0.4 and 0.5)
+        [0, 0, 10, 2],         # IoU 0.2: background
+        [100, 100, 110, 103],  # IoU 0.3 with GT 1, its best anchor: positive (low-quality match)
+        [200, 200, 210, 210],  # equals GT 2 but outside the image: background
+    ])
+    valid = torch.tensor([[True, True, True, True, False]] * 2)
+    gt = torch.tensor([[[0.0, 0, 10, 10], [100, 100, 110, 110], [200, 200, 210, 210], [50, 50, 50, 50]],
+                       [[0.0, 0, 10, 10]] + [[float("nan")] * 4] * 3])
+    result, ignored = max_iou_assign(anchors, valid, gt, torch.tensor([4, 0]))
+    assert result.gt_index.tolist() == [[0, -1, -1, 1, -1], [-1] * 5]  # GTs 2 (no valid overlap) and 3 claim nothing
+    assert ignored.tolist() == [[False, True, False, False, False], [False] * 5]
+    assert result.num_positive.tolist() == [[1, 1, 0, 0], [0] * 4]
+    assert torch.allclose(result.iou, torch.tensor([[1.0, 0, 0, 0.3, 0], [0] * 5]))
+    assert result.threshold.tolist() == [[0.5] * 4, [0.0] * 4]
+    with pytest.raises(ValueError, match="negative_iou <= positive_iou"):
+        max_iou_assign(anchors, valid, gt, torch.tensor([4, 0]), positive_iou=0.3, negative_iou=0.4)
+
+
+def test_max_iou_assigner_trains_and_ignores_the_middle_band():
+    torch.manual_seed(0)
+    cfg = tiny_config(assigner="max_iou")
+    model = build_model(cfg.model, len(CLASSES))
+    batch = padded_batch(cfg)
+    features = model.backbone(batch.images)
+    anchors, counts = model.anchor_generator([f.shape[-2:] for f in features], batch.images.device)
+    valid = anchor_validity(anchors, batch.image_sizes)
+    targets = model.criterion.targets(anchors, counts, valid, batch.boxes, batch.labels)
+    padded, gt_counts = atss_ops.pad_gt_boxes(batch.boxes)
+    expected, ignored = max_iou_assign(anchors, valid, padded, gt_counts)
+    assert torch.equal(targets.assignment.gt_index, expected.gt_index) and targets.positive.any()
+    assert ignored.any() and torch.equal(targets.valid, valid & ~ignored)
+    losses = model(batch.images, batch.image_sizes, batch.boxes, batch.labels)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    with pytest.raises(ValueError, match="assigner must be one of"):
+        build_model(dataclasses.replace(cfg.model, assigner="iou"), 3)
 
 
 def test_images_without_boxes_train():

@@ -54,6 +54,7 @@ TRAIN_FLAGS = (
     ("--anchor-scales", "model", "anchor_scales", _floats, "comma-separated anchor sizes in strides"),
     ("--anchor-ratios", "model", "anchor_ratios", _floats, "comma-separated anchor ratios h/w"),
     ("--topk", "model", "topk", int, "ATSS k (times the anchors per location)"),
+    ("--assigner", "model", "assigner", str, "'atss' or 'max_iou' (RetinaNet's IoU rule, for comparison)"),
     ("--batch-size", "train", "batch_size", int, "images per process and step"),
     ("--epochs", "train", "epochs", int, "training epochs"),
     ("--iterations", "train", "iterations", int, "training steps (overrides --epochs)"),

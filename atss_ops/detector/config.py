@@ -29,6 +29,7 @@ class ModelConfig:
     anchor_scales: Tuple[float, ...] = (8.0,)  # anchor side = scale * stride (ratio 1)
     anchor_ratios: Tuple[float, ...] = (1.0,)  # height / width
     topk: int = 9  # ATSS k; the assignment uses k * anchors per location
+    assigner: str = "atss"  # "atss", or "max_iou": the RetinaNet IoU >= 0.5 / < 0.4 rule, for comparison
     center_eps: float = 0.01
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -178,7 +179,8 @@ def predict_batches(model: ATSSDetector, batches: Iterable[Batch], device: torch
     """Runs ``model`` on every batch; detections in the original images' pixels (on the CPU)."""
     model.eval()
     image_ids, detections = [], []
-    for batch in tqdm(batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in tqdm(batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True,
+                      mininterval=_bar_interval()):
         batch = batch.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = model(batch.images, batch.image_sizes)
@@ -247,6 +249,11 @@ def predict_files(model: ATSSDetector, files: Sequence[str], transform: Detectio
 
 
 # --------------------------------------------------------------------------- training
+
+
+def _bar_interval() -> float:
+    """Seconds between progress-bar redraws: live on a terminal, every 30 s into a log file."""
+    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 class _Progress:
@@ -364,7 +371,8 @@ class Trainer:
         self.ddp_model.train()
         progress = _Progress()
         steps = min(self.iters_per_epoch, self.total - self.iteration)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.main, dynamic_ncols=True)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.main, dynamic_ncols=True,
+                   mininterval=_bar_interval())
         for batch in self.loader:
             if self.iteration >= self.total:
                 break

@@ -2,7 +2,10 @@
 
 The assignment is :func:`atss_ops.atss_assign` on the whole padded batch, on
 the batch's device, with each image's anchor validity; :func:`atss_ops.assign_targets`
-turns it into per-anchor labels and boxes. Losses, as in the ATSS paper:
+turns it into per-anchor labels and boxes. ``assigner="max_iou"`` swaps in the
+RetinaNet rule the paper compares against (:func:`max_iou_assign`), so the effect of
+the assignment on AP can be measured with everything else unchanged. Losses, as in
+the ATSS paper:
 
 * classification: sigmoid focal loss over every valid anchor, divided by the
   number of positives;
@@ -16,12 +19,13 @@ divides by the same numbers.
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.models.detection._utils import Matcher
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 import atss_ops
 
@@ -37,7 +41,67 @@ class HeadTargets(NamedTuple):
     boxes: Tensor  # [B, A, 4] float32 assigned GT box, 0 for background
     positive: Tensor  # [B, A] bool
     centerness: Tensor  # [B, A] float32 centerness of the anchor centre in its GT, 0 for background
-    valid: Tensor  # [B, A] bool anchors inside the image (the others take no loss)
+    valid: Tensor  # [B, A] bool anchors that take a loss (inside the image, not ignored by max_iou)
+
+
+ASSIGNERS = ("atss", "max_iou")
+
+
+def max_iou_assign(
+    anchors: Tensor,
+    anchor_valid: Tensor,
+    gt_boxes: Tensor,
+    gt_counts: Tensor,
+    positive_iou: float = 0.5,
+    negative_iou: float = 0.4,
+) -> Tuple[atss_ops.AssignResult, Tensor]:
+    """The RetinaNet assignment, the baseline the ATSS paper measures against.
+
+    An anchor is positive for the GT it overlaps most when that IoU is at least
+    ``positive_iou``, background below ``negative_iou`` and ignored in between;
+    each GT also keeps the anchors it overlaps most (torchvision's
+    :class:`~torchvision.models.detection._utils.Matcher` with low-quality
+    matches). A dense ``[G, A]`` IoU matrix per image: a baseline, not a kernel.
+
+    Args:
+        anchors: ``Tensor[A, 4]``; anchor_valid: ``Tensor[B, A]`` bool (invalid
+            anchors are background).
+        gt_boxes: ``Tensor[B, G, 4]`` padded as by :func:`atss_ops.pad_gt_boxes`;
+            gt_counts: ``Tensor[B]`` real boxes per image.
+
+    Returns:
+        ``(AssignResult, ignored)``: the result in :func:`atss_ops.atss_assign`'s
+        format (``threshold`` is ``positive_iou`` for real GTs) and ``Tensor[B, A]``
+        bool of the anchors between the two thresholds.
+    """
+    if not 0 <= negative_iou <= positive_iou <= 1:
+        raise ValueError(f"need 0 <= negative_iou <= positive_iou <= 1, got {negative_iou} and {positive_iou}")
+    B, G = gt_boxes.shape[:2]
+    A = anchors.shape[0]
+    device = anchors.device
+    gt_index = torch.full((B, A), -1, dtype=torch.int64, device=device)
+    iou = torch.zeros((B, A), dtype=torch.float32, device=device)
+    ignored = torch.zeros((B, A), dtype=torch.bool, device=device)
+    threshold = torch.zeros((B, G), dtype=torch.float32, device=device)
+    num_positive = torch.zeros((B, G), dtype=torch.int64, device=device)
+    matcher = Matcher(positive_iou, negative_iou, allow_low_quality_matches=True)
+    for b, count in enumerate(gt_counts.tolist()):
+        overlaps = box_iou(gt_boxes[b, :count].float(), anchors.float())  # [G_b, A]
+        overlaps = overlaps.masked_fill(~anchor_valid[b], -1.0)
+        # A GT that overlaps no valid anchor (zero size, outside the image) would make
+        # the Matcher's low-quality rule claim every anchor of IoU 0: leave it out.
+        kept = (overlaps.max(dim=1).values > 0).nonzero()[:, 0] if A else overlaps.new_zeros(0, dtype=torch.int64)
+        if kept.numel() == 0:
+            continue
+        matches = matcher(overlaps[kept])
+        positive = matches >= 0
+        matches = torch.where(positive, kept[matches.clamp(min=0)], matches)
+        gt_index[b] = torch.where(positive, matches, -1)
+        iou[b] = torch.where(positive, overlaps.gather(0, matches.clamp(min=0)[None])[0], 0.0)
+        ignored[b] = matches == Matcher.BETWEEN_THRESHOLDS
+        threshold[b, :count] = positive_iou
+        num_positive[b, :count] = torch.bincount(matches[positive], minlength=count)
+    return atss_ops.AssignResult(gt_index, iou, threshold, num_positive), ignored
 
 
 def centerness_target(anchors: Tensor, boxes: Tensor) -> Tensor:
@@ -62,6 +126,8 @@ class ATSSLoss:
         box_coder: the head's box parametrisation.
         topk: candidates per level per GT given to ``atss_assign`` (the paper's
             k times the anchors per location).
+        assigner: ``"atss"`` (:func:`atss_ops.atss_assign`) or ``"max_iou"``
+            (:func:`max_iou_assign`, the RetinaNet baseline).
     """
 
     def __init__(
@@ -73,7 +139,11 @@ class ATSSLoss:
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         box_loss_weight: float = 2.0,
+        assigner: str = "atss",
     ):
+        if assigner not in ASSIGNERS:
+            raise ValueError(f"assigner must be one of {list(ASSIGNERS)}, got {assigner!r}")
+        self.assigner = assigner
         self.num_classes = num_classes
         self.box_coder = box_coder
         self.topk = topk
@@ -90,7 +160,7 @@ class ATSSLoss:
         gt_boxes: List[Tensor],
         gt_labels: List[Tensor],
     ) -> HeadTargets:
-        """Per-anchor targets: one ``atss_assign`` call for the whole batch.
+        """Per-anchor targets: one ``atss_assign`` call for the whole batch (or the max-IoU baseline).
 
         Args:
             anchors: ``Tensor[A, 4]`` from :class:`AnchorGenerator`.
@@ -100,10 +170,14 @@ class ATSSLoss:
             gt_labels: B x ``Tensor[G_i]`` int64 in ``[0, num_classes)``.
         """
         padded, counts = atss_ops.pad_gt_boxes(gt_boxes)
-        assignment = atss_ops.atss_assign(
-            anchors, num_anchors_per_level, padded, counts,
-            topk=self.topk, anchor_valid=anchor_valid, center_eps=self.center_eps,
-        )
+        if self.assigner == "max_iou":
+            assignment, ignored = max_iou_assign(anchors, anchor_valid, padded, counts)
+            anchor_valid = anchor_valid & ~ignored
+        else:
+            assignment = atss_ops.atss_assign(
+                anchors, num_anchors_per_level, padded, counts,
+                topk=self.topk, anchor_valid=anchor_valid, center_eps=self.center_eps,
+            )
         assigned = atss_ops.assign_targets(assignment, padded, gt_labels)
         centerness = centerness_target(anchors, assigned.boxes) * assigned.positive
         return HeadTargets(assignment, assigned.labels, assigned.boxes, assigned.positive, centerness, anchor_valid)

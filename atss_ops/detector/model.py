@@ -190,6 +190,7 @@ class ATSSDetector(nn.Module):
         self.criterion = ATSSLoss(
             num_classes, self.box_coder, topk=cfg.topk * num_anchors, center_eps=cfg.center_eps,
             focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma, box_loss_weight=cfg.box_loss_weight,
+            assigner=cfg.assigner,
         )
 
     def forward(
