@@ -148,6 +148,27 @@ def test_coco_transform_resize_flip_and_padding(tmp_path):
     assert (batch.images[1, :, :, 60:] == 0).all()
 
 
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+@pytest.mark.parametrize("sizes", [(None, None), (80, 100), (20, 30)])
+def test_transform_pixels_match_torchvision(flip, sizes):
+    import torchvision.transforms.v2.functional as TF
+
+    from atss_ops.detector.data import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
+    item = {"image": image, "boxes": torch.tensor([[5.0, 6, 15, 18]]), "labels": torch.tensor([1]), "image_id": 0}
+    out = DetectionTransform(*sizes, flip_prob=flip)(item)["image"]
+    expected = image.float() / 255
+    if sizes[0] is not None:
+        expected = TF.resize(expected, list(out.shape[1:]), antialias=True)
+    if flip:
+        expected = TF.horizontal_flip(expected)
+    expected = TF.normalize(expected, IMAGENET_MEAN, IMAGENET_STD)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
 def test_coco_evaluation_scores_perfect_detections_one():
     from atss_ops.detector.evaluation import coco_from_dict
 

@@ -57,6 +57,10 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
+_PIXEL_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+_PIXEL_SCALE = 1 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
+
+
 class DetectionTransform:
     """Resize (optional), random horizontal flip, float conversion and normalisation.
 
@@ -79,22 +83,21 @@ class DetectionTransform:
             raise ValueError(f"image must be a uint8 Tensor[3, H, W], got {image.dtype} {list(image.shape)}")
         H, W = image.shape[1:]
         boxes = item["boxes"].clone()
-        image = image.float().div_(255)
         h, w = H, W
         if self.min_size is not None:
             h, w = resized_shape(H, W, self.min_size, self.max_size)
-            if (h, w) != (H, W):
-                image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False,
-                                      antialias=h < H)[0]
         sx, sy = w / W, h / H
         boxes *= torch.tensor([sx, sy, sx, sy])
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
-            image = image.flip(-1)
+            image = image.flip(-1)  # on uint8: a quarter of the bytes of the float image
             boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        # (x / 255 - mean) / std as one subtraction and one multiplication, in place
+        image = image.float().sub_(_PIXEL_MEAN).mul_(_PIXEL_SCALE)
+        if (h, w) != (H, W):  # resizing the normalised image equals normalising the resized one
+            image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=h < H)[0]
         return {
-            "image": (image - mean) / std,
+            "image": image,
             "boxes": boxes,
             "labels": item["labels"],
             "image_id": item["image_id"],

@@ -404,7 +404,7 @@ class Trainer:
             append_log(self.log_path, {"kind": "train", "epoch": epoch + 1, "iteration": self.iteration, "lr": lr,
                                        "seconds": round(time.time() - self.started, 2), **values})
         bar.set_postfix_str(" ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in values.items())
-                            + f" lr={lr:.2e}")
+                            + f" lr={lr:.2e}", refresh=False)  # redrawn at the bar's own pace
 
     def _end_epoch(self, epoch: int) -> None:
         dist.broadcast_buffers(self.model)
