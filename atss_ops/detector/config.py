@@ -115,7 +115,7 @@ class Config:
 
 
 def _full() -> Config:
-    # One H100 in about 15 minutes: the paper's model (P3-P7, 256 channels, one
+    # Sized for one H100 in about 15 minutes (not yet measured on a GPU): the paper's model (P3-P7, 256 channels, one
     # 8-stride anchor per location) on 320 px synthetic images; 8 epochs of 32k
     # images, batch 32 (8000 steps). Data-loader workers draw the images.
     cfg = Config()
