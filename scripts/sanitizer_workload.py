@@ -27,25 +27,7 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 import torch  # noqa: E402
 
 import atss_ops  # noqa: E402
-from benchmarks.cases import grid_anchors, random_gt  # noqa: E402
-from cases import bits_equal, make_case, move, op_args  # noqa: E402
-
-OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
-
-
-def cpu_stages(c: dict) -> dict:
-    ops = torch.ops.atss_ops
-    d = ops.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
-    cand = ops.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
-    stats = ops.iou_statistics(c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"])
-    resolved = ops.resolve_multi_gt(cand, stats[0], stats[2], c["anchors"].shape[0])
-    return {
-        "center_distance": d,
-        "topk_per_level": cand,
-        "iou_statistics": stats,
-        "resolve_multi_gt": resolved,
-        "atss_assign": ops.atss_assign(*op_args("atss_assign", c)),
-    }
+from cases import OPS, bits_equal, compute_stages, make_case, move, op_args, random_case  # noqa: E402
 
 
 def same(a, b) -> bool:
@@ -54,32 +36,17 @@ def same(a, b) -> bool:
     return all(bits_equal(x, y) for x, y in zip(a, b))
 
 
-def synthetic(seed, B, G, height, width, strides, topk, counts=False, valid=None):
-    g = torch.Generator().manual_seed(seed)
-    anchors, levels = grid_anchors(height, width, strides)
-    gt = random_gt(B, G, height, width, seed=seed)
-    gt_counts = None
-    if counts:
-        gt_counts = torch.randint(0, G + 1, (B,), generator=g)
-        gt_counts[0] = G
-        for b in range(B):
-            gt[b, int(gt_counts[b]):] = float("nan")
-    anchor_valid = None if valid is None else torch.rand(B, anchors.shape[0], generator=g) < valid
-    return dict(anchors=anchors, num_anchors_per_level=levels, gt_boxes=gt, gt_counts=gt_counts, topk=topk,
-                anchor_valid=anchor_valid, center_eps=0.01)
-
-
 def workload():
     named = ["coco_s1_b2_g7", "nan_padding", "anchor_valid_random", "empty_level_everywhere",
              "multi_anchor_3scales", "topk_larger_than_every_level", "c1_topk1_one_level", "signed_zeros",
              "huge_coordinates_overflow", "g0", "b0", "a0_empty_levels", "gt_counts_all_zero", "duplicate_gts"]
     for name in named:
         yield name, make_case(name)
-    yield "chunks_topk13_valid", synthetic(1, 2, 5, 512, 640, (8, 16, 32), 13, counts=True, valid=0.7)
-    yield "chunks_topk40", synthetic(2, 1, 9, 384, 512, (8, 16), 40, valid=0.9)
-    yield "chunks_topk100", synthetic(3, 1, 3, 256, 384, (8, 16), 100)
-    yield "global_score_buffers_topk200", synthetic(5, 1, 4, 384, 512, (8, 16, 32), 200, counts=True, valid=0.8)
-    yield "many_rows_8192_chunks", synthetic(4, 8, 300, 800, 1344, (8, 16, 32, 64, 128), 9, counts=True)
+    yield "chunks_topk13_valid", random_case(1, 2, 5, 512, 640, (8, 16, 32), 13, counts=True, valid=0.7)
+    yield "chunks_topk40", random_case(2, 1, 9, 384, 512, (8, 16), 40, valid=0.9)
+    yield "chunks_topk100", random_case(3, 1, 3, 256, 384, (8, 16), 100)
+    yield "global_score_buffers_topk200", random_case(5, 1, 4, 384, 512, (8, 16, 32), 200, counts=True, valid=0.8)
+    yield "many_rows_8192_chunks", random_case(4, 8, 300, 800, 1344, (8, 16, 32, 64, 128), 9, counts=True)
 
 
 def main() -> int:
@@ -97,7 +64,7 @@ def main() -> int:
     failures = []
     n = 0
     for name, case in workload():
-        expected = cpu_stages(case)
+        expected = compute_stages(case, torch.ops.atss_ops)
         cuda_case, cuda_stages = move(case, device), move(expected, device)
         for op in OPS:
             out = getattr(torch.ops.atss_ops, op)(*op_args(op, cuda_case, cuda_stages))

@@ -164,7 +164,7 @@ def pad_counts(gt_boxes: Tensor, counts: Sequence[int], fill: float = float("nan
     return gt_boxes, torch.tensor(list(counts), dtype=torch.int64)
 
 
-def _gen(seed: int) -> torch.Generator:
+def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
@@ -186,7 +186,7 @@ def _coco(seed, B, G, height, width, strides, with_counts):
     gt = random_gt(B, G, height, width, seed=seed)
     counts = None
     if with_counts:
-        counts = torch.randint(0, G + 1, (B,), generator=_gen(seed))
+        counts = torch.randint(0, G + 1, (B,), generator=generator(seed))
         counts[0] = G  # at least one full image
         gt, counts = pad_counts(gt, counts.tolist())
     return _case(anchors, levels, gt, counts)
@@ -228,7 +228,7 @@ def _multi_anchor_ratios():
 def _on_lines(seed: int, corners: bool):
     height, width, strides = 256, 256, (8, 16, 32)
     anchors, levels = grid_anchors(height, width, strides)
-    g = _gen(seed)
+    g = generator(seed)
     B, G, big = 2, 16, max(strides)
     # Multiples of the largest stride are grid lines of every level: the GT centre
     # is equidistant from 2 (line) or 4 (corner) anchor centres on each level.
@@ -250,7 +250,7 @@ register("gt_centres_on_cell_corners")(functools.partial(_on_lines, 22, True))
 def _on_centres():
     """GT centres exactly on stride-8 anchor centres: d2 = 0 for one anchor, then rings of equal d2."""
     anchors, levels = grid_anchors(128, 128, (8, 16, 32))
-    g = _gen(23)
+    g = generator(23)
     cx = (torch.randint(0, 16, (1, 10), generator=g).float() + 0.5) * 8
     cy = (torch.randint(0, 16, (1, 10), generator=g).float() + 0.5) * 8
     w = torch.randint(1, 40, (1, 10), generator=g).float() * 2
@@ -376,7 +376,7 @@ def _a0_no_levels():
 @register("anchor_valid_random")
 def _valid_random():
     anchors, levels = grid_anchors(192, 256, (8, 16, 32, 64))
-    valid = torch.rand(3, anchors.shape[0], generator=_gen(41)) < 0.6
+    valid = torch.rand(3, anchors.shape[0], generator=generator(41)) < 0.6
     return _case(anchors, levels, random_gt(3, 8, 192, 256, seed=41), anchor_valid=valid)
 
 
@@ -427,7 +427,7 @@ def _small_level():
 def _huge_topk():
     """topk = 1000 > A: every valid anchor is a candidate of every GT."""
     anchors, levels = grid_anchors(48, 64, (8, 16, 32))
-    valid = torch.rand(2, anchors.shape[0], generator=_gen(52)) < 0.8
+    valid = torch.rand(2, anchors.shape[0], generator=generator(52)) < 0.8
     return _case(anchors, levels, random_gt(2, 5, 48, 64, seed=52), topk=1000, anchor_valid=valid)
 
 
@@ -465,7 +465,7 @@ def _topk1():
 @register("integer_boxes")
 def _integer_boxes():
     """Small integer anchors and GTs: many exactly equal IoUs and distances."""
-    g = _gen(61)
+    g = generator(61)
     anchors, levels = multi_scale_anchors(32, 32, (4, 8), [2.0, 3.0])
     xy = torch.randint(0, 24, (2, 12, 2), generator=g).float()
     wh = torch.randint(1, 12, (2, 12, 2), generator=g).float()
@@ -537,7 +537,7 @@ def _signed_zeros():
 @register("non_integer_random_boxes")
 def _random_float_boxes():
     """Anchors not on a grid at all (random floats): generic rounding everywhere."""
-    g = _gen(63)
+    g = generator(63)
     xy = torch.rand(60, 2, generator=g) * 100
     wh = torch.rand(60, 2, generator=g) * 30
     anchors = torch.cat([xy, xy + wh], dim=-1)
@@ -551,6 +551,31 @@ CASE_NAMES: List[str] = list(CASES)
 EMPTY_CASE_NAMES = ["g0", "g0_with_counts", "b0", "a0_empty_levels", "a0_no_levels", "gt_counts_all_zero"]
 
 
+def random_case(seed, B, G, height, width, strides=(8, 16, 32, 64, 128), topk=9, counts=False, valid=None,
+                scales=None, center_eps=0.01):
+    """A COCO-like batch; ``valid``: fraction of valid anchors (None: no mask); ``scales``: anchors per location."""
+    g = generator(seed)
+    if scales is None:
+        anchors, levels = grid_anchors(height, width, strides)
+    else:
+        anchors, levels = multi_scale_anchors(height, width, strides, scales)
+    gt = random_gt(B, G, height, width, seed=seed)
+    gt_counts = None
+    if counts:
+        gt_counts = torch.randint(0, G + 1, (B,), generator=g)
+        gt_counts[0] = G
+        for b in range(B):
+            gt[b, int(gt_counts[b]):] = float("nan")
+    anchor_valid = None
+    if valid is not None:
+        anchor_valid = torch.rand(B, anchors.shape[0], generator=g) < valid
+    return dict(
+        anchors=anchors.float().contiguous(), num_anchors_per_level=[int(n) for n in levels],
+        gt_boxes=gt.float().contiguous(), gt_counts=gt_counts, topk=topk, anchor_valid=anchor_valid,
+        center_eps=center_eps,
+    )
+
+
 # --------------------------------------------------------------------------- per-op inputs and outputs
 
 
@@ -560,19 +585,24 @@ def reference_stages(name: str) -> dict:
     return compute_reference_stages(make_case(name))
 
 
+def _chain(c: dict, impl) -> dict:
+    """The four stage ops of ``impl`` chained on case ``c``, each fed the previous one's output."""
+    d = impl.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
+    cand = impl.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
+    stats = impl.iou_statistics(c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"])
+    resolved = impl.resolve_multi_gt(cand, stats[0], stats[2], c["anchors"].shape[0])
+    return {"center_distance": d, "topk_per_level": cand, "iou_statistics": stats, "resolve_multi_gt": resolved}
+
+
+def compute_stages(c: dict, impl=reference) -> dict:
+    """The output of each op of ``impl`` (``atss_ops.reference`` or ``torch.ops.atss_ops``) on
+    case ``c``: the stages chained, each fed the previous one's output, and the fused op."""
+    return {**_chain(c, impl), "atss_assign": impl.atss_assign(*case_args(c))}
+
+
 def compute_reference_stages(c: dict) -> dict:
     """The reference's output of each op on case ``c``, each stage fed the previous one's output."""
-    d = reference.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
-    cand = reference.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
-    stats = reference.iou_statistics(c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"])
-    resolved = reference.resolve_multi_gt(cand, stats[0], stats[2], c["anchors"].shape[0])
-    return {
-        "center_distance": d,
-        "topk_per_level": cand,
-        "iou_statistics": stats,
-        "resolve_multi_gt": resolved,
-        "atss_assign": reference.atss_assign(*case_args(c)),
-    }
+    return compute_stages(c, reference)
 
 
 def op_args(op: str, case: dict, stages: Optional[dict] = None) -> tuple:
@@ -595,15 +625,9 @@ def op_args(op: str, case: dict, stages: Optional[dict] = None) -> tuple:
 
 def chain_stage_kernels(case: dict) -> tuple:
     """The four stage kernels chained, as the fused ``atss_assign`` computes them."""
-    c = case
-    ops = torch.ops.atss_ops
-    d = ops.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
-    cand = ops.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
-    cand_iou, threshold, is_positive = ops.iou_statistics(
-        c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"]
-    )
-    gt_index, iou, num_positive = ops.resolve_multi_gt(cand, cand_iou, is_positive, c["anchors"].shape[0])
-    return gt_index, iou, threshold, num_positive
+    stages = _chain(case, torch.ops.atss_ops)
+    gt_index, iou, num_positive = stages["resolve_multi_gt"]
+    return gt_index, iou, stages["iou_statistics"][1], num_positive
 
 
 def move(x, device):

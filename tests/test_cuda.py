@@ -17,68 +17,21 @@ import torch
 
 import atss_ops
 from atss_ops import reference
-from benchmarks.cases import grid_anchors, random_gt
 from cases import (
     CASE_NAMES,
+    OPS,
     assert_bits_equal,
+    compute_stages,
+    generator,
     kernel,
     make_case,
     move,
-    multi_scale_anchors,
     op_args,
+    random_case,
     reference_stages,
 )
 
 pytestmark = pytest.mark.cuda
-
-OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def stage_outputs(case: dict) -> dict:
-    """Each op's output from the CPU kernels, each stage fed the previous one's output."""
-    ops = torch.ops.atss_ops
-    c = case
-    d = ops.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
-    cand = ops.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
-    stats = ops.iou_statistics(c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"])
-    resolved = ops.resolve_multi_gt(cand, stats[0], stats[2], c["anchors"].shape[0])
-    fused = ops.atss_assign(*op_args("atss_assign", c))
-    return {
-        "center_distance": d,
-        "topk_per_level": cand,
-        "iou_statistics": stats,
-        "resolve_multi_gt": resolved,
-        "atss_assign": fused,
-    }
-
-
-def random_case(seed, B, G, height, width, strides=(8, 16, 32, 64, 128), topk=9, counts=False, valid=None,
-                scales=None, center_eps=0.01):
-    """A COCO-like batch; ``valid``: fraction of valid anchors (None: no mask); ``scales``: anchors per location."""
-    g = _gen(seed)
-    if scales is None:
-        anchors, levels = grid_anchors(height, width, strides)
-    else:
-        anchors, levels = multi_scale_anchors(height, width, strides, scales)
-    gt = random_gt(B, G, height, width, seed=seed)
-    gt_counts = None
-    if counts:
-        gt_counts = torch.randint(0, G + 1, (B,), generator=g)
-        gt_counts[0] = G
-        for b in range(B):
-            gt[b, int(gt_counts[b]):] = float("nan")
-    anchor_valid = None
-    if valid is not None:
-        anchor_valid = torch.rand(B, anchors.shape[0], generator=g) < valid
-    return dict(
-        anchors=anchors.float().contiguous(), num_anchors_per_level=[int(n) for n in levels],
-        gt_boxes=gt.float().contiguous(), gt_counts=gt_counts, topk=topk, anchor_valid=anchor_valid,
-        center_eps=center_eps,
-    )
 
 
 def fused(case: dict):
@@ -109,7 +62,7 @@ LARGE = {
 def test_large_random_every_op_cuda_equals_cpu(name):
     """Every op: CUDA == CPU kernel bit for bit on large random batches; the fused op also == reference."""
     case = random_case(*LARGE[name])
-    expected = stage_outputs(case)
+    expected = compute_stages(case, torch.ops.atss_ops)
     cuda_case, cuda_stages = move(case, "cuda"), move(expected, "cuda")
     for op in OPS:
         out = kernel(op)(*op_args(op, cuda_case, cuda_stages))
@@ -186,7 +139,7 @@ def test_cuda_graph_capture_and_replay(name):
     graph.replay()
     assert_bits_equal(tuple(static_out), tuple(kernel("atss_assign")(*fused_args)), "replay vs eager")
     # New boxes in the captured buffer: the replay recomputes everything.
-    g = _gen(5)
+    g = generator(5)
     jitter = (torch.rand(static_gt.shape, generator=g) * 4).to("cuda")
     new_gt = static_gt + jitter
     new_gt[..., 2:] = torch.maximum(new_gt[..., 2:], new_gt[..., :2])
@@ -285,7 +238,7 @@ def test_gt_counts_out_of_range_clamped(counts):
     G = case["gt_boxes"].shape[1]
     bad = torch.tensor(counts, dtype=torch.int64)
     clamped_case = dict(case, gt_counts=bad.clamp(0, G))
-    expected = stage_outputs(clamped_case)
+    expected = compute_stages(clamped_case, torch.ops.atss_ops)
     bad_case = move(dict(case, gt_counts=bad), "cuda")
     cuda_inputs = move(expected, "cuda")
     for op in ("center_distance", "topk_per_level", "iou_statistics", "atss_assign"):
@@ -313,7 +266,7 @@ def test_candidates_out_of_range_are_empty_slots():
     stages = reference_stages(name)
     A = case["anchors"].shape[0]
     cand = stages["topk_per_level"].clone()
-    g = _gen(3)
+    g = generator(3)
     bad = torch.rand(cand.shape, generator=g) < 0.2
     junk = torch.where(torch.rand(cand.shape, generator=g) < 0.5, torch.full_like(cand, -7), cand + A + 3)
     cand_bad = torch.where(bad, junk, cand)

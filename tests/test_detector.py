@@ -273,6 +273,14 @@ def padded_batch(cfg: Config, count: int = 4):
     return collate([dataset[i] for i in range(count)], cfg.data.size_divisible)
 
 
+def head_targets(model, batch):
+    """``(features, anchors, anchors per level, anchor validity, HeadTargets)`` of ``batch``."""
+    features = model.backbone(batch.images)
+    anchors, counts = model.anchor_generator([f.shape[-2:] for f in features], batch.images.device)
+    valid = anchor_validity(anchors, batch.image_sizes)
+    return features, anchors, counts, valid, model.criterion.targets(anchors, counts, valid, batch.boxes, batch.labels)
+
+
 @pytest.mark.parametrize("scales,ratios", [((4.0,), (1.0,)), ((4.0, 6.0, 8.0), (0.5, 1.0, 2.0))])
 def test_head_targets_agree_with_the_assignment(scales, ratios):
     torch.manual_seed(0)
@@ -283,10 +291,7 @@ def test_head_targets_agree_with_the_assignment(scales, ratios):
     batch = padded_batch(cfg)
     assert len(set(map(tuple, batch.image_sizes.tolist()))) > 1  # images of several shapes: padding
 
-    features = model.backbone(batch.images)
-    anchors, counts = model.anchor_generator([f.shape[-2:] for f in features], batch.images.device)
-    valid = anchor_validity(anchors, batch.image_sizes)
-    targets = model.criterion.targets(anchors, counts, valid, batch.boxes, batch.labels)
+    features, anchors, counts, valid, targets = head_targets(model, batch)
 
     padded, gt_counts = atss_ops.pad_gt_boxes(batch.boxes)
     expected = atss_ops.atss_assign(anchors, counts, padded, gt_counts, topk=9 * num_anchors, anchor_valid=valid)
@@ -337,10 +342,7 @@ def test_max_iou_assigner_trains_and_ignores_the_middle_band():
     cfg = tiny_config(assigner="max_iou")
     model = build_model(cfg.model, len(CLASSES))
     batch = padded_batch(cfg)
-    features = model.backbone(batch.images)
-    anchors, counts = model.anchor_generator([f.shape[-2:] for f in features], batch.images.device)
-    valid = anchor_validity(anchors, batch.image_sizes)
-    targets = model.criterion.targets(anchors, counts, valid, batch.boxes, batch.labels)
+    _, anchors, _, valid, targets = head_targets(model, batch)
     padded, gt_counts = atss_ops.pad_gt_boxes(batch.boxes)
     expected, ignored = max_iou_assign(anchors, valid, padded, gt_counts)
     assert torch.equal(targets.assignment.gt_index, expected.gt_index) and targets.positive.any()

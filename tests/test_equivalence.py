@@ -19,6 +19,7 @@ from cases import (
     assert_bits_equal,
     bits_equal,
     chain_stage_kernels,
+    generator,
     isolated_results,
     kernel,
     make_case,
@@ -202,13 +203,9 @@ def test_equivalent_argument_forms(name):
 # Stage ops are public: they must agree on inputs the pipeline never produces.
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def arbitrary_distances(kind: str, seed: int = 0):
     """``[B, G, A]`` distances outside what ``center_distance`` yields, with level sizes."""
-    g = _gen(seed)
+    g = generator(seed)
     # Levels shorter and longer than the kernels' 16-anchor chunks, and empty ones.
     B, G, levels = 2, 5, [13, 0, 70, 33, 1, 16]
     A = sum(levels)
@@ -240,7 +237,7 @@ def test_topk_per_level_arbitrary_distances(kind, masks, device):
     d, levels = arbitrary_distances(kind)
     B, G, A = d.shape
     counts = torch.tensor([G, 2]) if masks in ("counts", "both") else None
-    valid = (torch.rand(B, A, generator=_gen(1)) < 0.7) if masks in ("valid", "both") else None
+    valid = (torch.rand(B, A, generator=generator(1)) < 0.7) if masks in ("valid", "both") else None
     for topk in (1, 3, 20):
         args = (d, levels, topk, counts, valid)
         check_op("topk_per_level", args, device, reference_op("topk_per_level")(*args))
@@ -248,7 +245,7 @@ def test_topk_per_level_arbitrary_distances(kind, masks, device):
 
 def arbitrary_candidates(seed: int, B=2, G=4, C=7, A=12):
     """Candidate lists in no particular order, with -1 slots and repeated anchors."""
-    g = _gen(seed)
+    g = generator(seed)
     cand = torch.randint(-1, A, (B, G, C), generator=g)
     cand[0, 0, :3] = 5  # one anchor listed three times by one GT
     return cand
@@ -258,7 +255,7 @@ def arbitrary_candidates(seed: int, B=2, G=4, C=7, A=12):
 @pytest.mark.parametrize("seed", range(4))
 def test_iou_statistics_arbitrary_candidates(seed, device):
     """Unordered candidates, empty slots and repeats: same IoUs, thresholds and positives."""
-    g = _gen(100 + seed)
+    g = generator(100 + seed)
     A = 12
     xy = torch.randint(0, 20, (A, 2), generator=g).float()
     anchors = torch.cat([xy, xy + torch.randint(0, 8, (A, 2), generator=g).float()], -1)
@@ -275,7 +272,7 @@ def test_iou_statistics_arbitrary_candidates(seed, device):
 @pytest.mark.parametrize("seed", range(6))
 def test_resolve_multi_gt_arbitrary_inputs(seed, device):
     """IoU ties between GTs (lowest index wins), NaN / negative IoUs (never claim), repeats, -1 slots."""
-    g = _gen(200 + seed)
+    g = generator(200 + seed)
     A = 12
     cand = arbitrary_candidates(seed, A=A)
     iou = torch.randint(0, 4, cand.shape, generator=g).float() / 4  # many exact ties

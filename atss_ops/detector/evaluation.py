@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 from torch import Tensor
+
+if TYPE_CHECKING:  # pycocotools is imported where it is used
+    from pycocotools.coco import COCO
 
 # The first six numbers of COCOeval.stats, in order.
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
