@@ -18,7 +18,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: venv build install test demo bench bench-gpu cmake-check clean
+.PHONY: venv build install test demo bench bench-gpu cmake-check emu emu-asan emu-tsan emu-sanitize clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -36,8 +36,27 @@ build: venv
 install: venv
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 
-test: build
-	$(PY) -m pytest -q tests
+# The whole suite, the emulated CUDA kernels included (ATSS_REQUIRE_EMU: a missing
+# emulated library is an error, not a skip).
+test: build emu
+	ATSS_REQUIRE_EMU=1 $(PY) -m pytest -q tests
+
+# The test-only library of the CUDA kernel sources run through the host execution
+# model (csrc/cuda/emu/): build-emu/libatss_ops_emu.so, ops torch.ops.atss_ops_emu.*.
+emu: venv
+	$(PY) scripts/build_emu.py
+
+# The same library under AddressSanitizer + UBSan, and under ThreadSanitizer.
+emu-asan: venv
+	$(PY) scripts/build_emu.py --variant asan
+
+emu-tsan: venv
+	$(PY) scripts/build_emu.py --variant tsan
+
+# The emulated sanitizer workload (every kernel and path) under each sanitizer:
+# any report fails.
+emu-sanitize: emu-asan emu-tsan
+	bash scripts/emu_sanitize.sh
 
 demo: build
 	$(PY) -m benchmarks.bench_cpu --check
@@ -57,4 +76,4 @@ cmake-check: venv
 	cmake --build build-cmake -j $(MAX_JOBS)
 
 clean:
-	rm -rf build build-cmake atss_ops/_C*.so runs benchmarks/results
+	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results

@@ -623,9 +623,10 @@ def op_args(op: str, case: dict, stages: Optional[dict] = None) -> tuple:
     raise KeyError(op)
 
 
-def chain_stage_kernels(case: dict) -> tuple:
-    """The four stage kernels chained, as the fused ``atss_assign`` computes them."""
-    stages = _chain(case, torch.ops.atss_ops)
+def chain_stage_kernels(case: dict, impl=None) -> tuple:
+    """The four stage kernels chained (of ``impl``, default ``torch.ops.atss_ops``), as the fused
+    ``atss_assign`` computes them."""
+    stages = _chain(case, torch.ops.atss_ops if impl is None else impl)
     gt_index, iou, num_positive = stages["resolve_multi_gt"]
     return gt_index, iou, stages["iou_statistics"][1], num_positive
 
@@ -654,11 +655,70 @@ def has_cuda_kernels() -> bool:
     return torch.cuda.is_available() and atss_ops.has_kernel("atss_assign", "cuda")
 
 
-# The device axis of the kernel tests: CUDA runs only where conftest does not skip `cuda`.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# --------------------------------------------------------------------------- the emulated CUDA kernels
+
+# The test-only library of the CUDA kernel sources run through the host execution
+# model (``make emu``; csrc/cuda/emu/): ops ``torch.ops.atss_ops_emu.<op>`` on CPU
+# tensors. ATSS_EMU_LIBRARY points at another build (the sanitized ones).
+EMU_LIBRARY = os.environ.get("ATSS_EMU_LIBRARY") or os.path.join(ROOT, "build-emu", "libatss_ops_emu.so")
+_emu_state: dict = {}
+
+
+def emu_available() -> bool:
+    """True once the emulated library is loaded (loads it on first call)."""
+    if "ok" not in _emu_state:
+        _emu_state["ok"] = False
+        if os.path.exists(EMU_LIBRARY):
+            torch.ops.load_library(EMU_LIBRARY)
+            _emu_state["ok"] = True
+    return _emu_state["ok"]
+
+
+# The backend axis of the kernel tests: the CPU kernels, the CUDA kernels on a GPU
+# (marker ``cuda``) and the CUDA kernels emulated on the host (marker ``emu``).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda), pytest.param("emu", marks=pytest.mark.emu)]
+# The public API runs on real devices only.
+API_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def tensor_device(backend: str) -> str:
+    """The device of a backend's tensors (the emulated kernels take CPU tensors)."""
+    return "cpu" if backend == "emu" else backend
+
+
+def ops_of(backend: str):
+    """The op namespace of a backend: ``torch.ops.atss_ops`` or ``torch.ops.atss_ops_emu``."""
+    return torch.ops.atss_ops_emu if backend == "emu" else torch.ops.atss_ops
+
+
+def backend_kernel(op: str, backend: str):
+    return getattr(ops_of(backend), op)
+
+
+class env_vars:
+    """Context manager: environment variables set (None: unset) for the block (e.g. ATSS_MAX_BLOCKS)."""
+
+    def __init__(self, **values):
+        self.values = values
+        self.saved = {}
+
+    def __enter__(self):
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_isolated(setup: str, calls: Dict[str, str], memory_gb: int = 8) -> subprocess.CompletedProcess:

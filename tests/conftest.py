@@ -3,6 +3,9 @@
 Markers:
 
 * ``cuda``: needs a CUDA GPU *and* the compiled CUDA kernels; skipped cleanly otherwise.
+* ``emu``: runs the CUDA kernel sources through the host execution model (the
+  library ``make emu`` builds); skipped without it, unless ATSS_REQUIRE_EMU=1
+  (CI), which turns a missing library into an error.
 * ``slow``: takes more than a few seconds (deselect with ``-m "not slow"``).
 """
 
@@ -36,19 +39,26 @@ def cuda_available() -> bool:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and the atss_ops CUDA kernels (skipped otherwise)")
+    config.addinivalue_line("markers", "emu: runs the emulated CUDA kernels (`make emu`; skipped without them)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
 def pytest_collection_modifyitems(config, items):
-    if cuda_available():
-        return
-    why = (
-        "no CUDA device" if not torch.cuda.is_available() else "atss_ops was built without CUDA kernels"
-    )
-    skip = pytest.mark.skip(reason=f"cuda test skipped: {why}")
-    for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
+    from cases import EMU_LIBRARY, emu_available
+
+    if not cuda_available():
+        why = "no CUDA device" if not torch.cuda.is_available() else "atss_ops was built without CUDA kernels"
+        skip = pytest.mark.skip(reason=f"cuda test skipped: {why}")
+        for item in items:
+            if item.get_closest_marker("cuda") is not None:
+                item.add_marker(skip)
+    if any(item.get_closest_marker("emu") is not None for item in items) and not emu_available():
+        if os.environ.get("ATSS_REQUIRE_EMU") == "1":
+            raise pytest.UsageError(f"ATSS_REQUIRE_EMU=1 but the emulated CUDA library {EMU_LIBRARY} is missing: run `make emu`")
+        skip = pytest.mark.skip(reason=f"emulated CUDA kernels not built ({EMU_LIBRARY}): run `make emu`")
+        for item in items:
+            if item.get_closest_marker("emu") is not None:
+                item.add_marker(skip)
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 The reference (``atss_ops.reference``) is the spec. Each stage op gets the same
 intermediate inputs (the reference's outputs of the previous stage), so a
 difference points at one stage. The CUDA axis compares the CUDA kernel with
-both the CPU kernel and the reference.
+both the CPU kernel and the reference; the ``emu`` axis does the same with the
+CUDA kernel sources run through the host execution model (``make emu``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 import atss_ops
 from cases import (
+    API_DEVICES,
     CASE_NAMES,
     DEVICES,
     OPS,
@@ -25,6 +27,8 @@ from cases import (
     make_case,
     move,
     op_args,
+    ops_of,
+    tensor_device,
     reference_op,
     reference_stages,
     run_isolated,
@@ -32,15 +36,16 @@ from cases import (
 
 
 def check_op(op: str, args: tuple, device: str, expected, layout=lambda args: args) -> None:
-    """``torch.ops.atss_ops.<op>(*args)`` equals ``expected`` on the CPU and, on CUDA, on ``device`` too.
+    """``torch.ops.atss_ops.<op>(*args)`` equals ``expected`` on the CPU and, on the ``cuda`` or
+    ``emu`` backend, that backend's kernel too.
 
     ``layout`` rewrites the arguments once they are on their device (e.g. into non-contiguous views)."""
     cpu = kernel(op)(*layout(args))
     assert_bits_equal(cpu, expected, f"{op}: CPU kernel vs reference")
     if device != "cpu":
-        out = kernel(op)(*layout(move(args, device)))
+        out = getattr(ops_of(device), op)(*layout(move(args, tensor_device(device))))
         for t in out if isinstance(out, tuple) else (out,):
-            assert t.device.type == device
+            assert t.device.type == tensor_device(device)
         assert_bits_equal(out, expected, f"{op}: {device} kernel vs reference")
         assert_bits_equal(out, cpu, f"{op}: {device} kernel vs CPU kernel")
 
@@ -58,9 +63,9 @@ def test_op_matches_reference(op, name, device):
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_chained_stages_equal_fused(name, device):
     """The stage kernels chained give the fused kernel's bits (and the reference's)."""
-    case = move(make_case(name), device)
-    fused = kernel("atss_assign")(*op_args("atss_assign", case))
-    assert_bits_equal(chain_stage_kernels(case), fused, "chained stages vs fused")
+    case = move(make_case(name), tensor_device(device))
+    fused = ops_of(device).atss_assign(*op_args("atss_assign", case))
+    assert_bits_equal(chain_stage_kernels(case, ops_of(device)), fused, "chained stages vs fused")
     assert_bits_equal(fused, reference_stages(name)["atss_assign"], "fused vs reference")
 
 
@@ -74,7 +79,7 @@ def public_call(op: str, args: tuple):
     return getattr(atss_ops, op)(*args)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", API_DEVICES)
 @pytest.mark.parametrize("name", CASE_NAMES)
 @pytest.mark.parametrize("op", OPS)
 def test_public_api_matches_reference(op, name, device):
@@ -144,7 +149,7 @@ def test_non_contiguous_inputs(op, name, kind, device):
 LIST_CASES = [n for n in CASE_NAMES if n not in ("b0",)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", API_DEVICES)
 @pytest.mark.parametrize("name", LIST_CASES)
 def test_list_gt_boxes_equals_padded(name, device):
     """``gt_boxes`` as a list of ``[G_i, 4]`` tensors gives the padded form's assignment.

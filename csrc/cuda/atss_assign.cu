@@ -17,8 +17,6 @@
 // Memory: outputs, plus scratch of B*A*8 bytes (claims) + B*G*(8*P + 13*C)
 // bytes (partial keys, P <= C * chunks per level; candidates, IoUs,
 // positives) + 4 bytes per tile of 8 rows: O(B*A + B*G*C).
-#include <torch/library.h>
-
 #include <limits>
 
 #include "resolve.cuh"
@@ -37,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
   check_cuda_num_gt(G);
 
-  const c10::cuda::CUDAGuard guard(anchors.device());
+  const DeviceGuard guard(anchors.device());
   const auto f32 = anchors.options();
   const auto i64 = f32.dtype(at::kLong);
   if (B * G * A == 0) {  // everything background, as the CPU returns it
@@ -69,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.rows = rows;
   p.num_tiles = num_row_tiles(rows);
   p.anchors_aligned = reinterpret_cast<uintptr_t>(p.anchors) % 16 == 0;
-  p.score_in_smem = score_smem_bytes(C) <= kMaxScoreBytes;
+  p.score_in_smem = ScoreSmem::fits(C);
   p.center_eps = static_cast<float>(center_eps);
   p.nan_bits = host_default_nan_bits();
   p.threshold = threshold.data_ptr<float>();
@@ -93,11 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.cand_iou = reinterpret_cast<float*>(base + iou_at);
   p.cand_positive = reinterpret_cast<bool*>(base + pos_at);
 
-  const int64_t score_bytes = p.score_in_smem ? score_smem_bytes(C) : 0;
-  const int64_t smem_bytes = score_bytes > kTileBytes ? score_bytes : kTileBytes;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(cudaMemsetAsync(base, 0, static_cast<size_t>(zeroed_bytes), stream));
-  launch_select<Mode::kFused>(p, lt, valid.has_value(), smem_bytes, stream);
+  const Stream stream = current_stream();
+  memset_async(base, 0, zeroed_bytes, stream);
+  launch_select<Mode::kFused>(p, lt, valid.has_value(), fused_smem_bytes(C), stream);
   launch_decode_claims(p.claims, B, G, A, C, p.candidates, p.cand_iou, p.cand_positive,
                        gt_index.data_ptr<int64_t>(), iou.data_ptr<float>(),
                        num_positive.data_ptr<int64_t>(), stream);
@@ -106,6 +102,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("atss_assign", &atss_assign_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("atss_assign", &atss_assign_cuda); }
 
 }  // namespace atss::cuda

@@ -2,8 +2,6 @@
 // of the anchor and GT centres, NaN rows for padding GTs. One launch; a 2-D
 // grid-stride loop (rows on y, anchors on x), one thread per output element.
 // This op materialises [B, G, A] by definition; atss_assign never calls it.
-#include <torch/library.h>
-
 #include "cuda_common.cuh"
 
 namespace atss::cuda {
@@ -44,7 +42,7 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
   // The structural checks every backend runs; no value check (no sync).
   check_center_distance_args(anchors, gt_boxes, gt_counts);
 
-  const c10::cuda::CUDAGuard guard(anchors.device());
+  const DeviceGuard guard(anchors.device());
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();
   const int64_t B = g.size(0), G = g.size(1), A = a.size(0);
@@ -55,18 +53,17 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
 
   const int64_t rows = B * G;
   const unsigned blocks_x = grid_for(A, kDistanceThreads, 1024);
-  const unsigned blocks_y = static_cast<unsigned>(rows < 65535 ? rows : 65535);
+  const unsigned blocks_y = max_grid_blocks(rows, 65535);
   const dim3 grid(blocks_x, blocks_y);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  center_distance_kernel<<<grid, kDistanceThreads, 0, stream>>>(
+  ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel)(
       a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
       host_default_nan_bits(), out.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_check();
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("center_distance", &center_distance_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("center_distance", &center_distance_cuda); }
 
 }  // namespace atss::cuda

@@ -1,7 +1,7 @@
 // Shared pieces of the CUDA kernels: sizes, device helpers, warp primitives
-// and host-side launch helpers (the logic that also runs on the host, keys,
-// the per-lane top-K list, the level table and the claim keys, is in
-// select_core.h).
+// and host-side launch helpers (ordering keys, the per-lane top-K list and the
+// level table are in select_core.h; the claim keys of step 7 in claims.h; the
+// device runtime, real or emulated, in runtime.cuh).
 //
 // Numerics. All float arithmetic of the contract goes through the shared
 // functions of ../common/box_math.h (the CPU kernels use the same ones), and
@@ -20,14 +20,6 @@
 // `quiet_nan()` here.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
-
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -35,6 +27,7 @@
 
 #include "../common/box_math.h"
 #include "../common/checks.h"
+#include "runtime.cuh"
 #include "select_core.h"
 
 namespace atss::cuda {
@@ -57,7 +50,7 @@ __device__ __forceinline__ float cpu_nan_bits(float v, uint32_t nan_bits) {
 // Minimum of a u64 over the full warp; every lane gets it. Every lane of the
 // warp must call it (the callers keep their control flow warp-uniform).
 __device__ __forceinline__ u64 warp_min(u64 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATSS_ARCH >= 800
   const uint32_t hi = static_cast<uint32_t>(v >> 32);
   const uint32_t lo = static_cast<uint32_t>(v);
   const uint32_t min_hi = __reduce_min_sync(kFullMask, hi);
@@ -105,28 +98,10 @@ inline uint32_t host_default_nan_bits() {
   return bits;
 }
 
-// Multiprocessor count of the current device (cached per device; a plain
-// attribute query: no sync, allowed during CUDA graph capture).
-inline int num_sms() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  const int device = c10::cuda::current_device();
-  if (device >= 0 && device < kMaxDevices) {
-    const int cached = cache[device].load(std::memory_order_relaxed);
-    if (cached > 0) return cached;
-  }
-  int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  if (n < 1) n = 1;
-  if (device >= 0 && device < kMaxDevices) cache[device].store(n, std::memory_order_relaxed);
-  return n;
-}
-
-// Blocks for a grid-stride loop over n items with `threads` per block.
+// Blocks for a grid-stride loop over n items with `threads` per block, at
+// most `max_blocks` (and ATSS_MAX_BLOCKS).
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks) {
-  int64_t blocks = (n + threads - 1) / threads;
-  if (blocks > max_blocks) blocks = max_blocks;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+  return max_grid_blocks((n + threads - 1) / threads, max_blocks);
 }
 
 // Data pointer of an optional tensor, or null.

@@ -3,16 +3,10 @@
 // the fused atss_assign scores with). Candidate indices outside [-1, A) are
 // empty slots (the CPU rejects them in its value checks; here they are never
 // read through). gt_counts out of [0, G] is clamped.
-#include <torch/library.h>
-
 #include "score.cuh"
 
 namespace atss::cuda {
 namespace {
-
-// The per-warp buffers (C sanitised candidate indices, C IoUs) go to shared
-// memory when they fit, else to global memory.
-constexpr int64_t kMaxSmemBytes = 40 * 1024;
 
 struct IouArgs {
   const float* anchors;      // [A, 4]
@@ -29,8 +23,10 @@ struct IouArgs {
   bool* is_positive;  // [B, G, C]
 };
 
+// The per-warp buffers (C sanitised candidate indices, C IoUs) are ScoreSmem's
+// when they fit, else global scratch.
 __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  ATSS_DYNAMIC_SMEM(unsigned char, smem);
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t C = p.num_slots, G = p.num_gt;
@@ -50,10 +46,9 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
     }
     int64_t* cand = p.cand_buf + row * C;
     float* iou_buf = iou_out;
-    if (p.in_smem) {  // [8 warps][C] indices, then [8 warps][C] IoUs
-      cand = reinterpret_cast<int64_t*>(smem) + warp * C;
-      float* ious = reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * C);
-      iou_buf = ious + warp * C;
+    if (p.in_smem) {
+      cand = ScoreSmem::candidates(smem, warp, C);
+      iou_buf = ScoreSmem::ious(smem, warp, C);
     }
     const int64_t* cand_in = p.candidates + row * C;
     for (int64_t c = lane; c < C; c += kWarp) {
@@ -79,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
 
-  const c10::cuda::CUDAGuard guard(anchors.device());
+  const DeviceGuard guard(anchors.device());
   const int64_t C = candidates.size(2);
   at::Tensor cand_iou = at::empty({B, G, C}, anchors.options());
   at::Tensor threshold = at::empty({B, G}, anchors.options());
@@ -92,8 +87,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   std::optional<at::Tensor> counts;
   if (gt_counts) counts = gt_counts->contiguous();
   const int64_t rows = B * G;
-  const int64_t smem_bytes =
-      kRowsPerBlock * C * static_cast<int64_t>(sizeof(int64_t) + sizeof(float));
 
   IouArgs p{};
   p.anchors = a.data_ptr<float>();
@@ -107,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   p.num_tiles = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   p.center_eps = static_cast<float>(center_eps);
   p.nan_bits = host_default_nan_bits();
-  p.in_smem = smem_bytes <= kMaxSmemBytes;
+  p.in_smem = ScoreSmem::fits(C);
   at::Tensor cand_buf;
   if (!p.in_smem) {
     cand_buf = at::empty({rows * C}, cand.options());
@@ -117,18 +110,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   p.threshold = threshold.data_ptr<float>();
   p.is_positive = is_positive.data_ptr<bool>();
 
-  const int64_t max_blocks = int64_t{1} << 20;  // then grid-stride
-  const unsigned blocks =
-      static_cast<unsigned>(p.num_tiles < max_blocks ? p.num_tiles : max_blocks);
-  const size_t dynamic_smem = p.in_smem ? static_cast<size_t>(smem_bytes) : 0;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  iou_statistics_kernel<<<blocks, kThreads, dynamic_smem, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const unsigned blocks = max_grid_blocks(p.num_tiles, int64_t{1} << 20);  // then grid-stride
+  const size_t dynamic_smem = p.in_smem ? static_cast<size_t>(ScoreSmem::bytes(C)) : 0;
+  ATSS_LAUNCH(blocks, kThreads, dynamic_smem, current_stream(), iou_statistics_kernel)(p);
+  launch_check();
   return {cand_iou, threshold, is_positive};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("iou_statistics", &iou_statistics_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("iou_statistics", &iou_statistics_cuda); }
 
 }  // namespace atss::cuda

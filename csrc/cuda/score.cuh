@@ -1,12 +1,33 @@
 // Steps 4-6 of the contract for one GT row, computed by one warp. Shared by
 // iou_statistics.cu and the fused atss_assign.cu, so both score candidates
 // with the same code, which is the CPU's score_candidates (csrc/cpu/steps.h)
-// spread over the lanes of a warp, with the statistics taken by one lane.
+// spread over the lanes of a warp, with the statistics taken by one lane; and
+// the fused kernel's scoring-and-claim of a row (steps 4-7's claims).
 #pragma once
 
+#include "claims.h"
 #include "cuda_common.cuh"
 
 namespace atss::cuda {
+
+// The per-warp score buffers of a block of kRowsPerBlock rows: C candidate
+// indices per warp, then C IoUs per warp. They live in dynamic shared memory
+// when they take at most kMaxScoreSmemBytes, else in global scratch.
+constexpr int64_t kMaxScoreSmemBytes = 40 * 1024;
+
+struct ScoreSmem {
+  static int64_t bytes(int64_t num_cand) {
+    return kRowsPerBlock * num_cand * static_cast<int64_t>(sizeof(int64_t) + sizeof(float));
+  }
+  static bool fits(int64_t num_cand) { return bytes(num_cand) <= kMaxScoreSmemBytes; }
+  __device__ static int64_t* candidates(unsigned char* smem, int warp, int64_t num_cand) {
+    return reinterpret_cast<int64_t*>(smem) + warp * num_cand;
+  }
+  __device__ static float* ious(unsigned char* smem, int warp, int64_t num_cand) {
+    return reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * num_cand) +
+           warp * num_cand;
+  }
+};
 
 // `cand` holds the row's C candidate anchors (-1 = empty slot; every other
 // value in [0, A)), written and made visible to the warp (__syncwarp) by the
@@ -52,6 +73,26 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
   }
   __syncwarp();
   return count > 0 ? cpu_nan_bits(static_cast<float>(thr), nan_bits) : quiet_nan();
+}
+
+// The fused kernel's steps 4-6 and step 7's claims for GT g's row, by one warp:
+// scores the row's candidates `cand` (score_row, with `iou_buf` as scratch),
+// keeps each slot's anchor, IoU and positive flag in the row's scratch
+// (row_cand, row_iou, row_positive: what the claim decoding reads back for a
+// zero IoU) and claims every positive anchor in `image_claims` ([A] keys of
+// the row's image) with an atomicMax. Returns the threshold.
+__device__ __forceinline__ float score_and_claim_row(const int64_t* cand, float* iou_buf, int64_t num_slots,
+                                                     const float* anchors, const float* gt, float center_eps,
+                                                     uint32_t nan_bits, int lane, int64_t g, int64_t* row_cand,
+                                                     float* row_iou, bool* row_positive, u64* image_claims) {
+  return score_row(cand, iou_buf, num_slots, anchors, gt, center_eps, nan_bits, lane,
+                   [&](int64_t c, int64_t a, float v, bool positive) {
+                     row_cand[c] = a;
+                     row_iou[c] = v;
+                     row_positive[c] = positive;
+                     // Only a real IoU (>= 0; never NaN) claims an anchor.
+                     if (positive && v >= 0.0f) atomicMax(image_claims + a, claim_key(v, g));
+                   });
 }
 
 // Loads a GT box into registers.

@@ -40,7 +40,7 @@ namespace atss::cuda {
 // grid about 4 work items per multiprocessor.
 inline int64_t pick_chunk_len(at::IntArrayRef levels, int64_t rows) {
   const int64_t tiles = num_row_tiles(rows);
-  const int64_t target = 4 * static_cast<int64_t>(num_sms());
+  const int64_t target = 4 * static_cast<int64_t>(sm_count());
   for (int64_t len : {8192, 4096, 2048}) {
     int64_t chunks = 0;
     for (int64_t n : levels) chunks += ceil_div(n, len);
@@ -92,12 +92,12 @@ struct SelectArgs {
 };
 
 // Dynamic shared memory of the fused kernel: the centre tile, or the score
-// buffers of the kRowsPerBlock rows when they fit (they are used one after
-// the other, never at once).
+// buffers of the kRowsPerBlock rows when they fit (ScoreSmem; they are used
+// one after the other, never at once).
 constexpr int64_t kTileBytes = kTile * static_cast<int64_t>(sizeof(float2));
-constexpr int64_t kMaxScoreBytes = 40 * 1024;
-inline int64_t score_smem_bytes(int64_t num_cand) {
-  return kRowsPerBlock * num_cand * static_cast<int64_t>(sizeof(int64_t) + sizeof(float));
+inline int64_t fused_smem_bytes(int64_t num_cand) {
+  const int64_t score = ScoreSmem::fits(num_cand) ? ScoreSmem::bytes(num_cand) : 0;
+  return score > kTileBytes ? score : kTileBytes;
 }
 
 // Anchor centres [first, first + len) into tile[0, len), by the whole block.
@@ -142,7 +142,7 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
   }
   int64_t* cand = p.candidates + row * C;
   if constexpr (MODE == Mode::kFused) {
-    if (p.score_in_smem) cand = reinterpret_cast<int64_t*>(smem) + warp * C;
+    if (p.score_in_smem) cand = ScoreSmem::candidates(smem, warp, C);
   }
   const u64* part = p.partial + row * lt.num_part;
   for (int l = 0; l < lt.num_levels; ++l) {
@@ -172,26 +172,12 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
   }
   __syncwarp();
   if constexpr (MODE == Mode::kFused) {
-    float* iou_buf = p.cand_iou + row * C;
-    if (p.score_in_smem) {
-      iou_buf = reinterpret_cast<float*>(reinterpret_cast<int64_t*>(smem) + kRowsPerBlock * C) +
-                warp * C;
-    }
+    float* iou_buf = p.score_in_smem ? ScoreSmem::ious(smem, warp, C) : p.cand_iou + row * C;
     float gt[4];
     load_box(p.gt_boxes + 4 * row, gt);
-    const int64_t g = row - b * p.num_gt;
-    const int64_t A = p.num_anchors;
-    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
-                                [&](int64_t c, int64_t a, float v, bool positive) {
-                                  const int64_t i = row * C + c;
-                                  p.candidates[i] = a;
-                                  p.cand_iou[i] = v;
-                                  p.cand_positive[i] = positive;
-                                  // Only a real IoU (>= 0; never NaN) claims an anchor.
-                                  if (positive && v >= 0.0f) {
-                                    atomicMax(p.claims + b * A + a, claim_key(v, g));
-                                  }
-                                });
+    const float thr = score_and_claim_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
+                                          row - b * p.num_gt, p.candidates + row * C, p.cand_iou + row * C,
+                                          p.cand_positive + row * C, p.claims + b * p.num_anchors);
     if (lane == 0) {
       p.threshold[row] = thr;
       p.num_positive[row] = 0;  // counted by the decoding kernel
@@ -209,8 +195,8 @@ constexpr int kMinBlocksPerSm = K <= 16 ? 3 : 1;
 template <int K, bool HAS_VALID, Mode MODE>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
     select_kernel(const __grid_constant__ SelectArgs p, const __grid_constant__ LevelTable lt) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int s_last;
+  ATSS_DYNAMIC_SMEM(unsigned char, smem);
+  ATSS_SHARED(int, s_last);
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t G = p.num_gt;
@@ -332,20 +318,19 @@ inline int pick_list_size(int64_t k_max) {
 }
 
 template <int K, bool HAS_VALID, Mode MODE>
-void launch_select_kernel(unsigned blocks, int64_t smem_bytes, cudaStream_t stream,
-                          const SelectArgs& p, const LevelTable& lt) {
+void launch_select_kernel(unsigned blocks, int64_t smem_bytes, Stream stream, const SelectArgs& p,
+                          const LevelTable& lt) {
   const size_t smem = static_cast<size_t>(smem_bytes);
-  select_kernel<K, HAS_VALID, MODE><<<blocks, kThreads, smem, stream>>>(p, lt);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ATSS_LAUNCH(blocks, kThreads, smem, stream, select_kernel<K, HAS_VALID, MODE>)(p, lt);
+  launch_check();
 }
 
 // One launch of select_kernel over every (chunk, tile) item.
 template <Mode MODE>
 void launch_select(const SelectArgs& p, const LevelTable& lt, bool has_valid, int64_t smem_bytes,
-                   cudaStream_t stream) {
+                   Stream stream) {
   const int64_t items = static_cast<int64_t>(lt.num_chunks) * p.num_tiles;
-  const int64_t max_blocks = int64_t{1} << 20;  // then grid-stride
-  const unsigned blocks = static_cast<unsigned>(items < max_blocks ? items : max_blocks);
+  const unsigned blocks = max_grid_blocks(items, int64_t{1} << 20);  // then grid-stride
   switch (pick_list_size(lt.k_max)) {
     case 4:
       has_valid ? launch_select_kernel<4, true, MODE>(blocks, smem_bytes, stream, p, lt)

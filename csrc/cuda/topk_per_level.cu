@@ -4,8 +4,6 @@
 // the CPU's (distance_bits, index) order, NaN last, -0 == +0, negative values
 // allowed. gt_counts out of [0, G] is clamped (the CPU rejects it; without a
 // value check there is no sync here).
-#include <torch/library.h>
-
 #include "select.cuh"
 
 namespace atss::cuda {
@@ -18,7 +16,7 @@ at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_
   check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
 
-  const c10::cuda::CUDAGuard guard(distances.device());
+  const DeviceGuard guard(distances.device());
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
   at::Tensor out = at::empty({B, G, C}, distances.options().dtype(at::kLong));
   if (out.numel() == 0) return out;  // B * G == 0 or A == 0
@@ -49,14 +47,14 @@ at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_
   p.tile_done = reinterpret_cast<unsigned*>(base + done_at);
   p.partial = reinterpret_cast<u64*>(base + part_at);
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(cudaMemsetAsync(p.tile_done, 0, p.num_tiles * sizeof(unsigned), stream));
+  const Stream stream = current_stream();
+  memset_async(p.tile_done, 0, p.num_tiles * static_cast<int64_t>(sizeof(unsigned)), stream);
   launch_select<Mode::kTopk>(p, lt, valid.has_value(), 0, stream);
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(atss_ops, CUDA, m) { m.impl("topk_per_level", &topk_per_level_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("topk_per_level", &topk_per_level_cuda); }
 
 }  // namespace atss::cuda
