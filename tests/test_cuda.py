@@ -27,11 +27,15 @@ from cases import (
     make_case,
     move,
     op_args,
+    ops_of,
+    tensor_device,
     random_case,
     reference_stages,
 )
 
-pytestmark = pytest.mark.cuda
+# The CUDA kernels on a GPU, and (for the tests that need no real device) the
+# same kernel sources run through the host execution model (``make emu``).
+BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), pytest.param("emu", marks=pytest.mark.emu)]
 
 
 def fused(case: dict):
@@ -58,6 +62,7 @@ LARGE = {
 }
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", list(LARGE))
 def test_large_random_every_op_cuda_equals_cpu(name):
     """Every op: CUDA == CPU kernel bit for bit on large random batches; the fused op also == reference."""
@@ -72,6 +77,7 @@ def test_large_random_every_op_cuda_equals_cpu(name):
     assert_bits_equal(expected["atss_assign"], ref, f"{name}: CPU kernel vs reference")
 
 
+@pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.parametrize("B,G", [(8, 500), (2, 1000)])
 def test_benchmark_sizes_cuda_equals_cpu(B, G):
@@ -80,22 +86,25 @@ def test_benchmark_sizes_cuda_equals_cpu(B, G):
     assert_bits_equal(fused(move(case, "cuda")), fused(case), f"B={B} G={G}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["coco_s2_b3_g20", "anchor_valid_random", "multi_anchor_3scales", "signed_zeros"])
-def test_misaligned_anchors(name):
+def test_misaligned_anchors(name, backend):
     """Anchors at a 4-byte offset (scalar loads instead of float4) give the same bits."""
-    case = move(make_case(name), "cuda")
+    device = tensor_device(backend)
+    case = move(make_case(name), device)
     anchors = case["anchors"]
-    buf = torch.empty(anchors.numel() + 1, dtype=torch.float32, device="cuda")
+    buf = torch.empty(anchors.numel() + 1, dtype=torch.float32, device=device)
     buf[1:] = anchors.flatten()
     shifted = buf[1:].view(-1, 4)
     assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
-    out = fused(dict(case, anchors=shifted))
+    out = ops_of(backend).atss_assign(*op_args("atss_assign", dict(case, anchors=shifted)))
     assert_bits_equal(out, reference_stages(name)["atss_assign"], "misaligned anchors")
 
 
 # --------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", ["multi_anchor_3scales", "duplicate_gts", "integer_boxes", "coco_full_b2_g20"])
 def test_deterministic_across_runs(name):
     """Ten runs of every op give the same bits (integer atomics only; no float atomics)."""
@@ -108,6 +117,7 @@ def test_deterministic_across_runs(name):
             assert_bits_equal(kernel(op)(*args), first, f"{op} run to run")
 
 
+@pytest.mark.cuda
 def test_deterministic_large_crowd():
     case = move(random_case(11, 4, 400, 640, 640, (8, 16, 32), counts=True, valid=0.8), "cuda")
     first = fused(case)
@@ -118,6 +128,7 @@ def test_deterministic_large_crowd():
 # --------------------------------------------------------------------------- graphs, compile, syncs
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", ["coco_s2_b3_g20", "anchor_valid_random", "nan_padding"])
 def test_cuda_graph_capture_and_replay(name):
     """atss_assign captured in a CUDA graph, replayed on new data in the same buffers, equals eager."""
@@ -151,6 +162,7 @@ def test_cuda_graph_capture_and_replay(name):
     assert_bits_equal(tuple(static_out), tuple(cpu), "replay on new data vs CPU kernel")
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("op", OPS)
 def test_no_host_sync(op):
     """No op syncs with the host (torch's sync debug mode raises on a synchronising call)."""
@@ -166,6 +178,7 @@ def test_no_host_sync(op):
     torch.cuda.synchronize()
 
 
+@pytest.mark.cuda
 def test_torch_compile_fullgraph():
     """The public atss_assign under torch.compile(fullgraph=True) on CUDA equals eager."""
     torch._dynamo.reset()
@@ -185,6 +198,7 @@ def test_torch_compile_fullgraph():
     assert_bits_equal(compiled(*args), tuple(reference_stages("coco_s1_b2_g7")["atss_assign"]), "compiled vs reference")
 
 
+@pytest.mark.cuda
 def test_no_bga_allocation():
     """atss_assign's peak extra memory stays far below one [B, G, A] float tensor."""
     case = move(random_case(12, 8, 200, 800, 1344), "cuda")
@@ -205,6 +219,7 @@ def test_no_bga_allocation():
 # --------------------------------------------------------------------------- devices and unchecked values
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("op", OPS)
 def test_inputs_on_different_devices_raise(op):
     """One tensor on the CPU and the rest on CUDA: a clear ValueError naming the devices."""
@@ -220,6 +235,7 @@ def test_inputs_on_different_devices_raise(op):
             kernel(op)(*mixed)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_inputs_on_two_gpus_raise():
     name = "coco_s1_b2_g7"
@@ -230,26 +246,30 @@ def test_inputs_on_two_gpus_raise():
         kernel("atss_assign")(*args)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("counts", [[-3, 100], [2, -1], [99, 99]])
-def test_gt_counts_out_of_range_clamped(counts):
+def test_gt_counts_out_of_range_clamped(counts, backend):
     """Without value checks, gt_counts outside [0, G] never crashes and is clamped to [0, G]."""
     name = "coco_s1_b2_g7"
     case = make_case(name)
     G = case["gt_boxes"].shape[1]
+    # The case's padding rows are NaN; counts clamped to G make them valid, which the CPU kernel
+    # (the expected value) would reject: give them finite boxes.
+    case["gt_boxes"] = torch.where(case["gt_boxes"].isnan(), torch.tensor([8.0, 8.0, 40.0, 56.0]), case["gt_boxes"])
     bad = torch.tensor(counts, dtype=torch.int64)
     clamped_case = dict(case, gt_counts=bad.clamp(0, G))
     expected = compute_stages(clamped_case, torch.ops.atss_ops)
-    bad_case = move(dict(case, gt_counts=bad), "cuda")
-    cuda_inputs = move(expected, "cuda")
+    bad_case = move(dict(case, gt_counts=bad), tensor_device(backend))
+    inputs = move(expected, tensor_device(backend))
     for op in ("center_distance", "topk_per_level", "iou_statistics", "atss_assign"):
-        out = kernel(op)(*op_args(op, bad_case, cuda_inputs))
-        torch.cuda.synchronize()
+        out = getattr(ops_of(backend), op)(*op_args(op, bad_case, inputs))
         assert_bits_equal(out, expected[op], f"{op} with gt_counts {counts}")
+    if backend == "emu":
+        return
     # The public API on CUDA runs no value check by default either.
     res = atss_ops.atss_assign(
         bad_case["anchors"], bad_case["num_anchors_per_level"], bad_case["gt_boxes"], bad_case["gt_counts"],
     )
-    torch.cuda.synchronize()
     assert_bits_equal(res, expected["atss_assign"], "public atss_assign")
     # With check_inputs=True the public API reports the value instead (one sync).
     with pytest.raises(ValueError, match="out of range"):
@@ -259,7 +279,8 @@ def test_gt_counts_out_of_range_clamped(counts):
         )
 
 
-def test_candidates_out_of_range_are_empty_slots():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_candidates_out_of_range_are_empty_slots(backend):
     """iou_statistics / resolve_multi_gt on CUDA treat indices outside [-1, A) as empty slots (-1)."""
     name = "coco_s1_b2_g7"
     case = make_case(name)
@@ -273,26 +294,26 @@ def test_candidates_out_of_range_are_empty_slots():
     cand_clean = torch.where(bad, torch.full_like(cand, -1), cand)
     args = (case["anchors"], case["gt_boxes"], cand_clean, case["gt_counts"], case["center_eps"])
     expected = kernel("iou_statistics")(*args)
-    out = kernel("iou_statistics")(*move((case["anchors"], case["gt_boxes"], cand_bad, case["gt_counts"],
-                                          case["center_eps"]), "cuda"))
-    torch.cuda.synchronize()
+    out = ops_of(backend).iou_statistics(*move((case["anchors"], case["gt_boxes"], cand_bad, case["gt_counts"],
+                                                 case["center_eps"]), tensor_device(backend)))
     assert_bits_equal(out, expected, "iou_statistics")
     cand_iou, _, is_positive = expected
     is_positive = is_positive | bad  # out-of-range slots marked positive: still never claim
     expected = kernel("resolve_multi_gt")(cand_clean, cand_iou, is_positive, A)
-    out = kernel("resolve_multi_gt")(*move((cand_bad, cand_iou, is_positive, A), "cuda"))
-    torch.cuda.synchronize()
+    out = ops_of(backend).resolve_multi_gt(*move((cand_bad, cand_iou, is_positive, A), tensor_device(backend)))
     assert_bits_equal(out, expected, "resolve_multi_gt")
 
 
-def test_too_many_levels_raise_clearly():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_many_levels_raise_clearly(backend):
     """More non-empty levels than the CUDA level table holds: a ValueError naming the argument."""
-    anchors = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(200, 1).cuda()
-    gt = torch.tensor([[[0.0, 0.0, 2.0, 2.0]]]).cuda()
+    anchors = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(200, 1).to(tensor_device(backend))
+    gt = torch.tensor([[[0.0, 0.0, 2.0, 2.0]]]).to(tensor_device(backend))
     with pytest.raises(ValueError, match="num_anchors_per_level"):
-        kernel("atss_assign")(anchors, [1] * 200, gt, None, 9, None, 0.01)
+        ops_of(backend).atss_assign(anchors, [1] * 200, gt, None, 9, None, 0.01)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_every_case_fused_cuda_equals_cpu_kernel(name):
     """Quick cross-check on every case: the fused CUDA op equals the fused CPU op."""

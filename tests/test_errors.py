@@ -11,7 +11,15 @@ import torch
 
 import atss_ops
 from atss_ops import reference
-from cases import EMPTY_CASE_NAMES, assert_bits_equal, bits_equal, isolated_results, make_case, run_isolated
+from cases import (
+    EMPTY_CASE_NAMES,
+    assert_bits_equal,
+    bits_equal,
+    emu_available,
+    isolated_results,
+    make_case,
+    run_isolated,
+)
 
 NAN, INF = float("nan"), float("inf")
 
@@ -37,12 +45,17 @@ def put(t: torch.Tensor, index, value) -> torch.Tensor:
 
 
 PATHS = ("op", "api", "reference")
+# The emulated CUDA kernels (``make emu``) run the structural checks of every
+# backend but, like the CUDA kernels, no value check (those would sync on a GPU).
+EMU = pytest.param("emu", marks=pytest.mark.emu)
 
 
 def entry_point(path: str, op: str):
     """``op`` through one of the three entry points, as a function of the op's positional arguments."""
-    if path == "op":
-        fn = getattr(torch.ops.atss_ops, op)
+    if path in ("op", "emu"):
+        if path == "emu":
+            assert emu_available()
+        fn = getattr(torch.ops.atss_ops_emu if path == "emu" else torch.ops.atss_ops, op)
         return (lambda *a: atss_ops.AssignResult(*fn(*a))) if op == "atss_assign" else fn
     if path == "api" and op == "atss_assign":
         return lambda a, levels, g, n, topk, valid, eps: atss_ops.atss_assign(
@@ -139,10 +152,21 @@ INVALID = {
                          "gt_boxes[1] must be a Tensor[G_i, 4], got [3]", ("api",)),
 }
 
+# Messages of the value checks (they read tensor data): not run by the CUDA kernels.
+VALUE_CHECKS = ("is not finite", "has x2 < x1", "is out of range")
+
+
+def _paths(message: str, paths: tuple) -> list:
+    if paths:
+        return list(paths[0])
+    return list(PATHS) + ([] if any(v in message for v in VALUE_CHECKS) else [EMU])
+
+
 INVALID_PARAMS = [
-    pytest.param(changes, message, path, id=f"{name}-{path}")
+    pytest.param(changes, message, getattr(path, "values", (path,))[0], id=f"{name}-{getattr(path, 'values', (path,))[0]}",
+                 marks=getattr(path, "marks", ()))
     for name, (changes, message, *paths) in INVALID.items()
-    for path in (paths[0] if paths else PATHS)
+    for path in _paths(message, paths)
 ]
 
 
@@ -233,11 +257,18 @@ STAGE_INVALID = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(
-    "op, changes, message",
-    [pytest.param(op, ch, msg, id=f"{op}-{name}") for (op, name), (ch, msg) in STAGE_INVALID.items()],
-)
+STAGE_PARAMS = [
+    pytest.param(op, ch, msg, path, id=f"{op}-{name}-{path}")
+    for (op, name), (ch, msg) in STAGE_INVALID.items()
+    for path in PATHS
+] + [
+    pytest.param(op, ch, msg, "emu", id=f"{op}-{name}-emu", marks=pytest.mark.emu)
+    for (op, name), (ch, msg) in STAGE_INVALID.items()
+    if not any(v in msg for v in VALUE_CHECKS)
+]
+
+
+@pytest.mark.parametrize("op, changes, message, path", STAGE_PARAMS)
 def test_stage_op_invalid_input_raises(op, changes, message, path):
     """The stage ops check their inputs too, with the same messages on every path."""
     s = stage_inputs()
@@ -307,7 +338,7 @@ def test_tensors_on_different_devices_raise(op, arg, device, path):
 # --------------------------------------------------------------------------- valid edge cases
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", [*PATHS, EMU])
 @pytest.mark.parametrize("name", EMPTY_CASE_NAMES)
 def test_empty_cases_give_sentinels(name, path):
     """G == 0, B == 0, A == 0 and gt_counts == 0 are valid: all background, with the documented sentinels

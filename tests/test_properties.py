@@ -21,6 +21,7 @@ from cases import (
     kernel,
     make_case,
     op_args,
+    ops_of,
     reference_stages,
 )
 
@@ -82,14 +83,19 @@ def kernel_assign(case: dict) -> AssignResult:
     return AssignResult(*kernel("atss_assign")(*op_args("atss_assign", case)))
 
 
+KERNEL_BACKENDS = ["cpu", pytest.param("emu", marks=pytest.mark.emu)]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @settings(max_examples=60, **SETTINGS)
 @given(case=assign_inputs())
-def test_kernels_equal_reference(case):
-    """Every op's CPU kernel returns the reference's bits (stage inputs shared), and chained == fused."""
+def test_kernels_equal_reference(backend, case):
+    """Every op's kernel (CPU, or the emulated CUDA kernel) returns the reference's bits (stage inputs
+    shared), and chained == fused."""
     stages = compute_reference_stages(case)
     for op in OPS:
-        assert_bits_equal(kernel(op)(*op_args(op, case, stages)), stages[op], op)
-    assert_bits_equal(chain_stage_kernels(case), stages["atss_assign"], "chained stage kernels")
+        assert_bits_equal(getattr(ops_of(backend), op)(*op_args(op, case, stages)), stages[op], op)
+    assert_bits_equal(chain_stage_kernels(case, ops_of(backend)), stages["atss_assign"], "chained stage kernels")
 
 
 def _gt_valid(case) -> torch.Tensor:
@@ -234,9 +240,10 @@ def test_scaling_by_two_changes_nothing(case):
 DISTANCE_PALETTE = [-float("inf"), -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, 1.5, 2.0, 3.4e38, float("inf"), float("nan")]
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @settings(max_examples=60, **SETTINGS)
 @given(data=st.data())
-def test_topk_per_level_arbitrary_distances(data):
+def test_topk_per_level_arbitrary_distances(backend, data):
     """``topk_per_level`` on any float32 distances over levels of up to 70 anchors (several of the kernels'
     16-anchor chunks): the kernel orders by ``(d, index)``, -0 == +0, NaN last, exactly as the reference."""
     levels = data.draw(st.lists(st.integers(0, 70), min_size=1, max_size=3))
@@ -249,7 +256,7 @@ def test_topk_per_level_arbitrary_distances(data):
     if data.draw(st.booleans()):
         valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=B * A, max_size=B * A))).reshape(B, A)
     args = (distances, levels, topk, None, valid)
-    assert_bits_equal(kernel("topk_per_level")(*args), reference.topk_per_level(*args), "topk_per_level")
+    assert_bits_equal(ops_of(backend).topk_per_level(*args), reference.topk_per_level(*args), "topk_per_level")
 
 
 # --------------------------------------------------------------------------- what each adversarial case is for
