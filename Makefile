@@ -18,7 +18,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: venv build install test demo bench bench-gpu cmake-check emu emu-asan emu-tsan emu-sanitize clean
+.PHONY: venv build install test demo bench bench-gpu cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -75,5 +75,14 @@ cmake-check: venv
 	  $(if $(CUDA_HOME),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME))
 	cmake --build build-cmake -j $(MAX_JOBS)
 
+# The CMake build with the CUDA kernels (compiles; no GPU needed): archs from
+# TORCH_CUDA_ARCH_LIST (default 9.0).
+cmake-cuda-check: venv
+	cmake -S . -B build-cmake-cuda -DWITH_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) \
+	  -DTORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}"
+	cmake --build build-cmake-cuda -j $(MAX_JOBS)
+
 clean:
-	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results
+	rm -rf build build-cmake build-cmake-cuda build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results

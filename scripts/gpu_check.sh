@@ -1,66 +1,100 @@
 #!/usr/bin/env bash
-# The GPU check of issue 3, run on a machine with a CUDA GPU (the lent H100):
-# builds the CUDA kernels, runs the CUDA tests and the whole suite, runs a
-# workload of every CUDA op under compute-sanitizer memcheck and racecheck, and
-# runs the GPU benchmark.
+# The GPU check, in one call, on a machine with a CUDA GPU: builds the CUDA
+# kernels, runs the CUDA tests of the op test files, checks that errors raised
+# by the kernels' host code reach Python, runs the sanitizer workload (every
+# CUDA op and path, a capped grid included) under compute-sanitizer memcheck,
+# racecheck and synccheck, and runs the GPU benchmark. Made to finish within
+# 9 minutes on a fresh machine (about 1 minute of it the build).
 #
-#   bash scripts/gpu_check.sh                  # every step: build test sanitize bench
-#   bash scripts/gpu_check.sh build test       # some steps (in the order given)
+#   bash scripts/gpu_check.sh                # every default step
+#   bash scripts/gpu_check.sh build test     # some steps, in the order given
+#   bash scripts/gpu_check.sh --dry-run      # on a machine without a GPU: every step's
+#                                            # plumbing, with the CPU standing in
 #
-# Steps: env, build, test (pytest -m cuda, then the whole suite), test-cuda,
-# test-all, sanitize (memcheck, racecheck), memcheck, racecheck, bench.
-# Each step prints a header "===== step =====" and a PASS/FAIL line; the script
-# exits nonzero when any step failed. Logs, the benchmark JSON and plot go to
+# Steps: env build test errors memcheck racecheck synccheck bench (default, in
+# that order); also test-all (the whole suite). Each step prints a header
+# "===== step =====", runs under its own timeout and the remaining time budget,
+# and ends with a PASS / FAIL / TIMEOUT / SKIPPED line; one summary closes the
+# run, with the benchmark table. Exit status 0 when no step failed. Logs (build,
+# test, errors, sanitizers), the benchmark JSON, log and plot (7 files) go to
 # $OUT when set (the device tool's output folder), else /tmp/atss-gpu-check/.
 #
 # Knobs: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default 9.0),
-# BENCH_ARGS (extra arguments of benchmarks.bench_gpu, e.g. "--no-compile"),
-# PYTEST_ARGS (extra pytest arguments), FORCE_REBUILD=1 (build even when the
-# in-place extension is newer than every source).
-#
-# Within one 10-minute device call, do not ask for everything at once: a fresh
-# machine needs the build (a few minutes) first. Suggested calls:
-#   bash scripts/gpu_check.sh build test
-#   bash scripts/gpu_check.sh build sanitize
-#   bash scripts/gpu_check.sh build bench
-# ("build" is skipped when the extension is already up to date.)
+# BUDGET_S (default 520: the whole run's time budget), BENCH_ARGS (extra
+# arguments of benchmarks.bench_gpu; the default run skips torch.compile),
+# PYTEST_ARGS, FORCE_REBUILD=1, CAPPED_BLOCKS (default 4: the grid cap of the
+# capped sanitizer run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
+
+DRY_RUN=0
+STEPS=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    *) STEPS+=("$arg") ;;
+  esac
+done
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test errors memcheck racecheck synccheck bench)
 
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-/tmp/atss-gpu-check}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
-export FORCE_CUDA=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}
+BUDGET_S=${BUDGET_S:-520}
+CAPPED_BLOCKS=${CAPPED_BLOCKS:-4}
+START=$SECONDS
+declare -a SUMMARY=()
+FAILED=0
 
-STEPS=("$@")
-if [ ${#STEPS[@]} -eq 0 ]; then STEPS=(env build test sanitize bench); fi
+remaining() { echo $((BUDGET_S - (SECONDS - START))); }
 
-FAILED=()
-PASSED=()
-section() { echo; echo "===== $* ====="; }
-result() {  # name status
-  if [ "$2" -eq 0 ]; then PASSED+=("$1"); echo "----- $1: PASS"; else FAILED+=("$1"); echo "----- $1: FAIL (status $2)"; fi
+# run_step NAME MAX_SECONDS COMMAND...: under min(MAX_SECONDS, time left).
+run_step() {
+  local name=$1 max=$2
+  shift 2
+  local left
+  left=$(remaining)
+  echo
+  echo "===== $name ====="
+  if [ "$left" -lt 20 ]; then
+    echo "----- $name: SKIPPED (time budget spent)"
+    SUMMARY+=("$(printf '%-10s SKIPPED  (time budget spent)' "$name")")
+    return
+  fi
+  local limit=$((max < left ? max : left))
+  local t0=$SECONDS
+  # A step is a function of this script: run it in a child bash (exported) under timeout.
+  timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@"
+  local st=$?
+  local took=$((SECONDS - t0))
+  local verdict=PASS
+  if [ $st -eq 124 ] || [ $st -eq 137 ]; then
+    verdict="TIMEOUT"
+  elif [ $st -ne 0 ]; then
+    verdict="FAIL"
+  fi
+  [ "$verdict" != PASS ] && FAILED=1
+  echo "----- $name: $verdict (status $st, ${took} s of at most ${limit} s)"
+  SUMMARY+=("$(printf '%-10s %-8s %4d s' "$name" "$verdict" "$took")")
 }
 
 step_env() {
-  section "env"
   nvidia-smi || true
   "$PY" - <<'EOF'
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 EOF
-  nvcc --version 2>/dev/null | tail -2 || "$CUDA_HOME/bin/nvcc" --version | tail -2
-  command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo "compute-sanitizer not on PATH"
-  result env 0
+  "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>/dev/null | tail -2
+  command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo "compute-sanitizer not found"
+  true
 }
 
-extension_current() {  # 0 when the in-place extension has CUDA kernels and is newer than every source
+extension_current() {  # the in-place extension has CUDA kernels and is newer than every source
   [ "${FORCE_REBUILD:-0}" = 1 ] && return 1
   local so
   so=$(ls atss_ops/_C*.so 2>/dev/null | head -1)
@@ -70,84 +104,157 @@ extension_current() {  # 0 when the in-place extension has CUDA kernels and is n
 }
 
 step_build() {
-  section "build (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
   if extension_current; then
     echo "atss_ops extension is up to date and has CUDA kernels: not rebuilt"
-    result build 0
-    return
+    return 0
   fi
-  local start=$SECONDS
-  "$PY" -m pip install --no-build-isolation --no-deps -v -e . > "$OUT_DIR/build.log" 2>&1
+  FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT_DIR/build.log" 2>&1
   local st=$?
-  grep -E "atss_ops: building|error|warning" "$OUT_DIR/build.log" | grep -v "^ *$" | tail -40
-  echo "build took $((SECONDS - start)) s (full log: build.log)"
-  if [ $st -eq 0 ]; then
-    "$PY" - <<'EOF'
+  grep -E "atss_ops: building|error" "$OUT_DIR/build.log" | tail -30
+  if [ $st -ne 0 ]; then
+    tail -40 "$OUT_DIR/build.log"
+    return $st
+  fi
+  "$PY" - <<'EOF'
 import sys, atss_ops
 ok = atss_ops.extension_available() and all(atss_ops.has_kernel(op, "cuda") for op in
          ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign"))
 print("CUDA kernels registered:", ok)
 sys.exit(0 if ok else 1)
 EOF
-    st=$?
-  else
-    tail -60 "$OUT_DIR/build.log"
-  fi
-  result build $st
 }
 
-step_test_cuda() {
-  section "test-cuda: pytest -m cuda"
-  "$PY" -m pytest -m cuda -q -rfEs -p no:cacheprovider ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT_DIR/test_cuda.log" | tail -60
-  result test-cuda "${PIPESTATUS[0]}"
+OP_TESTS="tests/test_cuda.py tests/test_equivalence.py tests/test_errors.py tests/test_properties.py tests/test_determinism.py tests/test_opcheck_compile.py"
+
+pytest_parallel_args() {  # -n 8 where pytest-xdist is installed
+  "$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true
+}
+
+step_test() {
+  local marker=cuda extra=""
+  [ $DRY_RUN = 1 ] && marker="not cuda and not emu and not slow" && extra="-x"
+  # shellcheck disable=SC2086
+  "$PY" -m pytest -q -rfE -p no:cacheprovider -m "$marker" $extra $(pytest_parallel_args) ${PYTEST_ARGS:-} \
+    $OP_TESTS > "$OUT_DIR/test.log" 2>&1
+  local st=$?
+  grep -E "^(FAILED|ERROR)|passed|failed|error" "$OUT_DIR/test.log" | tail -30
+  return $st
 }
 
 step_test_all() {
-  section "test-all: the whole suite"
-  "$PY" -m pytest -q -rfE -p no:cacheprovider ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT_DIR/test_all.log" | tail -40
-  result test-all "${PIPESTATUS[0]}"
+  # shellcheck disable=SC2086
+  "$PY" -m pytest -q -rfE -p no:cacheprovider $(pytest_parallel_args) ${PYTEST_ARGS:-} tests > "$OUT_DIR/test_all.log" 2>&1
+  local st=$?
+  grep -E "^(FAILED|ERROR)|passed|failed|error" "$OUT_DIR/test_all.log" | tail -30
+  return $st
 }
 
-sanitizer() {  # tool
-  local tool=$1 cs
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  section "$tool: compute-sanitizer --tool $tool on scripts/sanitizer_workload.py"
-  local start=$SECONDS
+# Errors raised by the kernels' host code (value checks of the CPU kernels, the
+# CUDA level-table limit) must reach Python as ValueError, in a child process
+# each (a crash must not take the check down); on a crash, a native backtrace.
+step_errors() {
+  local device=cuda
+  [ $DRY_RUN = 1 ] && device=cpu
+  local st=0
+  local probes=(
+    "cpu_value_check|torch.ops.atss_ops.center_distance(torch.tensor([[0., 0, 1, 1]]), torch.tensor([[[0., 0, float('nan'), 1]]]))"
+    "cpu_fused_value_check|torch.ops.atss_ops.atss_assign(torch.tensor([[0., 0, 1, 1]]), [1], torch.tensor([[[5., 5, 1, 1]]]))"
+    "device_level_limit|torch.ops.atss_ops.atss_assign(torch.zeros(200, 4, device='$device') + torch.tensor([0., 0, 1, 1], device='$device'), [1] * 200, torch.tensor([[[0., 0, 2, 2]]], device='$device'))"
+  )
+  for probe in "${probes[@]}"; do
+    local name=${probe%%|*} expr=${probe#*|}
+    local code="import torch, atss_ops
+try:
+    $expr
+    print('$name: no error raised'); raise SystemExit(1)
+except ValueError as e:
+    print('$name: ValueError:', e)"
+    [ $DRY_RUN = 1 ] && [ "$name" = device_level_limit ] && { echo "$name: skipped in a dry run (CPU kernels have no level limit)"; continue; }
+    local log
+    log=$(mktemp)
+    "$PY" -X faulthandler -c "$code" > "$log" 2>&1
+    local rc=$?
+    { echo "== $name"; cat "$log"; } >> "$OUT_DIR/errors.log"
+    grep -v "^W1" "$log" | tail -3
+    rm -f "$log"
+    if [ $rc -ne 0 ]; then
+      st=1
+      echo "$name: the process exited with status $rc"
+      local gdb
+      gdb=$(command -v cuda-gdb || command -v gdb || true)
+      if [ -n "$gdb" ] && [ $rc -ge 128 ]; then  # killed by a signal
+        echo "$name: native backtrace ($gdb):"
+        timeout 60 "$gdb" -batch -ex run -ex bt -ex quit --args "$PY" -c "$code" 2>&1 | grep -E "^#|signal|SIG" |
+          head -40 | tee -a "$OUT_DIR/errors.log"
+      fi
+    fi
+  done
+  return $st
+}
+
+sanitizer() {  # tool [env...]
+  local tool=$1
+  shift
+  local cs
+  cs=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  if [ $DRY_RUN = 1 ]; then
+    env "$@" "$PY" scripts/sanitizer_workload.py --dry-run 2>&1 | tail -3
+    return "${PIPESTATUS[0]}"
+  fi
   # Without torch's caching allocator every tensor is its own cudaMalloc, so memcheck
   # sees an access past a tensor's end (inside a cached block it could not).
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool "$tool" --error-exitcode 1 --print-limit 50 \
-    "$PY" scripts/sanitizer_workload.py > "$OUT_DIR/$tool.log" 2>&1
+  local log
+  log=$(mktemp)
+  env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$@" "$cs" --tool "$tool" --error-exitcode 1 --print-limit 50 \
+    "$PY" scripts/sanitizer_workload.py > "$log" 2>&1
   local st=$?
-  tail -25 "$OUT_DIR/$tool.log"
-  echo "$tool took $((SECONDS - start)) s"
-  result "$tool" $st
+  { echo "== $tool $*"; cat "$log"; } >> "$OUT_DIR/sanitizers.log"  # one file: the device returns at most 8
+  grep -vE "^W1|ok so far" "$log" | tail -25
+  rm -f "$log"
+  return $st
 }
 
 step_bench() {
-  section "bench: python -m benchmarks.bench_gpu --out \$OUT"
-  "$PY" -m benchmarks.bench_gpu --out "$OUT_DIR" ${BENCH_ARGS:-} 2>&1 | tee "$OUT_DIR/bench_gpu.log" | tail -70
-  result bench "${PIPESTATUS[0]}"
+  local args=(--out "$OUT_DIR" --no-compile)
+  [ $DRY_RUN = 1 ] && args+=(--device cpu --quick)
+  # shellcheck disable=SC2086
+  "$PY" -m benchmarks.bench_gpu "${args[@]}" ${BENCH_ARGS:-} > "$OUT_DIR/bench_gpu.log" 2>&1
+  local st=$?
+  grep -v "\.\.\.$" "$OUT_DIR/bench_gpu.log" | tail -45
+  return $st
 }
 
+export -f step_env extension_current step_build pytest_parallel_args step_test step_test_all step_errors \
+  sanitizer step_bench
+export PY OUT_DIR DRY_RUN OP_TESTS
+
+[ $DRY_RUN = 1 ] && echo "DRY RUN: the CPU stands in for the GPU; nothing here proves the CUDA kernels"
 for step in "${STEPS[@]}"; do
   case "$step" in
-    env) step_env ;;
-    build) step_build ;;
-    test) step_test_cuda; step_test_all ;;
-    test-cuda) step_test_cuda ;;
-    test-all) step_test_all ;;
-    sanitize) sanitizer memcheck; sanitizer racecheck ;;
-    memcheck) sanitizer memcheck ;;
-    racecheck) sanitizer racecheck ;;
-    bench) step_bench ;;
-    *) echo "unknown step '$step' (env build test test-cuda test-all sanitize memcheck racecheck bench)"; FAILED+=("$step") ;;
+    env) run_step env 30 step_env ;;
+    build) run_step build 300 step_build ;;
+    test) run_step test 200 step_test ;;
+    test-all) run_step test-all 480 step_test_all ;;
+    errors) run_step errors 90 step_errors ;;
+    memcheck) run_step memcheck 110 sanitizer memcheck ;;
+    racecheck) run_step racecheck 110 sanitizer racecheck ;;
+    synccheck) run_step synccheck 80 sanitizer synccheck ATSS_MAX_BLOCKS="$CAPPED_BLOCKS" ;;
+    bench) run_step bench 120 step_bench ;;
+    *) echo "unknown step '$step' (env build test test-all errors memcheck racecheck synccheck bench)"; FAILED=1 ;;
   esac
-  # Later steps need the build: stop there if it failed.
-  if [ "$step" = build ] && [ ${#FAILED[@]} -gt 0 ] && [ "${FAILED[-1]}" = build ]; then break; fi
+  if [ "$step" = build ] && [ $FAILED = 1 ]; then
+    echo "build failed: later steps need it"
+    break
+  fi
 done
 
-section "summary"
-echo "passed: ${PASSED[*]:-none}"
-echo "failed: ${FAILED[*]:-none}"
+echo
+echo "===== summary ($((SECONDS - START)) s of a ${BUDGET_S} s budget) ====="
+[ $DRY_RUN = 1 ] && echo "(dry run)"
+printf '%s\n' "${SUMMARY[@]}"
+if [ -f "$OUT_DIR/bench_gpu.log" ]; then
+  echo
+  sed -n '/^atss_ops GPU benchmark/,$p' "$OUT_DIR/bench_gpu.log" | grep -v "^-----\|^=====" | head -45
+fi
 echo "outputs in $OUT_DIR: $(ls "$OUT_DIR" | tr '\n' ' ')"
-[ ${#FAILED[@]} -eq 0 ]
+exit $FAILED

@@ -396,34 +396,25 @@ std::string complete_collective(Block& b, int w, unsigned mask) {
 // ----------------------------------------------------------------- TSan model of fences and atomics
 
 #if defined(ATSS_EMU_TSAN)
-thread_local std::deque<char> t_fences;  // one TSan object per __threadfence of this OS thread
-thread_local char* t_last_fence = nullptr;
-std::mutex g_atomic_mu;
-std::unordered_map<const void*, std::vector<char*>> g_atomic_history;
+// __threadfence is a fence.sc: the SC fences of a run are totally ordered (here
+// by the order in which they execute), and each synchronises with every later
+// one. One TSan object that every fence releases to and acquires from, under
+// a lock so that each fence's release and acquire are one step.
+std::mutex g_fence_mu;
+char g_fence_sync = 0;
 #endif
 
+// Atomic read-modify-writes are relaxed: they order nothing (for TSan, they are
+// hidden atomics, so they race with nothing and synchronise nothing).
 template <class T, class F>
 T atomic_rmw(T* addr, F update) {
 #if defined(ATSS_EMU_TSAN)
-  std::vector<char*> acquire;
-  T old;
-  {
-    Hidden hidden;
-    std::lock_guard<std::mutex> lock(g_atomic_mu);
-    old = *addr;
-    *addr = update(old);
-    std::vector<char*>& history = g_atomic_history[addr];
-    acquire = history;
-    if (t_last_fence != nullptr) history.push_back(t_last_fence);
-  }
-  for (char* obj : acquire) __tsan_acquire(obj);
-  return old;
-#else
+  Hidden hidden;
+#endif
   T old = __atomic_load_n(addr, __ATOMIC_SEQ_CST);
   while (!__atomic_compare_exchange_n(addr, &old, update(old), false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
   }
   return old;
-#endif
 }
 
 // ----------------------------------------------------------------- launches
@@ -655,12 +646,12 @@ uint64_t warp_collective(Site site, Collective kind, unsigned mask, uint64_t val
 
 void threadfence() {
 #if defined(ATSS_EMU_TSAN)
-  {
-    Hidden hidden;
-    t_fences.emplace_back(0);
-    t_last_fence = &t_fences.back();
-  }
-  __tsan_release(t_last_fence);
+  Hidden hidden;
+  std::lock_guard<std::mutex> lock(g_fence_mu);
+  AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+  __tsan_release(&g_fence_sync);
+  __tsan_acquire(&g_fence_sync);
+  AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
 #else
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
 #endif
@@ -772,12 +763,6 @@ void launch_grid(const char* name, const void* kernel, dim3 grid, dim3 block, si
   for (int64_t i = 0; i < num_blocks; ++i) L.order[static_cast<size_t>(i)] = i;
   std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + g_launches.fetch_add(1));
   std::shuffle(L.order.begin(), L.order.end(), rng);
-#if defined(ATSS_EMU_TSAN)
-  {
-    std::lock_guard<std::mutex> lock(g_atomic_mu);
-    g_atomic_history.clear();
-  }
-#endif
 
   const int num_runners = static_cast<int>(std::min<int64_t>(concurrency, num_blocks));
   std::vector<std::unique_ptr<Runner>> runners;

@@ -30,13 +30,14 @@
 //   * Memory model under ThreadSanitizer (the TSan build of the library): the
 //     emulator's own synchronisation is hidden from TSan, which sees only the
 //     orderings CUDA guarantees: __syncthreads orders the block, __syncwarp the
-//     lanes it names, a kernel launch everything before and after it. Shuffles
-//     and votes exchange values but order no memory (as on the device). Atomic
-//     read-modify-writes are relaxed; one made after a __threadfence releases
-//     what the thread did before that fence, and every atomic on a location
-//     acquires what earlier fenced atomics on it released (the "last block"
-//     pattern of the CUDA programming guide). A missing fence or barrier is
-//     therefore a data race that TSan reports.
+//     lanes it names, a kernel launch everything before and after it, and
+//     __threadfence is a fence.sc: fences are totally ordered (as they run) and
+//     each synchronises with every later one. Shuffles, votes and atomic
+//     read-modify-writes exchange values but order no memory (atomics are
+//     relaxed, as on the device). So the "last block" pattern is race-free only
+//     with a fence on the writers' side before the counter's atomic and one on
+//     the reader's side after it; a missing fence or barrier is a data race
+//     that TSan reports.
 //
 // What it does not model: the GPU's own NaN bits (the host's arithmetic runs,
 // so a missing canonical-NaN fix-up goes unseen), floating-point special
