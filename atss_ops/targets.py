@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from .reference import AssignResult
+from .types import AssignResult
 
 
 class AssignTargets(NamedTuple):
@@ -60,8 +60,15 @@ def assign_targets(
         raise ValueError(f"gt_labels must have shape [B, G] with B = {B}, got shape {list(gt_labels.shape)}")
     if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
         raise ValueError(f"gt_boxes must have shape [B, G, 4] with B = {B}, got shape {list(gt_boxes.shape)}")
-    positive = gt_index >= 0
     G = gt_boxes.shape[1]
+    if gt_labels.shape[1] != G:
+        raise ValueError(
+            f"gt_labels must have shape [B, G] = [{B}, {G}] (one label per box of gt_boxes), "
+            f"got shape {list(gt_labels.shape)}"
+        )
+    if gt_labels.dtype.is_floating_point or gt_labels.dtype == torch.bool:
+        raise ValueError(f"gt_labels must hold integer class ids, got {gt_labels.dtype}")
+    positive = gt_index >= 0
     if G == 0:
         labels = torch.full((B, A), background, dtype=torch.int64, device=gt_index.device)
         return AssignTargets(labels, gt_boxes.new_zeros(B, A, 4), positive)

@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results", help="folder for cpu.json")
     args = p.parse_args(argv)
     if not atss_ops.has_kernel("atss_assign", "cpu"):
-        print(f"the compiled extension is not available: {atss_ops.ops.EXTENSION_ERROR}", file=sys.stderr)
+        print(f"atss_ops: {atss_ops._extension.EXTENSION_ERROR}", file=sys.stderr)
         return 1
     if args.check and not check_ops():
         return 1
