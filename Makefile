@@ -32,13 +32,15 @@ $(VENV)/.stamp-deps: requirements.txt requirements-test.txt
 build: venv
 	$(PY) setup.py --quiet build_ext --inplace
 
-# Installs the package (and the `atss-detector` console script) into the venv.
-install: venv
-	$(PY) -m pip install --no-build-isolation --no-deps -e .
+# Installs both packages with the detector's dependencies (the `detector` extra of
+# pyproject.toml) and the `atss-detector` console script into the venv. The
+# objects compiled by `make build` are reused: only the link runs again.
+install: build
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[detector]"
 
 # The whole suite, the emulated CUDA kernels included (ATSS_REQUIRE_EMU: a missing
 # emulated library is an error, not a skip).
-test: build emu
+test: install emu
 	ATSS_REQUIRE_EMU=1 $(PY) -m pytest -q tests
 
 # The test-only library of the CUDA kernel sources run through the host execution
@@ -58,9 +60,9 @@ emu-tsan: venv
 emu-sanitize: emu-asan emu-tsan
 	bash scripts/emu_sanitize.sh
 
-demo: build
+demo: install
 	$(PY) -m benchmarks.bench_cpu --check
-	$(PY) -m atss_ops.detector.demo --out runs/demo
+	$(PY) -m atss_detector.demo --out runs/demo
 
 bench: build
 	$(PY) -m benchmarks.bench_cpu --check

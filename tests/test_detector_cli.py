@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from atss_ops.detector import cli
-from atss_ops.detector.engine import read_log
-from atss_ops.detector.synthetic import SyntheticShapes, SyntheticSpec
+from atss_detector import cli
+from atss_detector.engine import read_log
+from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--threads", "1"]
@@ -32,7 +32,7 @@ def run(*args: str, timeout: int = 300) -> str:
 
 
 def detector(*args: str) -> str:
-    return run("-m", "atss_ops.detector.cli", *args)
+    return run("-m", "atss_detector.cli", *args)
 
 
 def test_train_checkpoint_resume_eval_predict(tmp_path):

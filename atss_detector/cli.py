@@ -6,7 +6,7 @@ Examples::
     atss-detector train --preset demo --output-dir runs/demo
     atss-detector train --data /data/coco --train-split train2017 --val-split val2017 \\
         --image-size 800 --optimizer sgd --lr 0.01 --schedule step --epochs 12
-    torchrun --nproc_per_node 8 -m atss_ops.detector.cli train ...
+    torchrun --nproc_per_node 8 -m atss_detector.cli train ...
     atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
     atss-detector eval --checkpoint runs/x/checkpoint.pt
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
@@ -14,7 +14,7 @@ Examples::
 Every ``train`` flag left out keeps the value of ``--preset`` (or, with
 ``--resume``, of the checkpoint being resumed). On a CPU shared with other jobs,
 set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads otherwise slow training
-down many times over (``python -m atss_ops.detector.demo`` sets it itself).
+down many times over (``python -m atss_detector.demo`` sets it itself).
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def rescale_detections(detections: List[Detections], scales: Tensor, original_si
     """Maps boxes from the resized images back to the original ones.
 
     ``scales`` ``[B, 2]`` (sx, sy) and ``original_sizes`` ``[B, 2]`` (h, w) as in
-    :class:`~atss_ops.detector.data.Batch`; boxes are clipped to the original image.
+    :class:`~atss_detector.data.Batch`; boxes are clipped to the original image.
     """
     out = []
     for det, (sx, sy), (h, w) in zip(detections, scales.tolist(), original_sizes.tolist()):

@@ -39,7 +39,7 @@ def find_split(root: str, split: str) -> Tuple[str, str]:
 
 
 class CocoDetection:
-    """A COCO-format dataset with the item format of :mod:`atss_ops.detector.data`.
+    """A COCO-format dataset with the item format of :mod:`atss_detector.data`.
 
     Args:
         annotation_file: COCO json with ``images``, ``annotations``, ``categories``.

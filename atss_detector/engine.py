@@ -2,7 +2,7 @@
 
 A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
-* ``config.json``: the full :class:`~atss_ops.detector.config.Config`;
+* ``config.json``: the full :class:`~atss_detector.config.Config`;
 * ``checkpoint.pt``: model, optimiser, schedule, epoch and iteration, rewritten
   after every epoch (what ``--resume`` reads);
 * ``train_log.jsonl``: one JSON record appended per logging step (losses, lr)

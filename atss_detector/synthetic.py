@@ -248,7 +248,7 @@ class SyntheticShapes:
     Items are dicts with ``image`` (uint8 ``Tensor[3, H, W]``), ``boxes``
     (float32 ``Tensor[N, 4]``, ``x1, y1, x2, y2`` pixels), ``labels`` (int64
     ``Tensor[N]``) and ``image_id`` (``index + 1``), as every dataset of
-    :mod:`atss_ops.detector.data` returns.
+    :mod:`atss_detector.data` returns.
     """
 
     def __init__(self, split: str, num_images: int, spec: SyntheticSpec = SyntheticSpec(), seed: int = 0):
@@ -316,7 +316,7 @@ class SyntheticShapes:
     def export_coco(self, directory: str) -> str:
         """Writes ``directory/annotations.json`` and ``directory/images/*.png``; returns the json path.
 
-        The result loads with :class:`atss_ops.detector.coco.CocoDetection`.
+        The result loads with :class:`atss_detector.coco.CocoDetection`.
         """
         image_dir = os.path.join(directory, "images")
         os.makedirs(image_dir, exist_ok=True)

@@ -44,7 +44,7 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are prepared."""
 
-    data: str = "synthetic"  # "synthetic" or a COCO-format directory (see atss_ops.detector.coco)
+    data: str = "synthetic"  # "synthetic" or a COCO-format directory (see atss_detector.coco)
     train_split: str = "train"
     val_split: str = "val"
     image_size: int = 320  # COCO: shorter side after resizing; synthetic: longer side as generated
@@ -58,7 +58,7 @@ class DataConfig:
     synthetic_min_object: float = 8.0  # px
     synthetic_mean_objects: float = 8.0
     synthetic_max_objects: int = 16
-    synthetic_classes: int = 6  # the first N shape classes of atss_ops.detector.synthetic.CLASSES
+    synthetic_classes: int = 6  # the first N shape classes of atss_detector.synthetic.CLASSES
     synthetic_class_hues: bool = True  # each class its own hue band; False: shape alone tells classes apart
 
 
