@@ -18,7 +18,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: venv build install test demo bench bench-gpu cmake-check emu emu-asan emu-tsan emu-sanitize clean
+.PHONY: venv build install test demo bench bench-gpu cmake-check emu emu-asan emu-tsan emu-sanitize lint format clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -76,6 +76,15 @@ cmake-check: venv
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  $(if $(CUDA_HOME),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME))
 	cmake --build build-cmake -j $(MAX_JOBS)
+
+# Style: ruff (Python) and clang-format (C++/CUDA), configured in pyproject.toml and .clang-format.
+lint: venv
+	.ci/lint
+
+format: venv
+	$(VENV)/bin/ruff check --fix --quiet .
+	$(VENV)/bin/ruff format --quiet .
+	find csrc \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 $(VENV)/bin/clang-format -i
 
 clean:
 	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results

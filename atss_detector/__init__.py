@@ -19,6 +19,15 @@ Modules:
 """
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig, preset
-from .model import ATSSDetector, build_model
 
 __all__ = ["ATSSDetector", "Config", "DataConfig", "ModelConfig", "TrainConfig", "build_model", "preset"]
+
+
+def __getattr__(name: str):
+    # The model needs torchvision: imported on first use, so that the command line
+    # can say which dependency is missing instead of failing on `import atss_detector`.
+    if name in ("ATSSDetector", "build_model"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'atss_detector' has no attribute {name!r}")

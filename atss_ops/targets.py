@@ -51,10 +51,10 @@ def assign_targets(
         gt_boxes, _ = pad_gt_boxes(gt_boxes)
     if not isinstance(gt_labels, Tensor):
         labels_list = list(gt_labels)
-        G = max((len(l) for l in labels_list), default=0)
+        G = max((len(labels) for labels in labels_list), default=0)
         padded = torch.full((len(labels_list), G), background, dtype=torch.int64, device=gt_index.device)
-        for i, l in enumerate(labels_list):
-            padded[i, : len(l)] = torch.as_tensor(l, dtype=torch.int64, device=gt_index.device)
+        for i, labels in enumerate(labels_list):
+            padded[i, : len(labels)] = torch.as_tensor(labels, dtype=torch.int64, device=gt_index.device)
         gt_labels = padded
     if gt_labels.dim() != 2 or gt_labels.shape[0] != B:
         raise ValueError(f"gt_labels must have shape [B, G] with B = {B}, got shape {list(gt_labels.shape)}")

@@ -6,9 +6,17 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
+
+# The detector's dependencies (its `detector` extra): skipped cleanly without them.
+pytest.importorskip("numpy", reason="needs the detector extra")
+pytest.importorskip("PIL", reason="needs the detector extra")
+pytest.importorskip("torchvision", reason="needs the detector extra")
+pytest.importorskip("tqdm", reason="needs the detector extra")
+pytest.importorskip("matplotlib", reason="needs the detector extra")
+
+import numpy as np
 from PIL import Image
 
 import atss_ops
@@ -170,6 +178,7 @@ def test_transform_pixels_match_torchvision(flip, sizes):
 
 
 def test_coco_evaluation_scores_perfect_detections_one():
+    pytest.importorskip("pycocotools")
     from atss_detector.evaluation import coco_from_dict
 
     gt = coco_from_dict({
