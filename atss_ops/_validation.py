@@ -102,11 +102,15 @@ def check_center_eps(center_eps: float) -> None:
         _fail(f"center_eps must be finite, got {center_eps}")
 
 
+def check_gt_counts_type(gt_counts) -> None:
+    if gt_counts is not None and not isinstance(gt_counts, Tensor):
+        _fail(f"gt_counts must be a Tensor[B] of int64 or None, got {type(gt_counts).__name__} {gt_counts!r}")
+
+
 def check_gt_counts(gt_counts: Optional[Tensor], batch: int) -> None:
     if gt_counts is None:
         return
-    if not isinstance(gt_counts, Tensor):
-        _fail(f"gt_counts must be a Tensor[B] of int64 or None, got {type(gt_counts).__name__} {gt_counts!r}")
+    check_gt_counts_type(gt_counts)
     if gt_counts.dim() != 1 or gt_counts.shape[0] != batch:
         _fail(f"gt_counts must have shape [B] = [{batch}], got shape {_shape(gt_counts)}")
     if gt_counts.dtype != torch.int64:

@@ -43,11 +43,6 @@ def _as_float32(boxes):
     return boxes
 
 
-def _check_gt_counts_type(gt_counts) -> None:
-    if gt_counts is not None and not isinstance(gt_counts, Tensor):
-        V.check_gt_counts(gt_counts, 0)  # raises the ValueError that names the argument
-
-
 # --------------------------------------------------------------------------- stage ops
 
 
@@ -65,7 +60,7 @@ def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tenso
         float32; rows of padding GTs are NaN. Time and memory O(B·G·A).
     """
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
-    _check_gt_counts_type(gt_counts)
+    V.check_gt_counts_type(gt_counts)
     if isinstance(anchors, Tensor) and use_kernel("center_distance", anchors.device):
         return torch.ops.atss_ops.center_distance(anchors, gt_boxes, gt_counts)
     return reference.center_distance(anchors, gt_boxes, gt_counts)
@@ -94,7 +89,7 @@ def topk_per_level(
         (fewer valid anchors than ``topk``) hold -1. Time O(B·G·A), memory O(B·G·C).
     """
     levels = _levels(num_anchors_per_level)
-    _check_gt_counts_type(gt_counts)
+    V.check_gt_counts_type(gt_counts)
     V.check_topk_type(topk)
     if use_kernel("topk_per_level", distances.device):
         return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
@@ -118,7 +113,7 @@ def iou_statistics(
         centre inside the GT by more than ``center_eps``). Time O(B·G·C).
     """
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
-    _check_gt_counts_type(gt_counts)
+    V.check_gt_counts_type(gt_counts)
     if isinstance(anchors, Tensor) and use_kernel("iou_statistics", anchors.device):
         return tuple(torch.ops.atss_ops.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps))
     return reference.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
@@ -247,7 +242,7 @@ def atss_assign(
             raise ValueError("gt_counts must be None when gt_boxes is a list: the counts come from the list")
         gt_boxes, gt_counts = pad_gt_boxes(gt_boxes)
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
-    _check_gt_counts_type(gt_counts)
+    V.check_gt_counts_type(gt_counts)
     V.check_topk_type(topk)
     if gt_counts is not None and gt_counts.dtype != torch.int64:
         if gt_counts.dtype.is_floating_point or gt_counts.dtype == torch.bool:
