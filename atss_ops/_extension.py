@@ -17,14 +17,30 @@ BUILD_HINT = (
     "`python setup.py build_ext --inplace` / `make build`)"
 )
 
-EXTENSION_ERROR: Optional[str] = None
-if importlib.util.find_spec("atss_ops._C") is None:
-    EXTENSION_ERROR = f"the compiled extension atss_ops._C is not built: {BUILD_HINT}"
-else:
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _load() -> Optional[str]:
+    """Loads ``atss_ops._C``; returns why it cannot be used, or None."""
+    if importlib.util.find_spec("atss_ops._C") is None:
+        return f"the compiled extension atss_ops._C is not built: {BUILD_HINT}"
     try:
-        from . import _C  # noqa: F401  (loading it registers torch.ops.atss_ops.*)
+        from . import _C  # (loading it registers torch.ops.atss_ops.*)
     except ImportError as exc:  # e.g. built against another torch
-        EXTENSION_ERROR = f"the compiled extension atss_ops._C failed to load ({exc}): rebuild it, {BUILD_HINT}"
+        return f"the compiled extension atss_ops._C failed to load ({exc}): rebuild it, {BUILD_HINT}"
+    # Another torch minor version has another ABI: its kernels could misbehave.
+    built, installed = getattr(_C, "torch_version", None), _major_minor(torch.__version__)
+    if built is not None and built != installed:
+        return (
+            f"the compiled extension atss_ops._C was built against torch {built}, but torch "
+            f"{torch.__version__} is installed: rebuild it, {BUILD_HINT}"
+        )
+    return None
+
+
+EXTENSION_ERROR: Optional[str] = _load()
 
 
 def extension_available() -> bool:
@@ -33,7 +49,7 @@ def extension_available() -> bool:
 
 
 def _kernel_table() -> dict:
-    if not extension_available():
+    if not extension_available():  # (a library of another torch may have registered ops: never used)
         return {}
     return {
         (op, device): torch._C._dispatch_has_kernel_for_dispatch_key(f"atss_ops::{op}", key)
