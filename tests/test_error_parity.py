@@ -27,7 +27,7 @@ def message(fn, *args) -> str:
 ASSIGN_PARAMS = [
     pytest.param(changes, id=name)
     for name, (changes, _, *paths) in INVALID.items()
-    if not paths or {"op", "reference"} <= set(paths[0])
+    if not paths or ("op" in paths[0] and "reference" in paths[0])
 ]
 
 
