@@ -18,7 +18,8 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: venv build install test demo bench bench-gpu cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize clean
+.PHONY: venv build install test demo bench bench-gpu cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize \
+	lint format clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -32,13 +33,15 @@ $(VENV)/.stamp-deps: requirements.txt requirements-test.txt
 build: venv
 	$(PY) setup.py --quiet build_ext --inplace
 
-# Installs the package (and the `atss-detector` console script) into the venv.
-install: venv
-	$(PY) -m pip install --no-build-isolation --no-deps -e .
+# Installs both packages with the detector's dependencies (the `detector` extra of
+# pyproject.toml) and the `atss-detector` console script into the venv. The
+# objects compiled by `make build` are reused: only the link runs again.
+install: build
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[detector]"
 
 # The whole suite, the emulated CUDA kernels included (ATSS_REQUIRE_EMU: a missing
 # emulated library is an error, not a skip).
-test: build emu
+test: install emu
 	ATSS_REQUIRE_EMU=1 $(PY) -m pytest -q tests
 
 # The test-only library of the CUDA kernel sources run through the host execution
@@ -58,9 +61,9 @@ emu-tsan: venv
 emu-sanitize: emu-asan emu-tsan
 	bash scripts/emu_sanitize.sh
 
-demo: build
+demo: install
 	$(PY) -m benchmarks.bench_cpu --check
-	$(PY) -m atss_ops.detector.demo --out runs/demo
+	$(PY) -m atss_detector.demo --out runs/demo
 
 bench: build
 	$(PY) -m benchmarks.bench_cpu --check
@@ -83,6 +86,15 @@ cmake-cuda-check: venv
 	  -DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) \
 	  -DTORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}"
 	cmake --build build-cmake-cuda -j $(MAX_JOBS)
+
+# Style: ruff (Python) and clang-format (C++/CUDA), configured in pyproject.toml and .clang-format.
+lint: venv
+	.ci/lint
+
+format: venv
+	$(VENV)/bin/ruff check --fix --quiet .
+	$(VENV)/bin/ruff format --quiet .
+	find csrc \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 $(VENV)/bin/clang-format -i
 
 clean:
 	rm -rf build build-cmake build-cmake-cuda build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results

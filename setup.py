@@ -1,4 +1,5 @@
-"""Build of atss_ops: the C++ CPU kernels always, the CUDA kernels when asked or possible.
+"""The compiled extension of atss_ops (``atss_ops._C``): the C++ CPU kernels always,
+the CUDA kernels when asked or possible. Package metadata lives in pyproject.toml.
 
 CUDA sources are built when FORCE_CUDA=1, or when the CUDA toolkit, a CUDA
 build of torch and a visible GPU are all present. Without a GPU, set
@@ -8,9 +9,19 @@ downloads anything (install with `pip install --no-build-isolation`).
 
 import glob
 import os
+import sys
+import sysconfig
 
-import torch
-from setuptools import find_packages, setup
+try:
+    import torch
+except ImportError:
+    # An isolated build (plain `pip install .`) has no torch: stop rather than
+    # compile against another torch than the one the package will run with.
+    sys.exit(
+        "atss-ops compiles against the installed torch: install torch first, then "
+        "`pip install --no-build-isolation .` (plain `pip install .` builds in an isolated environment without it)"
+    )
+from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -30,6 +41,17 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """Keeps object files in ``build/`` whoever runs the build: pip's editable
+    install would otherwise compile in a fresh temporary folder, so ninja could
+    not reuse what ``setup.py build_ext --inplace`` (``make build``) compiled."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        plat = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+        self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}")
+
+
 def _extension():
     cpp = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/cpu/*.cpp")
     # -ffp-contract=off / -fmad=false: every float operation is rounded on its
@@ -43,7 +65,6 @@ def _extension():
         return CUDAExtension(
             "atss_ops._C",
             cpp + cu,
-            define_macros=[("ATSS_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-fmad=false", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )
@@ -53,12 +74,6 @@ def _extension():
 
 
 setup(
-    name="atss-ops",
-    version="0.1.0",
-    description="Fast, bit-exact ATSS anchor assignment for PyTorch (CPU and CUDA kernels)",
-    packages=find_packages(include=["atss_ops", "atss_ops.*"]),
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["atss-detector=atss_ops.detector.cli:main"]},
-    python_requires=">=3.10",
+    cmdclass={"build_ext": BuildExt},
 )

@@ -2,31 +2,35 @@
 
 Public API::
 
-    res = atss_ops.atss_assign(anchors, num_anchors_per_level, gt_boxes, gt_counts=None,
+    anchors, levels = atss_ops.grid_anchors(height, width)      # or your own anchors
+    res = atss_ops.atss_assign(anchors, levels, gt_boxes, gt_counts=None,
                                *, topk=9, anchor_valid=None, center_eps=0.01)
     res.gt_index, res.iou, res.threshold, res.num_positive
+    targets = atss_ops.assign_targets(res, gt_boxes, gt_labels)
 
 The four stages are also ops of their own (``center_distance``,
-``topk_per_level``, ``iou_statistics``, ``resolve_multi_gt``), and
-``assign_targets`` turns a result into per-anchor head targets. The function is
+``topk_per_level``, ``iou_statistics``, ``resolve_multi_gt``). The function is
 defined in ``docs/contract.md``; ``atss_ops.reference`` is its readable
-pure-PyTorch implementation.
+pure-PyTorch implementation. Needs torch alone.
 """
 
 from . import reference
+from ._extension import extension_available, has_kernel
+
+if extension_available():
+    from . import _fake  # noqa: F401  (registers the fake kernels of the ops)
+
+from .anchors import grid_anchors
 from .ops import (
-    AssignResult,
     atss_assign,
     center_distance,
-    extension_available,
-    has_kernel,
     iou_statistics,
-    num_candidates,
     pad_gt_boxes,
     resolve_multi_gt,
     topk_per_level,
 )
 from .targets import AssignTargets, assign_targets
+from .types import AssignResult, num_candidates
 
 __version__ = "0.1.0"
 
@@ -37,6 +41,7 @@ __all__ = [
     "atss_assign",
     "center_distance",
     "extension_available",
+    "grid_anchors",
     "has_kernel",
     "iou_statistics",
     "num_candidates",

@@ -1,11 +1,17 @@
-"""Input checks shared by the reference and the public API.
+"""Input checks: the one home of every validation rule and message in Python.
 
-The messages are word for word those of ``csrc/common/checks.h``, so a caller
-sees the same error whichever implementation runs. Structural checks (shape,
-dtype, device, level sizes, ``topk``) read no tensor data. Value checks (finite
-boxes, ``x2 >= x1``, ``gt_counts`` in range, candidate indices in range) read
-the data, which on a GPU costs a device-to-host sync: the public API runs them
-on CUDA only when asked (``check_inputs=True``).
+The public wrappers (:mod:`atss_ops.ops`), the fake kernels
+(:mod:`atss_ops._fake`) and the reference (:mod:`atss_ops.reference`) all call
+these functions. The messages are word for word those of
+``csrc/common/checks.cpp``, and the ``check_<op>_args`` functions run the
+checks in the order of their C++ namesakes, so a caller sees the same error
+whichever implementation runs (``tests/test_error_parity.py``).
+
+Structural checks (shape, dtype, device, level sizes, ``topk``) read no tensor
+data. Value checks (finite boxes, ``x2 >= x1``, ``gt_counts`` in range,
+candidate indices in range) read the data, which on a GPU costs a
+device-to-host sync: the public API runs them on CUDA only when asked
+(``check_inputs=True``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,15 @@ def check_same_device(**tensors: Optional[Tensor]) -> None:
             )
 
 
+# Anchor indices travel as 32 bits inside the kernels' packed sort keys.
+MAX_ANCHORS = 2**31 - 1
+
+
+def check_num_anchors(num_anchors: int) -> None:
+    if num_anchors > MAX_ANCHORS:
+        _fail(f"anchors must hold at most 2^31 - 1 anchors, got A = {num_anchors}")
+
+
 def check_anchors(anchors: Tensor) -> None:
     if not isinstance(anchors, Tensor):
         raise TypeError(f"anchors must be a torch.Tensor, got {type(anchors).__name__}")
@@ -45,6 +60,7 @@ def check_anchors(anchors: Tensor) -> None:
         _fail(f"anchors must have shape [A, 4], got shape {_shape(anchors)}")
     if anchors.dtype != torch.float32:
         _fail(f"anchors must be float32, got {anchors.dtype}")
+    check_num_anchors(anchors.shape[0])
 
 
 def check_gt_boxes(gt_boxes: Tensor) -> None:
@@ -69,8 +85,16 @@ def check_levels(num_anchors_per_level: Sequence[int], num_anchors: int) -> None
 
 
 def check_topk(topk: int) -> None:
+    check_topk_type(topk)
     if topk < 1:
         _fail(f"topk must be >= 1, got {topk}")
+
+
+def check_topk_type(topk: int) -> None:
+    # Any integer (numpy's too, through __index__), never a float or a bool.
+    integral = isinstance(topk, torch.SymInt) or hasattr(type(topk), "__index__")
+    if isinstance(topk, bool) or not integral:
+        _fail(f"topk must be an int, got {type(topk).__name__} {topk!r}")
 
 
 def check_center_eps(center_eps: float) -> None:
@@ -78,9 +102,15 @@ def check_center_eps(center_eps: float) -> None:
         _fail(f"center_eps must be finite, got {center_eps}")
 
 
+def check_gt_counts_type(gt_counts) -> None:
+    if gt_counts is not None and not isinstance(gt_counts, Tensor):
+        _fail(f"gt_counts must be a Tensor[B] of int64 or None, got {type(gt_counts).__name__} {gt_counts!r}")
+
+
 def check_gt_counts(gt_counts: Optional[Tensor], batch: int) -> None:
     if gt_counts is None:
         return
+    check_gt_counts_type(gt_counts)
     if gt_counts.dim() != 1 or gt_counts.shape[0] != batch:
         _fail(f"gt_counts must have shape [B] = [{batch}], got shape {_shape(gt_counts)}")
     if gt_counts.dtype != torch.int64:
@@ -90,6 +120,8 @@ def check_gt_counts(gt_counts: Optional[Tensor], batch: int) -> None:
 def check_anchor_valid(anchor_valid: Optional[Tensor], batch: int, num_anchors: int) -> None:
     if anchor_valid is None:
         return
+    if not isinstance(anchor_valid, Tensor):
+        _fail(f"anchor_valid must be a Tensor[B, A] of bool or None, got {type(anchor_valid).__name__}")
     if anchor_valid.dim() != 2 or tuple(anchor_valid.shape) != (batch, num_anchors):
         _fail(
             f"anchor_valid must have shape [B, A] = [{batch}, {num_anchors}], "
@@ -97,6 +129,81 @@ def check_anchor_valid(anchor_valid: Optional[Tensor], batch: int, num_anchors: 
         )
     if anchor_valid.dtype != torch.bool:
         _fail(f"anchor_valid must be bool, got {anchor_valid.dtype}")
+
+
+def check_distances(distances: Tensor) -> None:
+    if distances.dim() != 3:
+        _fail(f"distances must have shape [B, G, A], got shape {_shape(distances)}")
+    if distances.dtype != torch.float32:
+        _fail(f"distances must be float32, got {distances.dtype}")
+    check_num_anchors(distances.shape[2])
+
+
+def check_candidates(candidates: Tensor, batch: int, num_gt: int) -> None:
+    if candidates.dim() != 3 or tuple(candidates.shape[:2]) != (batch, num_gt):
+        _fail(
+            f"candidates must have shape [B, G, C] with B = {batch}, G = {num_gt}, "
+            f"got shape {_shape(candidates)}"
+        )
+    if candidates.dtype != torch.int64:
+        _fail(f"candidates must be int64, got {candidates.dtype}")
+
+
+def check_candidate_like(t: Tensor, name: str, candidates: Tensor, dtype: torch.dtype) -> None:
+    if tuple(t.shape) != tuple(candidates.shape):
+        _fail(f"{name} must have the shape of candidates {_shape(candidates)}, got shape {_shape(t)}")
+    if t.dtype != dtype:
+        _fail(f"{name} must be {str(dtype).replace('torch.', '')}, got {t.dtype}")
+
+
+# --- every structural check of one op, in the order of csrc/common/checks.cpp ---
+
+
+def check_center_distance_args(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tensor]) -> None:
+    check_anchors(anchors)
+    check_gt_boxes(gt_boxes)
+    check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts)
+    check_gt_counts(gt_counts, gt_boxes.shape[0])
+
+
+def check_topk_per_level_args(
+    distances: Tensor,
+    num_anchors_per_level: Sequence[int],
+    topk: int,
+    gt_counts: Optional[Tensor],
+    anchor_valid: Optional[Tensor],
+) -> None:
+    check_distances(distances)
+    check_same_device(distances=distances, gt_counts=gt_counts, anchor_valid=anchor_valid)
+    check_levels(num_anchors_per_level, distances.shape[2])
+    check_topk(topk)
+    check_gt_counts(gt_counts, distances.shape[0])
+    check_anchor_valid(anchor_valid, distances.shape[0], distances.shape[2])
+
+
+def check_iou_statistics_args(
+    anchors: Tensor, gt_boxes: Tensor, candidates: Tensor, gt_counts: Optional[Tensor], center_eps: float
+) -> None:
+    check_anchors(anchors)
+    check_gt_boxes(gt_boxes)
+    check_candidates(candidates, gt_boxes.shape[0], gt_boxes.shape[1])
+    check_same_device(anchors=anchors, gt_boxes=gt_boxes, candidates=candidates, gt_counts=gt_counts)
+    check_gt_counts(gt_counts, gt_boxes.shape[0])
+    check_center_eps(center_eps)
+
+
+def check_resolve_multi_gt_args(
+    candidates: Tensor, candidate_iou: Tensor, is_positive: Tensor, num_anchors: int
+) -> None:
+    batch = candidates.shape[0] if candidates.dim() > 0 else 0
+    num_gt = candidates.shape[1] if candidates.dim() > 1 else 0
+    check_candidates(candidates, batch, num_gt)
+    check_candidate_like(candidate_iou, "candidate_iou", candidates, torch.float32)
+    check_candidate_like(is_positive, "is_positive", candidates, torch.bool)
+    check_same_device(candidates=candidates, candidate_iou=candidate_iou, is_positive=is_positive)
+    if num_anchors < 0:
+        _fail(f"num_anchors must be >= 0, got {num_anchors}")
+    check_num_anchors(num_anchors)
 
 
 def _box_str(row: Tensor) -> str:
@@ -117,6 +224,16 @@ def _check_boxes_values(name: str, boxes: Tensor, valid: Optional[Tensor]) -> No
             where = bad.nonzero()[0].tolist()
             idx = ", ".join(str(i) for i in where)
             _fail(f"{name}[{idx}] = {_box_str(boxes[tuple(where)])} {what}")
+
+
+def check_candidate_values(candidates: Tensor, num_anchors: int) -> None:
+    bad = (candidates < -1) | (candidates >= num_anchors)
+    if bool(bad.any()):
+        where = bad.nonzero()[0].tolist()
+        idx = ", ".join(str(i) for i in where)
+        _fail(
+            f"candidates[{idx}] = {int(candidates[tuple(where)])} is out of range [-1, A) with A = {num_anchors}"
+        )
 
 
 def check_gt_counts_values(gt_counts: Optional[Tensor], num_gt: int) -> None:
@@ -155,6 +272,20 @@ def check_assign_inputs(
     values: bool,
 ) -> None:
     """Every check of ``atss_assign``; ``values=False`` keeps to the ones that read no data."""
+    check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
+    if values:
+        check_box_values(anchors, gt_boxes, gt_counts)
+
+
+def check_atss_assign_args(
+    anchors: Tensor,
+    num_anchors_per_level: Sequence[int],
+    gt_boxes: Tensor,
+    gt_counts: Optional[Tensor],
+    topk: int,
+    anchor_valid: Optional[Tensor],
+    center_eps: float,
+) -> None:
     check_anchors(anchors)
     check_gt_boxes(gt_boxes)
     check_same_device(
@@ -165,5 +296,3 @@ def check_assign_inputs(
     check_center_eps(center_eps)
     check_gt_counts(gt_counts, gt_boxes.shape[0])
     check_anchor_valid(anchor_valid, gt_boxes.shape[0], anchors.shape[0])
-    if values:
-        check_box_values(anchors, gt_boxes, gt_counts)

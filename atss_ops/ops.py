@@ -1,15 +1,19 @@
-"""Typed wrappers of the ``torch.ops.atss_ops`` ops, their fake kernels, and the public API.
+"""The public API: typed wrappers of the ``torch.ops.atss_ops`` ops and ``atss_assign``.
 
 Every op is a dispatcher op (schemas in ``csrc/atss_ops.cpp``), so
 ``torch.compile(fullgraph=True)``, ``torch.export`` and
 ``torch.library.opcheck`` see it. When the compiled extension is missing, or
 has no kernel for the device at hand (a CPU-only build given CUDA tensors), the
-wrappers fall back to :mod:`atss_ops.reference`, which computes the same bits.
+wrappers fall back to :mod:`atss_ops.reference`, which computes the same bits
+(see :mod:`atss_ops._extension`).
+
+The wrappers accept float64, float16 and bfloat16 boxes and convert them to
+float32: the assignment is always computed in float32 (the ops themselves, and
+the reference, take float32 only).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,140 +21,26 @@ from torch import Tensor
 
 from . import _validation as V
 from . import reference
-from .reference import AssignResult, num_candidates
-
-try:
-    from . import _C  # noqa: F401  (loading it registers torch.ops.atss_ops.*)
-
-    EXTENSION_ERROR: Optional[BaseException] = None
-except ImportError as exc:  # not built: the reference serves every call
-    EXTENSION_ERROR = exc
+from ._extension import use_kernel
+from .types import AssignResult
 
 __all__ = [
-    "AssignResult",
     "atss_assign",
     "center_distance",
     "topk_per_level",
     "iou_statistics",
     "resolve_multi_gt",
-    "extension_available",
-    "has_kernel",
-    "num_candidates",
     "pad_gt_boxes",
 ]
 
-OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
+# Box dtypes the wrappers convert to float32 (the contract is defined in float32).
+_CONVERTED = (torch.float64, torch.float16, torch.bfloat16)
 
 
-def extension_available() -> bool:
-    """True when the compiled library is loaded (``atss_ops._C``)."""
-    return EXTENSION_ERROR is None
-
-
-def _kernel_table() -> dict:
-    if not extension_available():
-        return {}
-    return {
-        (op, device): torch._C._dispatch_has_kernel_for_dispatch_key(f"atss_ops::{op}", key)
-        for op in OPS
-        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-    }
-
-
-# Looked up once: a plain dict read stays traceable under torch.compile.
-_KERNELS = _kernel_table()
-
-
-def has_kernel(op: str, device: Union[str, torch.device]) -> bool:
-    """True when ``torch.ops.atss_ops.<op>`` has a compiled kernel for ``device``'s type."""
-    return _KERNELS.get((op, torch.device(device).type), False)
-
-
-_warned_fallback: set = set()
-
-
-def _use_kernel(op: str, device: torch.device) -> bool:
-    if _KERNELS.get((op, device.type), False):
-        return True
-    if device.type not in _warned_fallback:
-        _warned_fallback.add(device.type)
-        why = f"it failed to load ({EXTENSION_ERROR})" if EXTENSION_ERROR else f"it has no {device.type} kernels"
-        warnings.warn(
-            f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. "
-            "Results are identical, only slower.",
-            stacklevel=3,
-        )
-    return False
-
-
-# --------------------------------------------------------------------------- fake kernels
-
-if extension_available():
-
-    @torch.library.register_fake("atss_ops::center_distance")
-    def _center_distance_fake(anchors, gt_boxes, gt_counts=None):
-        # The fake kernels double as Meta kernels: a 'meta' tensor among CPU ones
-        # lands here, so the device check must be here too.
-        V.check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts)
-        V.check_anchors(anchors)
-        V.check_gt_boxes(gt_boxes)
-        V.check_gt_counts(gt_counts, gt_boxes.shape[0])
-        return anchors.new_empty(gt_boxes.shape[0], gt_boxes.shape[1], anchors.shape[0])
-
-    @torch.library.register_fake("atss_ops::topk_per_level")
-    def _topk_per_level_fake(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None):
-        V.check_same_device(distances=distances, gt_counts=gt_counts, anchor_valid=anchor_valid)
-        reference._check_distances(distances)
-        B, G, A = distances.shape
-        V.check_levels(num_anchors_per_level, A)
-        V.check_topk(topk)
-        V.check_gt_counts(gt_counts, B)
-        V.check_anchor_valid(anchor_valid, B, A)
-        C = num_candidates(num_anchors_per_level, topk)
-        return distances.new_empty(B, G, C, dtype=torch.int64)
-
-    @torch.library.register_fake("atss_ops::iou_statistics")
-    def _iou_statistics_fake(anchors, gt_boxes, candidates, gt_counts=None, center_eps=0.01):
-        V.check_same_device(anchors=anchors, gt_boxes=gt_boxes, candidates=candidates, gt_counts=gt_counts)
-        V.check_anchors(anchors)
-        V.check_gt_boxes(gt_boxes)
-        B, G = gt_boxes.shape[:2]
-        reference._check_candidates(candidates, B, G)
-        V.check_gt_counts(gt_counts, B)
-        V.check_center_eps(center_eps)
-        return (
-            anchors.new_empty(candidates.shape),
-            anchors.new_empty(B, G),
-            anchors.new_empty(candidates.shape, dtype=torch.bool),
-        )
-
-    @torch.library.register_fake("atss_ops::resolve_multi_gt")
-    def _resolve_multi_gt_fake(candidates, candidate_iou, is_positive, num_anchors):
-        V.check_same_device(candidates=candidates, candidate_iou=candidate_iou, is_positive=is_positive)
-        B, G = candidates.shape[:2]
-        reference._check_candidates(candidates, B, G)
-        reference._check_candidate_like(candidate_iou, "candidate_iou", candidates, torch.float32)
-        reference._check_candidate_like(is_positive, "is_positive", candidates, torch.bool)
-        return (
-            candidates.new_empty(B, num_anchors),
-            candidate_iou.new_empty(B, num_anchors),
-            candidates.new_empty(B, G),
-        )
-
-    @torch.library.register_fake("atss_ops::atss_assign")
-    def _atss_assign_fake(anchors, num_anchors_per_level, gt_boxes, gt_counts=None, topk=9,
-                          anchor_valid=None, center_eps=0.01):
-        V.check_assign_inputs(
-            anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps, values=False
-        )
-        B, G = gt_boxes.shape[:2]
-        A = anchors.shape[0]
-        return (
-            anchors.new_empty(B, A, dtype=torch.int64),
-            anchors.new_empty(B, A),
-            anchors.new_empty(B, G),
-            anchors.new_empty(B, G, dtype=torch.int64),
-        )
+def _as_float32(boxes):
+    if isinstance(boxes, Tensor) and boxes.dtype in _CONVERTED:
+        return boxes.to(torch.float32)
+    return boxes
 
 
 # --------------------------------------------------------------------------- stage ops
@@ -160,15 +50,18 @@ def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tenso
     """Squared distances between anchor and GT centres (contract steps 1-2).
 
     Args:
-        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``.
-        gt_boxes: ``Tensor[B, G, 4]`` float32, ``x1, y1, x2, y2``, padded to G.
+        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2`` (float64, float16 and
+            bfloat16 are converted to float32).
+        gt_boxes: ``Tensor[B, G, 4]``, ``x1, y1, x2, y2``, padded to G (converted likewise).
         gt_counts: optional ``Tensor[B]`` int64, valid boxes per image (``None``: all).
 
     Returns:
         ``Tensor[B, G, A]`` float32: ``dx*dx + dy*dy``, each operation rounded to
         float32; rows of padding GTs are NaN. Time and memory O(B·G·A).
     """
-    if _use_kernel("center_distance", anchors.device):
+    anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
+    V.check_gt_counts_type(gt_counts)
+    if isinstance(anchors, Tensor) and use_kernel("center_distance", anchors.device):
         return torch.ops.atss_ops.center_distance(anchors, gt_boxes, gt_counts)
     return reference.center_distance(anchors, gt_boxes, gt_counts)
 
@@ -196,7 +89,9 @@ def topk_per_level(
         (fewer valid anchors than ``topk``) hold -1. Time O(B·G·A), memory O(B·G·C).
     """
     levels = _levels(num_anchors_per_level)
-    if _use_kernel("topk_per_level", distances.device):
+    V.check_gt_counts_type(gt_counts)
+    V.check_topk_type(topk)
+    if use_kernel("topk_per_level", distances.device):
         return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
     return reference.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
 
@@ -217,7 +112,9 @@ def iou_statistics(
         ``is_positive`` ``Tensor[B, G, C]`` bool (IoU >= threshold and anchor
         centre inside the GT by more than ``center_eps``). Time O(B·G·C).
     """
-    if _use_kernel("iou_statistics", anchors.device):
+    anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
+    V.check_gt_counts_type(gt_counts)
+    if isinstance(anchors, Tensor) and use_kernel("iou_statistics", anchors.device):
         return tuple(torch.ops.atss_ops.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps))
     return reference.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
 
@@ -233,7 +130,7 @@ def resolve_multi_gt(
         positive for several GTs goes to the highest IoU, then the lowest GT index;
         entries whose IoU is NaN or negative never claim an anchor.
     """
-    if _use_kernel("resolve_multi_gt", candidates.device):
+    if use_kernel("resolve_multi_gt", candidates.device):
         return tuple(torch.ops.atss_ops.resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors))
     return reference.resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors)
 
@@ -246,7 +143,7 @@ def pad_gt_boxes(boxes: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
 
     Padding rows are zeros; they are never read for assignment.
     """
-    boxes = list(boxes)
+    boxes = [_as_float32(b) for b in boxes]
     for i, b in enumerate(boxes):
         if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] != 4:
             shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
@@ -290,12 +187,14 @@ def atss_assign(
 
     Args:
         anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``, level by level,
-            shared by the batch.
+            shared by the batch (e.g. from :func:`atss_ops.grid_anchors`). float64,
+            float16 and bfloat16 anchors and GT boxes are converted to float32:
+            the assignment is computed in float32.
         num_anchors_per_level: ``L`` ints (list, tuple or 1-D tensor) summing to A;
             a level may be empty.
         gt_boxes: ``Tensor[B, G, 4]`` float32 ``x1, y1, x2, y2`` padded to G, or a
             list of ``Tensor[G_i, 4]`` (padded here; then ``gt_counts`` must be None).
-        gt_counts: optional ``Tensor[B]`` int64: image b uses
+        gt_counts: optional ``Tensor[B]`` of integers: image b uses
             ``gt_boxes[b, :gt_counts[b]]``; the rest is never read (NaN is fine).
         topk: candidates per level per GT, the paper's k (>= 1). With several
             anchors per location, pass ``k * anchors_per_location`` as the
@@ -342,13 +241,15 @@ def atss_assign(
         if gt_counts is not None:
             raise ValueError("gt_counts must be None when gt_boxes is a list: the counts come from the list")
         gt_boxes, gt_counts = pad_gt_boxes(gt_boxes)
-    if gt_counts is not None and isinstance(gt_counts, Tensor) and gt_counts.dtype != torch.int64:
+    anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
+    V.check_gt_counts_type(gt_counts)
+    V.check_topk_type(topk)
+    if gt_counts is not None and gt_counts.dtype != torch.int64:
         if gt_counts.dtype.is_floating_point or gt_counts.dtype == torch.bool:
             raise ValueError(f"gt_counts must be int64, got {gt_counts.dtype}")
         gt_counts = gt_counts.to(torch.int64)
     levels = _levels(num_anchors_per_level)
-    use_kernel = isinstance(anchors, Tensor) and _use_kernel("atss_assign", anchors.device)
-    if not use_kernel:
+    if not (isinstance(anchors, Tensor) and use_kernel("atss_assign", anchors.device)):
         return reference.atss_assign(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
     if check_inputs and anchors.device.type != "cpu" and not torch.compiler.is_compiling():
         V.check_assign_inputs(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps, values=True)

@@ -1,7 +1,7 @@
 """Pure-PyTorch implementation of the ATSS assignment contract: the readable spec.
 
-Each function here is one stage of ``shared/atss-contract.md`` (mirrored in the
-repository as ``docs/contract.md``), written step by step, vectorised over the
+Each function here is one stage of the contract in ``docs/contract.md``,
+written step by step, vectorised over the
 batch and never clever. The compiled kernels in ``csrc/`` compute exactly the
 same bits; this module is also the fallback when they are not built.
 
@@ -23,12 +23,13 @@ compiled ``atss_assign`` does not.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _validation as V
+from .types import AssignResult
 
 __all__ = [
     "center_distance",
@@ -36,22 +37,7 @@ __all__ = [
     "iou_statistics",
     "resolve_multi_gt",
     "atss_assign",
-    "num_candidates",
 ]
-
-
-class AssignResult(NamedTuple):
-    """Result of :func:`atss_assign` (see the public docstring in ``atss_ops``)."""
-
-    gt_index: Tensor
-    iou: Tensor
-    threshold: Tensor
-    num_positive: Tensor
-
-
-def num_candidates(num_anchors_per_level: Sequence[int], topk: int) -> int:
-    """``C``: candidate slots per GT, ``sum_l min(topk, N_l)``."""
-    return sum(min(int(topk), int(n)) for n in num_anchors_per_level)
 
 
 def _centers(boxes: Tensor) -> Tuple[Tensor, Tensor]:
@@ -84,10 +70,7 @@ def _iou(anchor: Tensor, gt: Tensor) -> Tensor:
 
 def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tensor] = None) -> Tensor:
     """Step 2: squared centre distances ``[B, G, A]`` float32; NaN rows for padding GTs."""
-    V.check_anchors(anchors)
-    V.check_gt_boxes(gt_boxes)
-    V.check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts)
-    V.check_gt_counts(gt_counts, gt_boxes.shape[0])
+    V.check_center_distance_args(anchors, gt_boxes, gt_counts)
     V.check_box_values(anchors, gt_boxes, gt_counts)
     acx, acy = _centers(anchors)  # [A]
     gcx, gcy = _centers(gt_boxes)  # [B, G]
@@ -111,13 +94,8 @@ def topk_per_level(
     than that, the trailing slots hold -1. Padding GTs hold -1 everywhere. The
     order is ``(d2, a)`` with NaN after every number, among valid anchors only.
     """
-    _check_distances(distances)
+    V.check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid)
     B, G, A = distances.shape
-    V.check_same_device(distances=distances, gt_counts=gt_counts, anchor_valid=anchor_valid)
-    V.check_levels(num_anchors_per_level, A)
-    V.check_topk(topk)
-    V.check_gt_counts(gt_counts, B)
-    V.check_anchor_valid(anchor_valid, B, A)
     V.check_gt_counts_values(gt_counts, G)
     device = distances.device
     per_level: List[Tensor] = []
@@ -163,15 +141,10 @@ def iou_statistics(
     and are never positive; ``threshold`` is NaN for padding and for GTs with no
     candidate.
     """
-    V.check_anchors(anchors)
-    V.check_gt_boxes(gt_boxes)
-    B, G = gt_boxes.shape[:2]
-    _check_candidates(candidates, B, G)
-    V.check_same_device(anchors=anchors, gt_boxes=gt_boxes, candidates=candidates, gt_counts=gt_counts)
-    V.check_gt_counts(gt_counts, B)
-    V.check_center_eps(center_eps)
+    V.check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps)
     V.check_box_values(anchors, gt_boxes, gt_counts)
-    _check_candidate_values(candidates, anchors.shape[0])
+    V.check_candidate_values(candidates, anchors.shape[0])
+    B, G = gt_boxes.shape[:2]
     C = candidates.shape[2]
     gt_valid = V.gt_valid_mask(B, G, gt_counts, gt_boxes.device)
     present = (candidates >= 0) & gt_valid[:, :, None]
@@ -214,14 +187,9 @@ def resolve_multi_gt(
     Returns ``(gt_index [B, A] int64, iou [B, A] float32, num_positive [B, G] int64)``.
     An anchor positive for several GTs goes to the highest IoU, then the lowest GT index.
     """
+    V.check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors)
+    V.check_candidate_values(candidates, num_anchors)
     B, G = candidates.shape[:2]
-    _check_candidates(candidates, B, G)
-    _check_candidate_like(candidate_iou, "candidate_iou", candidates, torch.float32)
-    _check_candidate_like(is_positive, "is_positive", candidates, torch.bool)
-    V.check_same_device(candidates=candidates, candidate_iou=candidate_iou, is_positive=is_positive)
-    if num_anchors < 0:
-        raise ValueError(f"num_anchors must be >= 0, got {num_anchors}")
-    _check_candidate_values(candidates, num_anchors)
     A = num_anchors
     device = candidates.device
     gt_index = torch.full((B, A), -1, dtype=torch.int64, device=device)
@@ -276,42 +244,3 @@ def atss_assign(
     cand_iou, threshold, is_positive = iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
     gt_index, iou, num_positive = resolve_multi_gt(candidates, cand_iou, is_positive, A)
     return AssignResult(gt_index, iou, threshold, num_positive)
-
-
-# --- checks of the intermediate tensors (the stage ops take them as input) ---
-
-
-def _check_distances(distances: Tensor) -> None:
-    if distances.dim() != 3:
-        raise ValueError(f"distances must have shape [B, G, A], got shape {V._shape(distances)}")
-    if distances.dtype != torch.float32:
-        raise ValueError(f"distances must be float32, got {distances.dtype}")
-
-
-def _check_candidates(candidates: Tensor, B: int, G: int) -> None:
-    if candidates.dim() != 3 or tuple(candidates.shape[:2]) != (B, G):
-        raise ValueError(
-            f"candidates must have shape [B, G, C] with B = {B}, G = {G}, "
-            f"got shape {V._shape(candidates)}"
-        )
-    if candidates.dtype != torch.int64:
-        raise ValueError(f"candidates must be int64, got {candidates.dtype}")
-
-
-def _check_candidate_like(t: Tensor, name: str, candidates: Tensor, dtype: torch.dtype) -> None:
-    if tuple(t.shape) != tuple(candidates.shape):
-        raise ValueError(
-            f"{name} must have the shape of candidates {V._shape(candidates)}, got shape {V._shape(t)}"
-        )
-    if t.dtype != dtype:
-        raise ValueError(f"{name} must be {str(dtype).replace('torch.', '')}, got {t.dtype}")
-
-
-def _check_candidate_values(candidates: Tensor, num_anchors: int) -> None:
-    bad = (candidates < -1) | (candidates >= num_anchors)
-    if bool(bad.any()):
-        where = bad.nonzero()[0].tolist()
-        idx = ", ".join(str(i) for i in where)
-        raise ValueError(
-            f"candidates[{idx}] = {int(candidates[tuple(where)])} is out of range [-1, A) with A = {num_anchors}"
-        )

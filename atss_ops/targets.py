@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from .reference import AssignResult
+from .types import AssignResult
 
 
 class AssignTargets(NamedTuple):
@@ -51,17 +51,24 @@ def assign_targets(
         gt_boxes, _ = pad_gt_boxes(gt_boxes)
     if not isinstance(gt_labels, Tensor):
         labels_list = list(gt_labels)
-        G = max((len(l) for l in labels_list), default=0)
+        G = max((len(labels) for labels in labels_list), default=0)
         padded = torch.full((len(labels_list), G), background, dtype=torch.int64, device=gt_index.device)
-        for i, l in enumerate(labels_list):
-            padded[i, : len(l)] = torch.as_tensor(l, dtype=torch.int64, device=gt_index.device)
+        for i, labels in enumerate(labels_list):
+            padded[i, : len(labels)] = torch.as_tensor(labels, dtype=torch.int64, device=gt_index.device)
         gt_labels = padded
     if gt_labels.dim() != 2 or gt_labels.shape[0] != B:
         raise ValueError(f"gt_labels must have shape [B, G] with B = {B}, got shape {list(gt_labels.shape)}")
     if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
         raise ValueError(f"gt_boxes must have shape [B, G, 4] with B = {B}, got shape {list(gt_boxes.shape)}")
-    positive = gt_index >= 0
     G = gt_boxes.shape[1]
+    if gt_labels.shape[1] != G:
+        raise ValueError(
+            f"gt_labels must have shape [B, G] = [{B}, {G}] (one label per box of gt_boxes), "
+            f"got shape {list(gt_labels.shape)}"
+        )
+    if gt_labels.dtype.is_floating_point or gt_labels.dtype == torch.bool:
+        raise ValueError(f"gt_labels must hold integer class ids, got {gt_labels.dtype}")
+    positive = gt_index >= 0
     if G == 0:
         labels = torch.full((B, A), background, dtype=torch.int64, device=gt_index.device)
         return AssignTargets(labels, gt_boxes.new_zeros(B, A, 4), positive)

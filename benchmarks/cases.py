@@ -1,4 +1,4 @@
-"""Inputs of the benchmarks: the contract's COCO-like anchor grids and random GT boxes."""
+"""Inputs of the benchmarks (and of the tests): COCO-like anchor grids and random GT boxes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+import atss_ops
 
 
 def grid_anchors(
@@ -15,20 +17,12 @@ def grid_anchors(
     scale: float = 8.0,
     device: str = "cpu",
 ) -> Tuple[Tensor, List[int]]:
-    """One square ``scale * stride`` anchor per location of each level, level by level.
+    """One square ``scale * stride`` anchor per location of each level, level by level
+    (:func:`atss_ops.grid_anchors` with one scale and ratio 1).
 
     An 800x1344 image with strides 8..128 gives A = 22,400 anchors.
     """
-    boxes, counts = [], []
-    for s in strides:
-        ny, nx = -(-height // s), -(-width // s)
-        ys, xs = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
-        cx = (xs.flatten().float() + 0.5) * s
-        cy = (ys.flatten().float() + 0.5) * s
-        half = scale * s / 2
-        boxes.append(torch.stack([cx - half, cy - half, cx + half, cy + half], dim=1))
-        counts.append(cx.numel())
-    return torch.cat(boxes).to(device), counts
+    return atss_ops.grid_anchors(height, width, strides, scales=(scale,), device=device)
 
 
 def random_gt(

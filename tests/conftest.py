@@ -1,6 +1,8 @@
-"""Shared pytest configuration: markers, the CUDA skip, import paths, hypothesis profile.
+"""Shared pytest configuration: the CUDA skip, the hypothesis profile, fixtures.
 
-Markers:
+The markers are registered in pyproject.toml, which also puts the repository
+root and ``tests/`` on the import path (the packages are used in place;
+``benchmarks`` and ``cases`` are plain modules):
 
 * ``cuda``: needs a CUDA GPU *and* the compiled CUDA kernels; skipped cleanly otherwise.
 * ``emu``: runs the CUDA kernel sources through the host execution model (the
@@ -12,21 +14,12 @@ Markers:
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
+import torch
+from hypothesis import settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HERE = os.path.dirname(os.path.abspath(__file__))
-# The package is used in place (not installed) and `benchmarks` / `cases` are plain modules.
-for _p in (ROOT, HERE):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-import torch  # noqa: E402
-from hypothesis import settings  # noqa: E402
-
-import atss_ops  # noqa: E402
+import atss_ops
 
 settings.register_profile("atss", deadline=None, max_examples=50, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "atss"))
@@ -35,12 +28,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "atss"))
 def cuda_available() -> bool:
     """A CUDA device is visible and ``atss_ops`` has CUDA kernels."""
     return torch.cuda.is_available() and atss_ops.has_kernel("atss_assign", "cuda")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU and the atss_ops CUDA kernels (skipped otherwise)")
-    config.addinivalue_line("markers", "emu: runs the emulated CUDA kernels (`make emu`; skipped without them)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from atss_ops.detector import cli
-from atss_ops.detector.engine import read_log
-from atss_ops.detector.synthetic import SyntheticShapes, SyntheticSpec
+# The detector's dependencies (its `detector` extra): skipped cleanly without them.
+pytest.importorskip("numpy", reason="needs the detector extra")
+pytest.importorskip("PIL", reason="needs the detector extra")
+pytest.importorskip("torchvision", reason="needs the detector extra")
+pytest.importorskip("tqdm", reason="needs the detector extra")
+pytest.importorskip("matplotlib", reason="needs the detector extra")
+
+from atss_detector import cli, engine
+from atss_detector.engine import read_log
+from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--threads", "1"]
@@ -32,10 +39,11 @@ def run(*args: str, timeout: int = 300) -> str:
 
 
 def detector(*args: str) -> str:
-    return run("-m", "atss_ops.detector.cli", *args)
+    return run("-m", "atss_detector.cli", *args)
 
 
 def test_train_checkpoint_resume_eval_predict(tmp_path):
+    pytest.importorskip("pycocotools")  # training evaluates with it
     out = tmp_path / "run"
     detector("train", *TINY, "--epochs", "1", "--output-dir", str(out))
     first = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -70,6 +78,7 @@ def test_train_checkpoint_resume_eval_predict(tmp_path):
 
 
 def test_train_on_a_coco_folder(tmp_path):
+    pytest.importorskip("pycocotools")  # training evaluates with it
     # the synthetic data exported in COCO format goes through the COCO loader
     for split, count in (("train", 8), ("val", 4)):
         SyntheticShapes(split, count, SyntheticSpec(image_size=64, min_object=12)).export_coco(str(tmp_path / "coco" / split))
@@ -86,6 +95,78 @@ def test_cli_errors_are_clear(tmp_path):
         cli.main(["train", "--preset", "huge"])
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
+        (["--batch-size", "two"], "argument --batch-size: expected an integer, got 'two'"),
+        (["--assigner", "maxiou"], "argument --assigner: invalid choice: 'maxiou'"),
+        (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
+        (["--lr", "-1"], "argument --lr: expected a number > 0, got -1.0"),
+        (["--anchor-scales", "4,x"], "argument --anchor-scales: expected comma-separated numbers, got '4,x'"),
+        (["--steps", "0.5,2"], "argument --steps: expected comma-separated fractions in (0, 1), got '0.5,2'"),
+    ],
+)
+def test_bad_flag_values_are_argparse_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_data_folder_in_another_layout_says_which_it_expects(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--data", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/train/annotations.json with the images in {tmp_path}/train/images/" in err
+    assert f"the COCO 2017 layout {tmp_path}/annotations/instances_train.json" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--data", str(tmp_path / "missing")])
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_the_default_preset_without_a_gpu_warns(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = cli.build_parser().parse_args(["train"])
+    cli.warn_if_sized_for_a_gpu(args, cli.train_config(args))
+    assert "sized for one GPU" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["train", "--preset", "demo"])
+    cli.warn_if_sized_for_a_gpu(args, cli.train_config(args))
+    assert capsys.readouterr().err == ""
+
+
+def test_more_processes_than_gpus_run_on_the_cpu(monkeypatch, capsys):
+    """Never a CUDA device index that does not exist: 'auto' falls back to the CPU and says so."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert engine.select_device("auto") == torch.device("cpu")
+    assert "2 processes on this machine but 1 GPU(s)" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="start at most 1"):
+        engine.select_device("cuda")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert engine.select_device("auto") == torch.device("cuda", 0)
+
+
+def test_image_files_in_folders_and_subfolders(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "b.JPG", "notes.txt", "sub/c.jpeg"):
+        (tmp_path / name).write_bytes(b"")
+    assert engine.image_files([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.JPG")]
+    assert engine.image_files([str(tmp_path)], recursive=True)[-1] == str(tmp_path / "sub" / "c.jpeg")
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "empty" / "deeper" / "d.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="--recursive looks into subfolders"):
+        engine.image_files([str(tmp_path / "empty")])
+    assert engine.image_files([str(tmp_path / "empty")], recursive=True) == [str(tmp_path / "empty" / "deeper" / "d.png")]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,6 +174,7 @@ def free_port() -> int:
 
 
 def test_torchrun_two_processes_stay_in_sync(tmp_path):
+    pytest.importorskip("pycocotools")  # training evaluates with it
     run("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), str(REPO / "tests" / "data" / "ddp_train.py"), str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

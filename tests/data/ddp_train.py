@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from atss_ops.detector import engine
-from atss_ops.detector.config import preset
-from atss_ops.detector.model import build_model
+from atss_detector import engine
+from atss_detector.config import preset
+from atss_detector.model import build_model
 
 ITERATIONS = 3
 

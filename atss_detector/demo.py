@@ -1,6 +1,6 @@
-"""``python -m atss_ops.detector.demo``: train the detector on the built-in data, on a CPU, in minutes.
+"""``python -m atss_detector.demo``: train the detector on the built-in data, on a CPU, in minutes.
 
-Trains with the ``demo`` preset (see :mod:`atss_ops.detector.config`), evaluates
+Trains with the ``demo`` preset (see :mod:`atss_detector.config`), evaluates
 on the synthetic val split and writes into ``--out`` (default ``runs/demo``):
 ``metrics.json`` / ``metrics.txt`` (the COCO table), ``curves.png`` (losses and
 AP), ``predictions.png`` (val images with their detections, ground truth in
@@ -56,7 +56,7 @@ def _restart_with_passive_openmp() -> None:
         return
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", ATSS_DEMO_STARTED=repr(time.time()))
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "atss_ops.detector.demo", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", "atss_detector.demo", *sys.argv[1:]], env)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

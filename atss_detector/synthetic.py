@@ -101,7 +101,7 @@ def render(spec: SyntheticSpec, seed: int, split: str, index: int) -> Tuple[np.n
         if placed is None:
             continue
         label, mask, (top, left), lost = placed
-        visible = [v - l for v, l in zip(visible, lost.tolist())]
+        visible = [v - gone for v, gone in zip(visible, lost.tolist())]
         window = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
         owner[window][mask] = len(boxes)
         area.append(int(mask.sum()))
@@ -138,7 +138,7 @@ def _place_object(rng, spec: SyntheticSpec, H: int, W: int, owner: np.ndarray, a
             continue
         covered = owner[top:top + mask.shape[0], left:left + mask.shape[1]][mask]
         lost = np.bincount(covered[covered >= 0], minlength=len(visible))
-        if all(v - l >= spec.min_visible * a for v, l, a in zip(visible, lost.tolist(), area)):
+        if all(v - gone >= spec.min_visible * a for v, gone, a in zip(visible, lost.tolist(), area)):
             return label, mask, (top, left), lost
     return None
 
@@ -248,7 +248,7 @@ class SyntheticShapes:
     Items are dicts with ``image`` (uint8 ``Tensor[3, H, W]``), ``boxes``
     (float32 ``Tensor[N, 4]``, ``x1, y1, x2, y2`` pixels), ``labels`` (int64
     ``Tensor[N]``) and ``image_id`` (``index + 1``), as every dataset of
-    :mod:`atss_ops.detector.data` returns.
+    :mod:`atss_detector.data` returns.
     """
 
     def __init__(self, split: str, num_images: int, spec: SyntheticSpec = SyntheticSpec(), seed: int = 0):
@@ -316,7 +316,7 @@ class SyntheticShapes:
     def export_coco(self, directory: str) -> str:
         """Writes ``directory/annotations.json`` and ``directory/images/*.png``; returns the json path.
 
-        The result loads with :class:`atss_ops.detector.coco.CocoDetection`.
+        The result loads with :class:`atss_detector.coco.CocoDetection`.
         """
         image_dir = os.path.join(directory, "images")
         os.makedirs(image_dir, exist_ok=True)

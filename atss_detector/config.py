@@ -4,7 +4,7 @@ A run is described by one :class:`Config`; it is written to ``config.json`` in t
 output directory and stored in every checkpoint, so ``eval`` and ``predict``
 rebuild exactly the model that was trained. The presets:
 
-* ``full``: the default schedule, sized for one H100 (about 15 minutes);
+* ``full``: the default schedule, sized for one GPU (about 15 minutes on an H100-class card);
 * ``demo``: a short schedule for a 2-core CPU (``make demo``, under 15 minutes);
 * ``tiny``: a few seconds of training, for the tests.
 """
@@ -44,7 +44,7 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are prepared."""
 
-    data: str = "synthetic"  # "synthetic" or a COCO-format directory (see atss_ops.detector.coco)
+    data: str = "synthetic"  # "synthetic" or a COCO-format directory (see atss_detector.coco)
     train_split: str = "train"
     val_split: str = "val"
     image_size: int = 320  # COCO: shorter side after resizing; synthetic: longer side as generated
@@ -58,7 +58,7 @@ class DataConfig:
     synthetic_min_object: float = 8.0  # px
     synthetic_mean_objects: float = 8.0
     synthetic_max_objects: int = 16
-    synthetic_classes: int = 6  # the first N shape classes of atss_ops.detector.synthetic.CLASSES
+    synthetic_classes: int = 6  # the first N shape classes of atss_detector.synthetic.CLASSES
     synthetic_class_hues: bool = True  # each class its own hue band; False: shape alone tells classes apart
 
 
@@ -115,7 +115,7 @@ class Config:
 
 
 def _full() -> Config:
-    # Sized for one H100 in about 15 minutes (not yet measured on a GPU): the
+    # Sized for one H100-class GPU, about 15 minutes (not yet measured on a GPU): the
     # paper's model (P3-P7, 256 channels, one 8-stride anchor per location) on
     # 320 px synthetic images; 8 epochs of 32k images, batch 32 (8000 steps).
     # 12 data-loader workers draw the images (~30 ms each on one core: ~400/s,

@@ -2,7 +2,7 @@
 
 A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
-* ``config.json``: the full :class:`~atss_ops.detector.config.Config`;
+* ``config.json``: the full :class:`~atss_detector.config.Config`;
 * ``checkpoint.pt``: model, optimiser, schedule, epoch and iteration, rewritten
   after every epoch (what ``--resume`` reads);
 * ``train_log.jsonl``: one JSON record appended per logging step (losses, lr)
@@ -50,12 +50,27 @@ def available_cores() -> int:
 
 
 def select_device(name: str) -> torch.device:
-    """``auto``: this process's GPU under ``torchrun`` (or the only one) when CUDA is there, else the CPU."""
+    """``auto``: this process's GPU under ``torchrun`` (or the only one) when CUDA is there, else the CPU.
+
+    With more processes on this machine than GPUs, ``auto`` runs every process on
+    the CPU (and says so) rather than pick a GPU index that does not exist;
+    ``cuda`` is then an error.
+    """
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    gpus = torch.cuda.device_count()
+    processes = max(dist.local_world_size(), dist.local_rank() + 1)
+    if processes > gpus:
+        why = f"{processes} processes on this machine but {gpus} GPU(s)"
+        if name == "cuda":
+            raise RuntimeError(f"device 'cuda': {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
+        if dist.local_rank() == 0:
+            print(f"{why}: every process runs on the CPU (torchrun --nproc_per_node {gpus} uses the GPUs)",
+                  file=sys.stderr)
         return torch.device("cpu")
     return torch.device("cuda", dist.local_rank())
 
@@ -211,18 +226,24 @@ def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 
     return dist.broadcast_object(metrics)
 
 
-def image_files(paths: Sequence[str]) -> List[str]:
-    """The image files among ``paths`` (directories are listed, sorted, non-recursively)."""
+def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
+    """The image files among ``paths``: files as given, folders listed (sorted; with
+    ``recursive``, their subfolders too)."""
     files = []
     for path in paths:
         if os.path.isdir(path):
-            files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+            if recursive:
+                found = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+            else:
+                found = [os.path.join(path, f) for f in os.listdir(path)]
+            files += sorted(f for f in found if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(f))
         elif os.path.isfile(path):
             files.append(path)
         else:
             raise FileNotFoundError(f"no image or folder at {path}")
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)}")
+        where = "or their subfolders" if recursive else "(--recursive looks into subfolders too)"
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)} {where}")
     return files
 
 
@@ -306,9 +327,14 @@ class Trainer:
         self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
         self.model = build_model(cfg.model, len(self.train_set.classes)).to(self.device)
         self.optimizer = build_optimizer(tc, self.model)
+        # Never more loader workers than this process's share of the cores.
+        workers = min(cfg.data.num_workers, max(1, available_cores() // dist.local_world_size()))
+        if workers < cfg.data.num_workers and self.main:
+            print(f"data: {workers} loader worker(s) instead of {cfg.data.num_workers}: "
+                  f"{available_cores()} core(s) for {dist.local_world_size()} process(es)", file=sys.stderr)
         self.loader = build_loader(
             self.train_set, tc.batch_size, train=True, rank=dist.rank(), world_size=dist.world_size(),
-            num_workers=cfg.data.num_workers, seed=tc.seed, size_divisible=cfg.data.size_divisible,
+            num_workers=workers, seed=tc.seed, size_divisible=cfg.data.size_divisible,
         )
         self.iters_per_epoch = len(self.loader)
         self.total = tc.iterations if tc.iterations is not None else tc.epochs * self.iters_per_epoch

@@ -1,7 +1,7 @@
 """From dataset items to padded batches: resizing, flipping, normalisation, loaders.
 
-Every dataset of the detector (:class:`~atss_ops.detector.synthetic.SyntheticShapes`,
-:class:`~atss_ops.detector.coco.CocoDetection`) returns items
+Every dataset of the detector (:class:`~atss_detector.synthetic.SyntheticShapes`,
+:class:`~atss_detector.coco.CocoDetection`) returns items
 ``{"image": uint8 Tensor[3, H, W], "boxes": float32 Tensor[N, 4] (x1, y1, x2, y2
 pixels), "labels": int64 Tensor[N], "image_id": int}`` and has ``classes``,
 ``category_ids`` (the COCO id of each label) and ``coco()`` (its ground truth for

@@ -85,11 +85,12 @@ class Backbone(nn.Module):
             for module in (resnet.conv1, resnet.layer1):
                 module.requires_grad_(False)
         top = min(max_level, 5)
-        self.body = IntermediateLayerGetter(resnet, {f"layer{l - 1}": f"p{l}" for l in range(min_level, top + 1)})
-        in_channels = [RESNET_CHANNELS[depth][l - 2] for l in range(min_level, top + 1)]
+        levels = range(min_level, top + 1)
+        self.body = IntermediateLayerGetter(resnet, {f"layer{level - 1}": f"p{level}" for level in levels})
+        in_channels = [RESNET_CHANNELS[depth][level - 2] for level in levels]
         extra = ExtraLevels(channels, max_level - 5) if max_level > 5 else None
         self.fpn = FeaturePyramidNetwork(in_channels, channels, extra_blocks=extra)
-        self.strides = tuple(2**l for l in range(min_level, max_level + 1))
+        self.strides = tuple(2**level for level in range(min_level, max_level + 1))
 
     def forward(self, images: Tensor) -> List[Tensor]:
         return list(self.fpn(self.body(images)).values())
@@ -263,7 +264,7 @@ def rescale_detections(detections: List[Detections], scales: Tensor, original_si
     """Maps boxes from the resized images back to the original ones.
 
     ``scales`` ``[B, 2]`` (sx, sy) and ``original_sizes`` ``[B, 2]`` (h, w) as in
-    :class:`~atss_ops.detector.data.Batch`; boxes are clipped to the original image.
+    :class:`~atss_detector.data.Batch`; boxes are clipped to the original image.
     """
     out = []
     for det, (sx, sy), (h, w) in zip(detections, scales.tolist(), original_sizes.tolist()):

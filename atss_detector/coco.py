@@ -34,12 +34,16 @@ def find_split(root: str, split: str) -> Tuple[str, str]:
             if not os.path.isdir(image_dir):
                 raise FileNotFoundError(f"found {annotation_file} but no image folder {image_dir}")
             return annotation_file, image_dir
-    tried = ", ".join(a for a, _ in candidates)
-    raise FileNotFoundError(f"no annotations for split {split!r} under {root!r}: tried {tried}")
+    (own_json, own_images), (coco_json, coco_images) = candidates
+    raise FileNotFoundError(
+        f"no annotations for split {split!r} under {root}: expected either {own_json} with the images in "
+        f"{own_images}/, or the COCO 2017 layout {coco_json} with the images in {coco_images}/ "
+        "(choose the split names with --train-split / --val-split)"
+    )
 
 
 class CocoDetection:
-    """A COCO-format dataset with the item format of :mod:`atss_ops.detector.data`.
+    """A COCO-format dataset with the item format of :mod:`atss_detector.data`.
 
     Args:
         annotation_file: COCO json with ``images``, ``annotations``, ``categories``.

@@ -8,6 +8,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+import atss_ops
+
 
 class AnchorGenerator:
     """Anchors of every pyramid level, in the layout the head's outputs use.
@@ -33,15 +35,13 @@ class AnchorGenerator:
         if not ratios or any(r <= 0 for r in ratios):
             raise ValueError(f"anchor ratios must be positive, got {list(ratios)}")
         self.strides = tuple(int(s) for s in strides)
-        # [#A, 2] (w, h) of the anchors of one location, in strides.
-        self._shapes = torch.tensor(
-            [(s / math.sqrt(r), s * math.sqrt(r)) for s in scales for r in ratios], dtype=torch.float32
-        )
+        self.scales = tuple(float(s) for s in scales)
+        self.ratios = tuple(float(r) for r in ratios)
         self._cache: Dict[Tuple, Tuple[Tensor, List[int]]] = {}
 
     @property
     def num_anchors_per_location(self) -> int:
-        return self._shapes.shape[0]
+        return len(self.scales) * len(self.ratios)
 
     def __call__(self, feature_sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tuple[Tensor, List[int]]:
         """``(anchors Tensor[A, 4] float32 on device, num_anchors_per_level)`` for these feature map sizes."""
@@ -49,16 +49,10 @@ class AnchorGenerator:
             raise ValueError(f"expected {len(self.strides)} feature maps, got {len(feature_sizes)}")
         key = (tuple(tuple(int(v) for v in s) for s in feature_sizes), str(device))
         if key not in self._cache:
-            per_level = [self._level(h, w, stride) for (h, w), stride in zip(key[0], self.strides)]
-            anchors = torch.cat(per_level).to(device)
-            self._cache[key] = anchors, [a.shape[0] for a in per_level]
+            self._cache[key] = atss_ops.grid_anchors(
+                0, 0, self.strides, self.scales, self.ratios, feature_sizes=key[0], device=device
+            )
         return self._cache[key]
-
-    def _level(self, height: int, width: int, stride: int) -> Tensor:
-        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        centres = (torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2).float() + 0.5) * stride  # [HW, 1, 2]
-        half = self._shapes[None] * stride / 2  # [1, #A, 2]
-        return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)
 
 
 def anchor_validity(anchors: Tensor, image_sizes: Tensor) -> Tensor:

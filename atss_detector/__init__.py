@@ -1,0 +1,33 @@
+"""The bundled ATSS detector: a small, complete user of :func:`atss_ops.atss_assign`.
+
+A ResNet-FPN, anchor-based ATSS detector (the paper's RetinaNet #A=1 design)
+with training, COCO evaluation and prediction, on built-in synthetic data or any
+COCO-format dataset, on one CPU/GPU or many processes under ``torchrun``.
+
+Modules:
+
+* :mod:`~atss_detector.config`: settings and presets (``full``, ``demo``, ``tiny``);
+* :mod:`~atss_detector.synthetic`: the built-in synthetic shapes dataset;
+* :mod:`~atss_detector.coco`: COCO-format datasets;
+* :mod:`~atss_detector.data`: transforms, padded batches, loaders;
+* :mod:`~atss_detector.anchors`: anchors, their validity, box coding;
+* :mod:`~atss_detector.loss`: assignment targets and the losses;
+* :mod:`~atss_detector.model`: backbone, FPN, head, inference;
+* :mod:`~atss_detector.engine`: training, evaluation, prediction, checkpoints;
+* :mod:`~atss_detector.evaluation`, :mod:`~atss_detector.visualize`: metrics, PNGs;
+* :mod:`~atss_detector.cli` (``atss-detector``) and :mod:`~atss_detector.demo`.
+"""
+
+from .config import Config, DataConfig, ModelConfig, TrainConfig, preset
+
+__all__ = ["ATSSDetector", "Config", "DataConfig", "ModelConfig", "TrainConfig", "build_model", "preset"]
+
+
+def __getattr__(name: str):
+    # The model needs torchvision: imported on first use, so that the command line
+    # can say which dependency is missing instead of failing on `import atss_detector`.
+    if name in ("ATSSDetector", "build_model"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'atss_detector' has no attribute {name!r}")

@@ -1,0 +1,325 @@
+"""``atss-detector``: train, evaluate and run the bundled ATSS detector.
+
+Examples::
+
+    atss-detector train                                  # the full schedule, synthetic data
+    atss-detector train --preset demo --output-dir runs/demo
+    atss-detector train --data /data/coco --train-split train2017 --val-split val2017 \\
+        --image-size 800 --optimizer sgd --lr 0.01 --schedule step --epochs 12
+    torchrun --nproc_per_node 8 -m atss_detector.cli train ...
+    atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
+    atss-detector eval --checkpoint runs/x/checkpoint.pt
+    atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
+
+Every ``train`` flag left out keeps the value of ``--preset`` (or, with
+``--resume``, of the checkpoint being resumed). On a CPU shared with other jobs,
+set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads otherwise slow training
+down many times over (``python -m atss_detector.demo`` sets it itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from .config import PRESETS, Config, preset
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _floats(text: str):
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _positive_floats(text: str):
+    values = _floats(text)
+    if any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
+    return values
+
+
+def _fractions(text: str):
+    values = _floats(text)
+    if any(not 0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions in (0, 1), got {text!r}")
+    return values
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+# (flag, config section, field, type, choices, help): the train flags, each overriding one Config field.
+TRAIN_FLAGS = (
+    ("--data", "data", "data", str, None, "'synthetic' or a COCO-format directory (layouts: see README)"),
+    ("--train-split", "data", "train_split", str, None, "training split name"),
+    ("--val-split", "data", "val_split", str, None, "validation split name"),
+    ("--image-size", "data", "image_size", _positive, None,
+     "COCO: shorter side; synthetic: longer side of generated images"),
+    ("--max-size", "data", "max_size", _positive, None, "COCO: cap on the longer side"),
+    ("--num-workers", "data", "num_workers", _non_negative, None,
+     "data-loader worker processes (capped at the cores)"),
+    ("--train-images", "data", "synthetic_train_images", _positive, None, "synthetic training images"),
+    ("--val-images", "data", "synthetic_val_images", _positive, None, "synthetic validation images"),
+    ("--data-seed", "data", "synthetic_seed", int, None, "seed of the synthetic images"),
+    ("--min-object", "data", "synthetic_min_object", _positive_float, None, "smallest synthetic object side, px"),
+    ("--mean-objects", "data", "synthetic_mean_objects", _positive_float, None, "mean synthetic objects per image"),
+    ("--max-objects", "data", "synthetic_max_objects", _positive, None, "most synthetic objects per image"),
+    ("--classes", "data", "synthetic_classes", int, range(1, 7), "synthetic shape classes (1-6)"),
+    ("--depth", "model", "depth", int, (18, 34, 50, 101, 152), "ResNet depth"),
+    ("--backbone-weights", "model", "backbone_weights", str, None, "local ResNet state_dict (default: random init)"),
+    ("--min-level", "model", "min_level", int, range(2, 6), "finest pyramid level (2-5)"),
+    ("--max-level", "model", "max_level", int, range(2, 9), "coarsest pyramid level (up to 8)"),
+    ("--channels", "model", "fpn_channels", _positive, None, "FPN and head channels"),
+    ("--head-convs", "model", "head_convs", _positive, None, "convs per head tower"),
+    ("--anchor-scales", "model", "anchor_scales", _positive_floats, None, "comma-separated anchor sizes in strides"),
+    ("--anchor-ratios", "model", "anchor_ratios", _positive_floats, None, "comma-separated anchor ratios h/w"),
+    ("--topk", "model", "topk", _positive, None, "ATSS k (times the anchors per location)"),
+    ("--assigner", "model", "assigner", str, ("atss", "max_iou"), "max_iou: RetinaNet's IoU rule, for comparison"),
+    ("--batch-size", "train", "batch_size", _positive, None, "images per process and step"),
+    ("--epochs", "train", "epochs", _positive, None, "training epochs"),
+    ("--iterations", "train", "iterations", _positive, None, "training steps (overrides --epochs)"),
+    ("--optimizer", "train", "optimizer", str, ("sgd", "adamw"), "optimizer"),
+    ("--lr", "train", "lr", _positive_float, None, "learning rate of the global batch"),
+    ("--weight-decay", "train", "weight_decay", float, None, "weight decay"),
+    ("--schedule", "train", "schedule", str, ("cosine", "step"), "learning-rate schedule"),
+    ("--steps", "train", "steps", _fractions, None, "step schedule: comma-separated fractions of training"),
+    ("--warmup-iters", "train", "warmup_iters", _non_negative, None, "linear warm-up steps"),
+    ("--amp", "train", "amp", str, ("auto", "bf16", "off"), "auto: bf16 on CUDA"),
+    ("--seed", "train", "seed", int, None, "seed of weights, order and augmentation"),
+    ("--output-dir", "train", "output_dir", str, None, "run directory"),
+    ("--eval-every", "train", "eval_every", _non_negative, None, "evaluate every N epochs (0: at the end only)"),
+    ("--log-every", "train", "log_every", _positive, None, "iterations between log records"),
+    ("--threads", "train", "threads", _positive, None, "CPU threads per process"),
+    ("--device", "train", "device", str, DEVICES, "auto: the GPU when there is one"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atss-detector", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2],
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (and evaluate on the val split at the end)")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                       help="base settings: full (one GPU, default), demo (2-core CPU), tiny (tests)")
+    for flag, _, _, kind, choices, help_text in TRAIN_FLAGS:
+        train.add_argument(flag, type=kind, choices=choices, default=None, help=help_text,
+                           metavar="{" + ",".join(map(str, choices)) + "}" if choices else None)
+    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                       help="continue a run (default: OUTPUT_DIR/checkpoint.pt)")
+
+    evaluate = commands.add_parser("eval", help="COCO metrics of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data", default=None, help="dataset (default: the training run's)")
+    evaluate.add_argument("--split", default=None, help="split (default: the training run's val split)")
+    evaluate.add_argument("--batch-size", type=_positive, default=8)
+    evaluate.add_argument("--output-dir", default=None, help="where eval_<split>.json/.txt go (default: beside the checkpoint)")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--threads", type=_positive, default=None)
+
+    predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
+    predict.add_argument("images", nargs="+", help="image files or folders")
+    predict.add_argument("--recursive", action="store_true", help="look for images in subfolders too")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--output-dir", required=True)
+    predict.add_argument("--score-threshold", type=float, default=0.3, help="draw detections scoring at least this")
+    predict.add_argument("--batch-size", type=_positive, default=8)
+    predict.add_argument("--device", choices=DEVICES, default="auto")
+    predict.add_argument("--threads", type=_positive, default=None)
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> Config:
+    """The preset (or the resumed checkpoint's config) with the given flags applied."""
+    if args.resume:
+        from .engine import load_checkpoint
+
+        cfg = Config.from_dict(load_checkpoint(_resume_path(args, None))["config"])
+    else:
+        cfg = preset(args.preset)
+    for flag, section, field, *_ in TRAIN_FLAGS:
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            setattr(getattr(cfg, section), field, value)
+    if args.epochs is not None and args.iterations is None:
+        cfg.train.iterations = None  # --epochs alone replaces a step count from the preset or checkpoint
+    return cfg
+
+
+def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
+    from .engine import CHECKPOINT
+
+    if args.resume != "auto":
+        return args.resume
+    output_dir = args.output_dir or (cfg.train.output_dir if cfg else None)
+    if output_dir is None:
+        raise SystemExit("--resume without a path needs --output-dir (the run to continue)")
+    return os.path.join(output_dir, CHECKPOINT)
+
+
+def check_data(parser: argparse.ArgumentParser, cfg: Config) -> None:
+    """A COCO-format folder in a layout the loader reads (an argparse error that
+    names the expected layouts otherwise)."""
+    if cfg.data.data == "synthetic":
+        return
+    from .coco import find_split
+
+    if not os.path.isdir(cfg.data.data):
+        parser.error(f"--data {cfg.data.data}: no such folder ('synthetic' or a COCO-format folder)")
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        try:
+            find_split(cfg.data.data, split)
+        except FileNotFoundError as exc:
+            parser.error(f"--data {cfg.data.data}: {exc}")
+
+
+def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
+    """The default preset on a machine without a GPU would run for days: say so."""
+    import torch
+
+    if args.resume or args.preset != "full":
+        return
+    if cfg.train.device == "cpu" or not torch.cuda.is_available():
+        print(
+            "warning: the 'full' preset (the default) is sized for one GPU (about 15 minutes there); "
+            "on this machine's CPU it would take days: try --preset demo (minutes on a CPU)",
+            file=sys.stderr,
+        )
+
+
+def run_train(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    from . import engine
+    from .evaluation import format_table
+
+    cfg = train_config(args)
+    check_data(parser or build_parser(), cfg)
+    warn_if_sized_for_a_gpu(args, cfg)
+    resume = _resume_path(args, cfg) if args.resume else None
+    try:
+        summary = engine.train(cfg, resume=resume)
+        if engine.dist.is_main():
+            title = f"{cfg.data.data} {cfg.data.val_split} after {summary['iterations']} iterations"
+            print(format_table(summary["metrics"], title))
+            print(f"wrote {os.path.join(cfg.train.output_dir, engine.METRICS_JSON)}")
+    finally:
+        engine.dist.shutdown()
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from . import engine
+    from .data import build_dataset
+    from .evaluation import format_table
+
+    device = engine.select_device(args.device)
+    engine.dist.init(device.type)
+    engine.configure_threads(args.threads, device)
+    try:
+        model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
+        if args.data:
+            cfg.data.data = args.data
+        split = args.split or cfg.data.val_split
+        dataset = build_dataset(cfg.data, split, train=False)
+        if tuple(dataset.classes) != tuple(checkpoint["classes"]):
+            raise SystemExit(f"the dataset's classes {dataset.classes} differ from the model's {checkpoint['classes']}")
+        metrics = engine.evaluate(model, dataset, device, args.batch_size, engine.autocast_dtype(cfg.train.amp, device))
+        if engine.dist.is_main():
+            title = f"{cfg.data.data} {split}, {len(dataset)} images, {os.path.basename(args.checkpoint)}"
+            print(format_table(metrics, title))
+            out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+            engine.write_metrics(out, metrics, {"checkpoint": args.checkpoint, "split": split, "images": len(dataset),
+                                                "iteration": checkpoint["iteration"]}, stem=f"eval_{split}")
+            print(f"wrote {os.path.join(out, f'eval_{split}.json')}")
+    finally:
+        engine.dist.shutdown()
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from . import engine
+    from .data import build_transform
+    from .visualize import draw_detections
+
+    device = engine.select_device(args.device)
+    engine.configure_threads(args.threads, device)
+    model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
+    files = engine.image_files(args.images, recursive=args.recursive)
+    folders = [p for p in args.images if os.path.isdir(p)]
+    if folders:
+        print(f"found {len(files)} image(s) in {', '.join(folders)}" + (" and subfolders" if args.recursive else ""))
+    detections = engine.predict_files(model, files, build_transform(cfg.data, train=False), device,
+                                      args.batch_size, cfg.data.size_divisible)
+    os.makedirs(args.output_dir, exist_ok=True)
+    for path, det in zip(files, detections):
+        target = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        draw_detections(engine.load_image(path), det, checkpoint["classes"],
+                        score_threshold=args.score_threshold).save(target)
+        shown = int((det["scores"] >= args.score_threshold).sum())
+        print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
+
+
+# The `detector` extra of pyproject.toml (import names).
+DEPENDENCIES = ("torchvision", "numpy", "tqdm", "matplotlib", "PIL", "pycocotools")
+
+
+def check_dependencies() -> None:
+    """Stops with the install command when the detector's dependencies are missing
+    (``atss-ops`` without its ``detector`` extra installs the core alone)."""
+    import importlib.util
+
+    missing = [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit(
+            f"atss-detector needs the detector's dependencies (missing: {', '.join(missing)}): "
+            "pip install --no-build-isolation '.[detector]' in a clone, or pip install torchvision "
+            "numpy tqdm matplotlib pycocotools pillow"
+        )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the ``atss-detector`` console script."""
+    check_dependencies()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        run_train(args, parser)
+    else:
+        {"eval": run_eval, "predict": run_predict}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

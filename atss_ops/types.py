@@ -1,0 +1,33 @@
+"""The result types of the public API."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+from torch import Tensor
+
+__all__ = ["AssignResult", "num_candidates"]
+
+
+class AssignResult(NamedTuple):
+    """Result of :func:`atss_ops.atss_assign` (one row per image of the batch).
+
+    - ``gt_index`` ``Tensor[B, A]`` int64: index into ``gt_boxes[b]`` of the GT the
+      anchor is assigned to; -1 for background.
+    - ``iou`` ``Tensor[B, A]`` float32: IoU with the assigned GT; 0 for background.
+    - ``threshold`` ``Tensor[B, G]`` float32: each GT's mean + std of its candidate
+      IoUs; NaN for padding slots and GTs without candidates.
+    - ``num_positive`` ``Tensor[B, G]`` int64: anchors finally assigned to each GT;
+      0 for padding.
+    """
+
+    gt_index: Tensor
+    iou: Tensor
+    threshold: Tensor
+    num_positive: Tensor
+
+
+def num_candidates(num_anchors_per_level: Sequence[int], topk: int) -> int:
+    """``C``, the candidate slots per GT (last dimension of ``topk_per_level``'s
+    output): ``sum_l min(topk, N_l)``."""
+    return sum(min(int(topk), int(n)) for n in num_anchors_per_level)
