@@ -113,10 +113,13 @@ INVALID = {
     "anchor_valid_shape_a4": (lambda c: dict(anchor_valid=torch.ones(2, 4, dtype=torch.bool)),
                               "anchor_valid must have shape [B, A] = [2, 5], got shape [2, 4]"),
     # Dtypes.
-    "anchors_float64": (lambda c: dict(anchors=A(c).double()), "anchors must be float32, got torch.float64"),
-    "anchors_float16": (lambda c: dict(anchors=A(c).half()), "anchors must be float32, got torch.float16"),
+    "anchors_float64": (lambda c: dict(anchors=A(c).double()), "anchors must be float32, got torch.float64",
+                    ("op", "reference", EMU)),  # the public API converts them to float32
+    "anchors_float16": (lambda c: dict(anchors=A(c).half()), "anchors must be float32, got torch.float16",
+                    ("op", "reference", EMU)),  # the public API converts them to float32
     "anchors_int64": (lambda c: dict(anchors=A(c).long()), "anchors must be float32, got torch.int64"),
-    "gt_float64": (lambda c: dict(gt_boxes=GT(c).double()), "gt_boxes must be float32, got torch.float64"),
+    "gt_float64": (lambda c: dict(gt_boxes=GT(c).double()), "gt_boxes must be float32, got torch.float64",
+                    ("op", "reference", EMU)),  # the public API converts them to float32
     "gt_counts_float32": (lambda c: dict(gt_counts=torch.tensor([3.0, 2.0])), "gt_counts must be int64, got torch.float32"),
     # The public API converts other integer dtypes; the op and the reference take int64 only.
     "gt_counts_int32": (lambda c: dict(gt_counts=torch.tensor([3, 2], dtype=torch.int32)),

@@ -59,6 +59,10 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
   }
   thr = __shfl_sync(kFullMask, thr, 0);
   count = __shfl_sync(kFullMask, count, 0);
+  // A shuffle orders no memory: lane 0's reads of iou_buf and cand above must
+  // happen before the callers' writes below (where iou_buf or cand is also the
+  // row's output, the global-buffer paths), so the warp meets once more.
+  __syncwarp();
   for (int64_t c = lane; c < num_slots; c += kWarp) {
     const int64_t a = cand[c];
     const float v = iou_buf[c];
