@@ -1,9 +1,10 @@
 #include "checks.h"
 
+#include "text.h"
+
 #include <c10/util/Exception.h>
 
 #include <limits>
-#include <sstream>
 #include <string>
 
 namespace atss {
@@ -30,17 +31,13 @@ std::string dtype_name(at::ScalarType t) {
 std::string short_name(at::ScalarType t) { return dtype_name(t).substr(6); }
 
 std::string sizes_str(at::IntArrayRef sizes) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
-  os << "]";
-  return os.str();
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + num(sizes[i]);
+  return out + "]";
 }
 
 std::string box_str(const float* box) {
-  std::ostringstream os;
-  os << "[" << box[0] << ", " << box[1] << ", " << box[2] << ", " << box[3] << "]";
-  return os.str();
+  return text({"[", num(box[0]), ", ", num(box[1]), ", ", num(box[2]), ", ", num(box[3]), "]"});
 }
 
 bool box_finite(const float* box) {
@@ -52,14 +49,14 @@ bool box_finite(const float* box) {
 bool box_ordered(const float* box) { return box[2] >= box[0] && box[3] >= box[1]; }
 
 void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", short_name(dtype), ", got ",
+  ATSS_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", short_name(dtype), ", got ",
                     dtype_name(t.scalar_type()));
 }
 
 }  // namespace
 
 void check_anchors(const at::Tensor& anchors) {
-  TORCH_CHECK_VALUE(anchors.dim() == 2 && anchors.size(1) == 4,
+  ATSS_CHECK_VALUE(anchors.dim() == 2 && anchors.size(1) == 4,
                     "anchors must have shape [A, 4], got shape ", sizes_str(anchors.sizes()));
   check_dtype(anchors, "anchors", at::kFloat);
   check_num_anchors(anchors.size(0));
@@ -67,18 +64,18 @@ void check_anchors(const at::Tensor& anchors) {
 
 void check_num_anchors(int64_t num_anchors) {
   // Anchor indices travel as 32 bits inside the packed sort keys.
-  TORCH_CHECK_VALUE(num_anchors <= std::numeric_limits<int32_t>::max(),
-                    "anchors must hold at most 2^31 - 1 anchors, got A = ", num_anchors);
+  ATSS_CHECK_VALUE(num_anchors <= std::numeric_limits<int32_t>::max(),
+                    "anchors must hold at most 2^31 - 1 anchors, got A = ", num(num_anchors));
 }
 
 void check_gt_boxes(const at::Tensor& gt_boxes) {
-  TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4,
+  ATSS_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4,
                     "gt_boxes must have shape [B, G, 4], got shape ", sizes_str(gt_boxes.sizes()));
   check_dtype(gt_boxes, "gt_boxes", at::kFloat);
 }
 
 void check_distances(const at::Tensor& distances) {
-  TORCH_CHECK_VALUE(distances.dim() == 3, "distances must have shape [B, G, A], got shape ",
+  ATSS_CHECK_VALUE(distances.dim() == 3, "distances must have shape [B, G, A], got shape ",
                     sizes_str(distances.sizes()));
   check_dtype(distances, "distances", at::kFloat);
   check_num_anchors(distances.size(2));
@@ -94,8 +91,8 @@ void check_same_device(std::initializer_list<std::pair<const char*, const at::Te
       first = t;
       continue;
     }
-    TORCH_CHECK_VALUE(t->device() == first->device(), name, " is on ", t->device(), " but ",
-                      first_name, " is on ", first->device(), ": all tensors must be on one device");
+    ATSS_CHECK_VALUE(t->device() == first->device(), name, " is on ", t->device().str(), " but ",
+                     first_name, " is on ", first->device().str(), ": all tensors must be on one device");
   }
 }
 
@@ -113,25 +110,25 @@ void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors) {
   // 128-bit sum: level sizes near 2^63 must not wrap around to A.
   unsigned __int128 total = 0;
   for (int64_t n : num_anchors_per_level) {
-    TORCH_CHECK_VALUE(n >= 0, "num_anchors_per_level entries must be >= 0, got ",
+    ATSS_CHECK_VALUE(n >= 0, "num_anchors_per_level entries must be >= 0, got ",
                       sizes_str(num_anchors_per_level));
     total += static_cast<unsigned __int128>(n);
   }
-  TORCH_CHECK_VALUE(total == static_cast<unsigned __int128>(num_anchors), "num_anchors_per_level must sum to A = ", num_anchors,
+  ATSS_CHECK_VALUE(total == static_cast<unsigned __int128>(num_anchors), "num_anchors_per_level must sum to A = ", num(num_anchors),
                     " (anchors.shape[0]), got ", sizes_str(num_anchors_per_level), " summing to ",
                     to_decimal(total));
 }
 
-void check_topk(int64_t topk) { TORCH_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", topk); }
+void check_topk(int64_t topk) { ATSS_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", num(topk)); }
 
 void check_center_eps(double center_eps) {
-  TORCH_CHECK_VALUE(std::isfinite(center_eps), "center_eps must be finite, got ", center_eps);
+  ATSS_CHECK_VALUE(std::isfinite(center_eps), "center_eps must be finite, got ", num(center_eps));
 }
 
 void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch) {
   if (!gt_counts.has_value()) return;
   const at::Tensor& t = *gt_counts;
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, "gt_counts must have shape [B] = [", batch,
+  ATSS_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, "gt_counts must have shape [B] = [", num(batch),
                     "], got shape ", sizes_str(t.sizes()));
   check_dtype(t, "gt_counts", at::kLong);
 }
@@ -140,23 +137,23 @@ void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t b
                         int64_t num_anchors) {
   if (!anchor_valid.has_value()) return;
   const at::Tensor& t = *anchor_valid;
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors,
-                    "anchor_valid must have shape [B, A] = [", batch, ", ", num_anchors,
+  ATSS_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors,
+                    "anchor_valid must have shape [B, A] = [", num(batch), ", ", num(num_anchors),
                     "], got shape ", sizes_str(t.sizes()));
   check_dtype(t, "anchor_valid", at::kBool);
 }
 
 void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt) {
-  TORCH_CHECK_VALUE(
+  ATSS_CHECK_VALUE(
       candidates.dim() == 3 && candidates.size(0) == batch && candidates.size(1) == num_gt,
-      "candidates must have shape [B, G, C] with B = ", batch, ", G = ", num_gt, ", got shape ",
+      "candidates must have shape [B, G, C] with B = ", num(batch), ", G = ", num(num_gt), ", got shape ",
       sizes_str(candidates.sizes()));
   check_dtype(candidates, "candidates", at::kLong);
 }
 
 void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
                           at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(t.sizes() == candidates.sizes(), name, " must have the shape of candidates ",
+  ATSS_CHECK_VALUE(t.sizes() == candidates.sizes(), name, " must have the shape of candidates ",
                     sizes_str(candidates.sizes()), ", got shape ", sizes_str(t.sizes()));
   check_dtype(t, name, dtype);
 }
@@ -166,8 +163,8 @@ void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t 
   const at::Tensor counts = gt_counts->contiguous();
   const int64_t* p = counts.data_ptr<int64_t>();
   for (int64_t b = 0; b < counts.numel(); ++b) {
-    TORCH_CHECK_VALUE(p[b] >= 0 && p[b] <= num_gt, "gt_counts[", b, "] = ", p[b],
-                      " is out of range [0, G = ", num_gt, "]");
+    ATSS_CHECK_VALUE(p[b] >= 0 && p[b] <= num_gt, "gt_counts[", num(b), "] = ", num(p[b]),
+                      " is out of range [0, G = ", num(num_gt), "]");
   }
 }
 
@@ -183,9 +180,9 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
     for (int64_t i = 0; i < num_anchors; ++i) {
       const float* box = ap + 4 * i;
       if (pass == 0) {
-        TORCH_CHECK_VALUE(box_finite(box), "anchors[", i, "] = ", box_str(box), " is not finite");
+        ATSS_CHECK_VALUE(box_finite(box), "anchors[", num(i), "] = ", box_str(box), " is not finite");
       } else {
-        TORCH_CHECK_VALUE(box_ordered(box), "anchors[", i, "] = ", box_str(box),
+        ATSS_CHECK_VALUE(box_ordered(box), "anchors[", num(i), "] = ", box_str(box),
                           " has x2 < x1 or y2 < y1");
       }
     }
@@ -201,10 +198,10 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
       for (int64_t j = 0; j < valid; ++j) {
         const float* box = gp + 4 * (b * num_gt + j);
         if (pass == 0) {
-          TORCH_CHECK_VALUE(box_finite(box), "gt_boxes[", b, ", ", j, "] = ", box_str(box),
+          ATSS_CHECK_VALUE(box_finite(box), "gt_boxes[", num(b), ", ", num(j), "] = ", box_str(box),
                             " is not finite");
         } else {
-          TORCH_CHECK_VALUE(box_ordered(box), "gt_boxes[", b, ", ", j, "] = ", box_str(box),
+          ATSS_CHECK_VALUE(box_ordered(box), "gt_boxes[", num(b), ", ", num(j), "] = ", box_str(box),
                             " has x2 < x1 or y2 < y1");
         }
       }
@@ -219,8 +216,8 @@ void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors) {
   for (int64_t i = 0; i < c.numel(); ++i) {
     if (p[i] < -1 || p[i] >= num_anchors) {
       const int64_t b = i / (G * C), g = (i / C) % G, k = i % C;
-      TORCH_CHECK_VALUE(false, "candidates[", b, ", ", g, ", ", k, "] = ", p[i],
-                        " is out of range [-1, A) with A = ", num_anchors);
+      ATSS_CHECK_VALUE(false, "candidates[", num(b), ", ", num(g), ", ", num(k), "] = ", num(p[i]),
+                        " is out of range [-1, A) with A = ", num(num_anchors));
     }
   }
 }
@@ -270,7 +267,7 @@ void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor&
   check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
   check_same_device({{"candidates", &candidates}, {"candidate_iou", &candidate_iou},
                      {"is_positive", &is_positive}});
-  TORCH_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num_anchors);
+  ATSS_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num(num_anchors));
   check_num_anchors(num_anchors);
 }
 

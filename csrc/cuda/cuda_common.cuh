@@ -113,9 +113,9 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
 // The structural limits of the CUDA kernels beyond the shared checks.
 inline void check_cuda_num_gt(int64_t num_gt) {
   // GT indices travel as 32 bits inside the claim keys.
-  TORCH_CHECK_VALUE(num_gt < std::numeric_limits<int32_t>::max(),
-                    "gt_boxes must hold fewer than 2^31 - 1 boxes per image on CUDA, got G = ",
-                    num_gt);
+  ATSS_CHECK_VALUE(num_gt < std::numeric_limits<int32_t>::max(),
+                   "gt_boxes must hold fewer than 2^31 - 1 boxes per image on CUDA, got G = ",
+                   num(num_gt));
 }
 
 // Bytes of scratch, carved out of one allocation in 256-byte-aligned pieces.

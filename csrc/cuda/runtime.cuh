@@ -27,6 +27,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../common/text.h"
+
 #if defined(ATSS_EMU)
 #include "emu/cuda_emu.h"
 #else
@@ -66,7 +68,7 @@ inline int64_t env_positive(const char* name) {
   if (v == nullptr || *v == '\0') return 0;
   char* end = nullptr;
   const long long n = std::strtoll(v, &end, 10);
-  TORCH_CHECK_VALUE(end != v && *end == '\0' && n > 0, "environment variable ", name, "=", v,
+  ATSS_CHECK_VALUE(end != v && *end == '\0' && n > 0, "environment variable ", name, "=", v,
                     " must be a positive integer");
   return n;
 }

@@ -54,9 +54,9 @@ inline int64_t pick_chunk_len(at::IntArrayRef levels, int64_t rows) {
 inline LevelTable make_level_table(at::IntArrayRef levels, int64_t topk, int64_t rows) {
   int64_t non_empty = 0;
   for (int64_t n : levels) non_empty += n > 0;
-  TORCH_CHECK_VALUE(non_empty <= kMaxLevels,
-                    "num_anchors_per_level: the CUDA kernels take at most ", kMaxLevels,
-                    " non-empty levels, got ", non_empty);
+  ATSS_CHECK_VALUE(non_empty <= kMaxLevels,
+                   "num_anchors_per_level: the CUDA kernels take at most ", num(kMaxLevels),
+                   " non-empty levels, got ", num(non_empty));
   return fill_level_table(levels.data(), levels.size(), topk, pick_chunk_len(levels, rows));
 }
 

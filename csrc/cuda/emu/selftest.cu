@@ -131,7 +131,7 @@ at::Tensor selftest(const std::string& name) {
   } else if (name == "smem_opt_in_over_device_limit") {
     cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024);
   } else {
-    TORCH_CHECK_VALUE(false, "unknown self-test ", name);
+    ATSS_CHECK_VALUE(false, "unknown self-test ", name);
   }
   return out;
 }
