@@ -24,6 +24,7 @@ from cases import (
     emu_available,
     env_vars,
     make_case,
+    multi_scale_anchors,
     op_args,
     random_case,
 )
@@ -160,6 +161,19 @@ def test_chunk_staged_through_several_tiles():
         all_ops_equal_cpu(case, "multi-tile chunk")
     with env_vars(ATSS_NUM_SMS=1, ATSS_MAX_BLOCKS=1):
         all_ops_equal_cpu(case, "multi-tile chunk, one block")
+
+
+def test_levels_of_whole_chunks():
+    """Levels of exactly 4 and 1 chunks of 1,024 anchors (1000 SMs seen): a chunk bound one anchor
+    too far would read the next level's first anchor, whose centre is the GTs' centre, or read past A."""
+    anchors, levels = multi_scale_anchors(256, 1024, (8, 16), [8.0])
+    assert levels == [4096, 1024]
+    gt = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [2.0, 2.0, 14.0, 14.0], [1000.0, 232.0, 1024.0, 256.0],
+                        [300.0, 100.0, 420.0, 180.0]]])
+    case = dict(anchors=anchors, num_anchors_per_level=levels, gt_boxes=gt, gt_counts=None, topk=9,
+                anchor_valid=None, center_eps=0.01)
+    with env_vars(ATSS_NUM_SMS=1000):
+        all_ops_equal_cpu(case, "levels of whole chunks")
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
