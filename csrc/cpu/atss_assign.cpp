@@ -1,19 +1,73 @@
-// The whole contract in one call on the CPU. Distances are computed one level
-// at a time into a per-thread buffer and reduced to candidates at once, so no
-// [B, G, A] tensor exists: time O(B * G * A), memory O(B * A + B * G * C).
+// The whole contract in one call on the CPU, no [B, G, A] tensor: memory
+// O(A + B * A + B * G * C).
+//
+// Candidates (step 3) come from a uniform grid over each level's anchor
+// centres (spatial_index.h), built once per call: time about
+// O(A + B * G * L * k). The scan of steps.h (every anchor of the level per GT,
+// time O(B * G * A)) serves levels too small for the grid to pay off, levels
+// with non-finite centres and GTs with a non-finite centre. Both give the same
+// bits. The environment variable ATSS_CPU_SELECT, read on every call, picks
+// the path (for tests and benchmarks):
+//   unset or "auto"  the grid where it pays off, the scan elsewhere (default)
+//   "index"          the grid on every level it can handle, however small
+//   "index:N"        the same with about N anchors per cell (N >= 1)
+//   "scan"           the scan everywhere
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/checks.h"
+#include "spatial_index.h"
 #include "steps.h"
 
 namespace atss::cpu {
+namespace {
+
+SelectOptions select_options_from_env() {
+  SelectOptions opts;
+  const char* env = std::getenv("ATSS_CPU_SELECT");
+  const std::string v = env != nullptr ? env : "";
+  if (v.empty() || v == "auto") return opts;
+  if (v == "scan") {
+    opts.mode = SelectMode::kScan;
+    return opts;
+  }
+  if (v == "index") {
+    opts.mode = SelectMode::kIndex;
+    return opts;
+  }
+  if (v.rfind("index:", 0) == 0 && v.size() > 6 && v.size() <= 15 &&
+      v.find_first_not_of("0123456789", 6) == std::string::npos) {
+    opts.mode = SelectMode::kIndex;
+    opts.anchors_per_cell = std::stoll(v.substr(6));
+    if (opts.anchors_per_cell >= 1) return opts;
+  }
+  TORCH_CHECK_VALUE(false,
+                    "ATSS_CPU_SELECT must be auto, index, index:N (N >= 1 anchors per cell) or "
+                    "scan, got '", v, "'");
+  return opts;
+}
+
+// Should level n (k = min(topk, n) candidates) get a grid?
+bool wants_grid(const SelectOptions& opts, int64_t n, int64_t k) {
+  switch (opts.mode) {
+    case SelectMode::kScan: return false;
+    case SelectMode::kIndex: return n > 0;
+    case SelectMode::kAuto: return n >= kMinIndexedLevel && k * 8 <= n;
+  }
+  return false;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
     const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
@@ -47,28 +101,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   const int64_t max_level = *std::max_element(levels.begin(), levels.end());
   const int64_t held = std::min(topk, max_level);  // topk itself may be huge
 
+  // One grid per level, shared by the batch: O(A) to build. The grids live
+  // in the calling thread's storage and keep their capacity from call to call
+  // (about 30 bytes per anchor of the largest call), see LevelGrid::build.
+  const SelectOptions opts = select_options_from_env();
+  const std::array<const float*, 2> center_axes{centers.cx.data(), centers.cy.data()};
+  thread_local std::vector<LevelGrid<2>> grid_storage;
+  if (grid_storage.size() < levels.size()) grid_storage.resize(levels.size());
+  const LevelGrid<2>* grids = grid_storage.data();
+  bool any_grid = false;
+  {
+    int64_t start = 0;
+    for (size_t l = 0; l < levels.size(); ++l) {
+      const int64_t n = levels[l];
+      grid_storage[l].build(center_axes, start, n, opts.anchors_per_cell,
+                            wants_grid(opts, n, std::min(topk, n)));
+      any_grid |= grid_storage[l].indexed();
+      start += n;
+    }
+  }
+
   // O(B * G * C) per-GT state between the candidate and the resolution passes.
   std::vector<int64_t> candidates(B * G * C, -1);
   std::vector<float> cand_iou(B * G * C, 0.0f);
   std::unique_ptr<bool[]> positive(new bool[B * G * C]());
   float* thr_p = threshold.data_ptr<float>();
 
-  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> d2(max_level), best_dist(held);
+  // With the grids a GT costs microseconds: batches of GTs per thread keep
+  // small calls from paying for thread wake-ups they cannot amortise.
+  const int64_t grain = any_grid ? 16 : 1;
+  at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> d2, best_dist(held);  // d2: only when a level is scanned
     std::vector<uint32_t> best_keys(held);
+    std::vector<uint64_t> best(held);
+    std::vector<std::pair<uint32_t, int64_t>> ring;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G;
       if (bg % G >= valid_gt_count(cp, b, G)) continue;  // padding: never read
       const float* box = gp + 4 * bg;
-      const float gcx = center_of(box[0], box[2]), gcy = center_of(box[1], box[3]);
+      const float center[2] = {center_of(box[0], box[2]), center_of(box[1], box[3])};
+      // A non-finite GT centre makes NaN distances: the grid's bounds need
+      // finite ones, so such a GT is scanned.
+      const bool finite = std::isfinite(center[0]) && std::isfinite(center[1]);
       int64_t* slots = candidates.data() + bg * C;
       int64_t start = 0;
-      for (int64_t n : levels) {
+      for (size_t l = 0; l < levels.size(); ++l) {
+        const int64_t n = levels[l];
         const int64_t k = std::min(topk, n);
-        if (k > 0) {
-          level_distances(centers, start, n, gcx, gcy, d2.data());
-          select_level(d2.data(), vp ? vp + b * A + start : nullptr, start, n, k,
-                       best_keys.data(), best_dist.data(), slots);
+        const bool* level_valid = vp ? vp + b * A + start : nullptr;
+        if (k > 0 && finite && grids[l].indexed()) {
+          grids[l].select(center, level_valid, k, best.data(), ring, slots);
+          slots += k;
+        } else if (k > 0) {
+          if (d2.empty()) d2.resize(max_level);
+          level_distances(centers, start, n, center[0], center[1], d2.data());
+          select_level(d2.data(), level_valid, start, n, k, best_keys.data(), best_dist.data(),
+                       slots);
           slots += k;
         }
         start += n;
