@@ -108,18 +108,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   const std::array<const float*, 2> center_axes{centers.cx.data(), centers.cy.data()};
   thread_local std::vector<LevelGrid<2>> grid_storage;
   if (grid_storage.size() < levels.size()) grid_storage.resize(levels.size());
-  const LevelGrid<2>* grids = grid_storage.data();
-  bool any_grid = false;
-  {
-    int64_t start = 0;
-    for (size_t l = 0; l < levels.size(); ++l) {
+  // A thread_local named inside the lambdas below would be each worker's own:
+  // they use this pointer to the calling thread's grids.
+  LevelGrid<2>* const grids = grid_storage.data();
+  std::vector<int64_t> level_start(levels.size() + 1, 0);
+  for (size_t l = 0; l < levels.size(); ++l) level_start[l + 1] = level_start[l] + levels[l];
+  // Levels are built side by side (the largest holds about 3/4 of A).
+  at::parallel_for(0, static_cast<int64_t>(levels.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l) {
       const int64_t n = levels[l];
-      grid_storage[l].build(center_axes, start, n, opts.anchors_per_cell,
+      grids[l].build(center_axes, level_start[l], n, opts.anchors_per_cell,
                             wants_grid(opts, n, std::min(topk, n)));
-      any_grid |= grid_storage[l].indexed();
-      start += n;
     }
-  }
+  });
+  bool any_grid = false;
+  for (size_t l = 0; l < levels.size(); ++l) any_grid |= grids[l].indexed();
 
   // O(B * G * C) per-GT state between the candidate and the resolution passes.
   std::vector<int64_t> candidates(B * G * C, -1);

@@ -285,37 +285,53 @@ class LevelGrid {
     const float inf = std::numeric_limits<float>::infinity();
     for (int t = 0; t < D; ++t) {
       coords_[t].resize(n);
-      cell_lo_[t].assign(num_cells, inf);  // an empty cell keeps (inf, -inf): never visited
-      cell_hi_[t].assign(num_cells, -inf);
+      cell_lo_[t].resize(num_cells);  // an empty cell gets (inf, -inf): never visited
+      cell_hi_[t].resize(num_cells);
       above_min_[t].assign(dims_[t], inf);  // an empty slab keeps inf / -inf
       below_max_[t].assign(dims_[t], -inf);
     }
     int32_t* member = member_.data();
+    std::array<float*, D> coords;
+    for (int t = 0; t < D; ++t) coords[t] = coords_[t].data();
     for (int64_t i = 0; i < n; ++i) {
       const int64_t m = next[cell_of[i]]++;
       member[m] = static_cast<int32_t>(i);  // n <= A < 2^31 (check_num_anchors)
+      for (int t = 0; t < D; ++t) coords[t][m] = centers[t][start_ + i];
     }
-    for (int t = 0; t < D; ++t) {
-      const float* c = centers[t] + start_;
-      float* out = coords_[t].data();
-      float* lo = cell_lo_[t].data();
-      float* hi = cell_hi_[t].data();
-      for (int64_t i = 0; i < n; ++i) {
-        const int32_t cell = cell_of[i];
-        lo[cell] = std::min(lo[cell], c[i]);
-        hi[cell] = std::max(hi[cell], c[i]);
-      }
-      for (int64_t m = 0; m < n; ++m) out[m] = c[member[m]];
-    }
-    // Slab extremes from the cells', in grid order with the cell's grid
-    // coordinates `idx` kept alongside.
-    std::array<int64_t, D> idx{};
+    // Each cell's extreme member centres, the running values in registers.
     for (int64_t cell = 0; cell < num_cells; ++cell) {
-      for (int t = 0; t < D; ++t) {
-        above_min_[t][idx[t]] = std::min(above_min_[t][idx[t]], cell_lo_[t][cell]);
-        below_max_[t][idx[t]] = std::max(below_max_[t][idx[t]], cell_hi_[t][cell]);
+      std::array<float, D> lo, hi;
+      lo.fill(inf);
+      hi.fill(-inf);
+      for (int64_t m = begin[cell]; m < begin[cell + 1]; ++m) {
+        for (int t = 0; t < D; ++t) {
+          lo[t] = std::min(lo[t], coords[t][m]);
+          hi[t] = std::max(hi[t], coords[t][m]);
+        }
       }
-      for (int t = 0; t < D && ++idx[t] == dims_[t]; ++t) idx[t] = 0;
+      for (int t = 0; t < D; ++t) {
+        cell_lo_[t][cell] = lo[t];
+        cell_hi_[t][cell] = hi[t];
+      }
+    }
+    // Slab extremes from the cells'. Along axis t, cell = (outer * dims + j) *
+    // stride + inner with j its slab: three plain loops, no division.
+    for (int t = 0; t < D; ++t) {
+      const int64_t dim = dims_[t], stride = stride_[t], outer = num_cells / (dim * stride);
+      const float* lo = cell_lo_[t].data();
+      const float* hi = cell_hi_[t].data();
+      for (int64_t o = 0; o < outer; ++o) {
+        for (int64_t j = 0; j < dim; ++j) {
+          const int64_t base = (o * dim + j) * stride;
+          float slab_lo = above_min_[t][j], slab_hi = below_max_[t][j];
+          for (int64_t inner = 0; inner < stride; ++inner) {
+            slab_lo = std::min(slab_lo, lo[base + inner]);
+            slab_hi = std::max(slab_hi, hi[base + inner]);
+          }
+          above_min_[t][j] = slab_lo;
+          below_max_[t][j] = slab_hi;
+        }
+      }
     }
     for (int t = 0; t < D; ++t) {
       for (int64_t j = dims_[t] - 2; j >= 0; --j)
