@@ -137,6 +137,37 @@ def test_invalid_switch_names_the_variable(value, monkeypatch):
         torch.ops.atss_ops.atss_assign(*case_args(case))
 
 
+def test_grids_reused_only_for_identical_anchors(monkeypatch):
+    """The fused op keeps the last call's grids per thread and reuses them only when the anchors'
+    bits, the level sizes and the settings are all unchanged: every change below must rebuild."""
+    case = random_case(9, 2, 25, 256, 384, strides=(8, 16, 32), counts=True, valid=0.8)
+    anchors = case["anchors"]
+    monkeypatch.setenv(ENV, "index:2")
+    op = torch.ops.atss_ops.atss_assign
+
+    def expect_scan(what):
+        got = op(*case_args(case))
+        assert_bits_equal(got, fused(case, "scan", monkeypatch), what)
+        monkeypatch.setenv(ENV, "index:2")
+        assert_bits_equal(op(*case_args(case)), got, f"{what}, reused")  # the same grids, kept
+
+    expect_scan("first call")
+    case["anchors"] = anchors.clone()
+    expect_scan("equal anchors, another tensor")
+    case["anchors"][100, 0] = torch.nextafter(case["anchors"][100, 0], torch.tensor(-1e9))  # one ulp
+    case["anchors"][100, 2] = torch.nextafter(case["anchors"][100, 2], torch.tensor(-1e9))
+    expect_scan("one centre moved by an ulp")
+    case["anchors"].add_(0.5)  # in place: same storage, new values
+    expect_scan("anchors changed in place")
+    levels = case["num_anchors_per_level"]
+    case["num_anchors_per_level"] = [levels[0] - 7, levels[1] + 7, levels[2]]
+    expect_scan("same anchors, other level sizes")
+    case["topk"] = 300  # above n / 8 on the smallest level: auto would scan it, index:2 does not
+    expect_scan("other topk")
+    monkeypatch.setenv(ENV, "auto")
+    assert_bits_equal(op(*case_args(case)), fused(case, "scan", monkeypatch), "auto after index:2")
+
+
 # --------------------------------------------------------------------------- adversarial layouts
 
 

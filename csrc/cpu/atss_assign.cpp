@@ -21,6 +21,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -67,6 +68,66 @@ bool wants_grid(const SelectOptions& opts, int64_t n, int64_t k) {
   return false;
 }
 
+// The anchor centres and per-level grids of the last call on this thread.
+// Training calls atss_assign with the same anchors at every step: when the
+// anchors' bytes, the level sizes and the grid settings all equal the last
+// call's, the centres and grids, a function of exactly these, are reused as
+// they are, which takes the O(A) build off the call; any difference, down to
+// one bit, rebuilds them. Held per calling thread (no locking): about 60 bytes
+// per anchor of the thread's last call.
+class AnchorGrids {
+ public:
+  // Makes centers() and grid(l) those of `anchors` ([A, 4], contiguous).
+  void update(const float* anchors, int64_t num_anchors, const std::vector<int64_t>& levels,
+              const SelectOptions& opts, int64_t topk) {
+    std::vector<bool> wanted(levels.size());
+    bool any_wanted = false;
+    for (size_t l = 0; l < levels.size(); ++l) {
+      wanted[l] = wants_grid(opts, levels[l], std::min(topk, levels[l]));
+      any_wanted |= wanted[l];
+    }
+    const int64_t per_cell = any_wanted ? opts.anchors_per_cell : 0;
+    const size_t bytes = sizeof(float) * 4 * static_cast<size_t>(num_anchors);
+    if (ready_ && levels == levels_ && wanted == wanted_ && per_cell == anchors_per_cell_ &&
+        anchors_.size() == 4 * static_cast<size_t>(num_anchors) &&
+        std::memcmp(anchors_.data(), anchors, bytes) == 0) {
+      return;
+    }
+    ready_ = false;  // stays false if anything below throws
+    anchors_.assign(anchors, anchors + 4 * num_anchors);
+    levels_ = levels;
+    wanted_ = wanted;
+    anchors_per_cell_ = per_cell;
+    centers_.emplace(anchors, num_anchors);
+    if (grids_.size() < levels.size()) grids_.resize(levels.size());
+    std::vector<int64_t> start(levels.size() + 1, 0);
+    for (size_t l = 0; l < levels.size(); ++l) start[l + 1] = start[l] + levels[l];
+    const std::array<const float*, 2> axes{centers_->cx.data(), centers_->cy.data()};
+    LevelGrid<2>* const grids = grids_.data();
+    // Levels are built side by side (the largest holds about 3/4 of A).
+    at::parallel_for(0, static_cast<int64_t>(levels.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t l = begin; l < end; ++l)
+        grids[l].build(axes, start[l], levels[l], opts.anchors_per_cell, wanted[l]);
+    });
+    any_grid_ = false;
+    for (size_t l = 0; l < levels.size(); ++l) any_grid_ |= grids_[l].indexed();
+    ready_ = true;
+  }
+
+  const AnchorCenters& centers() const { return *centers_; }
+  const LevelGrid<2>& grid(size_t level) const { return grids_[level]; }
+  bool any_grid() const { return any_grid_; }
+
+ private:
+  std::vector<float> anchors_;  // the anchors of the grids, bit for bit
+  std::vector<int64_t> levels_;
+  std::vector<bool> wanted_;
+  int64_t anchors_per_cell_ = 0;
+  bool ready_ = false, any_grid_ = false;
+  std::optional<AnchorCenters> centers_;
+  std::vector<LevelGrid<2>> grids_;  // keep their capacity between builds
+};
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
@@ -95,34 +156,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   const bool* vp = valid ? valid->data_ptr<bool>() : nullptr;
   const float* ap = a.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
-  const AnchorCenters centers(ap, A);
   const float eps = static_cast<float>(center_eps);
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
   const int64_t max_level = *std::max_element(levels.begin(), levels.end());
   const int64_t held = std::min(topk, max_level);  // topk itself may be huge
 
-  // One grid per level, shared by the batch: O(A) to build. The grids live
-  // in the calling thread's storage and keep their capacity from call to call
-  // (about 30 bytes per anchor of the largest call), see LevelGrid::build.
-  const SelectOptions opts = select_options_from_env();
-  const std::array<const float*, 2> center_axes{centers.cx.data(), centers.cy.data()};
-  thread_local std::vector<LevelGrid<2>> grid_storage;
-  if (grid_storage.size() < levels.size()) grid_storage.resize(levels.size());
-  // A thread_local named inside the lambdas below would be each worker's own:
-  // they use this pointer to the calling thread's grids.
-  LevelGrid<2>* const grids = grid_storage.data();
-  std::vector<int64_t> level_start(levels.size() + 1, 0);
-  for (size_t l = 0; l < levels.size(); ++l) level_start[l + 1] = level_start[l] + levels[l];
-  // Levels are built side by side (the largest holds about 3/4 of A).
-  at::parallel_for(0, static_cast<int64_t>(levels.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t l = begin; l < end; ++l) {
-      const int64_t n = levels[l];
-      grids[l].build(center_axes, level_start[l], n, opts.anchors_per_cell,
-                            wants_grid(opts, n, std::min(topk, n)));
-    }
-  });
-  bool any_grid = false;
-  for (size_t l = 0; l < levels.size(); ++l) any_grid |= grids[l].indexed();
+  // One grid per level, shared by the batch: O(A) to build, or to find
+  // unchanged since this thread's last call (see AnchorGrids).
+  thread_local AnchorGrids anchor_grids;
+  anchor_grids.update(ap, A, levels, select_options_from_env(), topk);
+  // The lambdas below use these references: a thread_local named inside them
+  // would be each worker thread's own.
+  const AnchorGrids& shared = anchor_grids;
+  const AnchorCenters& centers = shared.centers();
+  const bool any_grid = shared.any_grid();
 
   // O(B * G * C) per-GT state between the candidate and the resolution passes.
   std::vector<int64_t> candidates(B * G * C, -1);
@@ -152,8 +199,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
         const int64_t n = levels[l];
         const int64_t k = std::min(topk, n);
         const bool* level_valid = vp ? vp + b * A + start : nullptr;
-        if (k > 0 && finite && grids[l].indexed()) {
-          grids[l].select(center, level_valid, k, best.data(), ring, slots);
+        if (k > 0 && finite && shared.grid(l).indexed()) {
+          shared.grid(l).select(center, level_valid, k, best.data(), ring, slots);
           slots += k;
         } else if (k > 0) {
           if (d2.empty()) d2.resize(max_level);
