@@ -94,18 +94,18 @@ template <int D>
 class LevelGrid {
  public:
   // (Re)builds the grid over the anchors [start, start + n) whose centre
-  // coordinates along axis t are centers[t][start + i]; `build` false, or
+  // coordinates along axis t are centers[t][start + i]; `wanted` false, or
   // non-finite centres, leave the level unindexed (indexed() false). A grid
   // object keeps its buffers' capacity between builds, so a caller that
   // reuses it (atss_assign.cpp keeps one set per thread) allocates nothing in
   // the steady state: fresh multi-megabyte buffers on every call cost more in
   // page faults than the build itself.
   void build(const std::array<const float*, D>& centers, int64_t start, int64_t n,
-             int64_t anchors_per_cell, bool build) {
+             int64_t anchors_per_cell, bool wanted) {
     start_ = start;
     n_ = n;
     indexed_ = false;
-    if (!build || n <= 0) return;
+    if (!wanted || n <= 0) return;
     std::array<float, D> lo, hi;
     for (int t = 0; t < D; ++t) {
       lo[t] = std::numeric_limits<float>::infinity();
