@@ -65,7 +65,7 @@ CASES = {
     "aerial-b2-g1000": (2, 1000, 1600, 2560),
 }
 # Image sizes of the growth curve (B=2, G=100).
-GROWTH_SIZES = [(640, 640), (800, 800), (800, 1344), (1024, 1024), (1280, 1280), (1333, 2000), (1600, 2560)]
+GROWTH_SIZES = [(640, 640), (800, 800), (1024, 1024), (800, 1344), (1280, 1280), (1333, 2000), (1600, 2560)]
 
 
 # --------------------------------------------------------------------------- MMDetection
@@ -262,7 +262,7 @@ def print_table(rows: List[Dict]) -> None:
               f"{ratio('chained_over_index'):>13} {ratio('mmdet_over_index'):>11} {ratio('mmdet_over_index_rebuild'):>13}")
 
 
-def plot_growth(rows: List[Dict], path: str) -> bool:
+def plot_growth(rows: List[Dict], path: str, threads: int) -> bool:
     try:
         import matplotlib
 
@@ -280,7 +280,7 @@ def plot_growth(rows: List[Dict], path: str) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("image size (pixels, 640x640 to 1600x2560)")
     ax.set_ylabel("fused atss_assign, median ms")
-    ax.set_title("CPU atss_assign, B=2 G=100, strides 8-128")
+    ax.set_title(f"CPU atss_assign, B=2 G=100, strides 8-128, {threads} thread{'s' if threads > 1 else ''}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -294,11 +294,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-growth", dest="growth", action="store_false", help="skip the image-size sweep")
     p.add_argument("--no-mmdet", dest="mmdet", action="store_false", help="leave MMDetection out even if installed")
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per case")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's). On a shared machine, 1 keeps other "
+                        "processes' load from stalling every parallel region on a descheduled worker")
     p.add_argument("--out", default="benchmarks/results", help="folder for index.json and index.png")
     args = p.parse_args(argv)
     if not atss_ops.has_kernel("atss_assign", "cpu"):
         print(f"the compiled extension is not available: {atss_ops.ops.EXTENSION_ERROR}", file=sys.stderr)
         return 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     mmdet_cls = load_mmdet_atss_assigner() if args.mmdet else None
     env = environment()
     env["mmdet"] = None
@@ -345,7 +350,7 @@ def main(argv=None) -> int:
         print(f"{g['from']} -> {g['to']} ({g['anchors_ratio']:.1f}x the anchors): index {g['index_slowdown']:.1f}x "
               f"slower (grids rebuilt: {g['index_rebuild_slowdown']:.1f}x), scan {g['scan_slowdown']:.1f}x slower")
         png = os.path.join(args.out, "index.png")
-        if plot_growth(growth, png):
+        if plot_growth(growth, png, env["threads"]):
             print(f"plot: {png}")
     ok = all(r["index_equals_scan"] for r in rows + growth)
     if not ok:
