@@ -177,9 +177,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   std::unique_ptr<bool[]> positive(new bool[B * G * C]());
   float* thr_p = threshold.data_ptr<float>();
 
-  // With the grids a GT costs microseconds: batches of GTs per thread keep
-  // small calls from paying for thread wake-ups they cannot amortise.
-  const int64_t grain = any_grid ? 16 : 1;
+  // With the grids a GT costs a microsecond or two: at least 64 GTs per
+  // thread, so that a small call (B=2, G=20) runs on one thread rather than
+  // pay a wake-up and join it cannot amortise (or, on a loaded machine, wait
+  // for a descheduled worker).
+  const int64_t grain = any_grid ? 64 : 1;
   at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> d2, best_dist(held);  // d2: only when a level is scanned
     std::vector<uint32_t> best_keys(held);
