@@ -2,8 +2,9 @@
 // O(A + B * A + B * G * C).
 //
 // Candidates (step 3) come from a uniform grid over each level's anchor
-// centres (spatial_index.h), built once per call: time about
-// O(A + B * G * L * k). The scan of steps.h (every anchor of the level per GT,
+// centres (spatial_index.h), built once per call and shared by the batch, or
+// reused from the thread's previous call when the anchors are bit for bit the
+// same (AnchorGrids): time about O(A + B * G * L * k). The scan of steps.h (every anchor of the level per GT,
 // time O(B * G * A)) serves levels too small for the grid to pay off, levels
 // with non-finite centres and GTs with a non-finite centre. Both give the same
 // bits. The environment variable ATSS_CPU_SELECT, read on every call, picks
