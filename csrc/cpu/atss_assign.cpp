@@ -105,8 +105,11 @@ class AnchorGrids {
     for (size_t l = 0; l < levels.size(); ++l) start[l + 1] = start[l] + levels[l];
     const std::array<const float*, 2> axes{centers_->cx.data(), centers_->cy.data()};
     LevelGrid<2>* const grids = grids_.data();
-    // Levels are built side by side (the largest holds about 3/4 of A).
-    at::parallel_for(0, static_cast<int64_t>(levels.size()), 1, [&](int64_t begin, int64_t end) {
+    // Levels are built side by side (the largest holds about 3/4 of A), once
+    // there is enough of them to pay for a second thread.
+    const int64_t num_levels = static_cast<int64_t>(levels.size());
+    const int64_t levels_per_thread = num_anchors >= (int64_t{1} << 16) ? 1 : num_levels;
+    at::parallel_for(0, num_levels, levels_per_thread, [&](int64_t begin, int64_t end) {
       for (int64_t l = begin; l < end; ++l)
         grids[l].build(axes, start[l], levels[l], opts.anchors_per_cell, wanted[l]);
     });
@@ -141,12 +144,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   check_box_values(anchors, gt_boxes, gt_counts);
 
   const auto f32 = anchors.options();
-  at::Tensor gt_index = at::full({B, A}, -1, f32.dtype(at::kLong));
-  at::Tensor iou = at::zeros({B, A}, f32);
+  // gt_index and iou ([B, A]) are filled image by image in the resolution
+  // pass below, in the same parallel region, rather than by a separate
+  // parallel fill.
+  at::Tensor gt_index = at::empty({B, A}, f32.dtype(at::kLong));
+  at::Tensor iou = at::empty({B, A}, f32);
   at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32);
   at::Tensor num_positive = at::zeros({B, G}, f32.dtype(at::kLong));
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
-  if (B * G * A == 0) return {gt_index, iou, threshold, num_positive};
+  if (B * G * A == 0) {
+    gt_index.fill_(-1);
+    iou.zero_();
+    return {gt_index, iou, threshold, num_positive};
+  }
 
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();
@@ -222,8 +232,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   int64_t* gi = gt_index.data_ptr<int64_t>();
   float* io = iou.data_ptr<float>();
   int64_t* np = num_positive.data_ptr<int64_t>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  // An image costs O(A + G * C): small images share a thread.
+  const int64_t images_per_thread = std::max<int64_t>(1, (int64_t{1} << 16) / (A + G * C));
+  at::parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
+      std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});  // resolve_image's starting state
+      std::fill(io + b * A, io + (b + 1) * A, 0.0f);
       const int64_t off = b * G * C;
       resolve_image(candidates.data() + off, cand_iou.data() + off, positive.get() + off, G, C, A,
                     gi + b * A, io + b * A, np + b * G);
