@@ -220,9 +220,17 @@ def atss_assign(
         - ``num_positive`` ``Tensor[B, G]`` int64: anchors finally assigned to each
           GT; 0 for padding.
 
-    Complexity: time O(B·G·A); memory O(B·A + B·G·C) with ``C = sum_l
-    min(topk, N_l)``: no ``[B, G, A]`` tensor is ever built by the kernels (the
-    pure-PyTorch fallback does build them). Deterministic: the same inputs give
+    Complexity: memory O(B·A + B·G·C) with ``C = sum_l min(topk, N_l)``: no
+    ``[B, G, A]`` tensor is ever built by the kernels (the pure-PyTorch
+    fallback does build them). Time: O(B·G·A) on CUDA. On the CPU, about
+    O(A + B·G·L·k): a uniform grid over each level's anchor centres (built
+    once per call, or reused when the calling thread's previous call had
+    bit-for-bit the same anchors) finds each GT's candidates without scanning
+    the level. It is exact: the scan's bits, ties included, on any layout.
+    The environment variable ``ATSS_CPU_SELECT``, read on every call, picks
+    the CPU path for tests and benchmarks: ``auto`` (default), ``index``,
+    ``index:N`` (about N anchors per cell) or ``scan`` (every anchor,
+    O(B·G·A)). Deterministic: the same inputs give
     the same bits on every run, thread count and device. No host sync on CUDA
     unless ``check_inputs=True``; runs under ``torch.compile(fullgraph=True)``
     and CUDA graph capture.

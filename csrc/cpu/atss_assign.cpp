@@ -1,19 +1,138 @@
-// The whole contract in one call on the CPU. Distances are computed one level
-// at a time into a per-thread buffer and reduced to candidates at once, so no
-// [B, G, A] tensor exists: time O(B * G * A), memory O(B * A + B * G * C).
+// The whole contract in one call on the CPU, no [B, G, A] tensor: memory
+// O(A + B * A + B * G * C).
+//
+// Candidates (step 3) come from a uniform grid over each level's anchor
+// centres (spatial_index.h), built once per call and shared by the batch, or
+// reused from the thread's previous call when the anchors are bit for bit the
+// same (AnchorGrids): time about O(A + B * G * L * k). The scan of steps.h (every anchor of the level per GT,
+// time O(B * G * A)) serves levels too small for the grid to pay off, levels
+// with non-finite centres and GTs with a non-finite centre. Both give the same
+// bits. The environment variable ATSS_CPU_SELECT, read on every call, picks
+// the path (for tests and benchmarks):
+//   unset or "auto"  the grid where it pays off, the scan elsewhere (default)
+//   "index"          the grid on every level it can handle, however small
+//   "index:N"        the same with about N anchors per cell (N >= 1)
+//   "scan"           the scan everywhere
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/checks.h"
+#include "spatial_index.h"
 #include "steps.h"
 
 namespace atss::cpu {
+namespace {
+
+SelectOptions select_options_from_env() {
+  SelectOptions opts;
+  const char* env = std::getenv("ATSS_CPU_SELECT");
+  const std::string v = env != nullptr ? env : "";
+  if (v.empty() || v == "auto") return opts;
+  if (v == "scan") {
+    opts.mode = SelectMode::kScan;
+    return opts;
+  }
+  if (v == "index") {
+    opts.mode = SelectMode::kIndex;
+    return opts;
+  }
+  if (v.rfind("index:", 0) == 0 && v.size() > 6 && v.size() <= 15 &&
+      v.find_first_not_of("0123456789", 6) == std::string::npos) {
+    opts.mode = SelectMode::kIndex;
+    opts.anchors_per_cell = std::stoll(v.substr(6));
+    if (opts.anchors_per_cell >= 1) return opts;
+  }
+  TORCH_CHECK_VALUE(false,
+                    "ATSS_CPU_SELECT must be auto, index, index:N (N >= 1 anchors per cell) or "
+                    "scan, got '", v, "'");
+  return opts;
+}
+
+// Should level n (k = min(topk, n) candidates) get a grid?
+bool wants_grid(const SelectOptions& opts, int64_t n, int64_t k) {
+  switch (opts.mode) {
+    case SelectMode::kScan: return false;
+    case SelectMode::kIndex: return n > 0;
+    case SelectMode::kAuto: return n >= kMinIndexedLevel && k * 8 <= n;
+  }
+  return false;
+}
+
+// The anchor centres and per-level grids of the last call on this thread.
+// Training calls atss_assign with the same anchors at every step: when the
+// anchors' bytes, the level sizes and the grid settings all equal the last
+// call's, the centres and grids, a function of exactly these, are reused as
+// they are, which takes the O(A) build off the call; any difference, down to
+// one bit, rebuilds them. Held per calling thread (no locking): about 60 bytes
+// per anchor of the thread's last call.
+class AnchorGrids {
+ public:
+  // Makes centers() and grid(l) those of `anchors` ([A, 4], contiguous).
+  void update(const float* anchors, int64_t num_anchors, const std::vector<int64_t>& levels,
+              const SelectOptions& opts, int64_t topk) {
+    std::vector<bool> wanted(levels.size());
+    bool any_wanted = false;
+    for (size_t l = 0; l < levels.size(); ++l) {
+      wanted[l] = wants_grid(opts, levels[l], std::min(topk, levels[l]));
+      any_wanted |= wanted[l];
+    }
+    const int64_t per_cell = any_wanted ? opts.anchors_per_cell : 0;
+    const size_t bytes = sizeof(float) * 4 * static_cast<size_t>(num_anchors);
+    if (ready_ && levels == levels_ && wanted == wanted_ && per_cell == anchors_per_cell_ &&
+        anchors_.size() == 4 * static_cast<size_t>(num_anchors) &&
+        std::memcmp(anchors_.data(), anchors, bytes) == 0) {
+      return;
+    }
+    ready_ = false;  // stays false if anything below throws
+    anchors_.assign(anchors, anchors + 4 * num_anchors);
+    levels_ = levels;
+    wanted_ = wanted;
+    anchors_per_cell_ = per_cell;
+    centers_.emplace(anchors, num_anchors);
+    if (grids_.size() < levels.size()) grids_.resize(levels.size());
+    std::vector<int64_t> start(levels.size() + 1, 0);
+    for (size_t l = 0; l < levels.size(); ++l) start[l + 1] = start[l] + levels[l];
+    const std::array<const float*, 2> axes{centers_->cx.data(), centers_->cy.data()};
+    LevelGrid<2>* const grids = grids_.data();
+    // Levels are built side by side (the largest holds about 3/4 of A), once
+    // there is enough of them to pay for a second thread.
+    const int64_t num_levels = static_cast<int64_t>(levels.size());
+    const int64_t levels_per_thread = num_anchors >= (int64_t{1} << 16) ? 1 : num_levels;
+    at::parallel_for(0, num_levels, levels_per_thread, [&](int64_t begin, int64_t end) {
+      for (int64_t l = begin; l < end; ++l)
+        grids[l].build(axes, start[l], levels[l], opts.anchors_per_cell, wanted[l]);
+    });
+    any_grid_ = false;
+    for (size_t l = 0; l < levels.size(); ++l) any_grid_ |= grids_[l].indexed();
+    ready_ = true;
+  }
+
+  const AnchorCenters& centers() const { return *centers_; }
+  const LevelGrid<2>& grid(size_t level) const { return grids_[level]; }
+  bool any_grid() const { return any_grid_; }
+
+ private:
+  std::vector<float> anchors_;  // the anchors of the grids, bit for bit
+  std::vector<int64_t> levels_;
+  std::vector<bool> wanted_;
+  int64_t anchors_per_cell_ = 0;
+  bool ready_ = false, any_grid_ = false;
+  std::optional<AnchorCenters> centers_;
+  std::vector<LevelGrid<2>> grids_;  // keep their capacity between builds
+};
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
     const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
@@ -25,12 +144,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   check_box_values(anchors, gt_boxes, gt_counts);
 
   const auto f32 = anchors.options();
-  at::Tensor gt_index = at::full({B, A}, -1, f32.dtype(at::kLong));
-  at::Tensor iou = at::zeros({B, A}, f32);
+  // gt_index and iou ([B, A]) are filled image by image in the resolution
+  // pass below, in the same parallel region, rather than by a separate
+  // parallel fill.
+  at::Tensor gt_index = at::empty({B, A}, f32.dtype(at::kLong));
+  at::Tensor iou = at::empty({B, A}, f32);
   at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32);
   at::Tensor num_positive = at::zeros({B, G}, f32.dtype(at::kLong));
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
-  if (B * G * A == 0) return {gt_index, iou, threshold, num_positive};
+  if (B * G * A == 0) {
+    gt_index.fill_(-1);
+    iou.zero_();
+    return {gt_index, iou, threshold, num_positive};
+  }
 
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();
@@ -41,11 +167,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   const bool* vp = valid ? valid->data_ptr<bool>() : nullptr;
   const float* ap = a.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
-  const AnchorCenters centers(ap, A);
   const float eps = static_cast<float>(center_eps);
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
   const int64_t max_level = *std::max_element(levels.begin(), levels.end());
   const int64_t held = std::min(topk, max_level);  // topk itself may be huge
+
+  // One grid per level, shared by the batch: O(A) to build, or to find
+  // unchanged since this thread's last call (see AnchorGrids).
+  thread_local AnchorGrids anchor_grids;
+  anchor_grids.update(ap, A, levels, select_options_from_env(), topk);
+  // The lambdas below use these references: a thread_local named inside them
+  // would be each worker thread's own.
+  const AnchorGrids& shared = anchor_grids;
+  const AnchorCenters& centers = shared.centers();
+  const bool any_grid = shared.any_grid();
 
   // O(B * G * C) per-GT state between the candidate and the resolution passes.
   std::vector<int64_t> candidates(B * G * C, -1);
@@ -53,22 +188,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   std::unique_ptr<bool[]> positive(new bool[B * G * C]());
   float* thr_p = threshold.data_ptr<float>();
 
-  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> d2(max_level), best_dist(held);
+  // With the grids a GT costs a microsecond or two: at least 64 GTs per
+  // thread, so that a small call (B=2, G=20) runs on one thread rather than
+  // pay a wake-up and join it cannot amortise (or, on a loaded machine, wait
+  // for a descheduled worker).
+  const int64_t grain = any_grid ? 64 : 1;
+  at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> d2, best_dist(held);  // d2: only when a level is scanned
     std::vector<uint32_t> best_keys(held);
+    std::vector<uint64_t> best(held);
+    std::vector<std::pair<uint32_t, int64_t>> ring;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G;
       if (bg % G >= valid_gt_count(cp, b, G)) continue;  // padding: never read
       const float* box = gp + 4 * bg;
-      const float gcx = center_of(box[0], box[2]), gcy = center_of(box[1], box[3]);
+      const float center[2] = {center_of(box[0], box[2]), center_of(box[1], box[3])};
+      // A non-finite GT centre makes NaN distances: the grid's bounds need
+      // finite ones, so such a GT is scanned.
+      const bool finite = std::isfinite(center[0]) && std::isfinite(center[1]);
       int64_t* slots = candidates.data() + bg * C;
       int64_t start = 0;
-      for (int64_t n : levels) {
+      for (size_t l = 0; l < levels.size(); ++l) {
+        const int64_t n = levels[l];
         const int64_t k = std::min(topk, n);
-        if (k > 0) {
-          level_distances(centers, start, n, gcx, gcy, d2.data());
-          select_level(d2.data(), vp ? vp + b * A + start : nullptr, start, n, k,
-                       best_keys.data(), best_dist.data(), slots);
+        const bool* level_valid = vp ? vp + b * A + start : nullptr;
+        if (k > 0 && finite && shared.grid(l).indexed()) {
+          shared.grid(l).select(center, level_valid, k, best.data(), ring, slots);
+          slots += k;
+        } else if (k > 0) {
+          if (d2.empty()) d2.resize(max_level);
+          level_distances(centers, start, n, center[0], center[1], d2.data());
+          select_level(d2.data(), level_valid, start, n, k, best_keys.data(), best_dist.data(),
+                       slots);
           slots += k;
         }
         start += n;
@@ -81,8 +232,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   int64_t* gi = gt_index.data_ptr<int64_t>();
   float* io = iou.data_ptr<float>();
   int64_t* np = num_positive.data_ptr<int64_t>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  // An image costs O(A + G * C): small images share a thread.
+  const int64_t images_per_thread = std::max<int64_t>(1, (int64_t{1} << 16) / (A + G * C));
+  at::parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
+      std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});  // resolve_image's starting state
+      std::fill(io + b * A, io + (b + 1) * A, 0.0f);
       const int64_t off = b * G * C;
       resolve_image(candidates.data() + off, cand_iou.data() + off, positive.get() + off, G, C, A,
                     gi + b * A, io + b * A, np + b * G);
