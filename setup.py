@@ -60,16 +60,17 @@ def _extension():
     if _want_cuda():
         cu = _sources("csrc/cuda/*.cu")
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(detected from the visible GPUs)")
-        print(f"atss_ops: building CPU + CUDA kernels ({len(cpp)} C++ and {len(cu)} CUDA files, "
-              f"CUDA {torch.version.cuda}, archs {arch}, CUDA_HOME={CUDA_HOME})")
+        print(
+            f"atss_ops: building CPU + CUDA kernels ({len(cpp)} C++ and {len(cu)} CUDA files, "
+            f"CUDA {torch.version.cuda}, archs {arch}, CUDA_HOME={CUDA_HOME})"
+        )
         return CUDAExtension(
             "atss_ops._C",
             cpp + cu,
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-fmad=false", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )
-    print(f"atss_ops: building CPU kernels only ({len(cpp)} C++ files); "
-          "set FORCE_CUDA=1 to build the CUDA kernels")
+    print(f"atss_ops: building CPU kernels only ({len(cpp)} C++ files); set FORCE_CUDA=1 to build the CUDA kernels")
     return CppExtension("atss_ops._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
 
 

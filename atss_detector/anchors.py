@@ -76,8 +76,11 @@ class BoxCoder:
     prediction cannot overflow ``exp``.
     """
 
-    def __init__(self, weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
-                 max_log_scale: float = math.log(1000.0 / 16)):
+    def __init__(
+        self,
+        weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        max_log_scale: float = math.log(1000.0 / 16),
+    ):
         self.weights = weights
         self.max_log_scale = max_log_scale
 

@@ -83,11 +83,16 @@ TRAIN_FLAGS = (
     ("--data", "data", "data", str, None, "'synthetic' or a COCO-format directory (layouts: see README)"),
     ("--train-split", "data", "train_split", str, None, "training split name"),
     ("--val-split", "data", "val_split", str, None, "validation split name"),
-    ("--image-size", "data", "image_size", _positive, None,
-     "COCO: shorter side; synthetic: longer side of generated images"),
+    (
+        "--image-size",
+        "data",
+        "image_size",
+        _positive,
+        None,
+        "COCO: shorter side; synthetic: longer side of generated images",
+    ),
     ("--max-size", "data", "max_size", _positive, None, "COCO: cap on the longer side"),
-    ("--num-workers", "data", "num_workers", _non_negative, None,
-     "data-loader worker processes (capped at the cores)"),
+    ("--num-workers", "data", "num_workers", _non_negative, None, "data-loader worker processes (capped at the cores)"),
     ("--train-images", "data", "synthetic_train_images", _positive, None, "synthetic training images"),
     ("--val-images", "data", "synthetic_val_images", _positive, None, "synthetic validation images"),
     ("--data-seed", "data", "synthetic_seed", int, None, "seed of the synthetic images"),
@@ -130,26 +135,46 @@ def _dest(flag: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="atss-detector", description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2],
+        prog="atss-detector",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (and evaluate on the val split at the end)")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                       help="base settings: full (one GPU, default), demo (2-core CPU), tiny (tests)")
+    train.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="full",
+        help="base settings: full (one GPU, default), demo (2-core CPU), tiny (tests)",
+    )
     for flag, _, _, kind, choices, help_text in TRAIN_FLAGS:
-        train.add_argument(flag, type=kind, choices=choices, default=None, help=help_text,
-                           metavar="{" + ",".join(map(str, choices)) + "}" if choices else None)
-    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                       help="continue a run (default: OUTPUT_DIR/checkpoint.pt)")
+        train.add_argument(
+            flag,
+            type=kind,
+            choices=choices,
+            default=None,
+            help=help_text,
+            metavar="{" + ",".join(map(str, choices)) + "}" if choices else None,
+        )
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue a run (default: OUTPUT_DIR/checkpoint.pt)",
+    )
 
     evaluate = commands.add_parser("eval", help="COCO metrics of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data", default=None, help="dataset (default: the training run's)")
     evaluate.add_argument("--split", default=None, help="split (default: the training run's val split)")
     evaluate.add_argument("--batch-size", type=_positive, default=8)
-    evaluate.add_argument("--output-dir", default=None, help="where eval_<split>.json/.txt go (default: beside the checkpoint)")
+    evaluate.add_argument(
+        "--output-dir", default=None, help="where eval_<split>.json/.txt go (default: beside the checkpoint)"
+    )
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--threads", type=_positive, default=None)
 
@@ -262,8 +287,17 @@ def run_eval(args: argparse.Namespace) -> None:
             title = f"{cfg.data.data} {split}, {len(dataset)} images, {os.path.basename(args.checkpoint)}"
             print(format_table(metrics, title))
             out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
-            engine.write_metrics(out, metrics, {"checkpoint": args.checkpoint, "split": split, "images": len(dataset),
-                                                "iteration": checkpoint["iteration"]}, stem=f"eval_{split}")
+            engine.write_metrics(
+                out,
+                metrics,
+                {
+                    "checkpoint": args.checkpoint,
+                    "split": split,
+                    "images": len(dataset),
+                    "iteration": checkpoint["iteration"],
+                },
+                stem=f"eval_{split}",
+            )
             print(f"wrote {os.path.join(out, f'eval_{split}.json')}")
     finally:
         engine.dist.shutdown()
@@ -281,13 +315,15 @@ def run_predict(args: argparse.Namespace) -> None:
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
         print(f"found {len(files)} image(s) in {', '.join(folders)}" + (" and subfolders" if args.recursive else ""))
-    detections = engine.predict_files(model, files, build_transform(cfg.data, train=False), device,
-                                      args.batch_size, cfg.data.size_divisible)
+    detections = engine.predict_files(
+        model, files, build_transform(cfg.data, train=False), device, args.batch_size, cfg.data.size_divisible
+    )
     os.makedirs(args.output_dir, exist_ok=True)
     for path, det in zip(files, detections):
         target = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-        draw_detections(engine.load_image(path), det, checkpoint["classes"],
-                        score_threshold=args.score_threshold).save(target)
+        draw_detections(engine.load_image(path), det, checkpoint["classes"], score_threshold=args.score_threshold).save(
+            target
+        )
         shown = int((det["scores"] >= args.score_threshold).sum())
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
 

@@ -144,12 +144,16 @@ def _demo() -> Config:
 def _tiny() -> Config:
     # Seconds on a CPU: for tests and smoke runs.
     cfg = Config()
-    cfg.model = dataclasses.replace(
-        cfg.model, max_level=4, fpn_channels=32, head_convs=2, anchor_scales=(4.0,)
-    )
+    cfg.model = dataclasses.replace(cfg.model, max_level=4, fpn_channels=32, head_convs=2, anchor_scales=(4.0,))
     cfg.data = dataclasses.replace(
-        cfg.data, image_size=64, num_workers=0, synthetic_train_images=16, synthetic_val_images=8,
-        synthetic_min_object=12.0, synthetic_mean_objects=3.0, synthetic_max_objects=4,
+        cfg.data,
+        image_size=64,
+        num_workers=0,
+        synthetic_train_images=16,
+        synthetic_val_images=8,
+        synthetic_min_object=12.0,
+        synthetic_mean_objects=3.0,
+        synthetic_max_objects=4,
     )
     cfg.train = dataclasses.replace(
         cfg.train, batch_size=4, epochs=2, lr=1e-3, warmup_iters=2, output_dir="runs/tiny", log_every=1

@@ -94,8 +94,7 @@ class DetectionTransform:
         # (x / 255 - mean) / std as one subtraction and one multiplication, in place
         image = image.float().sub_(_PIXEL_MEAN).mul_(_PIXEL_SCALE)
         if (h, w) != (H, W):  # resizing the normalised image equals normalising the resized one
-            image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False,
-                                  antialias=h < H)[0]
+            image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=h < H)[0]
         return {
             "image": image,
             "boxes": boxes,
@@ -178,9 +177,12 @@ def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> TransformedDat
         from .synthetic import SyntheticShapes, SyntheticSpec
 
         spec = SyntheticSpec(
-            image_size=cfg.image_size, min_object=cfg.synthetic_min_object,
-            mean_objects=cfg.synthetic_mean_objects, max_objects=cfg.synthetic_max_objects,
-            num_classes=cfg.synthetic_classes, class_hues=cfg.synthetic_class_hues,
+            image_size=cfg.image_size,
+            min_object=cfg.synthetic_min_object,
+            mean_objects=cfg.synthetic_mean_objects,
+            max_objects=cfg.synthetic_max_objects,
+            num_classes=cfg.synthetic_classes,
+            class_hues=cfg.synthetic_class_hues,
         )
         num = cfg.synthetic_train_images if split == cfg.train_split else cfg.synthetic_val_images
         dataset = SyntheticShapes(split, num, spec, seed=cfg.synthetic_seed)

@@ -39,8 +39,9 @@ def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOW
     tiles = []
     for index, det in enumerate(detections):
         image, boxes, _ = dataset.dataset.render(index)
-        tiles.append(draw_detections(image, det, ckpt["classes"], score_threshold=SHOWN_SCORE,
-                                     ground_truth=boxes, min_side=256))
+        tiles.append(
+            draw_detections(image, det, ckpt["classes"], score_threshold=SHOWN_SCORE, ground_truth=boxes, min_side=256)
+        )
     save_grid(tiles, path)
 
 
@@ -78,16 +79,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     summary = engine.train(cfg)
     write_predictions_png(os.path.join(args.out, engine.CHECKPOINT), os.path.join(args.out, "predictions.png"))
     wall = time.time() - started
-    engine.write_metrics(args.out, summary["metrics"], {
-        "split": cfg.data.val_split, "images": cfg.data.synthetic_val_images, "iterations": summary["iterations"],
-        "train_seconds": round(summary["train_seconds"], 1), "wall_seconds": round(wall, 1),
-        "threads": torch.get_num_threads(), "device": str(cfg.train.device),
-    })
+    engine.write_metrics(
+        args.out,
+        summary["metrics"],
+        {
+            "split": cfg.data.val_split,
+            "images": cfg.data.synthetic_val_images,
+            "iterations": summary["iterations"],
+            "train_seconds": round(summary["train_seconds"], 1),
+            "wall_seconds": round(wall, 1),
+            "threads": torch.get_num_threads(),
+            "device": str(cfg.train.device),
+        },
+    )
 
     print()
     print(format_table(summary["metrics"], f"demo: synthetic val, {cfg.data.synthetic_val_images} images"))
-    print(f"wall time {wall / 60:.1f} min ({wall:.0f} s, of which training {summary['train_seconds']:.0f} s) "
-          f"on {torch.get_num_threads()} CPU threads; outputs in {args.out}/")
+    print(
+        f"wall time {wall / 60:.1f} min ({wall:.0f} s, of which training {summary['train_seconds']:.0f} s) "
+        f"on {torch.get_num_threads()} CPU threads; outputs in {args.out}/"
+    )
 
 
 if __name__ == "__main__":

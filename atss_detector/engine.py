@@ -69,8 +69,10 @@ def select_device(name: str) -> torch.device:
         if name == "cuda":
             raise RuntimeError(f"device 'cuda': {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
         if dist.local_rank() == 0:
-            print(f"{why}: every process runs on the CPU (torchrun --nproc_per_node {gpus} uses the GPUs)",
-                  file=sys.stderr)
+            print(
+                f"{why}: every process runs on the CPU (torchrun --nproc_per_node {gpus} uses the GPUs)",
+                file=sys.stderr,
+            )
         return torch.device("cpu")
     return torch.device("cuda", dist.local_rank())
 
@@ -189,13 +191,19 @@ def _unwrap(model: nn.Module) -> ATSSDetector:
 
 
 @torch.no_grad()
-def predict_batches(model: ATSSDetector, batches: Iterable[Batch], device: torch.device,
-                    amp: Optional[torch.dtype] = None, progress: bool = False) -> Tuple[List[int], List[Detections]]:
+def predict_batches(
+    model: ATSSDetector,
+    batches: Iterable[Batch],
+    device: torch.device,
+    amp: Optional[torch.dtype] = None,
+    progress: bool = False,
+) -> Tuple[List[int], List[Detections]]:
     """Runs ``model`` on every batch; detections in the original images' pixels (on the CPU)."""
     model.eval()
     image_ids, detections = [], []
-    for batch in tqdm(batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True,
-                      mininterval=_bar_interval()):
+    for batch in tqdm(
+        batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True, mininterval=_bar_interval()
+    ):
         batch = batch.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = model(batch.images, batch.image_sizes)
@@ -205,14 +213,21 @@ def predict_batches(model: ATSSDetector, batches: Iterable[Batch], device: torch
     return image_ids, detections
 
 
-def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 8,
-             amp: Optional[torch.dtype] = None, num_workers: int = 0) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    batch_size: int = 8,
+    amp: Optional[torch.dtype] = None,
+    num_workers: int = 0,
+) -> Dict[str, float]:
     """COCO metrics of ``model`` on ``dataset``; under ``torchrun`` each rank runs
     its share and rank 0 scores the union. Every rank returns the metrics."""
     model = _unwrap(model)
     was_training = model.training
-    loader = build_loader(dataset, batch_size, train=False, rank=dist.rank(), world_size=dist.world_size(),
-                          num_workers=num_workers)
+    loader = build_loader(
+        dataset, batch_size, train=False, rank=dist.rank(), world_size=dist.world_size(), num_workers=num_workers
+    )
     image_ids, detections = predict_batches(model, loader, device, amp, progress=dist.is_main())
     results: Dict[int, List[Dict]] = {}
     for shard in dist.all_gather_objects(
@@ -255,16 +270,30 @@ def load_image(path: str) -> np.ndarray:
         return np.asarray(im.convert("RGB")).copy()
 
 
-def predict_files(model: ATSSDetector, files: Sequence[str], transform: DetectionTransform,
-                  device: torch.device, batch_size: int = 8, size_divisible: int = 32) -> List[Detections]:
+def predict_files(
+    model: ATSSDetector,
+    files: Sequence[str],
+    transform: DetectionTransform,
+    device: torch.device,
+    batch_size: int = 8,
+    size_divisible: int = 32,
+) -> List[Detections]:
     """Detections (original pixels) for image files, in order."""
     detections: List[Detections] = []
     for start in range(0, len(files), batch_size):
         items = []
-        for i, path in enumerate(files[start:start + batch_size]):
+        for i, path in enumerate(files[start : start + batch_size]):
             image = torch.from_numpy(load_image(path)).permute(2, 0, 1).contiguous()
-            items.append(transform({"image": image, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                                    "image_id": start + i}))
+            items.append(
+                transform(
+                    {
+                        "image": image,
+                        "boxes": torch.zeros(0, 4),
+                        "labels": torch.zeros(0, dtype=torch.int64),
+                        "image_id": start + i,
+                    }
+                )
+            )
         detections += predict_batches(model, [collate(items, size_divisible)], device)[1]
     return detections
 
@@ -330,17 +359,27 @@ class Trainer:
         # Never more loader workers than this process's share of the cores.
         workers = min(cfg.data.num_workers, max(1, available_cores() // dist.local_world_size()))
         if workers < cfg.data.num_workers and self.main:
-            print(f"data: {workers} loader worker(s) instead of {cfg.data.num_workers}: "
-                  f"{available_cores()} core(s) for {dist.local_world_size()} process(es)", file=sys.stderr)
+            print(
+                f"data: {workers} loader worker(s) instead of {cfg.data.num_workers}: "
+                f"{available_cores()} core(s) for {dist.local_world_size()} process(es)",
+                file=sys.stderr,
+            )
         self.loader = build_loader(
-            self.train_set, tc.batch_size, train=True, rank=dist.rank(), world_size=dist.world_size(),
-            num_workers=workers, seed=tc.seed, size_divisible=cfg.data.size_divisible,
+            self.train_set,
+            tc.batch_size,
+            train=True,
+            rank=dist.rank(),
+            world_size=dist.world_size(),
+            num_workers=workers,
+            seed=tc.seed,
+            size_divisible=cfg.data.size_divisible,
         )
         self.iters_per_epoch = len(self.loader)
         self.total = tc.iterations if tc.iterations is not None else tc.epochs * self.iters_per_epoch
         if self.total < 1:
-            raise ValueError(f"nothing to train: {self.total} iterations (epochs={tc.epochs}, "
-                             f"iterations={tc.iterations})")
+            raise ValueError(
+                f"nothing to train: {self.total} iterations (epochs={tc.epochs}, iterations={tc.iterations})"
+            )
         self.epochs = math.ceil(self.total / self.iters_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(tc, self.total))
         self.start_epoch, self.iteration = 0, 0
@@ -374,21 +413,39 @@ class Trainer:
         metrics = self._evaluate(self.epochs)
         if self.main:
             _plot(self.out)
-            write_metrics(self.out, metrics, {"split": self.cfg.data.val_split, "images": len(self.val_set),
-                                              "iterations": self.iteration, "train_seconds": round(train_seconds, 1)})
-        return {"model": self.model, "metrics": metrics, "iterations": self.iteration, "epochs": self.epochs,
-                "output_dir": self.out, "train_seconds": train_seconds, "rank": dist.rank(),
-                "world_size": dist.world_size()}
+            write_metrics(
+                self.out,
+                metrics,
+                {
+                    "split": self.cfg.data.val_split,
+                    "images": len(self.val_set),
+                    "iterations": self.iteration,
+                    "train_seconds": round(train_seconds, 1),
+                },
+            )
+        return {
+            "model": self.model,
+            "metrics": metrics,
+            "iterations": self.iteration,
+            "epochs": self.epochs,
+            "output_dir": self.out,
+            "train_seconds": train_seconds,
+            "rank": dist.rank(),
+            "world_size": dist.world_size(),
+        }
 
     def _announce(self) -> None:
         if not self.main:
             return
         where = f"{self.device}" + (f" x {dist.world_size()} processes" if dist.world_size() > 1 else "")
         resumed = f"; resumed at iteration {self.iteration}" if self.resumed_from else ""
-        print(f"atss-detector: {len(self.train_set)} train / {len(self.val_set)} val images, "
-              f"{len(self.train_set.classes)} classes; {self.total} iterations ({self.epochs} epochs of "
-              f"{self.iters_per_epoch}) of batch {self.tc.batch_size} on {where}, {self.threads} threads, "
-              f"amp {self.amp or 'off'}{resumed}", flush=True)
+        print(
+            f"atss-detector: {len(self.train_set)} train / {len(self.val_set)} val images, "
+            f"{len(self.train_set.classes)} classes; {self.total} iterations ({self.epochs} epochs of "
+            f"{self.iters_per_epoch}) of batch {self.tc.batch_size} on {where}, {self.threads} threads, "
+            f"amp {self.amp or 'off'}{resumed}",
+            flush=True,
+        )
 
     def _train_epoch(self, epoch: int) -> None:
         tc = self.tc
@@ -397,8 +454,13 @@ class Trainer:
         self.ddp_model.train()
         progress = _Progress()
         steps = min(self.iters_per_epoch, self.total - self.iteration)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.main, dynamic_ncols=True,
-                   mininterval=_bar_interval())
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            disable=not self.main,
+            dynamic_ncols=True,
+            mininterval=_bar_interval(),
+        )
         for batch in self.loader:
             if self.iteration >= self.total:
                 break
@@ -427,10 +489,20 @@ class Trainer:
             )
         lr = self.optimizer.param_groups[0]["lr"]
         if self.main:
-            append_log(self.log_path, {"kind": "train", "epoch": epoch + 1, "iteration": self.iteration, "lr": lr,
-                                       "seconds": round(time.time() - self.started, 2), **values})
-        bar.set_postfix_str(" ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in values.items())
-                            + f" lr={lr:.2e}", refresh=False)  # redrawn at the bar's own pace
+            append_log(
+                self.log_path,
+                {
+                    "kind": "train",
+                    "epoch": epoch + 1,
+                    "iteration": self.iteration,
+                    "lr": lr,
+                    "seconds": round(time.time() - self.started, 2),
+                    **values,
+                },
+            )
+        bar.set_postfix_str(
+            " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in values.items()) + f" lr={lr:.2e}", refresh=False
+        )  # redrawn at the bar's own pace
 
     def _end_epoch(self, epoch: int) -> None:
         dist.broadcast_buffers(self.model)
@@ -441,9 +513,14 @@ class Trainer:
                 tqdm.write(f"epoch {done}: {format_line(metrics)}")
         if self.main:
             save_checkpoint(
-                os.path.join(self.out, CHECKPOINT), model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), epoch=done,
-                iteration=self.iteration, config=self.cfg.to_dict(), classes=list(self.train_set.classes),
+                os.path.join(self.out, CHECKPOINT),
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                epoch=done,
+                iteration=self.iteration,
+                config=self.cfg.to_dict(),
+                classes=list(self.train_set.classes),
                 category_ids=list(self.train_set.category_ids),
             )
             _plot(self.out)

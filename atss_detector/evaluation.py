@@ -37,19 +37,22 @@ def load_coco(annotation_file: str) -> "COCO":
         return coco_from_dict(json.load(f))
 
 
-def to_coco_results(image_ids: Sequence[int], detections: Sequence[Dict[str, Tensor]],
-                    category_ids: Sequence[int]) -> List[Dict]:
+def to_coco_results(
+    image_ids: Sequence[int], detections: Sequence[Dict[str, Tensor]], category_ids: Sequence[int]
+) -> List[Dict]:
     """COCO result records (``bbox`` as ``x, y, w, h``) from per-image detections in original pixels."""
     records = []
     for image_id, det in zip(image_ids, detections):
         boxes = det["boxes"].tolist()
         for (x1, y1, x2, y2), score, label in zip(boxes, det["scores"].tolist(), det["labels"].tolist()):
-            records.append({
-                "image_id": int(image_id),
-                "category_id": int(category_ids[label]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(score),
-            })
+            records.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[label]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
     return records
 
 

@@ -175,8 +175,13 @@ class ATSSLoss:
             anchor_valid = anchor_valid & ~ignored
         else:
             assignment = atss_ops.atss_assign(
-                anchors, num_anchors_per_level, padded, counts,
-                topk=self.topk, anchor_valid=anchor_valid, center_eps=self.center_eps,
+                anchors,
+                num_anchors_per_level,
+                padded,
+                counts,
+                topk=self.topk,
+                anchor_valid=anchor_valid,
+                center_eps=self.center_eps,
             )
         assigned = atss_ops.assign_targets(assignment, padded, gt_labels)
         centerness = centerness_target(anchors, assigned.boxes) * assigned.positive
@@ -196,9 +201,12 @@ class ATSSLoss:
         num_positive = all_reduce_mean(positive.sum().float()).clamp(min=1.0)
 
         one_hot = F.one_hot(targets.labels.clamp(min=0), self.num_classes).float() * positive[..., None]
-        loss_cls = sigmoid_focal_loss(
-            cls_logits[valid], one_hot[valid], alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
-        ) / num_positive
+        loss_cls = (
+            sigmoid_focal_loss(
+                cls_logits[valid], one_hot[valid], alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            )
+            / num_positive
+        )
 
         weight = targets.centerness[positive]
         weight_sum = all_reduce_mean(weight.sum()).clamp(min=1e-6)
@@ -207,7 +215,7 @@ class ATSSLoss:
         giou = generalized_box_iou_loss(predicted, targets.boxes[positive], reduction="none")
         loss_box = self.box_loss_weight * (giou * weight).sum() / weight_sum
 
-        loss_ctr = F.binary_cross_entropy_with_logits(
-            centerness_logits[positive], weight, reduction="sum"
-        ) / num_positive
+        loss_ctr = (
+            F.binary_cross_entropy_with_logits(centerness_logits[positive], weight, reduction="sum") / num_positive
+        )
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_ctr": loss_ctr}

@@ -69,8 +69,14 @@ class Backbone(nn.Module):
     from random init every layer trains with ordinary BatchNorm.
     """
 
-    def __init__(self, depth: int = 18, min_level: int = 3, max_level: int = 7, channels: int = 256,
-                 weights: Optional[str] = None):
+    def __init__(
+        self,
+        depth: int = 18,
+        min_level: int = 3,
+        max_level: int = 7,
+        channels: int = 256,
+        weights: Optional[str] = None,
+    ):
         super().__init__()
         if depth not in RESNET_CHANNELS:
             raise ValueError(f"depth must be one of {sorted(RESNET_CHANNELS)}, got {depth}")
@@ -128,8 +134,15 @@ class ATSSHead(nn.Module):
     and ``centerness_logits [B, A]`` over the anchors of all levels, in anchor order.
     """
 
-    def __init__(self, channels: int, num_classes: int, num_anchors: int, num_levels: int,
-                 num_convs: int = 4, prior: float = 0.01):
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        num_anchors: int,
+        num_levels: int,
+        num_convs: int = 4,
+        prior: float = 0.01,
+    ):
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"head_convs must be >= 1, got {num_convs}")
@@ -189,8 +202,13 @@ class ATSSDetector(nn.Module):
         self.head = ATSSHead(cfg.fpn_channels, num_classes, num_anchors, len(self.backbone.strides), cfg.head_convs)
         self.box_coder = BoxCoder()
         self.criterion = ATSSLoss(
-            num_classes, self.box_coder, topk=cfg.topk * num_anchors, center_eps=cfg.center_eps,
-            focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma, box_loss_weight=cfg.box_loss_weight,
+            num_classes,
+            self.box_coder,
+            topk=cfg.topk * num_anchors,
+            center_eps=cfg.center_eps,
+            focal_alpha=cfg.focal_alpha,
+            focal_gamma=cfg.focal_gamma,
+            box_loss_weight=cfg.box_loss_weight,
             assigner=cfg.assigner,
         )
 
@@ -220,12 +238,21 @@ class ATSSDetector(nn.Module):
                     raise ValueError("gt_boxes and gt_labels must both be lists with one tensor per image")
                 targets = self.criterion.targets(anchors, num_anchors_per_level, valid, gt_boxes, gt_labels)
                 return self.criterion(cls_logits, box_deltas, centerness_logits, anchors, targets)
-            return self.postprocess(cls_logits, box_deltas, centerness_logits, anchors, num_anchors_per_level,
-                                    valid, image_sizes)
+            return self.postprocess(
+                cls_logits, box_deltas, centerness_logits, anchors, num_anchors_per_level, valid, image_sizes
+            )
 
     @torch.no_grad()
-    def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, centerness_logits: Tensor, anchors: Tensor,
-                    num_anchors_per_level: Sequence[int], valid: Tensor, image_sizes: Tensor) -> List[Detections]:
+    def postprocess(
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        centerness_logits: Tensor,
+        anchors: Tensor,
+        num_anchors_per_level: Sequence[int],
+        valid: Tensor,
+        image_sizes: Tensor,
+    ) -> List[Detections]:
         """Detections per image: per-level top-k of the classification scores above
         ``score_threshold``, decoded and clipped, then class-wise NMS and ``max_detections``.
 
@@ -239,7 +266,7 @@ class ATSSDetector(nn.Module):
             boxes, scores, labels = [], [], []
             start = 0
             for count in num_anchors_per_level:
-                level_probs = probs[b, start:start + count].flatten()
+                level_probs = probs[b, start : start + count].flatten()
                 candidates = torch.nonzero(level_probs > cfg.score_threshold).squeeze(1)
                 level_scores = level_probs[candidates]
                 if candidates.numel() > cfg.pre_nms_topk:
@@ -252,8 +279,15 @@ class ATSSDetector(nn.Module):
                 start += count
             h, w = image_sizes[b].tolist()
             boxes_b = torch.cat(boxes)
-            boxes_b = torch.stack([boxes_b[:, 0].clamp(0, w), boxes_b[:, 1].clamp(0, h),
-                                   boxes_b[:, 2].clamp(0, w), boxes_b[:, 3].clamp(0, h)], dim=1)
+            boxes_b = torch.stack(
+                [
+                    boxes_b[:, 0].clamp(0, w),
+                    boxes_b[:, 1].clamp(0, h),
+                    boxes_b[:, 2].clamp(0, w),
+                    boxes_b[:, 3].clamp(0, h),
+                ],
+                dim=1,
+            )
             scores_b, labels_b = torch.cat(scores), torch.cat(labels)
             keep = batched_nms(boxes_b, scores_b, labels_b, cfg.nms_threshold)[: cfg.max_detections]
             results.append({"boxes": boxes_b[keep], "scores": scores_b[keep], "labels": labels_b[keep]})

@@ -64,9 +64,7 @@ class SyntheticSpec:
         if not 0 < self.min_aspect <= 1:
             raise ValueError(f"min_aspect must be in (0, 1], got {self.min_aspect}")
         if not 2 <= self.min_object <= self.max_object * self.min_aspect * self.image_size:
-            raise ValueError(
-                f"min_object must be in [2, max_object * min_aspect * image_size], got {self.min_object}"
-            )
+            raise ValueError(f"min_object must be in [2, max_object * min_aspect * image_size], got {self.min_object}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
         if not 1 <= self.num_classes <= len(CLASSES):
@@ -118,8 +116,7 @@ def render(spec: SyntheticSpec, seed: int, split: str, index: int) -> Tuple[np.n
     )
 
 
-def _place_object(rng, spec: SyntheticSpec, H: int, W: int, owner: np.ndarray, area: List[int],
-                  visible: List[int]):
+def _place_object(rng, spec: SyntheticSpec, H: int, W: int, owner: np.ndarray, area: List[int], visible: List[int]):
     """``(label, mask, (top, left), pixels hidden of each earlier object)`` for a new
     shape that leaves every earlier object at least ``min_visible`` of its area, or
     None after 20 tries. ``mask`` covers the image window at ``(top, left)``."""
@@ -136,7 +133,7 @@ def _place_object(rng, spec: SyntheticSpec, H: int, W: int, owner: np.ndarray, a
         mask = _shape_mask(rng, label, x1 - left, y1 - top, w, h, *window)
         if mask.sum() < 4:
             continue
-        covered = owner[top:top + mask.shape[0], left:left + mask.shape[1]][mask]
+        covered = owner[top : top + mask.shape[0], left : left + mask.shape[1]][mask]
         lost = np.bincount(covered[covered >= 0], minlength=len(visible))
         if all(v - gone >= spec.min_visible * a for v, gone, a in zip(visible, lost.tolist(), area)):
             return label, mask, (top, left), lost
@@ -288,22 +285,26 @@ class SyntheticShapes:
         for index in range(self.num_images):
             image, boxes, labels = self.render(index)
             image_id = index + 1
-            images.append({
-                "id": image_id,
-                "file_name": os.path.join(image_dir, f"{image_id:06d}.png") if image_dir else f"{image_id:06d}.png",
-                "height": int(image.shape[0]),
-                "width": int(image.shape[1]),
-            })
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": os.path.join(image_dir, f"{image_id:06d}.png") if image_dir else f"{image_id:06d}.png",
+                    "height": int(image.shape[0]),
+                    "width": int(image.shape[1]),
+                }
+            )
             for box, label in zip(boxes.tolist(), labels.tolist()):
                 w, h = box[2] - box[0], box[3] - box[1]
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": self.category_ids[label],
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                })
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": self.category_ids[label],
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
         categories = [{"id": i, "name": name} for i, name in zip(self.category_ids, self.classes)]
         return {"images": images, "annotations": annotations, "categories": categories}
 

@@ -77,8 +77,11 @@ def draw_detections(
         for box in np.asarray(ground_truth).reshape(-1, 4) * zoom:
             draw.rectangle(box.tolist(), outline=(255, 255, 255), width=1)
     keep = detections["scores"] >= score_threshold
-    for box, score, label in zip((detections["boxes"][keep] * zoom).tolist(),
-                                 detections["scores"][keep].tolist(), detections["labels"][keep].tolist()):
+    for box, score, label in zip(
+        (detections["boxes"][keep] * zoom).tolist(),
+        detections["scores"][keep].tolist(),
+        detections["labels"][keep].tolist(),
+    ):
         colour = class_colour(label)
         draw.rectangle(box, outline=colour, width=2)
         text = f"{classes[label]} {score:.2f}"

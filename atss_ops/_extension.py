@@ -79,8 +79,7 @@ def use_kernel(op: str, device: torch.device) -> bool:
         _warned_fallback.add(device.type)
         why = EXTENSION_ERROR or f"the compiled extension has no {device.type} kernels"
         warnings.warn(
-            f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. "
-            "Results are identical, only slower.",
+            f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. Results are identical, only slower.",
             stacklevel=3,
         )
     return False

@@ -38,10 +38,7 @@ def check_same_device(**tensors: Optional[Tensor]) -> None:
     first_name, first = named[0]
     for name, t in named[1:]:
         if t.device != first.device:
-            _fail(
-                f"{name} is on {t.device} but {first_name} is on {first.device}: "
-                "all tensors must be on one device"
-            )
+            _fail(f"{name} is on {t.device} but {first_name} is on {first.device}: all tensors must be on one device")
 
 
 # Anchor indices travel as 32 bits inside the kernels' packed sort keys.
@@ -79,8 +76,7 @@ def check_levels(num_anchors_per_level: Sequence[int], num_anchors: int) -> None
     total = sum(int(n) for n in levels)
     if total != num_anchors:
         _fail(
-            f"num_anchors_per_level must sum to A = {num_anchors} (anchors.shape[0]), "
-            f"got {levels} summing to {total}"
+            f"num_anchors_per_level must sum to A = {num_anchors} (anchors.shape[0]), got {levels} summing to {total}"
         )
 
 
@@ -123,10 +119,7 @@ def check_anchor_valid(anchor_valid: Optional[Tensor], batch: int, num_anchors: 
     if not isinstance(anchor_valid, Tensor):
         _fail(f"anchor_valid must be a Tensor[B, A] of bool or None, got {type(anchor_valid).__name__}")
     if anchor_valid.dim() != 2 or tuple(anchor_valid.shape) != (batch, num_anchors):
-        _fail(
-            f"anchor_valid must have shape [B, A] = [{batch}, {num_anchors}], "
-            f"got shape {_shape(anchor_valid)}"
-        )
+        _fail(f"anchor_valid must have shape [B, A] = [{batch}, {num_anchors}], got shape {_shape(anchor_valid)}")
     if anchor_valid.dtype != torch.bool:
         _fail(f"anchor_valid must be bool, got {anchor_valid.dtype}")
 
@@ -141,10 +134,7 @@ def check_distances(distances: Tensor) -> None:
 
 def check_candidates(candidates: Tensor, batch: int, num_gt: int) -> None:
     if candidates.dim() != 3 or tuple(candidates.shape[:2]) != (batch, num_gt):
-        _fail(
-            f"candidates must have shape [B, G, C] with B = {batch}, G = {num_gt}, "
-            f"got shape {_shape(candidates)}"
-        )
+        _fail(f"candidates must have shape [B, G, C] with B = {batch}, G = {num_gt}, got shape {_shape(candidates)}")
     if candidates.dtype != torch.int64:
         _fail(f"candidates must be int64, got {candidates.dtype}")
 
@@ -231,9 +221,7 @@ def check_candidate_values(candidates: Tensor, num_anchors: int) -> None:
     if bool(bad.any()):
         where = bad.nonzero()[0].tolist()
         idx = ", ".join(str(i) for i in where)
-        _fail(
-            f"candidates[{idx}] = {int(candidates[tuple(where)])} is out of range [-1, A) with A = {num_anchors}"
-        )
+        _fail(f"candidates[{idx}] = {int(candidates[tuple(where)])} is out of range [-1, A) with A = {num_anchors}")
 
 
 def check_gt_counts_values(gt_counts: Optional[Tensor], num_gt: int) -> None:
@@ -288,9 +276,7 @@ def check_atss_assign_args(
 ) -> None:
     check_anchors(anchors)
     check_gt_boxes(gt_boxes)
-    check_same_device(
-        anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts, anchor_valid=anchor_valid
-    )
+    check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts, anchor_valid=anchor_valid)
     check_levels(num_anchors_per_level, anchors.shape[0])
     check_topk(topk)
     check_center_eps(center_eps)

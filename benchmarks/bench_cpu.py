@@ -114,8 +114,18 @@ def bench_case(name: str, spec, topk: int = 9) -> List[Dict]:
     for op in STAGES:
         ref = time_call(lambda op=op: getattr(reference, op)(*args[op]), budget_s=2.0)
         kern = time_call(lambda op=op: getattr(ops, op)(*args[op]), budget_s=1.0)
-        rows.append({"case": name, "B": B, "G": G, "A": A, "op": op, "reference": ref, "kernel": kern,
-                     "speedup": ref["median_ms"] / kern["median_ms"]})
+        rows.append(
+            {
+                "case": name,
+                "B": B,
+                "G": G,
+                "A": A,
+                "op": op,
+                "reference": ref,
+                "kernel": kern,
+                "speedup": ref["median_ms"] / kern["median_ms"],
+            }
+        )
     return rows
 
 
@@ -126,8 +136,10 @@ def _timing(t: Dict) -> str:
 def print_table(rows: List[Dict]) -> None:
     """Each stage op against the reference's same stage; the fused atss_assign against the
     reference's whole atss_assign (its four stages chained)."""
-    header = (f"{'case':<15} {'B':>3} {'G':>4} {'A':>6}  {'op':<17} {'reference ms (p10-p90)':>28} "
-              f"{'kernel ms (p10-p90)':>28} {'speed-up':>9}")
+    header = (
+        f"{'case':<15} {'B':>3} {'G':>4} {'A':>6}  {'op':<17} {'reference ms (p10-p90)':>28} "
+        f"{'kernel ms (p10-p90)':>28} {'speed-up':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

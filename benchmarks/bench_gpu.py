@@ -1,4 +1,4 @@
-"""GPU benchmark of atss_ops (issue 3): reference vs kernels on the contract's COCO-like cases.
+"""GPU benchmark of atss_ops: reference vs kernels on the contract's COCO-like cases.
 
 For each case of ``benchmarks.cases.GPU_CASES`` (B images, G boxes each, one
 8S anchor per location on strides 8..128):
@@ -43,7 +43,7 @@ import atss_ops
 from atss_ops import reference
 from benchmarks.cases import GPU_CASES, grid_anchors, random_gt
 
-# Goals of issue 3 for atss_assign on an H100 (microseconds).
+# Latency goals for atss_assign on an H100 (microseconds).
 GOALS_US = {"coco-g20": 30.0, "coco-g100": 50.0, "yolo-640": 60.0, "crowd": 200.0, "aerial": 400.0}
 
 # Small sizes for --quick (what the CPU can run in seconds).
@@ -81,7 +81,9 @@ def environment(device: torch.device) -> dict:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20,
+                capture_output=True,
+                text=True,
+                timeout=20,
             )
             env["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
         except (OSError, subprocess.SubprocessError, IndexError):
@@ -99,8 +101,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, min_runs: int, max_runs: int,
-            min_seconds: float, max_seconds: float = 5.0) -> dict:
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup: int,
+    min_runs: int,
+    max_runs: int,
+    min_seconds: float,
+    max_seconds: float = 5.0,
+) -> dict:
     """Median and spread of fn's latency in microseconds (CUDA events on a GPU, a wall clock on the CPU).
 
     Runs until both min_runs calls and min_seconds have passed, or max_runs calls, or (slow
@@ -110,6 +119,7 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, min_run
     synchronize(device)
     times: List[float] = []
     start_wall = time.perf_counter()
+
     def more(n: int) -> bool:
         elapsed = time.perf_counter() - start_wall
         if n >= max_runs or (n >= 10 and elapsed > max_seconds):
@@ -136,8 +146,13 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, min_run
     def pct(q: float) -> float:
         return times[min(len(times) - 1, max(0, int(round(q * (len(times) - 1)))))]
 
-    return {"median_us": statistics.median(times), "p10_us": pct(0.1), "p90_us": pct(0.9),
-            "min_us": times[0], "runs": len(times)}
+    return {
+        "median_us": statistics.median(times),
+        "p10_us": pct(0.1),
+        "p90_us": pct(0.9),
+        "min_us": times[0],
+        "runs": len(times),
+    }
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
@@ -160,7 +175,9 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional
 def outputs_equal(a, b) -> bool:
     a, b = tuple(a), tuple(b)
     return len(a) == len(b) and all(
-        x.dtype == y.dtype and x.shape == y.shape and torch.equal(
+        x.dtype == y.dtype
+        and x.shape == y.shape
+        and torch.equal(
             x.contiguous().view(torch.int32) if x.dtype == torch.float32 else x,
             y.contiguous().view(torch.int32) if y.dtype == torch.float32 else y,
         )
@@ -175,8 +192,9 @@ def run_case(name: str, params, device: torch.device, args) -> List[dict]:
     A = anchors.shape[0]
     ops = torch.ops.atss_ops
     kernels = atss_ops.has_kernel("atss_assign", device)
-    timing = dict(device=device, warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
-                  min_seconds=args.min_seconds)
+    timing = dict(
+        device=device, warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs, min_seconds=args.min_seconds
+    )
 
     def ref():
         return reference.atss_assign(anchors, levels, gt, None, TOPK, None, CENTER_EPS)
@@ -221,12 +239,31 @@ def run_case(name: str, params, device: torch.device, args) -> List[dict]:
             stats, error = {}, f"{type(exc).__name__}: {exc}"[:300]
             print(f"    failed: {error}", flush=True)
         memory = None
-        if error is None and variant in ("reference", "reference (compiled)", "center_distance", "topk_per_level",
-                                         "iou_statistics", "resolve_multi_gt", "atss_assign"):
+        if error is None and variant in (
+            "reference",
+            "reference (compiled)",
+            "center_distance",
+            "topk_per_level",
+            "iou_statistics",
+            "resolve_multi_gt",
+            "atss_assign",
+        ):
             memory = peak_extra_bytes(fn, device)
-        rows.append(dict(case=name, B=B, G=G, A=A, C=atss_ops.num_candidates(levels, TOPK), variant=variant,
-                         peak_extra_bytes=memory, error=error, matches_reference=check if variant == "atss_assign" else None,
-                         goal_us=GOALS_US.get(name) if variant == "atss_assign" else None, **stats))
+        rows.append(
+            dict(
+                case=name,
+                B=B,
+                G=G,
+                A=A,
+                C=atss_ops.num_candidates(levels, TOPK),
+                variant=variant,
+                peak_extra_bytes=memory,
+                error=error,
+                matches_reference=check if variant == "atss_assign" else None,
+                goal_us=GOALS_US.get(name) if variant == "atss_assign" else None,
+                **stats,
+            )
+        )
     return rows
 
 
@@ -254,10 +291,22 @@ def table(rows: List[dict], env: dict) -> str:
         if r.get("matches_reference") is False:
             ok = "WRONG"
         spread = "-" if r.get("p10_us") is None else f"{fmt_us(r['p10_us'])} - {fmt_us(r['p90_us'])}"
-        lines.append([r["case"], str(r["B"]), str(r["G"]), str(r["A"]), r["variant"],
-                      "error" if r.get("error") else fmt_us(r.get("median_us")), spread, str(r.get("runs", "-")),
-                      fmt_mb(r.get("peak_extra_bytes")), "-" if goal is None else fmt_us(goal), ok])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
+        lines.append(
+            [
+                r["case"],
+                str(r["B"]),
+                str(r["G"]),
+                str(r["A"]),
+                r["variant"],
+                "error" if r.get("error") else fmt_us(r.get("median_us")),
+                spread,
+                str(r.get("runs", "-")),
+                fmt_mb(r.get("peak_extra_bytes")),
+                "-" if goal is None else fmt_us(goal),
+                ok,
+            ]
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = [
         f"atss_ops GPU benchmark on {env.get('card')} ({env['device']}), torch {env['torch']}, "
         f"CUDA {env['cuda']}, driver {env.get('driver', '-')}, {env['date']}",
@@ -265,11 +314,11 @@ def table(rows: List[dict], env: dict) -> str:
         "  ".join("-" * w for w in widths),
     ]
     prev = None
-    for l in lines:
-        if prev is not None and l[0] != prev:
+    for line in lines:
+        if prev is not None and line[0] != prev:
             out.append("")
-        prev = l[0]
-        out.append("  ".join(c.ljust(w) for c, w in zip(l, widths)))
+        prev = line[0]
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
     return "\n".join(out)
 
 
@@ -287,8 +336,11 @@ def plot(rows: List[dict], env: dict, path: str) -> None:
         "atss_assign (graph)": ("v:", "tab:cyan"),
     }
     for variant, (marker, color) in styles.items():
-        pts = sorted((r["G"], r["median_us"], r["case"]) for r in rows
-                     if r["variant"] == variant and r.get("median_us") is not None)
+        pts = sorted(
+            (r["G"], r["median_us"], r["case"])
+            for r in rows
+            if r["variant"] == variant and r.get("median_us") is not None
+        )
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=color, label=variant)
@@ -297,13 +349,15 @@ def plot(rows: List[dict], env: dict, path: str) -> None:
                 ax.annotate(case, (g, t), textcoords="offset points", xytext=(4, 4), fontsize=7)
     goals = sorted((r["G"], r["goal_us"]) for r in rows if r.get("goal_us") is not None)
     if goals:
-        ax.plot([g for g, _ in goals], [t for _, t in goals], "k_", markersize=14, label="goal (issue 3)")
+        ax.plot([g for g, _ in goals], [t for _, t in goals], "k_", markersize=14, label="goal")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("G (boxes per image)")
     ax.set_ylabel("latency per call (us, median)")
-    ax.set_title(f"ATSS assignment: reference vs kernels\n{env.get('card')}, torch {env['torch']}, CUDA {env['cuda']}",
-                 fontsize=9)
+    ax.set_title(
+        f"ATSS assignment: reference vs kernels\n{env.get('card')}, torch {env['torch']}, CUDA {env['cuda']}",
+        fontsize=9,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -31,7 +31,7 @@ lacks, so :func:`load_mmdet_atss_assigner` loads only the assigner's own files
 for the registry, the config type, ``get_box_tensor`` and mmengine's
 ``InstanceData``: the timed code is MMDetection's, unchanged.
 
-The 3-D LUNA16-like case of issue 12 (B=4, G=8, A=315,360, topk 12) is not
+The 3-D LUNA16-like case (B=4, G=8, A=315,360, topk 12) is not
 here: the kernels are 2-D only until contract version 2's 3-D boxes exist.
 """
 
@@ -133,8 +133,9 @@ def load_mmdet_atss_assigner():
         package("mmdet.models.task_modules", os.path.join(root, "models", "task_modules"))
         package("mmdet.models.task_modules.assigners", assigners)
         load("mmdet.models.task_modules.assigners.iou2d_calculator", os.path.join(assigners, "iou2d_calculator.py"))
-        return load("mmdet.models.task_modules.assigners.atss_assigner",
-                    os.path.join(assigners, "atss_assigner.py")).ATSSAssigner
+        return load(
+            "mmdet.models.task_modules.assigners.atss_assigner", os.path.join(assigners, "atss_assigner.py")
+        ).ATSSAssigner
     except Exception as exc:  # a different mmdet layout: run without it
         print(f"mmdet found but its ATSSAssigner could not be loaded: {exc!r}", file=sys.stderr)
         return None
@@ -191,8 +192,9 @@ def chained(anchors, levels, gt, topk: int) -> Callable[[], object]:
     return run
 
 
-def time_alternating(runs: Dict[str, Callable[[], object]], budget_s: float, min_runs: int = 5,
-                     max_runs: int = 300) -> Dict[str, Dict]:
+def time_alternating(
+    runs: Dict[str, Callable[[], object]], budget_s: float, min_runs: int = 5, max_runs: int = 300
+) -> Dict[str, Dict]:
     """Times every entry of ``runs`` in turn, round after round, until ``budget_s`` or ``max_runs``."""
     for fn in runs.values():  # warm-up
         (fn.fn if isinstance(fn, Prepared) else fn)()
@@ -211,13 +213,14 @@ def time_alternating(runs: Dict[str, Callable[[], object]], budget_s: float, min
     out = {}
     for name, s in samples.items():
         s.sort()
-        q = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
+        q = lambda p, s=s: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
         out[name] = {"median_ms": statistics.median(s), "p10_ms": q(0.1), "p90_ms": q(0.9), "runs": len(s)}
     return out
 
 
-def bench(name: str, B: int, G: int, H: int, W: int, mmdet_cls, budget_s: float, topk: int = 9,
-          with_chain: bool = True) -> Dict:
+def bench(
+    name: str, B: int, G: int, H: int, W: int, mmdet_cls, budget_s: float, topk: int = 9, with_chain: bool = True
+) -> Dict:
     anchors, levels = grid_anchors(H, W, STRIDES)
     gt = random_gt(B, G, H, W, seed=1)
     index, scan = fused(anchors, levels, gt, topk, "auto"), fused(anchors, levels, gt, topk, "scan")
@@ -230,8 +233,17 @@ def bench(name: str, B: int, G: int, H: int, W: int, mmdet_cls, budget_s: float,
         runs["mmdet"] = mmdet_runner(mmdet_cls, anchors, levels, gt, topk)
     times = time_alternating(runs, budget_s, min_runs=3 if mmdet_cls is not None and G >= 500 else 5)
     os.environ.pop(ENV, None)
-    row = {"case": name, "B": B, "G": G, "height": H, "width": W, "A": anchors.shape[0], "topk": topk,
-           "index_equals_scan": same, **{f"{k}": v for k, v in times.items()}}
+    row = {
+        "case": name,
+        "B": B,
+        "G": G,
+        "height": H,
+        "width": W,
+        "A": anchors.shape[0],
+        "topk": topk,
+        "index_equals_scan": same,
+        **{f"{k}": v for k, v in times.items()},
+    }
     med = {k: v["median_ms"] for k, v in times.items()}
     row["scan_over_index"] = med["scan"] / med["index"]
     row["scan_over_index_rebuild"] = med["scan"] / med["index-rebuild"]
@@ -247,19 +259,23 @@ def bench(name: str, B: int, G: int, H: int, W: int, mmdet_cls, budget_s: float,
 
 
 def print_table(rows: List[Dict]) -> None:
-    header = (f"{'case':<16} {'B':>2} {'G':>5} {'A':>6}  {'index ms':>9} {'rebuild ms':>10} {'scan ms':>9} "
-              f"{'chained ms':>10} {'mmdet ms':>9}  {'scan/index':>10} {'scan/rebuild':>12} {'chained/index':>13} "
-              f"{'mmdet/index':>11} {'mmdet/rebuild':>13}")
+    header = (
+        f"{'case':<16} {'B':>2} {'G':>5} {'A':>6}  {'index ms':>9} {'rebuild ms':>10} {'scan ms':>9} "
+        f"{'chained ms':>10} {'mmdet ms':>9}  {'scan/index':>10} {'scan/rebuild':>12} {'chained/index':>13} "
+        f"{'mmdet/index':>11} {'mmdet/rebuild':>13}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        get = lambda k: r[k]["median_ms"] if k in r else float("nan")  # noqa: E731
-        ratio = lambda k: f"{r[k]:.1f}x" if k in r else "-"  # noqa: E731
+        get = lambda k, r=r: r[k]["median_ms"] if k in r else float("nan")  # noqa: E731
+        ratio = lambda k, r=r: f"{r[k]:.1f}x" if k in r else "-"  # noqa: E731
         mm = f"{get('mmdet'):9.2f}" if "mmdet" in r else f"{'-':>9}"
         ch = f"{get('chained'):10.3f}" if "chained" in r else f"{'-':>10}"
-        print(f"{r['case']:<16} {r['B']:>2} {r['G']:>5} {r['A']:>6}  {get('index'):9.3f} {get('index-rebuild'):10.3f} "
-              f"{get('scan'):9.3f} {ch} {mm}  {ratio('scan_over_index'):>10} {ratio('scan_over_index_rebuild'):>12} "
-              f"{ratio('chained_over_index'):>13} {ratio('mmdet_over_index'):>11} {ratio('mmdet_over_index_rebuild'):>13}")
+        print(
+            f"{r['case']:<16} {r['B']:>2} {r['G']:>5} {r['A']:>6}  {get('index'):9.3f} {get('index-rebuild'):10.3f} "
+            f"{get('scan'):9.3f} {ch} {mm}  {ratio('scan_over_index'):>10} {ratio('scan_over_index_rebuild'):>12} "
+            f"{ratio('chained_over_index'):>13} {ratio('mmdet_over_index'):>11} {ratio('mmdet_over_index_rebuild'):>13}"
+        )
 
 
 def plot_growth(rows: List[Dict], path: str, threads: int) -> bool:
@@ -273,8 +289,11 @@ def plot_growth(rows: List[Dict], path: str, threads: int) -> bool:
         return False
     pixels = [r["height"] * r["width"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for key, label in (("scan", "scan"), ("index-rebuild", "index, grids rebuilt"),
-                       ("index", "index, grids reused (default, steady state)")):
+    for key, label in (
+        ("scan", "scan"),
+        ("index-rebuild", "index, grids rebuilt"),
+        ("index", "index, grids reused (default, steady state)"),
+    ):
         ax.plot(pixels, [r[key]["median_ms"] for r in rows], "o-", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -294,9 +313,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-growth", dest="growth", action="store_false", help="skip the image-size sweep")
     p.add_argument("--no-mmdet", dest="mmdet", action="store_false", help="leave MMDetection out even if installed")
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per case")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's). On a shared machine, 1 keeps other "
-                        "processes' load from stalling every parallel region on a descheduled worker")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's). On a shared machine, 1 keeps other "
+        "processes' load from stalling every parallel region on a descheduled worker",
+    )
     p.add_argument("--out", default="benchmarks/results", help="folder for index.json and index.png")
     args = p.parse_args(argv)
     if not atss_ops.has_kernel("atss_assign", "cpu"):
@@ -314,8 +337,11 @@ def main(argv=None) -> int:
             env["mmdet"] = version("mmdet")
         except PackageNotFoundError:
             env["mmdet"] = "unknown version"
-    print(f"\nCPU index benchmark: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
-          f"mmdet {env['mmdet'] or 'not installed'}", file=sys.stderr)
+    print(
+        f"\nCPU index benchmark: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
+        f"mmdet {env['mmdet'] or 'not installed'}",
+        file=sys.stderr,
+    )
     rows = []
     for name in args.cases.split(","):
         if name not in CASES:
@@ -332,7 +358,8 @@ def main(argv=None) -> int:
     if growth:
         first, last = growth[0], growth[-1]
         result["growth_summary"] = {
-            "from": f"{first['height']}x{first['width']}", "to": f"{last['height']}x{last['width']}",
+            "from": f"{first['height']}x{first['width']}",
+            "to": f"{last['height']}x{last['width']}",
             "anchors_ratio": last["A"] / first["A"],
             "index_slowdown": last["index"]["median_ms"] / first["index"]["median_ms"],
             "index_rebuild_slowdown": last["index-rebuild"]["median_ms"] / first["index-rebuild"]["median_ms"],
@@ -340,15 +367,19 @@ def main(argv=None) -> int:
         }
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"\nCPU: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, mmdet {env['mmdet'] or '-'} "
-          f"(written to {path})")
+    print(
+        f"\nCPU: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, mmdet {env['mmdet'] or '-'} "
+        f"(written to {path})"
+    )
     print_table(rows)
     if growth:
         print("\ntime against image size, B=2 G=100:")
         print_table(growth)
         g = result["growth_summary"]
-        print(f"{g['from']} -> {g['to']} ({g['anchors_ratio']:.1f}x the anchors): index {g['index_slowdown']:.1f}x "
-              f"slower (grids rebuilt: {g['index_rebuild_slowdown']:.1f}x), scan {g['scan_slowdown']:.1f}x slower")
+        print(
+            f"{g['from']} -> {g['to']} ({g['anchors_ratio']:.1f}x the anchors): index {g['index_slowdown']:.1f}x "
+            f"slower (grids rebuilt: {g['index_rebuild_slowdown']:.1f}x), scan {g['scan_slowdown']:.1f}x slower"
+        )
         png = os.path.join(args.out, "index.png")
         if plot_growth(growth, png, env["threads"]):
             print(f"plot: {png}")

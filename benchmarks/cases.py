@@ -25,9 +25,7 @@ def grid_anchors(
     return atss_ops.grid_anchors(height, width, strides, scales=(scale,), device=device)
 
 
-def random_gt(
-    batch: int, num_gt: int, height: int, width: int, seed: int = 0, device: str = "cpu"
-) -> Tensor:
+def random_gt(batch: int, num_gt: int, height: int, width: int, seed: int = 0, device: str = "cpu") -> Tensor:
     """COCO-like GT boxes ``[B, G, 4]``: log-uniform sizes from 8 px to most of the image."""
     g = torch.Generator().manual_seed(seed)
     size = torch.exp(torch.empty(batch, num_gt, 2).uniform_(2.0, 6.3, generator=g))

@@ -2,4 +2,6 @@
 // from csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu.
 #include "schemas.h"
 
-TORCH_LIBRARY(atss_ops, m) { atss::define_schemas(m); }
+TORCH_LIBRARY(atss_ops, m) {
+  atss::define_schemas(m);
+}

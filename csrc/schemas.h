@@ -16,7 +16,8 @@ inline void define_schemas(torch::Library& m) {
   m.def(
       "topk_per_level(Tensor distances, int[] num_anchors_per_level, int topk, "
       "Tensor? gt_counts=None, Tensor? anchor_valid=None) -> Tensor");
-  // Steps 4-6: (candidate_iou [B, G, C] float32, threshold [B, G] float32, is_positive [B, G, C] bool).
+  // Steps 4-6: (candidate_iou [B, G, C] float32, threshold [B, G] float32, is_positive [B, G, C]
+  // bool).
   m.def(
       "iou_statistics(Tensor anchors, Tensor gt_boxes, Tensor candidates, "
       "Tensor? gt_counts=None, float center_eps=0.01) -> (Tensor candidate_iou, Tensor threshold, "

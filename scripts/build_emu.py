@@ -50,11 +50,12 @@ def library_path(variant: str = "plain") -> str:
 
 def sources() -> list:
     cuda = sorted(f for f in os.listdir(os.path.join(ROOT, "csrc", "cuda")) if f.endswith(".cu"))
-    return (
-        [os.path.join("csrc", "cuda", "emu", "cuda_emu.cpp"), os.path.join("csrc", "cuda", "emu", "emu_library.cpp"),
-         os.path.join("csrc", "cuda", "emu", "selftest.cu"), os.path.join("csrc", "common", "checks.cpp")]
-        + [os.path.join("csrc", "cuda", f) for f in cuda]
-    )
+    return [
+        os.path.join("csrc", "cuda", "emu", "cuda_emu.cpp"),
+        os.path.join("csrc", "cuda", "emu", "emu_library.cpp"),
+        os.path.join("csrc", "cuda", "emu", "selftest.cu"),
+        os.path.join("csrc", "common", "checks.cpp"),
+    ] + [os.path.join("csrc", "cuda", f) for f in cuda]
 
 
 def compiler() -> str:
@@ -66,8 +67,9 @@ def preload(variant: str) -> str:
     lib = VARIANTS[variant][2]
     if lib is None:
         return ""
-    return subprocess.run([compiler(), f"-print-file-name={lib}"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [compiler(), f"-print-file-name={lib}"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def _stale(obj: str, dep: str, flags_file: str) -> bool:
@@ -90,8 +92,19 @@ def build(variant: str = "plain", jobs: int = 0, verbose: bool = False) -> str:
     build_dir = out_dir(variant)
     os.makedirs(os.path.join(build_dir, "obj"), exist_ok=True)
     includes = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
-    common = ["-std=c++20", "-fPIC", "-pthread", "-ffp-contract=off", "-DATSS_EMU", "-Wall",
-              "-Wno-unused-function", "-Wno-unknown-pragmas", "-DTORCH_API_INCLUDE_EXTENSION_H", *cflags, *includes]
+    common = [
+        "-std=c++20",
+        "-fPIC",
+        "-pthread",
+        "-ffp-contract=off",
+        "-DATSS_EMU",
+        "-Wall",
+        "-Wno-unused-function",
+        "-Wno-unknown-pragmas",
+        "-DTORCH_API_INCLUDE_EXTENSION_H",
+        *cflags,
+        *includes,
+    ]
     flags_file = os.path.join(build_dir, "flags.txt")
     flag_text = " ".join([compiler(), *common, *ldflags])
     if not os.path.exists(flags_file) or open(flags_file).read() != flag_text:
@@ -120,8 +133,20 @@ def build(variant: str = "plain", jobs: int = 0, verbose: bool = False) -> str:
     lib = library_path(variant)
     if not os.path.exists(lib) or any(os.path.getmtime(o) > os.path.getmtime(lib) for o in objs):
         lib_dir = library_paths()[0]
-        cmd = [compiler(), "-shared", "-pthread", *ldflags, *objs, "-o", lib, f"-L{lib_dir}", "-lc10",
-               "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{lib_dir}"]
+        cmd = [
+            compiler(),
+            "-shared",
+            "-pthread",
+            *ldflags,
+            *objs,
+            "-o",
+            lib,
+            f"-L{lib_dir}",
+            "-lc10",
+            "-ltorch_cpu",
+            "-ltorch",
+            f"-Wl,-rpath,{lib_dir}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"linking {lib} failed:\n{proc.stderr[-6000:]}")

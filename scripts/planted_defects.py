@@ -110,8 +110,11 @@ def check(name: str, tree: str, py: str) -> dict:
             continue
         lib = os.path.join(tree, "build-emu" if variant == "plain" else f"build-emu-{variant}", "libatss_ops_emu.so")
         if what == "tests":
-            rc, out, t = run([py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "emu",
-                              "tests/test_emulated_cuda.py"], tree, dict(env, ATSS_EMU_LIBRARY=lib))
+            rc, out, t = run(
+                [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "emu", "tests/test_emulated_cuda.py"],
+                tree,
+                dict(env, ATSS_EMU_LIBRARY=lib),
+            )
             tail = [ln for ln in out.splitlines() if ln.startswith(("FAILED", "E  "))][:2] or out.splitlines()[-1:]
             results[what] = {"caught": rc != 0, "how": " | ".join(tail)[:300], "seconds": round(t)}
         elif what == "workload":
@@ -120,11 +123,24 @@ def check(name: str, tree: str, py: str) -> dict:
             results[what] = {"caught": rc != 0, "how": " | ".join(tail)[:300], "seconds": round(t)}
         else:
             rc, out, t = run(["bash", "scripts/emu_sanitize.sh", variant], tree, dict(env, PYTHON=py))
-            first = [ln for ln in out.splitlines() if "ERROR: AddressSanitizer" in ln or "WARNING: ThreadSanitizer" in ln
-                     or "runtime error" in ln or "MISMATCH" in ln or "CUDA emulation" in ln][:1]
-            results[what] = {"caught": rc != 0, "how": (first or out.splitlines()[-1:])[0][:300], "seconds": round(t)}
-        print(f"  {name}: {what}: {'caught' if results[what]['caught'] else 'missed'} ({results[what]['how'][:120]})",
-              flush=True)
+            lines = [ln for ln in out.splitlines() if not ln.startswith("W1")]
+            first = [
+                ln
+                for ln in lines
+                if "ERROR: AddressSanitizer" in ln
+                or "WARNING: ThreadSanitizer" in ln
+                or "runtime error" in ln
+                or "MISMATCH" in ln
+                or "CUDA emulation" in ln
+                or "Error" in ln
+            ][:1]
+            reports = [ln for ln in lines if ln.startswith("== ") and "sanitizer reports" in ln]
+            how = " | ".join(first + reports) or " | ".join(lines[-3:])
+            results[what] = {"caught": rc != 0, "how": how[:400], "seconds": round(t), "tail": "\n".join(lines[-80:])}
+        print(
+            f"  {name}: {what}: {'caught' if results[what]['caught'] else 'missed'} ({results[what]['how'][:120]})",
+            flush=True,
+        )
     return results
 
 
@@ -132,8 +148,20 @@ def host_sim(name: str) -> dict:
     """The former host_sim test at --host-sim-commit, its sources carrying the same defect."""
     _, file, old, new = DEFECTS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["git", "-C", ROOT, "archive", ARGS.host_sim_commit, "csrc", "tests/test_cuda_host_sim.py",
-                        "-o", os.path.join(tmp, "src.tar")], check=True)
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                ROOT,
+                "archive",
+                ARGS.host_sim_commit,
+                "csrc",
+                "tests/test_cuda_host_sim.py",
+                "-o",
+                os.path.join(tmp, "src.tar"),
+            ],
+            check=True,
+        )
         subprocess.run(["tar", "-xf", "src.tar"], cwd=tmp, check=True)
         path = os.path.join(tmp, file)
         text = open(path).read() if os.path.exists(path) else ""
@@ -141,10 +169,24 @@ def host_sim(name: str) -> dict:
         if planted:
             open(path, "w").write(text.replace(old, new))
         sim_files = " ".join(sorted(os.listdir(os.path.join(tmp, "csrc", "cuda", "host_sim"))))
-        rc, out, _ = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", tmp,
-                          os.path.join(tmp, "tests", "test_cuda_host_sim.py")], tmp)
-        how = f"defect {'planted in' if planted else 'not found in'} {file} there; host_sim ({sim_files}) " \
-              f"{'failed' if rc else 'passed'}"
+        rc, out, _ = run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                tmp,
+                os.path.join(tmp, "tests", "test_cuda_host_sim.py"),
+            ],
+            tmp,
+        )
+        how = (
+            f"defect {'planted in' if planted else 'not found in'} {file} there; host_sim ({sim_files}) "
+            f"{'failed' if rc else 'passed'}"
+        )
         print(f"  {name}: host_sim: {'caught' if rc else 'missed'} ({how})", flush=True)
         return {"caught": rc != 0, "how": how}
 

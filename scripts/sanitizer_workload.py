@@ -9,7 +9,8 @@ On the host, through the emulated kernels (``--emu``: the library of
 scripts/build_emu.py, sanitized builds with the runtime preloaded; see
 scripts/emu_sanitize.sh):
 
-    LD_PRELOAD=$(gcc -print-file-name=libtsan.so) python scripts/sanitizer_workload.py --emu build-emu-tsan/libatss_ops_emu.so
+    LD_PRELOAD=$(gcc -print-file-name=libtsan.so) \
+        python scripts/sanitizer_workload.py --emu build-emu-tsan/libatss_ops_emu.so
 
 Covers: the four stage ops and the fused atss_assign; padding GTs and
 gt_counts out of [0, G] (clamped); anchor_valid; empty levels; topk 1 and 3
@@ -35,9 +36,9 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
         sys.path.insert(0, p)
 
 import torch  # noqa: E402
+from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case  # noqa: E402
 
 import atss_ops  # noqa: E402
-from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case  # noqa: E402
 
 
 def same(a, b) -> bool:
@@ -48,9 +49,22 @@ def same(a, b) -> bool:
 
 def workload(emu: bool):
     """(name, case, environment) triples; the emulated run keeps to small sizes."""
-    named = ["coco_s1_b2_g7", "nan_padding", "anchor_valid_random", "empty_level_everywhere",
-             "multi_anchor_3scales", "topk_larger_than_every_level", "c1_topk1_one_level", "signed_zeros",
-             "huge_coordinates_overflow", "g0", "b0", "a0_empty_levels", "gt_counts_all_zero", "duplicate_gts"]
+    named = [
+        "coco_s1_b2_g7",
+        "nan_padding",
+        "anchor_valid_random",
+        "empty_level_everywhere",
+        "multi_anchor_3scales",
+        "topk_larger_than_every_level",
+        "c1_topk1_one_level",
+        "signed_zeros",
+        "huge_coordinates_overflow",
+        "g0",
+        "b0",
+        "a0_empty_levels",
+        "gt_counts_all_zero",
+        "duplicate_gts",
+    ]
     for name in named:
         yield name, make_case(name), {}
     yield "k4_topk3_counts", random_case(6, 2, 9, 256, 320, (8, 16, 32), 3, counts=True), {}
@@ -129,8 +143,9 @@ def main() -> int:
                 junk = cand.clone()
                 junk[..., ::2] = A + 5
                 junk[..., 1::3] = -9
-                ops.iou_statistics(dev_case["anchors"], dev_case["gt_boxes"], junk, dev_case["gt_counts"],
-                                   case["center_eps"])
+                ops.iou_statistics(
+                    dev_case["anchors"], dev_case["gt_boxes"], junk, dev_case["gt_counts"], case["center_eps"]
+                )
                 cand_iou, _, pos = dev_stages["iou_statistics"]
                 ops.resolve_multi_gt(junk, cand_iou, pos, A)
                 sync()

@@ -27,10 +27,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from benchmarks.cases import grid_anchors, random_gt
-
 import atss_ops
 from atss_ops import reference
+from benchmarks.cases import grid_anchors, random_gt
 
 # --------------------------------------------------------------------------- comparison
 
@@ -354,7 +353,10 @@ def _g0_counts():
 def _b0():
     anchors, levels = grid_anchors(64, 96, (8, 16, 32))
     return _case(
-        anchors, levels, torch.zeros(0, 5, 4), torch.zeros(0, dtype=torch.int64),
+        anchors,
+        levels,
+        torch.zeros(0, 5, 4),
+        torch.zeros(0, dtype=torch.int64),
         anchor_valid=torch.zeros(0, anchors.shape[0], dtype=torch.bool),
     )
 
@@ -500,12 +502,22 @@ def _huge():
     """Coordinates near float32's limit: centres, d2, areas overflow to inf and IoUs become NaN."""
     big = 3.0e38
     anchors = torch.tensor(
-        [[0.0, 0.0, 1.0, 1.0], [big, big, big, big], [-big, -big, big, big], [1e19, 1e19, 3e19, 3e19],
-         [0.0, 0.0, big, big], [-big, 0.0, 0.0, 1.0], [1e30, -1e30, 2e30, 1e30], [5.0, 5.0, 6.0, 6.0]]
+        [
+            [0.0, 0.0, 1.0, 1.0],
+            [big, big, big, big],
+            [-big, -big, big, big],
+            [1e19, 1e19, 3e19, 3e19],
+            [0.0, 0.0, big, big],
+            [-big, 0.0, 0.0, 1.0],
+            [1e30, -1e30, 2e30, 1e30],
+            [5.0, 5.0, 6.0, 6.0],
+        ]
     )
     gt = torch.tensor(
-        [[[0.0, 0.0, 2.0, 2.0], [big, big, big, big], [-big, -big, big, big], [1e19, 1e19, 2e19, 2e19]],
-         [[0.0, 0.0, big, big], [1e30, 0.0, 2e30, 1e30], [-1.0, -1.0, 7.0, 7.0], [-big, -big, -big, -big]]]
+        [
+            [[0.0, 0.0, 2.0, 2.0], [big, big, big, big], [-big, -big, big, big], [1e19, 1e19, 2e19, 2e19]],
+            [[0.0, 0.0, big, big], [1e30, 0.0, 2e30, 1e30], [-1.0, -1.0, 7.0, 7.0], [-big, -big, -big, -big]],
+        ]
     )
     return _case(anchors, [3, 5], gt, topk=2)
 
@@ -524,12 +536,22 @@ def _signed_zeros():
     """Boxes touching at +-0 coordinates: where -0.0 can appear in centres, widths and IoUs."""
     z = -0.0
     anchors = torch.tensor(
-        [[z, z, 1.0, 1.0], [-1.0, -1.0, z, z], [z, -1.0, 1.0, z], [-1.0, z, z, 1.0],
-         [z, z, z, z], [0.0, 0.0, 0.0, 0.0], [-2.0, -2.0, 2.0, 2.0], [z, z, 2.0, 2.0]]
+        [
+            [z, z, 1.0, 1.0],
+            [-1.0, -1.0, z, z],
+            [z, -1.0, 1.0, z],
+            [-1.0, z, z, 1.0],
+            [z, z, z, z],
+            [0.0, 0.0, 0.0, 0.0],
+            [-2.0, -2.0, 2.0, 2.0],
+            [z, z, 2.0, 2.0],
+        ]
     )
     gt = torch.tensor(
-        [[[z, z, 1.0, 1.0], [-1.0, -1.0, 0.0, 0.0], [z, z, z, z], [-1.0, -1.0, 1.0, 1.0]],
-         [[0.0, z, 1.0, 0.0], [z, -1.0, z, 1.0], [-2.0, z, 2.0, z], [z, z, 2.0, 2.0]]]
+        [
+            [[z, z, 1.0, 1.0], [-1.0, -1.0, 0.0, 0.0], [z, z, z, z], [-1.0, -1.0, 1.0, 1.0]],
+            [[0.0, z, 1.0, 0.0], [z, -1.0, z, 1.0], [-2.0, z, 2.0, z], [z, z, 2.0, 2.0]],
+        ]
     )
     return _case(anchors, [4, 4], gt, topk=3, center_eps=-1.0)
 
@@ -551,8 +573,19 @@ CASE_NAMES: List[str] = list(CASES)
 EMPTY_CASE_NAMES = ["g0", "g0_with_counts", "b0", "a0_empty_levels", "a0_no_levels", "gt_counts_all_zero"]
 
 
-def random_case(seed, B, G, height, width, strides=(8, 16, 32, 64, 128), topk=9, counts=False, valid=None,
-                scales=None, center_eps=0.01):
+def random_case(
+    seed,
+    B,
+    G,
+    height,
+    width,
+    strides=(8, 16, 32, 64, 128),
+    topk=9,
+    counts=False,
+    valid=None,
+    scales=None,
+    center_eps=0.01,
+):
     """A COCO-like batch; ``valid``: fraction of valid anchors (None: no mask); ``scales``: anchors per location."""
     g = generator(seed)
     if scales is None:
@@ -565,13 +598,17 @@ def random_case(seed, B, G, height, width, strides=(8, 16, 32, 64, 128), topk=9,
         gt_counts = torch.randint(0, G + 1, (B,), generator=g)
         gt_counts[0] = G
         for b in range(B):
-            gt[b, int(gt_counts[b]):] = float("nan")
+            gt[b, int(gt_counts[b]) :] = float("nan")
     anchor_valid = None
     if valid is not None:
         anchor_valid = torch.rand(B, anchors.shape[0], generator=g) < valid
     return dict(
-        anchors=anchors.float().contiguous(), num_anchors_per_level=[int(n) for n in levels],
-        gt_boxes=gt.float().contiguous(), gt_counts=gt_counts, topk=topk, anchor_valid=anchor_valid,
+        anchors=anchors.float().contiguous(),
+        num_anchors_per_level=[int(n) for n in levels],
+        gt_boxes=gt.float().contiguous(),
+        gt_counts=gt_counts,
+        topk=topk,
+        anchor_valid=anchor_valid,
         center_eps=center_eps,
     )
 
@@ -751,8 +788,13 @@ def run_isolated(setup: str, calls: Dict[str, str], memory_gb: int = 8) -> subpr
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(os.path.abspath(__file__))]))
     return subprocess.run(
-        [sys.executable, "-c", "\n".join(lines)], preexec_fn=limit, capture_output=True, text=True,
-        cwd=ROOT, env=env, timeout=120,
+        [sys.executable, "-c", "\n".join(lines)],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
 
 

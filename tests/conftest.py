@@ -41,7 +41,9 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
     if any(item.get_closest_marker("emu") is not None for item in items) and not emu_available():
         if os.environ.get("ATSS_REQUIRE_EMU") == "1":
-            raise pytest.UsageError(f"ATSS_REQUIRE_EMU=1 but the emulated CUDA library {EMU_LIBRARY} is missing: run `make emu`")
+            raise pytest.UsageError(
+                f"ATSS_REQUIRE_EMU=1 but the emulated CUDA library {EMU_LIBRARY} is missing: run `make emu`"
+            )
         skip = pytest.mark.skip(reason=f"emulated CUDA kernels not built ({EMU_LIBRARY}): run `make emu`")
         for item in items:
             if item.get_closest_marker("emu") is not None:

@@ -24,8 +24,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def assign(case: dict, **changes):
     c = dict(case, **changes)
     return atss_ops.atss_assign(
-        c["anchors"], c["num_anchors_per_level"], c["gt_boxes"], c["gt_counts"],
-        topk=c["topk"], anchor_valid=c["anchor_valid"], center_eps=c["center_eps"],
+        c["anchors"],
+        c["num_anchors_per_level"],
+        c["gt_boxes"],
+        c["gt_counts"],
+        topk=c["topk"],
+        anchor_valid=c["anchor_valid"],
+        center_eps=c["center_eps"],
     )
 
 
@@ -96,8 +101,9 @@ def test_assign_targets_labels_of_another_shape():
 def test_warning_without_the_extension_says_how_to_build_it(tmp_path):
     """A copy of the package without the compiled library: the reference serves, and the
     warning says the extension is not built and how to build it (no 'circular import')."""
-    shutil.copytree(os.path.join(ROOT, "atss_ops"), tmp_path / "atss_ops",
-                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    shutil.copytree(
+        os.path.join(ROOT, "atss_ops"), tmp_path / "atss_ops", ignore=shutil.ignore_patterns("_C*.so", "__pycache__")
+    )
     script = (
         "import warnings, torch, atss_ops\n"
         "assert not atss_ops.extension_available()\n"
@@ -107,8 +113,14 @@ def test_warning_without_the_extension_says_how_to_build_it(tmp_path):
         "    atss_ops.atss_assign(anchors, levels, torch.tensor([[[0.0, 0.0, 9.0, 9.0]]]))\n"
         "print(w[0].message)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout
     assert "the compiled extension atss_ops._C is not built" in printed, printed
@@ -128,8 +140,14 @@ def test_a_library_built_for_another_torch_is_refused():
         "assert not atss_ops.extension_available()\n"
         "print(atss_ops._extension.EXTENSION_ERROR)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert proc.returncode == 0, proc.stderr
     built = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     assert f"was built against torch {built}, but torch 1.0.0 is installed: rebuild it" in proc.stdout, proc.stdout

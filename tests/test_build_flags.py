@@ -19,7 +19,10 @@ def test_same_source_globs():
     setup = read("setup.py")
     cmake = read("CMakeLists.txt")
     setup_globs = set(re.findall(r'_sources\("(csrc/[^"]+)"\)', setup))
-    cmake_globs = {g.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for g in re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(csrc/[^\s)]+)", cmake)}
+    cmake_globs = {
+        g.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")
+        for g in re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(csrc/[^\s)]+)", cmake)
+    }
     # setup.py's csrc/*.cpp adds the Python module stub (python_module.cpp) to the library's
     # schemas (atss_ops.cpp), which is all CMake takes from csrc/ itself.
     assert setup_globs - {"csrc/*.cpp"} == cmake_globs - {"csrc/atss_ops.cpp"}

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import atss_ops
-from atss_ops import reference
 from cases import (
     CASE_NAMES,
     OPS,
@@ -28,10 +25,13 @@ from cases import (
     move,
     op_args,
     ops_of,
-    tensor_device,
     random_case,
     reference_stages,
+    tensor_device,
 )
+
+import atss_ops
+from atss_ops import reference
 
 # The CUDA kernels on a GPU, and (for the tests that need no real device) the
 # same kernel sources run through the host execution model (``make emu``).
@@ -186,8 +186,13 @@ def test_torch_compile_fullgraph():
 
     def fn(anchors, gt_boxes, gt_counts, anchor_valid):
         r = atss_ops.atss_assign(
-            anchors, case["num_anchors_per_level"], gt_boxes, gt_counts,
-            topk=case["topk"], anchor_valid=anchor_valid, center_eps=case["center_eps"],
+            anchors,
+            case["num_anchors_per_level"],
+            gt_boxes,
+            gt_counts,
+            topk=case["topk"],
+            anchor_valid=anchor_valid,
+            center_eps=case["center_eps"],
         )
         return r.gt_index, r.iou, r.threshold, r.num_positive
 
@@ -268,13 +273,19 @@ def test_gt_counts_out_of_range_clamped(counts, backend):
         return
     # The public API on CUDA runs no value check by default either.
     res = atss_ops.atss_assign(
-        bad_case["anchors"], bad_case["num_anchors_per_level"], bad_case["gt_boxes"], bad_case["gt_counts"],
+        bad_case["anchors"],
+        bad_case["num_anchors_per_level"],
+        bad_case["gt_boxes"],
+        bad_case["gt_counts"],
     )
     assert_bits_equal(res, expected["atss_assign"], "public atss_assign")
     # With check_inputs=True the public API reports the value instead (one sync).
     with pytest.raises(ValueError, match="out of range"):
         atss_ops.atss_assign(
-            bad_case["anchors"], bad_case["num_anchors_per_level"], bad_case["gt_boxes"], bad_case["gt_counts"],
+            bad_case["anchors"],
+            bad_case["num_anchors_per_level"],
+            bad_case["gt_boxes"],
+            bad_case["gt_counts"],
             check_inputs=True,
         )
 
@@ -294,8 +305,11 @@ def test_candidates_out_of_range_are_empty_slots(backend):
     cand_clean = torch.where(bad, torch.full_like(cand, -1), cand)
     args = (case["anchors"], case["gt_boxes"], cand_clean, case["gt_counts"], case["center_eps"])
     expected = kernel("iou_statistics")(*args)
-    out = ops_of(backend).iou_statistics(*move((case["anchors"], case["gt_boxes"], cand_bad, case["gt_counts"],
-                                                 case["center_eps"]), tensor_device(backend)))
+    out = ops_of(backend).iou_statistics(
+        *move(
+            (case["anchors"], case["gt_boxes"], cand_bad, case["gt_counts"], case["center_eps"]), tensor_device(backend)
+        )
+    )
     assert_bits_equal(out, expected, "iou_statistics")
     cand_iou, _, is_positive = expected
     is_positive = is_positive | bad  # out-of-range slots marked positive: still never claim

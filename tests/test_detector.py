@@ -102,7 +102,9 @@ def write_tiny_coco(root: str) -> str:
     rng = np.random.default_rng(0)
     sizes = {1: (40, 60), 2: (50, 30), 3: (32, 32)}  # id: (h, w)
     for image_id, (h, w) in sizes.items():
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(os.path.join(image_dir, f"{image_id}.png"))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            os.path.join(image_dir, f"{image_id}.png")
+        )
     data = {
         "images": [{"id": i, "file_name": f"{i}.png", "height": h, "width": w} for i, (h, w) in sizes.items()],
         "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
@@ -181,22 +183,30 @@ def test_coco_evaluation_scores_perfect_detections_one():
     pytest.importorskip("pycocotools")
     from atss_detector.evaluation import coco_from_dict
 
-    gt = coco_from_dict({
-        "images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100}],
-        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 30], "area": 600, "iscrowd": 0},
-            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0},
-            {"id": 3, "image_id": 2, "category_id": 7, "bbox": [0, 0, 100, 50], "area": 5000, "iscrowd": 1},
-            {"id": 4, "image_id": 2, "category_id": 3, "bbox": [5, 60, 8, 8], "area": 64, "iscrowd": 0},
-        ],
-    })
+    gt = coco_from_dict(
+        {
+            "images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100}],
+            "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 30], "area": 600, "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0},
+                {"id": 3, "image_id": 2, "category_id": 7, "bbox": [0, 0, 100, 50], "area": 5000, "iscrowd": 1},
+                {"id": 4, "image_id": 2, "category_id": 3, "bbox": [5, 60, 8, 8], "area": 64, "iscrowd": 0},
+            ],
+        }
+    )
     detections = [
-        {"boxes": torch.tensor([[10.0, 10, 30, 40], [50, 50, 90, 90]]), "labels": torch.tensor([0, 1]),
-         "scores": torch.tensor([0.9, 0.8])},
+        {
+            "boxes": torch.tensor([[10.0, 10, 30, 40], [50, 50, 90, 90]]),
+            "labels": torch.tensor([0, 1]),
+            "scores": torch.tensor([0.9, 0.8]),
+        },
         # a detection inside the crowd region is ignored, not a false positive
-        {"boxes": torch.tensor([[5.0, 60, 13, 68], [10, 5, 40, 30]]), "labels": torch.tensor([0, 1]),
-         "scores": torch.tensor([0.7, 0.95])},
+        {
+            "boxes": torch.tensor([[5.0, 60, 13, 68], [10, 5, 40, 30]]),
+            "labels": torch.tensor([0, 1]),
+            "scores": torch.tensor([0.7, 0.95]),
+        },
     ]
     metrics = coco_evaluate(gt, to_coco_results([1, 2], detections, [3, 7]))
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
@@ -217,7 +227,7 @@ def test_anchor_layout_matches_head_layout():
     wh = anchors[:6, 2:] - anchors[:6, :2]
     assert torch.allclose(wh[:, 1] / wh[:, 0], torch.tensor([0.5, 1, 2, 0.5, 1, 2]))
     valid = anchor_validity(anchors, torch.tensor([[32, 48], [20, 30]]))
-    assert valid[0, :counts[0]].all() and not valid[1].all()
+    assert valid[0, : counts[0]].all() and not valid[1].all()
 
 
 def test_box_coder_round_trip():
@@ -268,8 +278,13 @@ def test_local_backbone_weights_are_loaded_and_frozen(tmp_path):
 
 
 def test_detections_map_back_to_original_pixels():
-    detections = [{"boxes": torch.tensor([[10.0, 10, 50, 30], [0, 0, 200, 200]]), "scores": torch.ones(2),
-                   "labels": torch.zeros(2, dtype=torch.int64)}]
+    detections = [
+        {
+            "boxes": torch.tensor([[10.0, 10, 50, 30], [0, 0, 200, 200]]),
+            "scores": torch.ones(2),
+            "labels": torch.zeros(2, dtype=torch.int64),
+        }
+    ]
     out = rescale_detections(detections, torch.tensor([[2.0, 0.5]]), torch.tensor([[100, 80]]))
     assert out[0]["boxes"].tolist() == [[5, 20, 25, 60], [0, 0, 80, 100]]  # clipped to 80 x 100
 
@@ -326,16 +341,22 @@ def test_head_targets_agree_with_the_assignment(scales, ratios):
 
 
 def test_max_iou_baseline_by_hand():
-    anchors = torch.tensor([
-        [0.0, 0, 10, 10],      # IoU 1 with GT 0: positive
-        [0, 0, 10, 4.5],       # IoU 0.45 with GT 0: ignored (between 0.4 and 0.5)
-        [0, 0, 10, 2],         # IoU 0.2: background
-        [100, 100, 110, 103],  # IoU 0.3 with GT 1, its best anchor: positive (low-quality match)
-        [200, 200, 210, 210],  # equals GT 2 but outside the image: background
-    ])
+    anchors = torch.tensor(
+        [
+            [0.0, 0, 10, 10],  # IoU 1 with GT 0: positive
+            [0, 0, 10, 4.5],  # IoU 0.45 with GT 0: ignored (between 0.4 and 0.5)
+            [0, 0, 10, 2],  # IoU 0.2: background
+            [100, 100, 110, 103],  # IoU 0.3 with GT 1, its best anchor: positive (low-quality match)
+            [200, 200, 210, 210],  # equals GT 2 but outside the image: background
+        ]
+    )
     valid = torch.tensor([[True, True, True, True, False]] * 2)
-    gt = torch.tensor([[[0.0, 0, 10, 10], [100, 100, 110, 110], [200, 200, 210, 210], [50, 50, 50, 50]],
-                       [[0.0, 0, 10, 10]] + [[float("nan")] * 4] * 3])
+    gt = torch.tensor(
+        [
+            [[0.0, 0, 10, 10], [100, 100, 110, 110], [200, 200, 210, 210], [50, 50, 50, 50]],
+            [[0.0, 0, 10, 10]] + [[float("nan")] * 4] * 3,
+        ]
+    )
     result, ignored = max_iou_assign(anchors, valid, gt, torch.tensor([4, 0]))
     assert result.gt_index.tolist() == [[0, -1, -1, 1, -1], [-1] * 5]  # GTs 2 (no valid overlap) and 3 claim nothing
     assert ignored.tolist() == [[False, True, False, False, False], [False] * 5]
@@ -366,8 +387,9 @@ def test_images_without_boxes_train():
     cfg = tiny_config()
     model = build_model(cfg.model, 3)
     images = torch.randn(2, 3, 64, 64)
-    losses = model(images, torch.tensor([[64, 64], [40, 64]]), [torch.zeros(0, 4)] * 2,
-                   [torch.zeros(0, dtype=torch.int64)] * 2)
+    losses = model(
+        images, torch.tensor([[64, 64], [40, 64]]), [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.int64)] * 2
+    )
     assert losses["loss_box"] == 0 and losses["loss_ctr"] == 0 and losses["loss_cls"] > 0
     sum(losses.values()).backward()  # every parameter stays in the graph (DDP needs that)
     assert all(p.grad is not None for p in model.parameters())

@@ -32,8 +32,7 @@ def run(*args: str, timeout: int = 300) -> str:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     # Idle OpenMP threads sleep instead of spinning: several processes share few cores here.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
@@ -71,8 +70,16 @@ def test_train_checkpoint_resume_eval_predict(tmp_path):
 
     images = tmp_path / "images"
     SyntheticShapes("val", 3, SyntheticSpec(image_size=64, min_object=12)).export_coco(str(images))
-    printed = detector("predict", "--checkpoint", str(out / "checkpoint.pt"), str(images / "images"),
-                       "--output-dir", str(tmp_path / "pred"), "--threads", "1")
+    printed = detector(
+        "predict",
+        "--checkpoint",
+        str(out / "checkpoint.pt"),
+        str(images / "images"),
+        "--output-dir",
+        str(tmp_path / "pred"),
+        "--threads",
+        "1",
+    )
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["000001.png", "000002.png", "000003.png"]
     assert printed.count("detections") == 3
 
@@ -81,9 +88,21 @@ def test_train_on_a_coco_folder(tmp_path):
     pytest.importorskip("pycocotools")  # training evaluates with it
     # the synthetic data exported in COCO format goes through the COCO loader
     for split, count in (("train", 8), ("val", 4)):
-        SyntheticShapes(split, count, SyntheticSpec(image_size=64, min_object=12)).export_coco(str(tmp_path / "coco" / split))
-    detector("train", *TINY, "--data", str(tmp_path / "coco"), "--image-size", "64", "--iterations", "2",
-             "--output-dir", str(tmp_path / "run"))
+        SyntheticShapes(split, count, SyntheticSpec(image_size=64, min_object=12)).export_coco(
+            str(tmp_path / "coco" / split)
+        )
+    detector(
+        "train",
+        *TINY,
+        "--data",
+        str(tmp_path / "coco"),
+        "--image-size",
+        "64",
+        "--iterations",
+        "2",
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert checkpoint["iteration"] == 2 and checkpoint["classes"][0] == "rectangle"
 
@@ -164,7 +183,9 @@ def test_image_files_in_folders_and_subfolders(tmp_path):
     (tmp_path / "empty" / "deeper" / "d.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="--recursive looks into subfolders"):
         engine.image_files([str(tmp_path / "empty")])
-    assert engine.image_files([str(tmp_path / "empty")], recursive=True) == [str(tmp_path / "empty" / "deeper" / "d.png")]
+    assert engine.image_files([str(tmp_path / "empty")], recursive=True) == [
+        str(tmp_path / "empty" / "deeper" / "d.png")
+    ]
 
 
 def free_port() -> int:
@@ -175,8 +196,18 @@ def free_port() -> int:
 
 def test_torchrun_two_processes_stay_in_sync(tmp_path):
     pytest.importorskip("pycocotools")  # training evaluates with it
-    run("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), str(REPO / "tests" / "data" / "ddp_train.py"), str(tmp_path))
+    run(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "tests" / "data" / "ddp_train.py"),
+        str(tmp_path),
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for state in ranks:
         assert state["world_size"] == 2 and state["iterations"] == 3

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import OPS, assert_bits_equal, compute_reference_stages, kernel, op_args, pad_counts
 
 from benchmarks.cases import grid_anchors, random_gt
-from cases import OPS, assert_bits_equal, compute_reference_stages, kernel, op_args, pad_counts
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,13 @@ def medium_case():
     gt, counts = pad_counts(random_gt(2, 50, 800, 1344, seed=7), [50, 37])
     valid = torch.rand(2, anchors.shape[0], generator=torch.Generator().manual_seed(7)) < 0.9
     case = dict(
-        anchors=anchors, num_anchors_per_level=levels, gt_boxes=gt, gt_counts=counts,
-        topk=9, anchor_valid=valid, center_eps=0.01,
+        anchors=anchors,
+        num_anchors_per_level=levels,
+        gt_boxes=gt,
+        gt_counts=counts,
+        topk=9,
+        anchor_valid=valid,
+        center_eps=0.01,
     )
     return case, compute_reference_stages(case)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cases import (
     OPS,
     assert_bits_equal,
@@ -74,8 +73,12 @@ def test_blocks_run_in_shuffled_orders():
 
 MISUSES = {
     # scenario: what the message must say
-    "divergent_barrier": [r"kernel divergent_barrier_kernel, block \(\d, 0, 0\)", "deadlock",
-                          r"threads 0-31 wait at __syncthreads \(selftest.cu:\d+\)", "threads 32-63 have exited"],
+    "divergent_barrier": [
+        r"kernel divergent_barrier_kernel, block \(\d, 0, 0\)",
+        "deadlock",
+        r"threads 0-31 wait at __syncthreads \(selftest.cu:\d+\)",
+        "threads 32-63 have exited",
+    ],
     "divergent_sites": ["divergent __syncthreads", r"selftest.cu:\d+"],
     "mask_leaves_lane_out": ["__shfl_sync", "mask 0x0000ffff, which leaves the lane out"],
     "missing_lanes": ["deadlock", r"__shfl_sync\(mask 0xffffffff\)", "have exited"],
@@ -168,10 +171,18 @@ def test_levels_of_whole_chunks():
     too far would read the next level's first anchor, whose centre is the GTs' centre, or read past A."""
     anchors, levels = multi_scale_anchors(256, 1024, (8, 16), [8.0])
     assert levels == [4096, 1024]
-    gt = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [2.0, 2.0, 14.0, 14.0], [1000.0, 232.0, 1024.0, 256.0],
-                        [300.0, 100.0, 420.0, 180.0]]])
-    case = dict(anchors=anchors, num_anchors_per_level=levels, gt_boxes=gt, gt_counts=None, topk=9,
-                anchor_valid=None, center_eps=0.01)
+    gt = torch.tensor(
+        [[[0.0, 0.0, 16.0, 16.0], [2.0, 2.0, 14.0, 14.0], [1000.0, 232.0, 1024.0, 256.0], [300.0, 100.0, 420.0, 180.0]]]
+    )
+    case = dict(
+        anchors=anchors,
+        num_anchors_per_level=levels,
+        gt_boxes=gt,
+        gt_counts=None,
+        topk=9,
+        anchor_valid=None,
+        center_eps=0.01,
+    )
     with env_vars(ATSS_NUM_SMS=1000):
         all_ops_equal_cpu(case, "levels of whole chunks")
 

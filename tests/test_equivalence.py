@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import atss_ops
 from cases import (
     API_DEVICES,
     CASE_NAMES,
@@ -28,11 +26,13 @@ from cases import (
     move,
     op_args,
     ops_of,
-    tensor_device,
     reference_op,
     reference_stages,
     run_isolated,
+    tensor_device,
 )
+
+import atss_ops
 
 
 def check_op(op: str, args: tuple, device: str, expected, layout=lambda args: args) -> None:
@@ -188,7 +188,10 @@ def _forms(case: dict):
     else:
         yield "gt_counts all G", dict(case, gt_counts=full)
     if case["anchor_valid"] is None:
-        yield "anchor_valid all True", dict(case, anchor_valid=torch.ones(B, case["anchors"].shape[0], dtype=torch.bool))
+        yield (
+            "anchor_valid all True",
+            dict(case, anchor_valid=torch.ones(B, case["anchors"].shape[0], dtype=torch.bool)),
+        )
 
 
 @pytest.mark.parametrize("name", FORM_CASES)
@@ -198,8 +201,13 @@ def test_equivalent_argument_forms(name):
     expected = reference_stages(name)["atss_assign"]
     for what, form in _forms(case):
         out = atss_ops.atss_assign(
-            form["anchors"], form["num_anchors_per_level"], form["gt_boxes"], form["gt_counts"],
-            topk=form["topk"], anchor_valid=form["anchor_valid"], center_eps=form["center_eps"],
+            form["anchors"],
+            form["num_anchors_per_level"],
+            form["gt_boxes"],
+            form["gt_counts"],
+            topk=form["topk"],
+            anchor_valid=form["anchor_valid"],
+            center_eps=form["center_eps"],
         )
         assert_bits_equal(out, expected, what)
 

@@ -13,9 +13,7 @@ from test_errors import ANCHOR_COUNT, ASSIGN_ARGS, INVALID, OP_ARGS, STAGE_INVAL
 import atss_ops
 from atss_ops import reference
 
-pytestmark = pytest.mark.skipif(
-    not atss_ops.has_kernel("atss_assign", "cpu"), reason="needs the compiled CPU kernels"
-)
+pytestmark = pytest.mark.skipif(not atss_ops.has_kernel("atss_assign", "cpu"), reason="needs the compiled CPU kernels")
 
 
 def message(fn, *args) -> str:

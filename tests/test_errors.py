@@ -8,9 +8,6 @@ import re
 
 import pytest
 import torch
-
-import atss_ops
-from atss_ops import reference
 from cases import (
     EMPTY_CASE_NAMES,
     assert_bits_equal,
@@ -20,6 +17,9 @@ from cases import (
     make_case,
     run_isolated,
 )
+
+import atss_ops
+from atss_ops import reference
 
 NAN, INF = float("nan"), float("inf")
 
@@ -33,8 +33,15 @@ def base_case() -> dict:
         [[[1, 1, 9, 9], [2, 2, 4, 4], [0, 0, 16, 16]], [[4, 4, 12, 12], [0, 0, 2, 2], [NAN, NAN, NAN, NAN]]],
         dtype=torch.float32,
     )
-    return dict(anchors=anchors, num_anchors_per_level=[4, 1], gt_boxes=gt, gt_counts=torch.tensor([3, 2]),
-                topk=2, anchor_valid=None, center_eps=0.01)
+    return dict(
+        anchors=anchors,
+        num_anchors_per_level=[4, 1],
+        gt_boxes=gt,
+        gt_counts=torch.tensor([3, 2]),
+        topk=2,
+        anchor_valid=None,
+        center_eps=0.01,
+    )
 
 
 def put(t: torch.Tensor, index, value) -> torch.Tensor:
@@ -82,77 +89,143 @@ INVALID = {
     "anchors_nan": (lambda c: dict(anchors=put(A(c), (1, 0), NAN)), "anchors[1] = [nan, 0, 16, 8] is not finite"),
     "anchors_inf": (lambda c: dict(anchors=put(A(c), (2, 3), INF)), "anchors[2] = [0, 8, 8, inf] is not finite"),
     "anchors_neg_inf": (lambda c: dict(anchors=put(A(c), (0, 0), -INF)), "anchors[0] = [-inf, 0, 8, 8] is not finite"),
-    "anchors_x2_lt_x1": (lambda c: dict(anchors=put(A(c), 3, [16, 8, 8, 16])),
-                         "anchors[3] = [16, 8, 8, 16] has x2 < x1 or y2 < y1"),
-    "anchors_y2_lt_y1": (lambda c: dict(anchors=put(A(c), 4, [0, 16, 16, 0])),
-                         "anchors[4] = [0, 16, 16, 0] has x2 < x1 or y2 < y1"),
+    "anchors_x2_lt_x1": (
+        lambda c: dict(anchors=put(A(c), 3, [16, 8, 8, 16])),
+        "anchors[3] = [16, 8, 8, 16] has x2 < x1 or y2 < y1",
+    ),
+    "anchors_y2_lt_y1": (
+        lambda c: dict(anchors=put(A(c), 4, [0, 16, 16, 0])),
+        "anchors[4] = [0, 16, 16, 0] has x2 < x1 or y2 < y1",
+    ),
     "gt_nan": (lambda c: dict(gt_boxes=put(GT(c), (0, 1, 2), NAN)), "gt_boxes[0, 1] = [2, 2, nan, 4] is not finite"),
     "gt_inf": (lambda c: dict(gt_boxes=put(GT(c), (1, 1, 0), INF)), "gt_boxes[1, 1] = [inf, 0, 2, 2] is not finite"),
-    "gt_neg_inf": (lambda c: dict(gt_boxes=put(GT(c), (0, 2, 1), -INF)),
-                   "gt_boxes[0, 2] = [0, -inf, 16, 16] is not finite"),
-    "gt_x2_lt_x1": (lambda c: dict(gt_boxes=put(GT(c), (1, 0), [12, 4, 4, 12])),
-                    "gt_boxes[1, 0] = [12, 4, 4, 12] has x2 < x1 or y2 < y1"),
-    "gt_y2_lt_y1": (lambda c: dict(gt_boxes=put(GT(c), (0, 2), [0, 16, 16, 0])),
-                    "gt_boxes[0, 2] = [0, 16, 16, 0] has x2 < x1 or y2 < y1"),
-    "gt_nan_row_without_counts": (lambda c: dict(gt_counts=None),
-                                  "gt_boxes[1, 2] = [nan, nan, nan, nan] is not finite"),
-    "gt_nan_row_inside_counts": (lambda c: dict(gt_counts=torch.tensor([3, 3])),
-                                 "gt_boxes[1, 2] = [nan, nan, nan, nan] is not finite"),
+    "gt_neg_inf": (
+        lambda c: dict(gt_boxes=put(GT(c), (0, 2, 1), -INF)),
+        "gt_boxes[0, 2] = [0, -inf, 16, 16] is not finite",
+    ),
+    "gt_x2_lt_x1": (
+        lambda c: dict(gt_boxes=put(GT(c), (1, 0), [12, 4, 4, 12])),
+        "gt_boxes[1, 0] = [12, 4, 4, 12] has x2 < x1 or y2 < y1",
+    ),
+    "gt_y2_lt_y1": (
+        lambda c: dict(gt_boxes=put(GT(c), (0, 2), [0, 16, 16, 0])),
+        "gt_boxes[0, 2] = [0, 16, 16, 0] has x2 < x1 or y2 < y1",
+    ),
+    "gt_nan_row_without_counts": (
+        lambda c: dict(gt_counts=None),
+        "gt_boxes[1, 2] = [nan, nan, nan, nan] is not finite",
+    ),
+    "gt_nan_row_inside_counts": (
+        lambda c: dict(gt_counts=torch.tensor([3, 3])),
+        "gt_boxes[1, 2] = [nan, nan, nan, nan] is not finite",
+    ),
     # Shapes.
     "anchors_shape_a3": (lambda c: dict(anchors=A(c)[:, :3]), "anchors must have shape [A, 4], got shape [5, 3]"),
     "anchors_shape_1d": (lambda c: dict(anchors=A(c).flatten()), "anchors must have shape [A, 4], got shape [20]"),
     "anchors_shape_3d": (lambda c: dict(anchors=A(c)[None]), "anchors must have shape [A, 4], got shape [1, 5, 4]"),
     "gt_shape_2d": (lambda c: dict(gt_boxes=GT(c)[0]), "gt_boxes must have shape [B, G, 4], got shape [3, 4]"),
-    "gt_shape_g5": (lambda c: dict(gt_boxes=torch.zeros(2, 3, 5)), "gt_boxes must have shape [B, G, 4], got shape [2, 3, 5]"),
-    "gt_counts_shape_b3": (lambda c: dict(gt_counts=torch.tensor([3, 2, 1])),
-                           "gt_counts must have shape [B] = [2], got shape [3]"),
-    "gt_counts_shape_2d": (lambda c: dict(gt_counts=torch.tensor([[3], [2]])),
-                           "gt_counts must have shape [B] = [2], got shape [2, 1]"),
-    "anchor_valid_shape_1d": (lambda c: dict(anchor_valid=torch.ones(5, dtype=torch.bool)),
-                              "anchor_valid must have shape [B, A] = [2, 5], got shape [5]"),
-    "anchor_valid_shape_a4": (lambda c: dict(anchor_valid=torch.ones(2, 4, dtype=torch.bool)),
-                              "anchor_valid must have shape [B, A] = [2, 5], got shape [2, 4]"),
+    "gt_shape_g5": (
+        lambda c: dict(gt_boxes=torch.zeros(2, 3, 5)),
+        "gt_boxes must have shape [B, G, 4], got shape [2, 3, 5]",
+    ),
+    "gt_counts_shape_b3": (
+        lambda c: dict(gt_counts=torch.tensor([3, 2, 1])),
+        "gt_counts must have shape [B] = [2], got shape [3]",
+    ),
+    "gt_counts_shape_2d": (
+        lambda c: dict(gt_counts=torch.tensor([[3], [2]])),
+        "gt_counts must have shape [B] = [2], got shape [2, 1]",
+    ),
+    "anchor_valid_shape_1d": (
+        lambda c: dict(anchor_valid=torch.ones(5, dtype=torch.bool)),
+        "anchor_valid must have shape [B, A] = [2, 5], got shape [5]",
+    ),
+    "anchor_valid_shape_a4": (
+        lambda c: dict(anchor_valid=torch.ones(2, 4, dtype=torch.bool)),
+        "anchor_valid must have shape [B, A] = [2, 5], got shape [2, 4]",
+    ),
     # Dtypes.
-    "anchors_float64": (lambda c: dict(anchors=A(c).double()), "anchors must be float32, got torch.float64",
-                    ("op", "reference", EMU)),  # the public API converts them to float32
-    "anchors_float16": (lambda c: dict(anchors=A(c).half()), "anchors must be float32, got torch.float16",
-                    ("op", "reference", EMU)),  # the public API converts them to float32
+    "anchors_float64": (
+        lambda c: dict(anchors=A(c).double()),
+        "anchors must be float32, got torch.float64",
+        ("op", "reference", EMU),
+    ),  # the public API converts them to float32
+    "anchors_float16": (
+        lambda c: dict(anchors=A(c).half()),
+        "anchors must be float32, got torch.float16",
+        ("op", "reference", EMU),
+    ),  # the public API converts them to float32
     "anchors_int64": (lambda c: dict(anchors=A(c).long()), "anchors must be float32, got torch.int64"),
-    "gt_float64": (lambda c: dict(gt_boxes=GT(c).double()), "gt_boxes must be float32, got torch.float64",
-                    ("op", "reference", EMU)),  # the public API converts them to float32
-    "gt_counts_float32": (lambda c: dict(gt_counts=torch.tensor([3.0, 2.0])), "gt_counts must be int64, got torch.float32"),
+    "gt_float64": (
+        lambda c: dict(gt_boxes=GT(c).double()),
+        "gt_boxes must be float32, got torch.float64",
+        ("op", "reference", EMU),
+    ),  # the public API converts them to float32
+    "gt_counts_float32": (
+        lambda c: dict(gt_counts=torch.tensor([3.0, 2.0])),
+        "gt_counts must be int64, got torch.float32",
+    ),
     # The public API converts other integer dtypes; the op and the reference take int64 only.
-    "gt_counts_int32": (lambda c: dict(gt_counts=torch.tensor([3, 2], dtype=torch.int32)),
-                        "gt_counts must be int64, got torch.int32", ("op", "reference")),
-    "anchor_valid_uint8": (lambda c: dict(anchor_valid=torch.ones(2, 5, dtype=torch.uint8)),
-                           "anchor_valid must be bool, got torch.uint8"),
+    "gt_counts_int32": (
+        lambda c: dict(gt_counts=torch.tensor([3, 2], dtype=torch.int32)),
+        "gt_counts must be int64, got torch.int32",
+        ("op", "reference"),
+    ),
+    "anchor_valid_uint8": (
+        lambda c: dict(anchor_valid=torch.ones(2, 5, dtype=torch.uint8)),
+        "anchor_valid must be bool, got torch.uint8",
+    ),
     # Scalars and level sizes.
-    "levels_sum_too_big": (lambda c: dict(num_anchors_per_level=[4, 2]),
-                           "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [4, 2] summing to 6"),
-    "levels_sum_too_small": (lambda c: dict(num_anchors_per_level=[3]),
-                             "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [3] summing to 3"),
-    "levels_empty_list": (lambda c: dict(num_anchors_per_level=[]),
-                          "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [] summing to 0"),
-    "levels_sum_overflows_int64": (lambda c: dict(num_anchors_per_level=[2**62] * 4 + [5]),
-                                   f"num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got {[2**62] * 4 + [5]} "
-                                   f"summing to {2**64 + 5}", ("reference",)),  # kernels: see test_level_sizes_overflowing_int64
-    "level_negative": (lambda c: dict(num_anchors_per_level=[6, -1]),
-                       "num_anchors_per_level entries must be >= 0, got [6, -1]"),
+    "levels_sum_too_big": (
+        lambda c: dict(num_anchors_per_level=[4, 2]),
+        "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [4, 2] summing to 6",
+    ),
+    "levels_sum_too_small": (
+        lambda c: dict(num_anchors_per_level=[3]),
+        "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [3] summing to 3",
+    ),
+    "levels_empty_list": (
+        lambda c: dict(num_anchors_per_level=[]),
+        "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [] summing to 0",
+    ),
+    "levels_sum_overflows_int64": (
+        lambda c: dict(num_anchors_per_level=[2**62] * 4 + [5]),
+        f"num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got {[2**62] * 4 + [5]} summing to {2**64 + 5}",
+        ("reference",),
+    ),  # kernels: see test_level_sizes_overflowing_int64
+    "level_negative": (
+        lambda c: dict(num_anchors_per_level=[6, -1]),
+        "num_anchors_per_level entries must be >= 0, got [6, -1]",
+    ),
     "topk_zero": (lambda c: dict(topk=0), "topk must be >= 1, got 0"),
     "topk_negative": (lambda c: dict(topk=-3), "topk must be >= 1, got -3"),
-    "gt_counts_above_g": (lambda c: dict(gt_counts=torch.tensor([4, 2])), "gt_counts[0] = 4 is out of range [0, G = 3]"),
-    "gt_counts_negative": (lambda c: dict(gt_counts=torch.tensor([3, -1])),
-                           "gt_counts[1] = -1 is out of range [0, G = 3]"),
+    "gt_counts_above_g": (
+        lambda c: dict(gt_counts=torch.tensor([4, 2])),
+        "gt_counts[0] = 4 is out of range [0, G = 3]",
+    ),
+    "gt_counts_negative": (
+        lambda c: dict(gt_counts=torch.tensor([3, -1])),
+        "gt_counts[1] = -1 is out of range [0, G = 3]",
+    ),
     "center_eps_nan": (lambda c: dict(center_eps=NAN), "center_eps must be finite, got nan"),
     "center_eps_inf": (lambda c: dict(center_eps=INF), "center_eps must be finite, got inf"),
     "center_eps_neg_inf": (lambda c: dict(center_eps=-INF), "center_eps must be finite, got -inf"),
     # Public API only: the list form of gt_boxes.
-    "list_gt_with_counts": (lambda c: dict(gt_boxes=[GT(c)[0], GT(c)[1, :2]]),
-                            "gt_counts must be None when gt_boxes is a list: the counts come from the list", ("api",)),
-    "list_gt_empty": (lambda c: dict(gt_boxes=[], gt_counts=None),
-                      "gt_boxes is an empty list: pass a Tensor[0, G, 4] for an empty batch", ("api",)),
-    "list_gt_bad_item": (lambda c: dict(gt_boxes=[GT(c)[0], torch.zeros(3)], gt_counts=None),
-                         "gt_boxes[1] must be a Tensor[G_i, 4], got [3]", ("api",)),
+    "list_gt_with_counts": (
+        lambda c: dict(gt_boxes=[GT(c)[0], GT(c)[1, :2]]),
+        "gt_counts must be None when gt_boxes is a list: the counts come from the list",
+        ("api",),
+    ),
+    "list_gt_empty": (
+        lambda c: dict(gt_boxes=[], gt_counts=None),
+        "gt_boxes is an empty list: pass a Tensor[0, G, 4] for an empty batch",
+        ("api",),
+    ),
+    "list_gt_bad_item": (
+        lambda c: dict(gt_boxes=[GT(c)[0], torch.zeros(3)], gt_counts=None),
+        "gt_boxes[1] must be a Tensor[G_i, 4], got [3]",
+        ("api",),
+    ),
 }
 
 # Messages of the value checks (they read tensor data): not run by the CUDA kernels.
@@ -166,8 +239,13 @@ def _paths(message: str, paths: tuple) -> list:
 
 
 INVALID_PARAMS = [
-    pytest.param(changes, message, getattr(path, "values", (path,))[0], id=f"{name}-{getattr(path, 'values', (path,))[0]}",
-                 marks=getattr(path, "marks", ()))
+    pytest.param(
+        changes,
+        message,
+        getattr(path, "values", (path,))[0],
+        id=f"{name}-{getattr(path, 'values', (path,))[0]}",
+        marks=getattr(path, "marks", ()),
+    )
     for name, (changes, message, *paths) in INVALID.items()
     for path in _paths(message, paths)
 ]
@@ -214,49 +292,86 @@ OP_ARGS = {
 
 # (op, id): (changes, expected message)
 STAGE_INVALID = {
-    ("center_distance", "anchors_nan"): (lambda s: dict(anchors=put(s["anchors"], (4, 2), NAN)),
-                                         "anchors[4] = [0, 0, nan, 16] is not finite"),
-    ("center_distance", "gt_x2_lt_x1"): (lambda s: dict(gt_boxes=put(s["gt_boxes"], (0, 0, 2), 0.0)),
-                                         "gt_boxes[0, 0] = [1, 1, 0, 9] has x2 < x1 or y2 < y1"),
-    ("center_distance", "anchors_shape"): (lambda s: dict(anchors=s["anchors"].t()),
-                                           "anchors must have shape [A, 4], got shape [4, 5]"),
-    ("center_distance", "gt_counts_above_g"): (lambda s: dict(gt_counts=torch.tensor([3, 5])),
-                                               "gt_counts[1] = 5 is out of range [0, G = 3]"),
-    ("topk_per_level", "distances_2d"): (lambda s: dict(distances=s["distances"][0]),
-                                         "distances must have shape [B, G, A], got shape [3, 5]"),
-    ("topk_per_level", "distances_float64"): (lambda s: dict(distances=s["distances"].double()),
-                                              "distances must be float32, got torch.float64"),
-    ("topk_per_level", "levels_sum"): (lambda s: dict(num_anchors_per_level=[4, 4]),
-                                       "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [4, 4] summing to 8"),
+    ("center_distance", "anchors_nan"): (
+        lambda s: dict(anchors=put(s["anchors"], (4, 2), NAN)),
+        "anchors[4] = [0, 0, nan, 16] is not finite",
+    ),
+    ("center_distance", "gt_x2_lt_x1"): (
+        lambda s: dict(gt_boxes=put(s["gt_boxes"], (0, 0, 2), 0.0)),
+        "gt_boxes[0, 0] = [1, 1, 0, 9] has x2 < x1 or y2 < y1",
+    ),
+    ("center_distance", "anchors_shape"): (
+        lambda s: dict(anchors=s["anchors"].t()),
+        "anchors must have shape [A, 4], got shape [4, 5]",
+    ),
+    ("center_distance", "gt_counts_above_g"): (
+        lambda s: dict(gt_counts=torch.tensor([3, 5])),
+        "gt_counts[1] = 5 is out of range [0, G = 3]",
+    ),
+    ("topk_per_level", "distances_2d"): (
+        lambda s: dict(distances=s["distances"][0]),
+        "distances must have shape [B, G, A], got shape [3, 5]",
+    ),
+    ("topk_per_level", "distances_float64"): (
+        lambda s: dict(distances=s["distances"].double()),
+        "distances must be float32, got torch.float64",
+    ),
+    ("topk_per_level", "levels_sum"): (
+        lambda s: dict(num_anchors_per_level=[4, 4]),
+        "num_anchors_per_level must sum to A = 5 (anchors.shape[0]), got [4, 4] summing to 8",
+    ),
     ("topk_per_level", "topk_zero"): (lambda s: dict(topk=0), "topk must be >= 1, got 0"),
-    ("topk_per_level", "gt_counts_negative"): (lambda s: dict(gt_counts=torch.tensor([-2, 0])),
-                                               "gt_counts[0] = -2 is out of range [0, G = 3]"),
-    ("topk_per_level", "anchor_valid_shape"): (lambda s: dict(anchor_valid=torch.ones(1, 5, dtype=torch.bool)),
-                                               "anchor_valid must have shape [B, A] = [2, 5], got shape [1, 5]"),
-    ("iou_statistics", "candidate_too_big"): (lambda s: dict(candidates=put(s["candidates"], (1, 0, 2), 5)),
-                                              "candidates[1, 0, 2] = 5 is out of range [-1, A) with A = 5"),
-    ("iou_statistics", "candidate_below_minus_one"): (lambda s: dict(candidates=put(s["candidates"], (0, 2, 1), -2)),
-                                                      "candidates[0, 2, 1] = -2 is out of range [-1, A) with A = 5"),
-    ("iou_statistics", "candidates_shape"): (lambda s: dict(candidates=s["candidates"][:, :2]),
-                                             "candidates must have shape [B, G, C] with B = 2, G = 3, got shape [2, 2, 3]"),
-    ("iou_statistics", "candidates_int32"): (lambda s: dict(candidates=s["candidates"].int()),
-                                             "candidates must be int64, got torch.int32"),
+    ("topk_per_level", "gt_counts_negative"): (
+        lambda s: dict(gt_counts=torch.tensor([-2, 0])),
+        "gt_counts[0] = -2 is out of range [0, G = 3]",
+    ),
+    ("topk_per_level", "anchor_valid_shape"): (
+        lambda s: dict(anchor_valid=torch.ones(1, 5, dtype=torch.bool)),
+        "anchor_valid must have shape [B, A] = [2, 5], got shape [1, 5]",
+    ),
+    ("iou_statistics", "candidate_too_big"): (
+        lambda s: dict(candidates=put(s["candidates"], (1, 0, 2), 5)),
+        "candidates[1, 0, 2] = 5 is out of range [-1, A) with A = 5",
+    ),
+    ("iou_statistics", "candidate_below_minus_one"): (
+        lambda s: dict(candidates=put(s["candidates"], (0, 2, 1), -2)),
+        "candidates[0, 2, 1] = -2 is out of range [-1, A) with A = 5",
+    ),
+    ("iou_statistics", "candidates_shape"): (
+        lambda s: dict(candidates=s["candidates"][:, :2]),
+        "candidates must have shape [B, G, C] with B = 2, G = 3, got shape [2, 2, 3]",
+    ),
+    ("iou_statistics", "candidates_int32"): (
+        lambda s: dict(candidates=s["candidates"].int()),
+        "candidates must be int64, got torch.int32",
+    ),
     ("iou_statistics", "center_eps_nan"): (lambda s: dict(center_eps=NAN), "center_eps must be finite, got nan"),
-    ("iou_statistics", "gt_inf"): (lambda s: dict(gt_boxes=put(s["gt_boxes"], (1, 0, 3), INF)),
-                                   "gt_boxes[1, 0] = [4, 4, 12, inf] is not finite"),
-    ("resolve_multi_gt", "candidate_too_big"): (lambda s: dict(num_anchors=3),
-                                                "is out of range [-1, A) with A = 3"),
+    ("iou_statistics", "gt_inf"): (
+        lambda s: dict(gt_boxes=put(s["gt_boxes"], (1, 0, 3), INF)),
+        "gt_boxes[1, 0] = [4, 4, 12, inf] is not finite",
+    ),
+    ("resolve_multi_gt", "candidate_too_big"): (lambda s: dict(num_anchors=3), "is out of range [-1, A) with A = 3"),
     ("resolve_multi_gt", "num_anchors_negative"): (lambda s: dict(num_anchors=-1), "num_anchors must be >= 0, got -1"),
-    ("resolve_multi_gt", "candidate_iou_shape"): (lambda s: dict(candidate_iou=s["candidate_iou"][..., :2]),
-                                                  "candidate_iou must have the shape of candidates [2, 3, 3], got shape [2, 3, 2]"),
-    ("resolve_multi_gt", "candidate_iou_float64"): (lambda s: dict(candidate_iou=s["candidate_iou"].double()),
-                                                    "candidate_iou must be float32, got torch.float64"),
-    ("resolve_multi_gt", "is_positive_uint8"): (lambda s: dict(is_positive=s["is_positive"].to(torch.uint8)),
-                                                "is_positive must be bool, got torch.uint8"),
-    ("resolve_multi_gt", "is_positive_shape"): (lambda s: dict(is_positive=s["is_positive"][:1]),
-                                                "is_positive must have the shape of candidates [2, 3, 3], got shape [1, 3, 3]"),
-    ("resolve_multi_gt", "candidates_2d"): (lambda s: dict(candidates=s["candidates"][0]),
-                                            "candidates must have shape [B, G, C]"),
+    ("resolve_multi_gt", "candidate_iou_shape"): (
+        lambda s: dict(candidate_iou=s["candidate_iou"][..., :2]),
+        "candidate_iou must have the shape of candidates [2, 3, 3], got shape [2, 3, 2]",
+    ),
+    ("resolve_multi_gt", "candidate_iou_float64"): (
+        lambda s: dict(candidate_iou=s["candidate_iou"].double()),
+        "candidate_iou must be float32, got torch.float64",
+    ),
+    ("resolve_multi_gt", "is_positive_uint8"): (
+        lambda s: dict(is_positive=s["is_positive"].to(torch.uint8)),
+        "is_positive must be bool, got torch.uint8",
+    ),
+    ("resolve_multi_gt", "is_positive_shape"): (
+        lambda s: dict(is_positive=s["is_positive"][:1]),
+        "is_positive must have the shape of candidates [2, 3, 3], got shape [1, 3, 3]",
+    ),
+    ("resolve_multi_gt", "candidates_2d"): (
+        lambda s: dict(candidates=s["candidates"][0]),
+        "candidates must have shape [B, G, C]",
+    ),
 }
 
 
@@ -302,7 +417,9 @@ def test_level_sizes_overflowing_int64():
         calls[f"torch.ops.atss_ops.topk_per_level {levels}"] = f"torch.ops.atss_ops.topk_per_level(d, {levels}, 9)"
         calls[f"atss_ops.topk_per_level {levels}"] = f"atss_ops.topk_per_level(d, {levels}, 9)"
     results = isolated_results(run_isolated(OVERFLOW_SETUP, calls), calls)
-    failures = [f"{label} -> {r}" for label, r in results.items() if not r.startswith("ValueError: num_anchors_per_level")]
+    failures = [
+        f"{label} -> {r}" for label, r in results.items() if not r.startswith("ValueError: num_anchors_per_level")
+    ]
     assert not failures, "\n".join(failures)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import OPS, assert_bits_equal, compute_reference_stages, kernel, make_case, op_args, reference_stages
 
 import atss_ops
-from cases import OPS, assert_bits_equal, compute_reference_stages, kernel, make_case, op_args, reference_stages
 
 
 def _sample(name: str, **changes) -> dict:
@@ -64,8 +64,15 @@ def _assign(anchors, levels, gt_boxes, gt_counts, anchor_valid, topk: int, cente
 
 def _wrapper_args(case: dict) -> tuple:
     c = case
-    return (c["anchors"], c["num_anchors_per_level"], c["gt_boxes"], c["gt_counts"], c["anchor_valid"], c["topk"],
-            c["center_eps"])
+    return (
+        c["anchors"],
+        c["num_anchors_per_level"],
+        c["gt_boxes"],
+        c["gt_counts"],
+        c["anchor_valid"],
+        c["topk"],
+        c["center_eps"],
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-
-from atss_ops import AssignResult, reference
 from cases import (
     CASE_NAMES,
     OPS,
@@ -24,6 +20,10 @@ from cases import (
     ops_of,
     reference_stages,
 )
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from atss_ops import AssignResult, reference
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -63,7 +63,7 @@ def assign_inputs(draw, modes=tuple(COORDS)):
     if draw(st.booleans()):
         gt_counts = torch.tensor(draw(st.lists(st.integers(0, G), min_size=B, max_size=B)), dtype=torch.int64)
         for b in range(B):
-            gt_boxes[b, int(gt_counts[b]):] = float("nan")
+            gt_boxes[b, int(gt_counts[b]) :] = float("nan")
     anchor_valid = None
     if draw(st.booleans()):
         flags = draw(st.lists(st.booleans(), min_size=B * A, max_size=B * A))

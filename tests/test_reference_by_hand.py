@@ -22,9 +22,9 @@ from typing import Sequence
 
 import pytest
 import torch
+from cases import assert_bits_equal
 
 from atss_ops import reference
-from cases import assert_bits_equal
 
 NAN = float("nan")
 ANCHORS = torch.tensor(
@@ -64,8 +64,15 @@ def run_all(inputs: dict, impl) -> dict:
         i["anchors"], i["levels"], i["gt_boxes"], i["gt_counts"], i["topk"], i["anchor_valid"], i["center_eps"]
     )
     return dict(
-        distances=d, candidates=cand, candidate_iou=cand_iou, threshold=thr, is_positive=pos,
-        gt_index=gt_index, iou=iou, num_positive=num_pos, fused=tuple(fused),
+        distances=d,
+        candidates=cand,
+        candidate_iou=cand_iou,
+        threshold=thr,
+        is_positive=pos,
+        gt_index=gt_index,
+        iou=iou,
+        num_positive=num_pos,
+        fused=tuple(fused),
     )
 
 
@@ -95,8 +102,12 @@ def check(inputs: dict, expected: dict) -> None:
 
 def example(gt_boxes, topk, gt_counts=None, anchor_valid=None, anchors=ANCHORS, levels=LEVELS, center_eps=0.01):
     return dict(
-        anchors=anchors, levels=levels, gt_boxes=torch.tensor(gt_boxes, dtype=torch.float32), topk=topk,
-        gt_counts=None if gt_counts is None else torch.tensor(gt_counts), center_eps=center_eps,
+        anchors=anchors,
+        levels=levels,
+        gt_boxes=torch.tensor(gt_boxes, dtype=torch.float32),
+        topk=topk,
+        gt_counts=None if gt_counts is None else torch.tensor(gt_counts),
+        center_eps=center_eps,
         anchor_valid=None if anchor_valid is None else torch.tensor(anchor_valid),
     )
 
@@ -187,7 +198,9 @@ def test_invalid_anchors_short_level_and_padding():
     assert abs(thr - 25 / 112) < 1e-7
     check(
         example(
-            [[[1, 1, 3, 3], [NAN, NAN, NAN, NAN]]], topk=3, gt_counts=[1],
+            [[[1, 1, 3, 3], [NAN, NAN, NAN, NAN]]],
+            topk=3,
+            gt_counts=[1],
             anchor_valid=[[False, True, True, True, True, False]],
         ),
         dict(

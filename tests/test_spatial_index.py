@@ -24,11 +24,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import atss_ops
-from atss_ops import reference
 from cases import (
     CASE_NAMES,
     assert_bits_equal,
@@ -39,6 +34,11 @@ from cases import (
     random_case,
     reference_stages,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import atss_ops
+from atss_ops import reference
 
 pytestmark = pytest.mark.skipif(
     not atss_ops.has_kernel("atss_assign", "cpu"), reason="the compiled CPU kernels are not built"
@@ -70,8 +70,13 @@ def case_of(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None
     levels = [int(n) for n in levels]
     assert sum(levels) == anchors.shape[0]
     return dict(
-        anchors=anchors.float().contiguous(), num_anchors_per_level=levels, gt_boxes=gt_boxes.float().contiguous(),
-        gt_counts=gt_counts, topk=topk, anchor_valid=anchor_valid, center_eps=center_eps,
+        anchors=anchors.float().contiguous(),
+        num_anchors_per_level=levels,
+        gt_boxes=gt_boxes.float().contiguous(),
+        gt_counts=gt_counts,
+        topk=topk,
+        anchor_valid=anchor_valid,
+        center_eps=center_eps,
     )
 
 
@@ -83,8 +88,7 @@ def boxes_at(cx: torch.Tensor, cy: torch.Tensor, w, h) -> torch.Tensor:
 
 def lattice(nx: int, ny: int, step: float = 1.0, x0: float = 0.0, y0: float = 0.0):
     """Centres of an ``nx`` by ``ny`` lattice, row-major (x fastest), as two flat tensors."""
-    ys, xs = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32), indexing="ij")
     return xs.flatten() * step + x0, ys.flatten() * step + y0
 
 
@@ -251,8 +255,9 @@ def test_levels_of_one_anchor_and_empty_levels(monkeypatch):
     anchors = torch.cat([one, big, one, one * 2])
     gt = torch.tensor([[[10.0, 10.0, 50.0, 40.0], [60.0, 20.0, 100.0, 70.0], [0.0, 0.0, 120.0, 72.0]]])
     case = case_of(anchors, [1, 0, big.shape[0], 1, 0, 1], gt, topk=4)
-    check_against_scan(case, ADVERSARIAL_MODES, monkeypatch, "one-anchor levels",
-                       reference.atss_assign(*case_args(case)))
+    check_against_scan(
+        case, ADVERSARIAL_MODES, monkeypatch, "one-anchor levels", reference.atss_assign(*case_args(case))
+    )
 
 
 def test_extreme_but_finite_coordinates(monkeypatch):
@@ -274,10 +279,13 @@ def test_overflowing_centres_fall_back_to_the_scan(monkeypatch):
     no bound is NaN-free there, so such a level or GT is scanned; the answer is still exact."""
     cx, cy = lattice(10, 10, step=3e37, x0=-1.4e38, y0=-1.4e38)
     anchors = boxes_at(cx, cy, 1e37, 1e37)
-    edge = torch.tensor([[3.0e38, 3.0e38, 3.2e38, 3.3e38], [-3.3e38, 0.0, -3.1e38, 1.0], [3.0e38, -3.4e38, 3.4e38, -3.0e38]])
+    edge = torch.tensor(
+        [[3.0e38, 3.0e38, 3.2e38, 3.3e38], [-3.3e38, 0.0, -3.1e38, 1.0], [3.0e38, -3.4e38, 3.4e38, -3.0e38]]
+    )
     anchors = torch.cat([anchors[:50], edge, anchors[50:]])
-    gt = torch.cat([boxes_at(torch.tensor([0.0, 1e38, -1.2e38]), torch.tensor([0.0, -5e37, 1e38]), 2e37, 2e37),
-                    edge[:2]])[None]
+    gt = torch.cat(
+        [boxes_at(torch.tensor([0.0, 1e38, -1.2e38]), torch.tensor([0.0, -5e37, 1e38]), 2e37, 2e37), edge[:2]]
+    )[None]
     case = case_of(anchors, [53, 50], gt, topk=6, center_eps=-1e38)
     check_against_scan(case, ADVERSARIAL_MODES, monkeypatch, "overflow", reference.atss_assign(*case_args(case)))
 
@@ -304,12 +312,18 @@ def test_mask_leaves_few_usable_anchors_in_a_far_cell(usable, monkeypatch):
     valid[0, far.nonzero().flatten()[:usable]] = True
     valid[1, far.nonzero().flatten()[-usable:]] = True
     valid[1, 0] = True  # and one at the near corner in image 1
-    gt = torch.tensor([[[0.0, 0.0, 20.0, 20.0], [100.0, 60.0, 180.0, 100.0]], [[0.0, 0.0, 8.0, 8.0], [300, 220, 320, 240]]])
+    gt = torch.tensor(
+        [[[0.0, 0.0, 20.0, 20.0], [100.0, 60.0, 180.0, 100.0]], [[0.0, 0.0, 8.0, 8.0], [300, 220, 320, 240]]]
+    )
     case = case_of(anchors, [anchors.shape[0]], gt, topk=9, anchor_valid=valid)
-    check_against_scan(case, ADVERSARIAL_MODES, monkeypatch, f"{usable} usable", reference.atss_assign(*case_args(case)))
+    check_against_scan(
+        case, ADVERSARIAL_MODES, monkeypatch, f"{usable} usable", reference.atss_assign(*case_args(case))
+    )
 
 
-@pytest.mark.parametrize("layout", ["jittered", "uniform", "clustered", "one_point", "vertical_line", "two_clusters_far"])
+@pytest.mark.parametrize(
+    "layout", ["jittered", "uniform", "clustered", "one_point", "vertical_line", "two_clusters_far"]
+)
 def test_arbitrary_anchor_layouts(layout, monkeypatch):
     g = torch.Generator().manual_seed(len(layout))
     n = 400
@@ -345,8 +359,9 @@ def test_several_anchors_per_location(per_location, monkeypatch):
     gxy = torch.randint(0, 32, (2, 10, 2), generator=g).float() * 4  # on lattice lines and centres
     gt = boxes_at(gxy[..., 0], gxy[..., 1], 30.0, 22.0)
     case = case_of(anchors, levels, gt, topk=9 * per_location)
-    check_against_scan(case, ADVERSARIAL_MODES, monkeypatch, f"{per_location} per location",
-                       reference.atss_assign(*case_args(case)))
+    check_against_scan(
+        case, ADVERSARIAL_MODES, monkeypatch, f"{per_location} per location", reference.atss_assign(*case_args(case))
+    )
 
 
 # --------------------------------------------------------------------------- properties
@@ -375,8 +390,11 @@ def layouts(draw):
         elif kind == "line":
             cx, cy = torch.randint(0, 50, (n,), generator=g).float(), torch.full((n,), 7.0)
         else:
-            cx = torch.where(torch.rand(n, generator=g) < 0.5, torch.randint(0, 20, (n,), generator=g).float() * 5,
-                             torch.rand(n, generator=g) * 100)
+            cx = torch.where(
+                torch.rand(n, generator=g) < 0.5,
+                torch.randint(0, 20, (n,), generator=g).float() * 5,
+                torch.rand(n, generator=g) * 100,
+            )
             cy = torch.randint(0, 20, (n,), generator=g).float() * 5
         wh = torch.randint(1, 40, (n, 2), generator=g).float()
         boxes.append(boxes_at(cx, cy, wh[:, 0], wh[:, 1]))
@@ -413,8 +431,11 @@ def test_property_index_equals_reference(drawn, monkeypatch):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**31 - 1), jitter=st.sampled_from([0.0, 0.25, 1.0, 8.0]),
-       cell=st.sampled_from(["auto", "index:1", "index:2", "index:4", "index:9"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    jitter=st.sampled_from([0.0, 0.25, 1.0, 8.0]),
+    cell=st.sampled_from(["auto", "index:1", "index:2", "index:4", "index:9"]),
+)
 def test_property_coco_like_grids(seed, jitter, cell, monkeypatch):
     """Pyramid grids of a COCO-like image (levels above the auto threshold), jittered by up to
     ``jitter`` pixels, GT centres on the half-pixel lattice, random masks."""
@@ -429,5 +450,5 @@ def test_property_coco_like_grids(seed, jitter, cell, monkeypatch):
     case["gt_boxes"] = torch.cat([centre - half, centre + half], dim=-1)
     counts = case["gt_counts"]
     for b in range(2):
-        case["gt_boxes"][b, int(counts[b]):] = math.nan
+        case["gt_boxes"][b, int(counts[b]) :] = math.nan
     check_against_scan(case, [cell], monkeypatch, f"coco grid jitter {jitter}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import assert_bits_equal, bits_equal, make_case
 
 import atss_ops
-from cases import assert_bits_equal, bits_equal, make_case
 
 TARGET_CASES = ["coco_s1_b2_g7", "nan_padding", "duplicate_gts", "anchor_valid_padded_image", "gt_counts_zero"]
 
@@ -18,8 +18,13 @@ def _labels(case: dict, seed: int = 0) -> torch.Tensor:
 
 def _assign(case: dict) -> atss_ops.AssignResult:
     return atss_ops.atss_assign(
-        case["anchors"], case["num_anchors_per_level"], case["gt_boxes"], case["gt_counts"],
-        topk=case["topk"], anchor_valid=case["anchor_valid"], center_eps=case["center_eps"],
+        case["anchors"],
+        case["num_anchors_per_level"],
+        case["gt_boxes"],
+        case["gt_counts"],
+        topk=case["topk"],
+        anchor_valid=case["anchor_valid"],
+        center_eps=case["center_eps"],
     )
 
 

@@ -30,11 +30,17 @@ ATSS_HD int64_t valid_gt_count(const int64_t* gt_counts, int64_t b, int64_t num_
   return n < 0 ? 0 : (n > num_gt ? num_gt : n);
 }
 
-ATSS_HD float min_of(float a, float b) { return b < a ? b : a; }
-ATSS_HD float max_of(float a, float b) { return b > a ? b : a; }
+ATSS_HD float min_of(float a, float b) {
+  return b < a ? b : a;
+}
+ATSS_HD float max_of(float a, float b) {
+  return b > a ? b : a;
+}
 
 // Step 1: box centre along one axis.
-ATSS_HD float center_of(float lo, float hi) { return (lo + hi) / 2.0f; }
+ATSS_HD float center_of(float lo, float hi) {
+  return (lo + hi) / 2.0f;
+}
 
 // Step 2: squared centre distance, each operation rounded to float32.
 ATSS_HD float squared_distance(float acx, float acy, float gcx, float gcy) {

@@ -14,21 +14,34 @@ namespace {
 // the same as the ones the Python reference raises.
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kLong: return "torch.int64";
-    case at::kInt: return "torch.int32";
-    case at::kShort: return "torch.int16";
-    case at::kChar: return "torch.int8";
-    case at::kByte: return "torch.uint8";
-    case at::kBool: return "torch.bool";
-    default: return std::string("torch.") + c10::toString(t);
+    case at::kFloat:
+      return "torch.float32";
+    case at::kDouble:
+      return "torch.float64";
+    case at::kHalf:
+      return "torch.float16";
+    case at::kBFloat16:
+      return "torch.bfloat16";
+    case at::kLong:
+      return "torch.int64";
+    case at::kInt:
+      return "torch.int32";
+    case at::kShort:
+      return "torch.int16";
+    case at::kChar:
+      return "torch.int8";
+    case at::kByte:
+      return "torch.uint8";
+    case at::kBool:
+      return "torch.bool";
+    default:
+      return std::string("torch.") + c10::toString(t);
   }
 }
 
-std::string short_name(at::ScalarType t) { return dtype_name(t).substr(6); }
+std::string short_name(at::ScalarType t) {
+  return dtype_name(t).substr(6);
+}
 
 std::string sizes_str(at::IntArrayRef sizes) {
   std::string out = "[";
@@ -46,18 +59,20 @@ bool box_finite(const float* box) {
   return true;
 }
 
-bool box_ordered(const float* box) { return box[2] >= box[0] && box[3] >= box[1]; }
+bool box_ordered(const float* box) {
+  return box[2] >= box[0] && box[3] >= box[1];
+}
 
 void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   ATSS_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", short_name(dtype), ", got ",
-                    dtype_name(t.scalar_type()));
+                   dtype_name(t.scalar_type()));
 }
 
 }  // namespace
 
 void check_anchors(const at::Tensor& anchors) {
   ATSS_CHECK_VALUE(anchors.dim() == 2 && anchors.size(1) == 4,
-                    "anchors must have shape [A, 4], got shape ", sizes_str(anchors.sizes()));
+                   "anchors must have shape [A, 4], got shape ", sizes_str(anchors.sizes()));
   check_dtype(anchors, "anchors", at::kFloat);
   check_num_anchors(anchors.size(0));
 }
@@ -65,18 +80,18 @@ void check_anchors(const at::Tensor& anchors) {
 void check_num_anchors(int64_t num_anchors) {
   // Anchor indices travel as 32 bits inside the packed sort keys.
   ATSS_CHECK_VALUE(num_anchors <= std::numeric_limits<int32_t>::max(),
-                    "anchors must hold at most 2^31 - 1 anchors, got A = ", num(num_anchors));
+                   "anchors must hold at most 2^31 - 1 anchors, got A = ", num(num_anchors));
 }
 
 void check_gt_boxes(const at::Tensor& gt_boxes) {
   ATSS_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4,
-                    "gt_boxes must have shape [B, G, 4], got shape ", sizes_str(gt_boxes.sizes()));
+                   "gt_boxes must have shape [B, G, 4], got shape ", sizes_str(gt_boxes.sizes()));
   check_dtype(gt_boxes, "gt_boxes", at::kFloat);
 }
 
 void check_distances(const at::Tensor& distances) {
   ATSS_CHECK_VALUE(distances.dim() == 3, "distances must have shape [B, G, A], got shape ",
-                    sizes_str(distances.sizes()));
+                   sizes_str(distances.sizes()));
   check_dtype(distances, "distances", at::kFloat);
   check_num_anchors(distances.size(2));
 }
@@ -92,7 +107,8 @@ void check_same_device(std::initializer_list<std::pair<const char*, const at::Te
       continue;
     }
     ATSS_CHECK_VALUE(t->device() == first->device(), name, " is on ", t->device().str(), " but ",
-                     first_name, " is on ", first->device().str(), ": all tensors must be on one device");
+                     first_name, " is on ", first->device().str(),
+                     ": all tensors must be on one device");
   }
 }
 
@@ -111,15 +127,18 @@ void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors) {
   unsigned __int128 total = 0;
   for (int64_t n : num_anchors_per_level) {
     ATSS_CHECK_VALUE(n >= 0, "num_anchors_per_level entries must be >= 0, got ",
-                      sizes_str(num_anchors_per_level));
+                     sizes_str(num_anchors_per_level));
     total += static_cast<unsigned __int128>(n);
   }
-  ATSS_CHECK_VALUE(total == static_cast<unsigned __int128>(num_anchors), "num_anchors_per_level must sum to A = ", num(num_anchors),
-                    " (anchors.shape[0]), got ", sizes_str(num_anchors_per_level), " summing to ",
-                    to_decimal(total));
+  ATSS_CHECK_VALUE(total == static_cast<unsigned __int128>(num_anchors),
+                   "num_anchors_per_level must sum to A = ", num(num_anchors),
+                   " (anchors.shape[0]), got ", sizes_str(num_anchors_per_level), " summing to ",
+                   to_decimal(total));
 }
 
-void check_topk(int64_t topk) { ATSS_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", num(topk)); }
+void check_topk(int64_t topk) {
+  ATSS_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", num(topk));
+}
 
 void check_center_eps(double center_eps) {
   ATSS_CHECK_VALUE(std::isfinite(center_eps), "center_eps must be finite, got ", num(center_eps));
@@ -128,8 +147,8 @@ void check_center_eps(double center_eps) {
 void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch) {
   if (!gt_counts.has_value()) return;
   const at::Tensor& t = *gt_counts;
-  ATSS_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, "gt_counts must have shape [B] = [", num(batch),
-                    "], got shape ", sizes_str(t.sizes()));
+  ATSS_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, "gt_counts must have shape [B] = [",
+                   num(batch), "], got shape ", sizes_str(t.sizes()));
   check_dtype(t, "gt_counts", at::kLong);
 }
 
@@ -138,23 +157,23 @@ void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t b
   if (!anchor_valid.has_value()) return;
   const at::Tensor& t = *anchor_valid;
   ATSS_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors,
-                    "anchor_valid must have shape [B, A] = [", num(batch), ", ", num(num_anchors),
-                    "], got shape ", sizes_str(t.sizes()));
+                   "anchor_valid must have shape [B, A] = [", num(batch), ", ", num(num_anchors),
+                   "], got shape ", sizes_str(t.sizes()));
   check_dtype(t, "anchor_valid", at::kBool);
 }
 
 void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt) {
   ATSS_CHECK_VALUE(
       candidates.dim() == 3 && candidates.size(0) == batch && candidates.size(1) == num_gt,
-      "candidates must have shape [B, G, C] with B = ", num(batch), ", G = ", num(num_gt), ", got shape ",
-      sizes_str(candidates.sizes()));
+      "candidates must have shape [B, G, C] with B = ", num(batch), ", G = ", num(num_gt),
+      ", got shape ", sizes_str(candidates.sizes()));
   check_dtype(candidates, "candidates", at::kLong);
 }
 
 void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
                           at::ScalarType dtype) {
   ATSS_CHECK_VALUE(t.sizes() == candidates.sizes(), name, " must have the shape of candidates ",
-                    sizes_str(candidates.sizes()), ", got shape ", sizes_str(t.sizes()));
+                   sizes_str(candidates.sizes()), ", got shape ", sizes_str(t.sizes()));
   check_dtype(t, name, dtype);
 }
 
@@ -164,7 +183,7 @@ void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t 
   const int64_t* p = counts.data_ptr<int64_t>();
   for (int64_t b = 0; b < counts.numel(); ++b) {
     ATSS_CHECK_VALUE(p[b] >= 0 && p[b] <= num_gt, "gt_counts[", num(b), "] = ", num(p[b]),
-                      " is out of range [0, G = ", num(num_gt), "]");
+                     " is out of range [0, G = ", num(num_gt), "]");
   }
 }
 
@@ -180,10 +199,11 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
     for (int64_t i = 0; i < num_anchors; ++i) {
       const float* box = ap + 4 * i;
       if (pass == 0) {
-        ATSS_CHECK_VALUE(box_finite(box), "anchors[", num(i), "] = ", box_str(box), " is not finite");
+        ATSS_CHECK_VALUE(box_finite(box), "anchors[", num(i), "] = ", box_str(box),
+                         " is not finite");
       } else {
         ATSS_CHECK_VALUE(box_ordered(box), "anchors[", num(i), "] = ", box_str(box),
-                          " has x2 < x1 or y2 < y1");
+                         " has x2 < x1 or y2 < y1");
       }
     }
   }
@@ -199,10 +219,10 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
         const float* box = gp + 4 * (b * num_gt + j);
         if (pass == 0) {
           ATSS_CHECK_VALUE(box_finite(box), "gt_boxes[", num(b), ", ", num(j), "] = ", box_str(box),
-                            " is not finite");
+                           " is not finite");
         } else {
-          ATSS_CHECK_VALUE(box_ordered(box), "gt_boxes[", num(b), ", ", num(j), "] = ", box_str(box),
-                            " has x2 < x1 or y2 < y1");
+          ATSS_CHECK_VALUE(box_ordered(box), "gt_boxes[", num(b), ", ", num(j),
+                           "] = ", box_str(box), " has x2 < x1 or y2 < y1");
         }
       }
     }
@@ -217,20 +237,23 @@ void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors) {
     if (p[i] < -1 || p[i] >= num_anchors) {
       const int64_t b = i / (G * C), g = (i / C) % G, k = i % C;
       ATSS_CHECK_VALUE(false, "candidates[", num(b), ", ", num(g), ", ", num(k), "] = ", num(p[i]),
-                        " is out of range [-1, A) with A = ", num(num_anchors));
+                       " is out of range [-1, A) with A = ", num(num_anchors));
     }
   }
 }
 
 namespace {
-const at::Tensor* maybe(const std::optional<at::Tensor>& t) { return t ? &*t : nullptr; }
+const at::Tensor* maybe(const std::optional<at::Tensor>& t) {
+  return t ? &*t : nullptr;
+}
 }  // namespace
 
 void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                                 const std::optional<at::Tensor>& gt_counts) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"gt_counts", maybe(gt_counts)}});
+  check_same_device(
+      {{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"gt_counts", maybe(gt_counts)}});
   check_gt_counts(gt_counts, gt_boxes.size(0));
 }
 
@@ -238,7 +261,8 @@ void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_
                                int64_t topk, const std::optional<at::Tensor>& gt_counts,
                                const std::optional<at::Tensor>& anchor_valid) {
   check_distances(distances);
-  check_same_device({{"distances", &distances}, {"gt_counts", maybe(gt_counts)},
+  check_same_device({{"distances", &distances},
+                     {"gt_counts", maybe(gt_counts)},
                      {"anchor_valid", maybe(anchor_valid)}});
   check_levels(num_anchors_per_level, distances.size(2));
   check_topk(topk);
@@ -252,7 +276,9 @@ void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_b
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
   check_candidates(candidates, gt_boxes.size(0), gt_boxes.size(1));
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"candidates", &candidates},
+  check_same_device({{"anchors", &anchors},
+                     {"gt_boxes", &gt_boxes},
+                     {"candidates", &candidates},
                      {"gt_counts", maybe(gt_counts)}});
   check_gt_counts(gt_counts, gt_boxes.size(0));
   check_center_eps(center_eps);
@@ -265,7 +291,8 @@ void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor&
   check_candidates(candidates, B, G);
   check_candidate_like(candidate_iou, "candidate_iou", candidates, at::kFloat);
   check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
-  check_same_device({{"candidates", &candidates}, {"candidate_iou", &candidate_iou},
+  check_same_device({{"candidates", &candidates},
+                     {"candidate_iou", &candidate_iou},
                      {"is_positive", &is_positive}});
   ATSS_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num(num_anchors));
   check_num_anchors(num_anchors);
@@ -277,8 +304,10 @@ void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_ancho
                             double center_eps) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
-  check_same_device({{"anchors", &anchors}, {"gt_boxes", &gt_boxes},
-                     {"gt_counts", maybe(gt_counts)}, {"anchor_valid", maybe(anchor_valid)}});
+  check_same_device({{"anchors", &anchors},
+                     {"gt_boxes", &gt_boxes},
+                     {"gt_counts", maybe(gt_counts)},
+                     {"anchor_valid", maybe(anchor_valid)}});
   check_levels(num_anchors_per_level, anchors.size(0));
   check_topk(topk);
   check_center_eps(center_eps);

@@ -57,5 +57,4 @@ void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors);
 // Number of candidate slots per GT: sum over levels of min(topk, N_l).
 int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk);
 
-
 }  // namespace atss

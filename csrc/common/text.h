@@ -44,10 +44,10 @@ inline std::string text(std::initializer_list<std::string_view> parts) {
 }  // namespace atss
 
 // ValueError(message) unless `cond`; the message parts are strings (num() for numbers).
-#define ATSS_CHECK_VALUE(cond, ...)                                                            \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      ::atss::fail_value(::atss::text({__VA_ARGS__}), __func__, __FILE__,                      \
-                         static_cast<uint32_t>(__LINE__));                                     \
-    }                                                                                          \
+#define ATSS_CHECK_VALUE(cond, ...)                                       \
+  do {                                                                    \
+    if (!(cond)) {                                                        \
+      ::atss::fail_value(::atss::text({__VA_ARGS__}), __func__, __FILE__, \
+                         static_cast<uint32_t>(__LINE__));                \
+    }                                                                     \
   } while (0)

@@ -4,11 +4,10 @@
 // Candidates (step 3) come from a uniform grid over each level's anchor
 // centres (spatial_index.h), built once per call and shared by the batch, or
 // reused from the thread's previous call when the anchors are bit for bit the
-// same (AnchorGrids): time about O(A + B * G * L * k). The scan of steps.h (every anchor of the level per GT,
-// time O(B * G * A)) serves levels too small for the grid to pay off, levels
-// with non-finite centres and GTs with a non-finite centre. Both give the same
-// bits. The environment variable ATSS_CPU_SELECT, read on every call, picks
-// the path (for tests and benchmarks):
+// same (AnchorGrids): time about O(A + B * G * L * k). The scan of steps.h (every anchor of the
+// level per GT, time O(B * G * A)) serves levels too small for the grid to pay off, levels with
+// non-finite centres and GTs with a non-finite centre. Both give the same bits. The environment
+// variable ATSS_CPU_SELECT, read on every call, picks the path (for tests and benchmarks):
 //   unset or "auto"  the grid where it pays off, the scan elsewhere (default)
 //   "index"          the grid on every level it can handle, however small
 //   "index:N"        the same with about N anchors per cell (N >= 1)
@@ -55,16 +54,20 @@ SelectOptions select_options_from_env() {
   }
   TORCH_CHECK_VALUE(false,
                     "ATSS_CPU_SELECT must be auto, index, index:N (N >= 1 anchors per cell) or "
-                    "scan, got '", v, "'");
+                    "scan, got '",
+                    v, "'");
   return opts;
 }
 
 // Should level n (k = min(topk, n) candidates) get a grid?
 bool wants_grid(const SelectOptions& opts, int64_t n, int64_t k) {
   switch (opts.mode) {
-    case SelectMode::kScan: return false;
-    case SelectMode::kIndex: return n > 0;
-    case SelectMode::kAuto: return n >= kMinIndexedLevel && k * 8 <= n;
+    case SelectMode::kScan:
+      return false;
+    case SelectMode::kIndex:
+      return n > 0;
+    case SelectMode::kAuto:
+      return n >= kMinIndexedLevel && k * 8 <= n;
   }
   return false;
 }
@@ -246,6 +249,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   return {gt_index, iou, threshold, num_positive};
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("atss_assign", &atss_assign_cpu); }
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("atss_assign", &atss_assign_cpu);
+}
 
 }  // namespace atss::cpu

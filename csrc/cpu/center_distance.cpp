@@ -42,6 +42,8 @@ at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_b
   return out;
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("center_distance", &center_distance_cpu); }
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("center_distance", &center_distance_cpu);
+}
 
 }  // namespace atss::cpu

@@ -19,7 +19,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cpu(
 
   const int64_t C = candidates.size(2);
   at::Tensor cand_iou = at::zeros({B, G, C}, anchors.options());
-  at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), anchors.options());
+  at::Tensor threshold =
+      at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), anchors.options());
   at::Tensor is_positive = at::zeros({B, G, C}, anchors.options().dtype(at::kBool));
   if (B * G == 0) return {cand_iou, threshold, is_positive};
   const at::Tensor a = anchors.contiguous();
@@ -40,13 +41,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cpu(
   at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       if (bg % G >= valid_gt_count(cp, bg / G, G)) continue;  // padding: IoU 0, NaN, false
-      thr_p[bg] = score_candidates(ap, centers, gp + 4 * bg, kp + bg * C, C, eps,
-                                   iou_p + bg * C, pos_p + bg * C);
+      thr_p[bg] = score_candidates(ap, centers, gp + 4 * bg, kp + bg * C, C, eps, iou_p + bg * C,
+                                   pos_p + bg * C);
     }
   });
   return {cand_iou, threshold, is_positive};
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("iou_statistics", &iou_statistics_cpu); }
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("iou_statistics", &iou_statistics_cpu);
+}
 
 }  // namespace atss::cpu

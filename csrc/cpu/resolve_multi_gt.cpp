@@ -7,9 +7,10 @@
 
 namespace atss::cpu {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
-    const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
-    int64_t num_anchors) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(const at::Tensor& candidates,
+                                                                    const at::Tensor& candidate_iou,
+                                                                    const at::Tensor& is_positive,
+                                                                    int64_t num_anchors) {
   check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors);
   const int64_t B = candidates.size(0), G = candidates.size(1);
   check_candidate_values(candidates, num_anchors);
@@ -38,6 +39,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
   return {gt_index, iou, num_positive};
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("resolve_multi_gt", &resolve_multi_gt_cpu); }
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("resolve_multi_gt", &resolve_multi_gt_cpu);
+}
 
 }  // namespace atss::cpu

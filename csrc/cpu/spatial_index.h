@@ -168,10 +168,9 @@ class LevelGrid {
           if (valid != nullptr && !valid[local]) continue;
           std::array<float, D> c;
           for (int t = 0; t < D; ++t) c[t] = coords_[t][m];
-          const uint64_t key = (static_cast<uint64_t>(distance_bits(squared_distance_nd<D>(
-                                    c.data(), g)))
-                                << 32) |
-                               static_cast<uint64_t>(start_ + local);
+          const uint64_t key =
+              (static_cast<uint64_t>(distance_bits(squared_distance_nd<D>(c.data(), g))) << 32) |
+              static_cast<uint64_t>(start_ + local);
           if (filled == k && key >= best[k - 1]) continue;
           int64_t pos = filled < k ? filled++ : k - 1;
           while (pos > 0 && best[pos - 1] > key) {
@@ -219,8 +218,8 @@ class LevelGrid {
         ++spread;
       }
     }
-    const double side = spread > 0 ? std::pow(volume / static_cast<double>(budget), 1.0 / spread)
-                                   : 1.0;
+    const double side =
+        spread > 0 ? std::pow(volume / static_cast<double>(budget), 1.0 / spread) : 1.0;
     num_cells_ = 1;
     for (int t = 0; t < D; ++t) {
       int64_t dim = 1;
@@ -401,14 +400,14 @@ class LevelGrid {
   bool indexed_ = false;
   std::array<int64_t, D> dims_{}, stride_{};
   std::array<float, D> origin_{}, scale_{}, top_{};  // axis_cell's mapping
-  std::vector<int32_t> cell_of_;       // build scratch: the cell of each anchor
-  std::vector<int64_t> next_;          // build scratch: next free member slot per cell
-  std::vector<int64_t> cell_begin_;    // members of cell c: [cell_begin_[c], cell_begin_[c + 1])
-  std::vector<int32_t> member_;        // anchor index within the level, cell by cell
-  std::array<std::vector<float>, D> coords_;            // member centres, cell by cell
+  std::vector<int32_t> cell_of_;                     // build scratch: the cell of each anchor
+  std::vector<int64_t> next_;        // build scratch: next free member slot per cell
+  std::vector<int64_t> cell_begin_;  // members of cell c: [cell_begin_[c], cell_begin_[c + 1])
+  std::vector<int32_t> member_;      // anchor index within the level, cell by cell
+  std::array<std::vector<float>, D> coords_;             // member centres, cell by cell
   std::array<std::vector<float>, D> cell_lo_, cell_hi_;  // per cell: extreme member centres
-  std::array<std::vector<float>, D> above_min_;  // [j]: min centre of cells with index >= j
-  std::array<std::vector<float>, D> below_max_;  // [j]: max centre of cells with index <= j
+  std::array<std::vector<float>, D> above_min_;          // [j]: min centre of cells with index >= j
+  std::array<std::vector<float>, D> below_max_;          // [j]: max centre of cells with index <= j
 };
 
 }  // namespace atss::cpu

@@ -101,9 +101,9 @@ inline void select_level(const float* dist, const bool* valid, int64_t start, in
 // Steps 4-6 for one GT: IoU of each present candidate, the threshold and the
 // positive flags. Empty slots get IoU 0 and are never positive. Returns the
 // threshold rounded to float32 (NaN without candidates).
-inline float score_candidates(const float* anchors, const AnchorCenters& centers,
-                              const float* gt, const int64_t* candidates, int64_t num_slots,
-                              float center_eps, float* iou, bool* positive) {
+inline float score_candidates(const float* anchors, const AnchorCenters& centers, const float* gt,
+                              const int64_t* candidates, int64_t num_slots, float center_eps,
+                              float* iou, bool* positive) {
   for (int64_t c = 0; c < num_slots; ++c) {
     const int64_t a = candidates[c];
     iou[c] = a >= 0 ? box_iou(anchors + 4 * a, gt) : 0.0f;
@@ -124,8 +124,8 @@ inline float score_candidates(const float* anchors, const AnchorCenters& centers
 // and iou 0 on entry; num_positive receives the number of anchors each GT
 // finally holds (a candidate listed twice by one GT counts once).
 inline void resolve_image(const int64_t* candidates, const float* cand_iou, const bool* positive,
-                          int64_t num_gt, int64_t num_slots, int64_t num_anchors,
-                          int64_t* gt_index, float* iou, int64_t* num_positive) {
+                          int64_t num_gt, int64_t num_slots, int64_t num_anchors, int64_t* gt_index,
+                          float* iou, int64_t* num_positive) {
   for (int64_t g = 0; g < num_gt; ++g) {
     for (int64_t c = 0; c < num_slots; ++c) {
       const int64_t i = g * num_slots + c;

@@ -60,6 +60,8 @@ at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_a
   return out;
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) { m.impl("topk_per_level", &topk_per_level_cpu); }
+TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("topk_per_level", &topk_per_level_cpu);
+}
 
 }  // namespace atss::cpu

@@ -102,6 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
 
 }  // namespace
 
-ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("atss_assign", &atss_assign_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) {
+  m.impl("atss_assign", &atss_assign_cuda);
+}
 
 }  // namespace atss::cuda

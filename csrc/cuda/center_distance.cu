@@ -64,6 +64,8 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
 
 }  // namespace
 
-ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("center_distance", &center_distance_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) {
+  m.impl("center_distance", &center_distance_cuda);
+}
 
 }  // namespace atss::cuda

@@ -39,7 +39,9 @@ constexpr int kThreads = kWarp * kRowsPerBlock;
 
 // ----------------------------------------------------------------- device helpers
 
-__device__ __forceinline__ float quiet_nan() { return __uint_as_float(0x7fc00000u); }
+__device__ __forceinline__ float quiet_nan() {
+  return __uint_as_float(0x7fc00000u);
+}
 
 // A computed float as the CPU would hold it: any NaN becomes the host CPU's
 // default NaN, whose bits are `nan_bits` (host_default_nan_bits()).
@@ -113,9 +115,9 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
 // The structural limits of the CUDA kernels beyond the shared checks.
 inline void check_cuda_num_gt(int64_t num_gt) {
   // GT indices travel as 32 bits inside the claim keys.
-  ATSS_CHECK_VALUE(num_gt < std::numeric_limits<int32_t>::max(),
-                   "gt_boxes must hold fewer than 2^31 - 1 boxes per image on CUDA, got G = ",
-                   num(num_gt));
+  ATSS_CHECK_VALUE(
+      num_gt < std::numeric_limits<int32_t>::max(),
+      "gt_boxes must hold fewer than 2^31 - 1 boxes per image on CUDA, got G = ", num(num_gt));
 }
 
 // Bytes of scratch, carved out of one allocation in 256-byte-aligned pieces.

@@ -9,10 +9,10 @@ namespace atss::cuda {
 namespace {
 
 struct IouArgs {
-  const float* anchors;      // [A, 4]
-  const float* gt_boxes;     // [B, G, 4]
+  const float* anchors;       // [A, 4]
+  const float* gt_boxes;      // [B, G, 4]
   const int64_t* candidates;  // [B, G, C]
-  const int64_t* gt_counts;  // [B] or null
+  const int64_t* gt_counts;   // [B] or null
   int64_t num_gt, num_anchors, num_slots, rows, num_tiles;
   float center_eps;
   uint32_t nan_bits;  // host_default_nan_bits()
@@ -119,6 +119,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
 
 }  // namespace
 
-ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("iou_statistics", &iou_statistics_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) {
+  m.impl("iou_statistics", &iou_statistics_cuda);
+}
 
 }  // namespace atss::cuda

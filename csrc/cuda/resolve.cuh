@@ -27,10 +27,12 @@ constexpr int kResolveThreads = 256;
 // Candidate indices outside [0, A) are empty slots (the CPU rejects them in
 // its value checks; here they must never be read or written through).
 __global__ void __launch_bounds__(kResolveThreads)
-    claim_kernel(const int64_t* cand, const float* cand_iou, const bool* cand_positive, int64_t num_gt,
-                 int64_t num_slots, int64_t num_anchors, int64_t total, u64* claims) {
+    claim_kernel(const int64_t* cand, const float* cand_iou, const bool* cand_positive,
+                 int64_t num_gt, int64_t num_slots, int64_t num_anchors, int64_t total,
+                 u64* claims) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
     if (!cand_positive[i]) continue;
     const int64_t a = cand[i];
     if (a < 0 || a >= num_anchors) continue;
@@ -44,10 +46,12 @@ __global__ void __launch_bounds__(kResolveThreads)
 
 __global__ void __launch_bounds__(kResolveThreads)
     decode_claims_kernel(const u64* claims, int64_t num_gt, int64_t num_anchors, int64_t num_slots,
-                         int64_t total, const int64_t* cand, const float* cand_iou, const bool* cand_positive,
-                         int64_t* gt_index, float* iou, int64_t* num_positive) {
+                         int64_t total, const int64_t* cand, const float* cand_iou,
+                         const bool* cand_positive, int64_t* gt_index, float* iou,
+                         int64_t* num_positive) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
     const u64 key = claims[i];
     if (key == 0) {  // no claim: background
       gt_index[i] = -1;
@@ -69,28 +73,31 @@ __global__ void __launch_bounds__(kResolveThreads)
 }
 
 // Claims of the [B, G, C] rows into claims [B, A] (zeroed beforehand).
-inline void launch_claims(const int64_t* cand, const float* cand_iou, const bool* cand_positive, int64_t batch,
-                          int64_t num_gt, int64_t num_slots, int64_t num_anchors, u64* claims, Stream stream) {
+inline void launch_claims(const int64_t* cand, const float* cand_iou, const bool* cand_positive,
+                          int64_t batch, int64_t num_gt, int64_t num_slots, int64_t num_anchors,
+                          u64* claims, Stream stream) {
   const int64_t total = batch * num_gt * num_slots;
   if (total == 0) return;
   const unsigned blocks = grid_for(total, kResolveThreads, int64_t{32} * sm_count());
-  ATSS_LAUNCH(blocks, kResolveThreads, 0, stream, claim_kernel)(cand, cand_iou, cand_positive, num_gt, num_slots,
-                                                                num_anchors, total, claims);
+  ATSS_LAUNCH(blocks, kResolveThreads, 0, stream, claim_kernel)(
+      cand, cand_iou, cand_positive, num_gt, num_slots, num_anchors, total, claims);
   launch_check();
 }
 
 // gt_index [B, A], iou [B, A] and num_positive [B, G] (zeroed beforehand) from
 // claims [B, A]. cand / cand_iou / cand_positive: the [B, G, C] rows the
 // claims came from (read only for zero IoUs).
-inline void launch_decode_claims(const u64* claims, int64_t batch, int64_t num_gt, int64_t num_anchors,
-                                 int64_t num_slots, const int64_t* cand, const float* cand_iou,
-                                 const bool* cand_positive, int64_t* gt_index, float* iou, int64_t* num_positive,
+inline void launch_decode_claims(const u64* claims, int64_t batch, int64_t num_gt,
+                                 int64_t num_anchors, int64_t num_slots, const int64_t* cand,
+                                 const float* cand_iou, const bool* cand_positive,
+                                 int64_t* gt_index, float* iou, int64_t* num_positive,
                                  Stream stream) {
   const int64_t total = batch * num_anchors;
   if (total == 0) return;
   const unsigned blocks = grid_for(total, kResolveThreads, int64_t{32} * sm_count());
   ATSS_LAUNCH(blocks, kResolveThreads, 0, stream, decode_claims_kernel)(
-      claims, num_gt, num_anchors, num_slots, total, cand, cand_iou, cand_positive, gt_index, iou, num_positive);
+      claims, num_gt, num_anchors, num_slots, total, cand, cand_iou, cand_positive, gt_index, iou,
+      num_positive);
   launch_check();
 }
 

@@ -7,10 +7,9 @@
 namespace atss::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cuda(const at::Tensor& candidates,
-                                                                     const at::Tensor& candidate_iou,
-                                                                     const at::Tensor& is_positive,
-                                                                     int64_t num_anchors) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cuda(
+    const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
+    int64_t num_anchors) {
   // The structural checks every backend runs; no value check (no sync).
   check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors);
   const int64_t B = candidates.size(0), G = candidates.size(1);
@@ -33,8 +32,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cuda(const at::T
   const Stream stream = current_stream();
   memset_async(claims_p, 0, B * A * static_cast<int64_t>(sizeof(u64)), stream);
   memset_async(num_positive.data_ptr(), 0, B * G * static_cast<int64_t>(sizeof(int64_t)), stream);
-  launch_claims(cand.data_ptr<int64_t>(), ciou.data_ptr<float>(), pos.data_ptr<bool>(), B, G, C, A, claims_p,
-                stream);
+  launch_claims(cand.data_ptr<int64_t>(), ciou.data_ptr<float>(), pos.data_ptr<bool>(), B, G, C, A,
+                claims_p, stream);
   launch_decode_claims(claims_p, B, G, A, C, cand.data_ptr<int64_t>(), ciou.data_ptr<float>(),
                        pos.data_ptr<bool>(), gt_index.data_ptr<int64_t>(), iou.data_ptr<float>(),
                        num_positive.data_ptr<int64_t>(), stream);
@@ -43,6 +42,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cuda(const at::T
 
 }  // namespace
 
-ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("resolve_multi_gt", &resolve_multi_gt_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) {
+  m.impl("resolve_multi_gt", &resolve_multi_gt_cuda);
+}
 
 }  // namespace atss::cuda

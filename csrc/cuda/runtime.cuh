@@ -69,7 +69,7 @@ inline int64_t env_positive(const char* name) {
   char* end = nullptr;
   const long long n = std::strtoll(v, &end, 10);
   ATSS_CHECK_VALUE(end != v && *end == '\0' && n > 0, "environment variable ", name, "=", v,
-                    " must be a positive integer");
+                   " must be a positive integer");
   return n;
 }
 
@@ -79,7 +79,9 @@ struct DeviceGuard {
   explicit DeviceGuard(const at::Device&) {}
 };
 using Stream = int;
-inline Stream current_stream() { return 0; }
+inline Stream current_stream() {
+  return 0;
+}
 inline void memset_async(void* ptr, int value, int64_t bytes, Stream) {
   if (bytes > 0) std::memset(ptr, value, static_cast<size_t>(bytes));
 }
@@ -95,11 +97,15 @@ inline int sm_count() {
 
 using DeviceGuard = c10::cuda::CUDAGuard;
 using Stream = cudaStream_t;
-inline Stream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+inline Stream current_stream() {
+  return c10::cuda::getCurrentCUDAStream();
+}
 inline void memset_async(void* ptr, int value, int64_t bytes, Stream stream) {
   if (bytes > 0) C10_CUDA_CHECK(cudaMemsetAsync(ptr, value, static_cast<size_t>(bytes), stream));
 }
-inline void launch_check() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+inline void launch_check() {
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 // Multiprocessor count of the current device (cached per device; a plain
 // attribute query: no sync, allowed during CUDA graph capture), or ATSS_NUM_SMS.

@@ -69,9 +69,9 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
     bool positive = false;
     if (a >= 0) {
       const float* box = anchors + 4 * a;
-      positive = static_cast<double>(v) >= thr &&
-                 center_inside(center_of(box[0], box[2]), center_of(box[1], box[3]), gt,
-                               center_eps);
+      positive =
+          static_cast<double>(v) >= thr &&
+          center_inside(center_of(box[0], box[2]), center_of(box[1], box[3]), gt, center_eps);
     }
     on_slot(c, a, v, positive);
   }
@@ -85,10 +85,12 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
 // (row_cand, row_iou, row_positive: what the claim decoding reads back for a
 // zero IoU) and claims every positive anchor in `image_claims` ([A] keys of
 // the row's image) with an atomicMax. Returns the threshold.
-__device__ __forceinline__ float score_and_claim_row(const int64_t* cand, float* iou_buf, int64_t num_slots,
-                                                     const float* anchors, const float* gt, float center_eps,
-                                                     uint32_t nan_bits, int lane, int64_t g, int64_t* row_cand,
-                                                     float* row_iou, bool* row_positive, u64* image_claims) {
+__device__ __forceinline__ float score_and_claim_row(const int64_t* cand, float* iou_buf,
+                                                     int64_t num_slots, const float* anchors,
+                                                     const float* gt, float center_eps,
+                                                     uint32_t nan_bits, int lane, int64_t g,
+                                                     int64_t* row_cand, float* row_iou,
+                                                     bool* row_positive, u64* image_claims) {
   return score_row(cand, iou_buf, num_slots, anchors, gt, center_eps, nan_bits, lane,
                    [&](int64_t c, int64_t a, float v, bool positive) {
                      row_cand[c] = a;

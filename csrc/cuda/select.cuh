@@ -54,9 +54,8 @@ inline int64_t pick_chunk_len(at::IntArrayRef levels, int64_t rows) {
 inline LevelTable make_level_table(at::IntArrayRef levels, int64_t topk, int64_t rows) {
   int64_t non_empty = 0;
   for (int64_t n : levels) non_empty += n > 0;
-  ATSS_CHECK_VALUE(non_empty <= kMaxLevels,
-                   "num_anchors_per_level: the CUDA kernels take at most ", num(kMaxLevels),
-                   " non-empty levels, got ", num(non_empty));
+  ATSS_CHECK_VALUE(non_empty <= kMaxLevels, "num_anchors_per_level: the CUDA kernels take at most ",
+                   num(kMaxLevels), " non-empty levels, got ", num(non_empty));
   return fill_level_table(levels.data(), levels.size(), topk, pick_chunk_len(levels, rows));
 }
 
@@ -71,8 +70,8 @@ struct SelectArgs {
   const bool* anchor_valid;  // [B, A] (used when HAS_VALID)
   int64_t num_gt;
   int64_t num_anchors;
-  int64_t rows;       // B * G
-  int64_t num_tiles;  // ceil(rows / kRowsPerBlock)
+  int64_t rows;         // B * G
+  int64_t num_tiles;    // ceil(rows / kRowsPerBlock)
   int anchors_aligned;  // anchors are 16-byte aligned: float4 loads
   int score_in_smem;    // fused: the per-warp score buffers fit in shared memory
   float center_eps;
@@ -175,9 +174,10 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
     float* iou_buf = p.score_in_smem ? ScoreSmem::ious(smem, warp, C) : p.cand_iou + row * C;
     float gt[4];
     load_box(p.gt_boxes + 4 * row, gt);
-    const float thr = score_and_claim_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
-                                          row - b * p.num_gt, p.candidates + row * C, p.cand_iou + row * C,
-                                          p.cand_positive + row * C, p.claims + b * p.num_anchors);
+    const float thr =
+        score_and_claim_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
+                            row - b * p.num_gt, p.candidates + row * C, p.cand_iou + row * C,
+                            p.cand_positive + row * C, p.claims + b * p.num_anchors);
     if (lane == 0) {
       p.threshold[row] = thr;
       p.num_positive[row] = 0;  // counted by the decoding kernel

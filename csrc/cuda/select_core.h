@@ -43,22 +43,26 @@ constexpr int kTile = 2048;
 // Keys per lane between two updates of the warp-wide bound.
 constexpr int kUnroll = 8;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
-inline int64_t num_row_tiles(int64_t rows) { return ceil_div(rows, kRowsPerBlock); }
+inline int64_t num_row_tiles(int64_t rows) {
+  return ceil_div(rows, kRowsPerBlock);
+}
 
 // The level layout, with empty levels dropped (they have no candidate slot).
 // 32 bits suffice for every field: each is at most A (< 2^31, check_num_anchors).
 struct LevelTable {
-  int32_t num_levels;  // non-empty levels
-  int32_t num_chunks;  // over all levels
-  int32_t chunk_len;   // anchors per chunk (the last chunk of a level may be shorter)
-  int32_t num_cand;    // C = sum_l min(topk, N_l)
-  int32_t num_part;    // partial slots per row = sum over chunks of min(k_l, chunk size)
-  int32_t k_max;       // max_l min(topk, N_l)
-  int32_t start[kMaxLevels];       // first anchor of the level
-  int32_t size[kMaxLevels];        // N_l
-  int32_t k[kMaxLevels];           // min(topk, N_l)
+  int32_t num_levels;         // non-empty levels
+  int32_t num_chunks;         // over all levels
+  int32_t chunk_len;          // anchors per chunk (the last chunk of a level may be shorter)
+  int32_t num_cand;           // C = sum_l min(topk, N_l)
+  int32_t num_part;           // partial slots per row = sum over chunks of min(k_l, chunk size)
+  int32_t k_max;              // max_l min(topk, N_l)
+  int32_t start[kMaxLevels];  // first anchor of the level
+  int32_t size[kMaxLevels];   // N_l
+  int32_t k[kMaxLevels];      // min(topk, N_l)
   int32_t chunk_base[kMaxLevels];  // first chunk of the level
   int32_t cand_base[kMaxLevels];   // first candidate slot of the level in a row
   int32_t part_base[kMaxLevels];   // first partial slot of the level in a row
@@ -108,7 +112,7 @@ struct TopList {
   u64 key[K];
 
   ATSS_HD void clear() {
-ATSS_UNROLL
+    ATSS_UNROLL
     for (int j = 0; j < K; ++j) key[j] = kEmptyKey;
   }
   ATSS_HD u64 worst() const { return key[K - 1]; }
@@ -119,7 +123,7 @@ ATSS_UNROLL
   // first slot whose old key is greater, or keeps its key. All slots are
   // computed from the old values, from the right, so no temporary is needed.
   ATSS_HD void insert(u64 k) {
-ATSS_UNROLL
+    ATSS_UNROLL
     for (int j = K - 1; j > 0; --j) {
       key[j] = key[j - 1] > k ? key[j - 1] : (key[j] > k ? k : key[j]);
     }
@@ -128,7 +132,7 @@ ATSS_UNROLL
 
   // Removes the head (the smallest key).
   ATSS_HD void pop() {
-ATSS_UNROLL
+    ATSS_UNROLL
     for (int j = 0; j < K - 1; ++j) key[j] = key[j + 1];
     key[K - 1] = kEmptyKey;
   }
@@ -139,7 +143,7 @@ ATSS_UNROLL
   // the whole list to local memory.
   ATSS_HD u64 nth(int n) const {
     u64 r = 0;
-ATSS_UNROLL
+    ATSS_UNROLL
     for (int j = 0; j < K; ++j) {
       const u64 mask = u64{0} - static_cast<u64>(j < n);
       const u64 v = key[j] & mask;

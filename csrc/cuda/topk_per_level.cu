@@ -55,6 +55,8 @@ at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_
 
 }  // namespace
 
-ATSS_DEVICE_LIBRARY_IMPL(m) { m.impl("topk_per_level", &topk_per_level_cuda); }
+ATSS_DEVICE_LIBRARY_IMPL(m) {
+  m.impl("topk_per_level", &topk_per_level_cuda);
+}
 
 }  // namespace atss::cuda

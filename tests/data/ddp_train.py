@@ -24,12 +24,15 @@ def main(out: str) -> None:
     torch.manual_seed(cfg.train.seed)
     initial = build_model(cfg.model, 6).state_dict()  # train() starts from these weights
     summary = engine.train(cfg)
-    torch.save({
-        "world_size": summary["world_size"],
-        "iterations": summary["iterations"],
-        "initial": initial,
-        "final": summary["model"].state_dict(),
-    }, f"{out}/rank{summary['rank']}.pt")
+    torch.save(
+        {
+            "world_size": summary["world_size"],
+            "iterations": summary["iterations"],
+            "initial": initial,
+            "final": summary["model"].state_dict(),
+        },
+        f"{out}/rank{summary['rank']}.pt",
+    )
     engine.dist.shutdown()
 
 

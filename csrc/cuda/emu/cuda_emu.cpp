@@ -126,19 +126,30 @@ constexpr unsigned char kGarbage = 0xA5;
 
 const char* collective_name(Collective k) {
   switch (k) {
-    case Collective::kSyncwarp: return "__syncwarp";
-    case Collective::kShfl: return "__shfl_sync";
-    case Collective::kShflXor: return "__shfl_xor_sync";
-    case Collective::kShflUp: return "__shfl_up_sync";
-    case Collective::kShflDown: return "__shfl_down_sync";
+    case Collective::kSyncwarp:
+      return "__syncwarp";
+    case Collective::kShfl:
+      return "__shfl_sync";
+    case Collective::kShflXor:
+      return "__shfl_xor_sync";
+    case Collective::kShflUp:
+      return "__shfl_up_sync";
+    case Collective::kShflDown:
+      return "__shfl_down_sync";
     case Collective::kReduceMinU:
-    case Collective::kReduceMinS: return "__reduce_min_sync";
+    case Collective::kReduceMinS:
+      return "__reduce_min_sync";
     case Collective::kReduceMaxU:
-    case Collective::kReduceMaxS: return "__reduce_max_sync";
-    case Collective::kReduceAdd: return "__reduce_add_sync";
-    case Collective::kBallot: return "__ballot_sync";
-    case Collective::kAny: return "__any_sync";
-    case Collective::kAll: return "__all_sync";
+    case Collective::kReduceMaxS:
+      return "__reduce_max_sync";
+    case Collective::kReduceAdd:
+      return "__reduce_add_sync";
+    case Collective::kBallot:
+      return "__ballot_sync";
+    case Collective::kAny:
+      return "__any_sync";
+    case Collective::kAll:
+      return "__all_sync";
   }
   return "?";
 }
@@ -204,7 +215,8 @@ struct Block {
         index(idx),
         num_threads(threads),
         num_warps((threads + kWarpSize - 1) / kWarpSize),
-        wake(static_cast<std::binary_semaphore*>(::operator new[](sizeof(std::binary_semaphore) * threads))),
+        wake(static_cast<std::binary_semaphore*>(
+            ::operator new[](sizeof(std::binary_semaphore) * threads))),
         state(threads, State::kRunning),
         pending(threads),
         running(threads),
@@ -244,12 +256,15 @@ struct Block {
 
   std::string describe_thread(int t) const {
     switch (state[t]) {
-      case State::kRunning: return "run";
-      case State::kExited: return "have exited";
-      case State::kAtBarrier: return "wait at __syncthreads (" + site_str(pending[t].site) + ")";
+      case State::kRunning:
+        return "run";
+      case State::kExited:
+        return "have exited";
+      case State::kAtBarrier:
+        return "wait at __syncthreads (" + site_str(pending[t].site) + ")";
       case State::kAtCollective:
-        return "wait at " + std::string(collective_name(pending[t].kind)) + "(mask " + hex(pending[t].mask) +
-               ") (" + site_str(pending[t].site) + ")";
+        return "wait at " + std::string(collective_name(pending[t].kind)) + "(mask " +
+               hex(pending[t].mask) + ") (" + site_str(pending[t].site) + ")";
     }
     return "?";
   }
@@ -263,8 +278,9 @@ struct Block {
       const std::string what = describe_thread(t);
       int end = t + 1;
       while (end < num_threads && describe_thread(end) == what) ++end;
-      os << (first ? "" : "; ") << (end - t == 1 ? "thread " + std::to_string(t)
-                                                  : "threads " + std::to_string(t) + "-" + std::to_string(end - 1))
+      os << (first ? "" : "; ")
+         << (end - t == 1 ? "thread " + std::to_string(t)
+                          : "threads " + std::to_string(t) + "-" + std::to_string(end - 1))
          << " " << what;
       first = false;
       t = end;
@@ -275,7 +291,8 @@ struct Block {
   // Nobody runs and nothing completed: the block can never finish.
   void check_stuck() {
     if (running == 0 && exited < num_threads && !failed) {
-      fail("deadlock: a barrier or warp collective is not reached by every thread it names: " + describe_all());
+      fail("deadlock: a barrier or warp collective is not reached by every thread it names: " +
+           describe_all());
     }
   }
 
@@ -318,12 +335,14 @@ std::string complete_collective(Block& b, int w, unsigned mask) {
   for (unsigned m = mask; m != 0; m &= m - 1) {
     const int t = first + __builtin_ctz(m);
     const Pending& p = b.pending[t];
-    if (p.kind != p0.kind || (p.kind != Collective::kSyncwarp && (p.site.line != p0.site.line ||
-                                                                  std::strcmp(p.site.file, p0.site.file) != 0))) {
+    if (p.kind != p0.kind ||
+        (p.kind != Collective::kSyncwarp &&
+         (p.site.line != p0.site.line || std::strcmp(p.site.file, p0.site.file) != 0))) {
       return "lanes of warp " + std::to_string(w) + " named by mask " + hex(mask) +
              " wait at different collectives: lane " + std::to_string(leader - first) + " at " +
-             collective_name(p0.kind) + " (" + site_str(p0.site) + "), lane " + std::to_string(t - first) + " at " +
-             collective_name(p.kind) + " (" + site_str(p.site) + ")";
+             collective_name(p0.kind) + " (" + site_str(p0.site) + "), lane " +
+             std::to_string(t - first) + " at " + collective_name(p.kind) + " (" +
+             site_str(p.site) + ")";
     }
   }
   auto value_of = [&](int lane) { return b.pending[first + lane].value; };
@@ -345,31 +364,49 @@ std::string complete_collective(Block& b, int w, unsigned mask) {
         const int32_t s = static_cast<int32_t>(u);
         const uint32_t r = static_cast<uint32_t>(reduce);
         switch (p0.kind) {
-          case Collective::kReduceMinU: reduce = !started || u < r ? u : r; break;
-          case Collective::kReduceMaxU: reduce = !started || u > r ? u : r; break;
+          case Collective::kReduceMinU:
+            reduce = !started || u < r ? u : r;
+            break;
+          case Collective::kReduceMaxU:
+            reduce = !started || u > r ? u : r;
+            break;
           case Collective::kReduceMinS:
-            reduce = static_cast<uint32_t>(!started || s < static_cast<int32_t>(r) ? s : static_cast<int32_t>(r));
+            reduce = static_cast<uint32_t>(
+                !started || s < static_cast<int32_t>(r) ? s : static_cast<int32_t>(r));
             break;
           case Collective::kReduceMaxS:
-            reduce = static_cast<uint32_t>(!started || s > static_cast<int32_t>(r) ? s : static_cast<int32_t>(r));
+            reduce = static_cast<uint32_t>(
+                !started || s > static_cast<int32_t>(r) ? s : static_cast<int32_t>(r));
             break;
-          case Collective::kReduceAdd: reduce = static_cast<uint32_t>(r + u); break;
-          case Collective::kBallot: reduce |= (u != 0 ? 1ull : 0ull) << lane; break;
-          case Collective::kAny: reduce = (started ? r : 0u) | (u != 0 ? 1u : 0u); break;
-          case Collective::kAll: reduce = (started ? r : 1u) & (u != 0 ? 1u : 0u); break;
-          default: break;
+          case Collective::kReduceAdd:
+            reduce = static_cast<uint32_t>(r + u);
+            break;
+          case Collective::kBallot:
+            reduce |= (u != 0 ? 1ull : 0ull) << lane;
+            break;
+          case Collective::kAny:
+            reduce = (started ? r : 0u) | (u != 0 ? 1u : 0u);
+            break;
+          case Collective::kAll:
+            reduce = (started ? r : 1u) & (u != 0 ? 1u : 0u);
+            break;
+          default:
+            break;
         }
         started = true;
       }
       break;
     }
-    default: break;
+    default:
+      break;
   }
   for (unsigned m = mask; m != 0; m &= m - 1) {
     const int lane = __builtin_ctz(m);
     Pending& p = b.pending[first + lane];
     switch (p.kind) {
-      case Collective::kSyncwarp: p.result = 0; break;
+      case Collective::kSyncwarp:
+        p.result = 0;
+        break;
       case Collective::kShfl:
       case Collective::kShflXor:
       case Collective::kShflUp:
@@ -378,22 +415,26 @@ std::string complete_collective(Block& b, int w, unsigned mask) {
         if (p.kind == Collective::kShfl) src = p.param & (kWarpSize - 1);
         if (p.kind == Collective::kShflXor) src = lane ^ (p.param & (kWarpSize - 1));
         if (p.kind == Collective::kShflUp) src = lane - p.param >= 0 ? lane - p.param : lane;
-        if (p.kind == Collective::kShflDown) src = lane + p.param < kWarpSize ? lane + p.param : lane;
+        if (p.kind == Collective::kShflDown)
+          src = lane + p.param < kWarpSize ? lane + p.param : lane;
         if (!in_mask(src)) {
-          return std::string(collective_name(p.kind)) + " (" + site_str(p.site) + "): lane " + std::to_string(lane) +
-                 " of warp " + std::to_string(w) + " reads lane " + std::to_string(src) + ", which mask " +
-                 hex(mask) + " leaves out";
+          return std::string(collective_name(p.kind)) + " (" + site_str(p.site) + "): lane " +
+                 std::to_string(lane) + " of warp " + std::to_string(w) + " reads lane " +
+                 std::to_string(src) + ", which mask " + hex(mask) + " leaves out";
         }
         p.result = value_of(src);
         break;
       }
-      default: p.result = reduce; break;
+      default:
+        p.result = reduce;
+        break;
     }
   }
   return "";
 }
 
-// ----------------------------------------------------------------- TSan model of fences and atomics
+// ----------------------------------------------------------------- TSan model of fences and
+// atomics
 
 #if defined(ATSS_EMU_TSAN)
 // __threadfence is a fence.sc: the SC fences of a run are totally ordered (here
@@ -412,7 +453,8 @@ T atomic_rmw(T* addr, F update) {
   Hidden hidden;
 #endif
   T old = __atomic_load_n(addr, __ATOMIC_SEQ_CST);
-  while (!__atomic_compare_exchange_n(addr, &old, update(old), false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+  while (!__atomic_compare_exchange_n(addr, &old, update(old), false, __ATOMIC_SEQ_CST,
+                                      __ATOMIC_SEQ_CST)) {
   }
   return old;
 }
@@ -516,7 +558,8 @@ void run_thread(LaunchState& L, Runner& r, int t, const std::function<void()>& b
       t_block = b;
       t_thread = t;
       t_barrier_seq = 0;
-      threadIdx = uint3{static_cast<unsigned>(t % L.block.x), static_cast<unsigned>((t / L.block.x) % L.block.y),
+      threadIdx = uint3{static_cast<unsigned>(t % L.block.x),
+                        static_cast<unsigned>((t / L.block.x) % L.block.y),
                         static_cast<unsigned>(t / (L.block.x * L.block.y))};
       blockIdx = b->index;
       blockDim = L.block;
@@ -559,8 +602,8 @@ void syncthreads(Site site) {
       for (int u = 0; u < b.num_threads; ++u) {
         const Site s = b.pending[u].site;
         if (s.line != site.line || std::strcmp(s.file, site.file) != 0) {
-          b.fail("divergent __syncthreads: thread " + std::to_string(u) + " waits at " + site_str(s) +
-                 ", thread " + std::to_string(t) + " at " + site_str(site));
+          b.fail("divergent __syncthreads: thread " + std::to_string(u) + " waits at " +
+                 site_str(s) + ", thread " + std::to_string(t) + " at " + site_str(site));
           throw BlockAborted{};
         }
       }
@@ -588,8 +631,9 @@ uint64_t warp_collective(Site site, Collective kind, unsigned mask, uint64_t val
     const int lanes_in_warp = std::min(kWarpSize, b.num_threads - w * kWarpSize);
     const unsigned existing = lanes_in_warp == kWarpSize ? 0xffffffffu : (1u << lanes_in_warp) - 1u;
     if (((mask >> lane) & 1u) == 0) {
-      b.fail(std::string(collective_name(kind)) + " (" + site_str(site) + "): lane " + std::to_string(lane) +
-             " of warp " + std::to_string(w) + " calls it with mask " + hex(mask) + ", which leaves the lane out");
+      b.fail(std::string(collective_name(kind)) + " (" + site_str(site) + "): lane " +
+             std::to_string(lane) + " of warp " + std::to_string(w) + " calls it with mask " +
+             hex(mask) + ", which leaves the lane out");
       throw BlockAborted{};
     }
     if ((mask & ~existing) != 0) {
@@ -620,10 +664,11 @@ uint64_t warp_collective(Site site, Collective kind, unsigned mask, uint64_t val
         continue;
       }
       if (b.pending[u].mask != mask) {
-        b.fail(std::string(collective_name(kind)) + " (" + site_str(site) + "): lane " + std::to_string(lane) +
-               " of warp " + std::to_string(w) + " uses mask " + hex(mask) + " but lane " +
-               std::to_string(u - first) + " waits at " + collective_name(b.pending[u].kind) + " (" +
-               site_str(b.pending[u].site) + ") with mask " + hex(b.pending[u].mask));
+        b.fail(std::string(collective_name(kind)) + " (" + site_str(site) + "): lane " +
+               std::to_string(lane) + " of warp " + std::to_string(w) + " uses mask " + hex(mask) +
+               " but lane " + std::to_string(u - first) + " waits at " +
+               collective_name(b.pending[u].kind) + " (" + site_str(b.pending[u].site) +
+               ") with mask " + hex(b.pending[u].mask));
         throw BlockAborted{};
       }
     }
@@ -697,7 +742,9 @@ uint64_t atomic_min_u64(uint64_t* a, uint64_t v) {
   return atomic_rmw(a, [v](uint64_t o) { return v < o ? v : o; });
 }
 int32_t atomic_add_s32(int32_t* a, int32_t v) {
-  return atomic_rmw(a, [v](int32_t o) { return static_cast<int32_t>(static_cast<uint32_t>(o) + static_cast<uint32_t>(v)); });
+  return atomic_rmw(a, [v](int32_t o) {
+    return static_cast<int32_t>(static_cast<uint32_t>(o) + static_cast<uint32_t>(v));
+  });
 }
 int32_t atomic_max_s32(int32_t* a, int32_t v) {
   return atomic_rmw(a, [v](int32_t o) { return v > o ? v : o; });
@@ -728,14 +775,17 @@ void launch_grid(const char* name, const void* kernel, dim3 grid, dim3 block, si
                  std::function<void()> body) {
   const std::string who = std::string("CUDA emulation: kernel ") + name + ": launch rejected: ";
   const int64_t threads = static_cast<int64_t>(block.x) * block.y * block.z;
-  if (block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
-      threads > 1024) {
-    throw std::runtime_error(who + "block (" + std::to_string(block.x) + ", " + std::to_string(block.y) + ", " +
-                             std::to_string(block.z) + ") is not 1 to 1024 threads (x, y <= 1024, z <= 64)");
+  if (block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 || block.y > 1024 ||
+      block.z > 64 || threads > 1024) {
+    throw std::runtime_error(who + "block (" + std::to_string(block.x) + ", " +
+                             std::to_string(block.y) + ", " + std::to_string(block.z) +
+                             ") is not 1 to 1024 threads (x, y <= 1024, z <= 64)");
   }
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
-    throw std::runtime_error(who + "grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
-                             std::to_string(grid.z) + ") is out of range (x 1 to 2^31 - 1, y and z 1 to 65535)");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 ||
+      grid.z > 65535) {
+    throw std::runtime_error(who + "grid (" + std::to_string(grid.x) + ", " +
+                             std::to_string(grid.y) + ", " + std::to_string(grid.z) +
+                             ") is out of range (x 1 to 2^31 - 1, y and z 1 to 65535)");
   }
   size_t limit = kDefaultSmemLimit;
   {
@@ -744,9 +794,10 @@ void launch_grid(const char* name, const void* kernel, dim3 grid, dim3 block, si
     if (it != g_max_dynamic_smem.end()) limit = std::max(limit, static_cast<size_t>(it->second));
   }
   if (dynamic_smem > limit) {
-    throw std::runtime_error(who + std::to_string(dynamic_smem) + " bytes of dynamic shared memory, over the " +
-                             std::to_string(limit) + "-byte limit" +
-                             (limit == kDefaultSmemLimit ? " (without cudaFuncSetAttribute's opt-in)" : ""));
+    throw std::runtime_error(
+        who + std::to_string(dynamic_smem) + " bytes of dynamic shared memory, over the " +
+        std::to_string(limit) + "-byte limit" +
+        (limit == kDefaultSmemLimit ? " (without cudaFuncSetAttribute's opt-in)" : ""));
   }
   const int64_t num_blocks = static_cast<int64_t>(grid.x) * grid.y * grid.z;
   const int64_t concurrency = std::max<int64_t>(1, env_int("ATSS_EMU_CONCURRENCY", 2));
@@ -784,7 +835,8 @@ void launch_grid(const char* name, const void* kernel, dim3 grid, dim3 block, si
     }
   } catch (const std::system_error& e) {
     // Could not start every thread: the started ones must still finish.
-    L.record(std::string("CUDA emulation: kernel ") + name + ": could not start a thread: " + e.what());
+    L.record(std::string("CUDA emulation: kernel ") + name +
+             ": could not start a thread: " + e.what());
     std::fprintf(stderr, "%s\n", L.error.c_str());
     std::abort();
   }
@@ -795,10 +847,12 @@ void launch_grid(const char* name, const void* kernel, dim3 grid, dim3 block, si
     const int total = static_cast<int>(workers.size());
     while (finished < total) {
       const int64_t done = L.blocks_done.load();
-      if (!done_cv.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return finished == total; }) &&
+      if (!done_cv.wait_for(lock, std::chrono::seconds(timeout_s),
+                            [&] { return finished == total; }) &&
           L.blocks_done.load() == done && done == last_done) {
         std::fprintf(stderr,
-                     "CUDA emulation: kernel %s: no block finished in %lld s (a thread spins forever?): aborting\n",
+                     "CUDA emulation: kernel %s: no block finished in %lld s (a thread spins "
+                     "forever?): aborting\n",
                      name, static_cast<long long>(timeout_s));
         std::abort();
       }

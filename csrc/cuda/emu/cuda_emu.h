@@ -80,8 +80,12 @@ struct alignas(8) float2 {
 struct alignas(16) float4 {
   float x, y, z, w;
 };
-inline float2 make_float2(float x, float y) { return float2{x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) {
+  return float2{x, y};
+}
+inline float4 make_float4(float x, float y, float z, float w) {
+  return float4{x, y, z, w};
+}
 
 // The block and thread coordinates of the calling (emulated) thread.
 extern thread_local uint3 threadIdx;
@@ -147,7 +151,8 @@ void set_max_dynamic_smem(const void* kernel, int bytes);
 
 template <class T>
 uint64_t to_bits(T v) {
-  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "collective operands are <= 8 bytes");
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8,
+                "collective operands are <= 8 bytes");
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
   return bits;
@@ -171,7 +176,8 @@ class Launch {
   template <class... Args>
   void operator()(Args&&... args) const {
     static_assert(sizeof...(Args) == sizeof...(Params), "wrong number of kernel arguments");
-    auto packed = std::make_shared<const std::tuple<std::decay_t<Params>...>>(std::forward<Args>(args)...);
+    auto packed =
+        std::make_shared<const std::tuple<std::decay_t<Params>...>>(std::forward<Args>(args)...);
     void (*kernel)(Params...) = kernel_;
     launch_grid(name_, reinterpret_cast<const void*>(kernel_), grid_, block_, smem_,
                 [kernel, packed] { std::apply(kernel, *packed); });
@@ -208,41 +214,51 @@ Launch<Params...> make_launch(const char* name, void (*kernel)(Params...), dim3 
   ::atss_emu_shfl(ATSS_EMU_SITE, ::atss::emu::Collective::kShflDown, mask, value, delta)
 #define __reduce_min_sync(mask, value) ::atss_emu_reduce(ATSS_EMU_SITE, true, mask, value)
 #define __reduce_max_sync(mask, value) ::atss_emu_reduce(ATSS_EMU_SITE, false, mask, value)
-#define __reduce_add_sync(mask, value)                                                   \
-  static_cast<decltype(+(value))>(::atss::emu::warp_collective(                          \
-      ATSS_EMU_SITE, ::atss::emu::Collective::kReduceAdd, mask,                          \
-      static_cast<uint64_t>(static_cast<uint32_t>(value)), 0))
-#define __ballot_sync(mask, pred)                                                                 \
-  static_cast<unsigned>(::atss::emu::warp_collective(ATSS_EMU_SITE, ::atss::emu::Collective::kBallot, \
-                                                     mask, (pred) ? 1u : 0u, 0))
-#define __any_sync(mask, pred) \
-  static_cast<int>(::atss::emu::warp_collective(ATSS_EMU_SITE, ::atss::emu::Collective::kAny, mask, (pred) ? 1u : 0u, 0))
-#define __all_sync(mask, pred) \
-  static_cast<int>(::atss::emu::warp_collective(ATSS_EMU_SITE, ::atss::emu::Collective::kAll, mask, (pred) ? 1u : 0u, 0))
+#define __reduce_add_sync(mask, value)                                                       \
+  static_cast<decltype(+(value))>(                                                           \
+      ::atss::emu::warp_collective(ATSS_EMU_SITE, ::atss::emu::Collective::kReduceAdd, mask, \
+                                   static_cast<uint64_t>(static_cast<uint32_t>(value)), 0))
+#define __ballot_sync(mask, pred)                     \
+  static_cast<unsigned>(::atss::emu::warp_collective( \
+      ATSS_EMU_SITE, ::atss::emu::Collective::kBallot, mask, (pred) ? 1u : 0u, 0))
+#define __any_sync(mask, pred)                                                                \
+  static_cast<int>(::atss::emu::warp_collective(ATSS_EMU_SITE, ::atss::emu::Collective::kAny, \
+                                                mask, (pred) ? 1u : 0u, 0))
+#define __all_sync(mask, pred)                                                                \
+  static_cast<int>(::atss::emu::warp_collective(ATSS_EMU_SITE, ::atss::emu::Collective::kAll, \
+                                                mask, (pred) ? 1u : 0u, 0))
 
 inline void atss_emu_syncwarp(atss::emu::Site site, unsigned mask = 0xffffffffu) {
   atss::emu::warp_collective(site, atss::emu::Collective::kSyncwarp, mask, 0, 0);
 }
 
 template <class T>
-T atss_emu_shfl(atss::emu::Site site, atss::emu::Collective kind, unsigned mask, T value, int param) {
-  return atss::emu::from_bits<T>(atss::emu::warp_collective(site, kind, mask, atss::emu::to_bits(value), param));
+T atss_emu_shfl(atss::emu::Site site, atss::emu::Collective kind, unsigned mask, T value,
+                int param) {
+  return atss::emu::from_bits<T>(
+      atss::emu::warp_collective(site, kind, mask, atss::emu::to_bits(value), param));
 }
 
 template <class T>
 T atss_emu_reduce(atss::emu::Site site, bool min, unsigned mask, T value) {
   static_assert(std::is_integral_v<T> && sizeof(T) == 4, "__reduce_*_sync takes 32-bit integers");
   using atss::emu::Collective;
-  const Collective kind = std::is_signed_v<T> ? (min ? Collective::kReduceMinS : Collective::kReduceMaxS)
-                                              : (min ? Collective::kReduceMinU : Collective::kReduceMaxU);
+  const Collective kind = std::is_signed_v<T>
+                              ? (min ? Collective::kReduceMinS : Collective::kReduceMaxS)
+                              : (min ? Collective::kReduceMinU : Collective::kReduceMaxU);
   const uint64_t bits = static_cast<uint32_t>(value);
-  return static_cast<T>(static_cast<uint32_t>(atss::emu::warp_collective(site, kind, mask, bits, 0)));
+  return static_cast<T>(
+      static_cast<uint32_t>(atss::emu::warp_collective(site, kind, mask, bits, 0)));
 }
 
 // ----------------------------------------------------------------- memory
 
-inline void __threadfence() { atss::emu::threadfence(); }
-inline void __threadfence_block() { atss::emu::threadfence(); }
+inline void __threadfence() {
+  atss::emu::threadfence();
+}
+inline void __threadfence_block() {
+  atss::emu::threadfence();
+}
 
 template <class T>
 inline T __ldg(const T* p) {
@@ -253,18 +269,30 @@ inline T __ldcg(const T* p) {
   return *p;
 }
 
-inline unsigned atomicAdd(unsigned* a, unsigned v) { return atss::emu::atomic_add_u32(a, v); }
-inline int atomicAdd(int* a, int v) { return atss::emu::atomic_add_s32(a, v); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) {
+  return atss::emu::atomic_add_u32(a, v);
+}
+inline int atomicAdd(int* a, int v) {
+  return atss::emu::atomic_add_s32(a, v);
+}
 inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
   return atss::emu::atomic_add_u64(reinterpret_cast<uint64_t*>(a), v);
 }
-inline unsigned atomicMax(unsigned* a, unsigned v) { return atss::emu::atomic_max_u32(a, v); }
-inline int atomicMax(int* a, int v) { return atss::emu::atomic_max_s32(a, v); }
+inline unsigned atomicMax(unsigned* a, unsigned v) {
+  return atss::emu::atomic_max_u32(a, v);
+}
+inline int atomicMax(int* a, int v) {
+  return atss::emu::atomic_max_s32(a, v);
+}
 inline unsigned long long atomicMax(unsigned long long* a, unsigned long long v) {
   return atss::emu::atomic_max_u64(reinterpret_cast<uint64_t*>(a), v);
 }
-inline unsigned atomicMin(unsigned* a, unsigned v) { return atss::emu::atomic_min_u32(a, v); }
-inline int atomicMin(int* a, int v) { return atss::emu::atomic_min_s32(a, v); }
+inline unsigned atomicMin(unsigned* a, unsigned v) {
+  return atss::emu::atomic_min_u32(a, v);
+}
+inline int atomicMin(int* a, int v) {
+  return atss::emu::atomic_min_s32(a, v);
+}
 inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v) {
   return atss::emu::atomic_min_u64(reinterpret_cast<uint64_t*>(a), v);
 }
@@ -276,12 +304,18 @@ inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long ex
   return atss::emu::atomic_cas_u64(reinterpret_cast<uint64_t*>(a), expected, desired);
 }
 
-inline unsigned __float_as_uint(float v) { return atss::emu::from_bits<unsigned>(atss::emu::to_bits(v)); }
-inline float __uint_as_float(unsigned v) { return atss::emu::from_bits<float>(atss::emu::to_bits(v)); }
+inline unsigned __float_as_uint(float v) {
+  return atss::emu::from_bits<unsigned>(atss::emu::to_bits(v));
+}
+inline float __uint_as_float(unsigned v) {
+  return atss::emu::from_bits<float>(atss::emu::to_bits(v));
+}
 inline long long __double_as_longlong(double v) {
   return atss::emu::from_bits<long long>(atss::emu::to_bits(v));
 }
-inline double __longlong_as_double(long long v) { return atss::emu::from_bits<double>(atss::emu::to_bits(v)); }
+inline double __longlong_as_double(long long v) {
+  return atss::emu::from_bits<double>(atss::emu::to_bits(v));
+}
 
 // ----------------------------------------------------------------- launch-side API
 
@@ -295,11 +329,12 @@ inline int cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute att
   return 0;
 }
 
-#define ATSS_EMU_LAUNCH(grid, block, smem, ...) \
-  ::atss::emu::make_launch(#__VA_ARGS__, __VA_ARGS__, dim3(grid), dim3(block), static_cast<size_t>(smem))
+#define ATSS_EMU_LAUNCH(grid, block, smem, ...)                                \
+  ::atss::emu::make_launch(#__VA_ARGS__, __VA_ARGS__, dim3(grid), dim3(block), \
+                           static_cast<size_t>(smem))
 #define ATSS_EMU_DYNAMIC_SMEM(type, name) \
   type* const name = static_cast<type*>(::atss::emu::dynamic_shared_memory())
-#define ATSS_EMU_SHARED(type, name)                                                            \
-  static const char name##_emu_tag = 0;                                                        \
-  type& name = *static_cast<type*>(::atss::emu::static_shared_memory(&name##_emu_tag, sizeof(type), \
-                                                                      alignof(type)))
+#define ATSS_EMU_SHARED(type, name)     \
+  static const char name##_emu_tag = 0; \
+  type& name = *static_cast<type*>(     \
+      ::atss::emu::static_shared_memory(&name##_emu_tag, sizeof(type), alignof(type)))

@@ -23,15 +23,18 @@ __global__ void collectives_kernel(int64_t* out, unsigned* counter) {
   __syncthreads();
   const unsigned v = 100u - static_cast<unsigned>(threadIdx.x);
   const unsigned m = __reduce_min_sync(0xffffffffu, v);
-  const unsigned long long from_lane_3 = __shfl_sync(0xffffffffu, static_cast<unsigned long long>(v) << 33, 3);
-  const unsigned long long x = __shfl_xor_sync(0xffffffffu, static_cast<unsigned long long>(lane), 1);
+  const unsigned long long from_lane_3 =
+      __shfl_sync(0xffffffffu, static_cast<unsigned long long>(v) << 33, 3);
+  const unsigned long long x =
+      __shfl_xor_sync(0xffffffffu, static_cast<unsigned long long>(lane), 1);
   const unsigned ballot = __ballot_sync(0xffffffffu, lane % 3 == 0);
   __syncwarp();
   const int half = __shfl_sync(0x0000ffffu << (lane < 16 ? 0 : 16), lane, lane < 16 ? 5 : 21);
   ATSS_SHARED(unsigned, s_total);
   if (threadIdx.x == 0) s_total = 0;
   __syncthreads();
-  atomicAdd(&s_total, static_cast<unsigned>(x) == static_cast<unsigned>(lane ^ 1) && half == (lane < 16 ? 5 : 21));
+  atomicAdd(&s_total, static_cast<unsigned>(x) == static_cast<unsigned>(lane ^ 1) &&
+                          half == (lane < 16 ? 5 : 21));
   __syncthreads();
   if (threadIdx.x == 0) {
     int64_t* o = out + 6 * blockIdx.x;
@@ -61,11 +64,13 @@ __global__ void mask_leaves_lane_out_kernel(int* out) {
 }
 
 __global__ void missing_lanes_kernel(int* out) {
-  if (threadIdx.x % 32 < 16) out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
+  if (threadIdx.x % 32 < 16)
+    out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
 }
 
 __global__ void source_outside_mask_kernel(int* out) {
-  if (threadIdx.x % 32 < 16) out[threadIdx.x] = __shfl_sync(0x0000ffffu, static_cast<int>(threadIdx.x), 20);
+  if (threadIdx.x % 32 < 16)
+    out[threadIdx.x] = __shfl_sync(0x0000ffffu, static_cast<int>(threadIdx.x), 20);
 }
 
 __global__ void mismatched_masks_kernel() {
@@ -74,7 +79,8 @@ __global__ void mismatched_masks_kernel() {
 
 __global__ void different_collectives_kernel(int* out) {
   if (threadIdx.x % 2 == 0) {
-    out[threadIdx.x] = static_cast<int>(__reduce_min_sync(0xffffffffu, static_cast<unsigned>(threadIdx.x)));
+    out[threadIdx.x] =
+        static_cast<int>(__reduce_min_sync(0xffffffffu, static_cast<unsigned>(threadIdx.x)));
   } else {
     out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
   }
@@ -94,8 +100,8 @@ at::Tensor selftest(const std::string& name) {
   const Stream s = current_stream();
   if (name == "collectives") {
     at::Tensor counter = at::zeros({1}, at::kInt);
-    ATSS_LAUNCH(8, 64, 0, s, collectives_kernel)(out.data_ptr<int64_t>(),
-                                                 reinterpret_cast<unsigned*>(counter.data_ptr<int>()));
+    ATSS_LAUNCH(8, 64, 0, s, collectives_kernel)(
+        out.data_ptr<int64_t>(), reinterpret_cast<unsigned*>(counter.data_ptr<int>()));
     return out.narrow(0, 0, 48).view({8, 6});
   } else if (name == "divergent_barrier") {
     ATSS_LAUNCH(2, 64, 0, s, divergent_barrier_kernel)();
@@ -138,7 +144,11 @@ at::Tensor selftest(const std::string& name) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(atss_ops_emu, m) { m.def("_selftest(str name) -> Tensor"); }
-TORCH_LIBRARY_IMPL(atss_ops_emu, CompositeExplicitAutograd, m) { m.impl("_selftest", &selftest); }
+TORCH_LIBRARY_FRAGMENT(atss_ops_emu, m) {
+  m.def("_selftest(str name) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(atss_ops_emu, CompositeExplicitAutograd, m) {
+  m.impl("_selftest", &selftest);
+}
 
 }  // namespace atss::cuda
