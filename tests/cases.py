@@ -121,7 +121,7 @@ def to_device(case: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in case.items()}
 
 
-def _case(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None, center_eps=0.01) -> dict:
+def case_of(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None, center_eps=0.01) -> dict:
     levels = [int(n) for n in levels]
     assert sum(levels) == anchors.shape[0]
     return dict(
@@ -188,7 +188,7 @@ def _coco(seed, B, G, height, width, strides, with_counts):
         counts = torch.randint(0, G + 1, (B,), generator=generator(seed))
         counts[0] = G  # at least one full image
         gt, counts = pad_counts(gt, counts.tolist())
-    return _case(anchors, levels, gt, counts)
+    return case_of(anchors, levels, gt, counts)
 
 
 for _name, _params in _COCO.items():
@@ -203,7 +203,7 @@ def _multi_anchor():
     """3 anchors per location (equal centres: ties by index), topk = 9 * 3 as the original code."""
     anchors, levels = multi_scale_anchors(192, 256, (8, 16, 32, 64), [4 * 2 ** (i / 3) for i in range(3)])
     gt = random_gt(2, 12, 192, 256, seed=11)
-    return _case(anchors, levels, gt, topk=27)
+    return case_of(anchors, levels, gt, topk=27)
 
 
 @register("multi_anchor_ratios")
@@ -221,7 +221,7 @@ def _multi_anchor_ratios():
         boxes.append(level)
         levels.append(level.shape[0])
     gt = random_gt(2, 8, 128, 128, seed=12)
-    return _case(torch.cat(boxes), levels, gt, topk=27)
+    return case_of(torch.cat(boxes), levels, gt, topk=27)
 
 
 def _on_lines(seed: int, corners: bool):
@@ -238,7 +238,7 @@ def _on_lines(seed: int, corners: bool):
         cy = (torch.randint(0, height // 8, (B, G), generator=g).float() + 0.5) * 8  # a row of stride-8 centres
     w = torch.randint(2, 60, (B, G), generator=g).float() * 2
     h = torch.randint(2, 60, (B, G), generator=g).float() * 2
-    return _case(anchors, levels, boxes_around(cx, cy, w, h))
+    return case_of(anchors, levels, boxes_around(cx, cy, w, h))
 
 
 register("gt_centres_on_grid_lines")(functools.partial(_on_lines, 21, False))
@@ -253,7 +253,7 @@ def _on_centres():
     cx = (torch.randint(0, 16, (1, 10), generator=g).float() + 0.5) * 8
     cy = (torch.randint(0, 16, (1, 10), generator=g).float() + 0.5) * 8
     w = torch.randint(1, 40, (1, 10), generator=g).float() * 2
-    return _case(anchors, levels, boxes_around(cx, cy, w, w))
+    return case_of(anchors, levels, boxes_around(cx, cy, w, w))
 
 
 # --------------------------------------------------------------------------- GT edge cases
@@ -268,7 +268,7 @@ def _duplicates():
     gt[:, 6] = gt[:, 0]
     gt[:, 7] = gt[:, 2]
     gt[1, 5] = gt[0, 1]
-    return _case(anchors, levels, gt)
+    return case_of(anchors, levels, gt)
 
 
 @register("degenerate_gts")
@@ -281,7 +281,7 @@ def _degenerate():
     gt[:, 2, 2:] = gt[:, 2, :2]  # a point
     gt[0, 3] = torch.tensor([60.0, 40.0, 60.0, 100.0])  # zero width, on a grid line
     gt[1, 4] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # a point at the origin
-    return _case(anchors, levels, gt)
+    return case_of(anchors, levels, gt)
 
 
 @register("negative_center_eps_degenerate")
@@ -291,14 +291,14 @@ def _negative_eps():
     gt = torch.tensor(
         [[[20.0, 28.0, 44.0, 28.0], [20.0, 28.0, 44.0, 28.0], [28.0, 20.0, 28.0, 44.0], [30.0, 30.0, 30.0, 30.0]]]
     )
-    return _case(anchors, levels, gt, center_eps=-8.0)
+    return case_of(anchors, levels, gt, center_eps=-8.0)
 
 
 @register("large_center_eps")
 def _large_eps():
     """center_eps larger than every box: candidates and thresholds, but no positives at all."""
     anchors, levels = grid_anchors(128, 128, (8, 16, 32))
-    return _case(anchors, levels, random_gt(2, 6, 128, 128, seed=33), center_eps=1e4)
+    return case_of(anchors, levels, random_gt(2, 6, 128, 128, seed=33), center_eps=1e4)
 
 
 @register("nan_padding")
@@ -306,7 +306,7 @@ def _nan_padding():
     """Padding rows beyond gt_counts hold NaN: never read."""
     anchors, levels = grid_anchors(192, 256, (8, 16, 32, 64))
     gt, counts = pad_counts(random_gt(3, 10, 192, 256, seed=34), [10, 4, 1])
-    return _case(anchors, levels, gt, counts)
+    return case_of(anchors, levels, gt, counts)
 
 
 @register("garbage_padding")
@@ -318,7 +318,7 @@ def _garbage_padding():
     gt[0, 4] = torch.tensor([50.0, 50.0, 10.0, 10.0])
     gt[1, 2:] = float("nan")
     gt[1, 4, 0] = float("inf")
-    return _case(anchors, levels, gt, torch.tensor([3, 2]))
+    return case_of(anchors, levels, gt, torch.tensor([3, 2]))
 
 
 @register("gt_counts_zero")
@@ -326,7 +326,7 @@ def _counts_zero():
     """Images with gt_counts[b] == 0 beside a normal one: all background there."""
     anchors, levels = grid_anchors(128, 160, (8, 16, 32))
     gt, counts = pad_counts(random_gt(3, 4, 128, 160, seed=36), [0, 4, 0])
-    return _case(anchors, levels, gt, counts)
+    return case_of(anchors, levels, gt, counts)
 
 
 @register("gt_counts_all_zero")
@@ -334,25 +334,25 @@ def _counts_all_zero():
     """Every image has gt_counts 0 (G > 0): the kernels' fast paths must still give the sentinels."""
     anchors, levels = grid_anchors(64, 64, (8, 16))
     gt, counts = pad_counts(random_gt(2, 3, 64, 64, seed=37), [0, 0])
-    return _case(anchors, levels, gt, counts)
+    return case_of(anchors, levels, gt, counts)
 
 
 @register("g0")
 def _g0():
     anchors, levels = grid_anchors(64, 96, (8, 16, 32))
-    return _case(anchors, levels, torch.zeros(3, 0, 4))
+    return case_of(anchors, levels, torch.zeros(3, 0, 4))
 
 
 @register("g0_with_counts")
 def _g0_counts():
     anchors, levels = grid_anchors(64, 96, (8, 16, 32))
-    return _case(anchors, levels, torch.zeros(2, 0, 4), torch.zeros(2, dtype=torch.int64))
+    return case_of(anchors, levels, torch.zeros(2, 0, 4), torch.zeros(2, dtype=torch.int64))
 
 
 @register("b0")
 def _b0():
     anchors, levels = grid_anchors(64, 96, (8, 16, 32))
-    return _case(
+    return case_of(
         anchors,
         levels,
         torch.zeros(0, 5, 4),
@@ -364,12 +364,12 @@ def _b0():
 @register("a0_empty_levels")
 def _a0():
     """A = 0 with every level empty: GTs get no candidate (threshold NaN) and nothing is assigned."""
-    return _case(torch.zeros(0, 4), [0, 0, 0], random_gt(2, 3, 64, 64, seed=38))
+    return case_of(torch.zeros(0, 4), [0, 0, 0], random_gt(2, 3, 64, 64, seed=38))
 
 
 @register("a0_no_levels")
 def _a0_no_levels():
-    return _case(torch.zeros(0, 4), [], random_gt(1, 2, 64, 64, seed=39))
+    return case_of(torch.zeros(0, 4), [], random_gt(1, 2, 64, 64, seed=39))
 
 
 # --------------------------------------------------------------------------- anchor_valid
@@ -379,7 +379,7 @@ def _a0_no_levels():
 def _valid_random():
     anchors, levels = grid_anchors(192, 256, (8, 16, 32, 64))
     valid = torch.rand(3, anchors.shape[0], generator=generator(41)) < 0.6
-    return _case(anchors, levels, random_gt(3, 8, 192, 256, seed=41), anchor_valid=valid)
+    return case_of(anchors, levels, random_gt(3, 8, 192, 256, seed=41), anchor_valid=valid)
 
 
 @register("anchor_valid_padded_image")
@@ -391,7 +391,7 @@ def _valid_padded():
     cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
     valid = torch.stack([(cx < w) & (cy < h) for h, w in sizes])
     gt = torch.stack([random_gt(1, 6, max(h, 16), max(w, 16), seed=42 + i)[0] for i, (h, w) in enumerate(sizes)])
-    return _case(anchors, levels, gt, anchor_valid=valid)
+    return case_of(anchors, levels, gt, anchor_valid=valid)
 
 
 @register("anchor_valid_none_in_image")
@@ -400,7 +400,7 @@ def _valid_none():
     anchors, levels = grid_anchors(128, 128, (8, 16, 32))
     valid = torch.ones(2, anchors.shape[0], dtype=torch.bool)
     valid[1] = False
-    return _case(anchors, levels, random_gt(2, 4, 128, 128, seed=43), anchor_valid=valid)
+    return case_of(anchors, levels, random_gt(2, 4, 128, 128, seed=43), anchor_valid=valid)
 
 
 @register("anchor_valid_one_per_level")
@@ -412,7 +412,7 @@ def _valid_one_per_level():
     for n in levels:
         valid[0, start + n // 3] = True
         start += n
-    return _case(anchors, levels, random_gt(1, 5, 128, 128, seed=44), anchor_valid=valid)
+    return case_of(anchors, levels, random_gt(1, 5, 128, 128, seed=44), anchor_valid=valid)
 
 
 # --------------------------------------------------------------------------- levels
@@ -422,7 +422,7 @@ def _valid_one_per_level():
 def _small_level():
     """Levels of 6 and 2 anchors with topk = 9: min(topk, N_l) candidates there."""
     anchors, levels = grid_anchors(64, 80, (8, 16, 32, 64))
-    return _case(anchors, levels, random_gt(2, 6, 64, 80, seed=51))
+    return case_of(anchors, levels, random_gt(2, 6, 64, 80, seed=51))
 
 
 @register("topk_larger_than_every_level")
@@ -430,7 +430,7 @@ def _huge_topk():
     """topk = 1000 > A: every valid anchor is a candidate of every GT."""
     anchors, levels = grid_anchors(48, 64, (8, 16, 32))
     valid = torch.rand(2, anchors.shape[0], generator=generator(52)) < 0.8
-    return _case(anchors, levels, random_gt(2, 5, 48, 64, seed=52), topk=1000, anchor_valid=valid)
+    return case_of(anchors, levels, random_gt(2, 5, 48, 64, seed=52), topk=1000, anchor_valid=valid)
 
 
 def _empty_level(where: str):
@@ -441,7 +441,7 @@ def _empty_level(where: str):
         "end": levels + [0],
         "everywhere": [0, levels[0], 0, 0, levels[1], levels[2], 0],
     }[where]
-    return _case(anchors, levels, random_gt(2, 6, 96, 128, seed=53))
+    return case_of(anchors, levels, random_gt(2, 6, 96, 128, seed=53))
 
 
 for _where in ("start", "middle", "end", "everywhere"):
@@ -452,13 +452,13 @@ for _where in ("start", "middle", "end", "everywhere"):
 def _c1():
     """C == 1 (topk = 1, one level): std = 0, so the single candidate is positive if its centre is inside."""
     anchors, levels = grid_anchors(64, 64, (8,))
-    return _case(anchors, levels, random_gt(2, 7, 64, 64, seed=54), topk=1)
+    return case_of(anchors, levels, random_gt(2, 7, 64, 64, seed=54), topk=1)
 
 
 @register("topk1_multi_level")
 def _topk1():
     anchors, levels = grid_anchors(128, 128, (8, 16, 32, 64))
-    return _case(anchors, levels, random_gt(2, 7, 128, 128, seed=55), topk=1)
+    return case_of(anchors, levels, random_gt(2, 7, 128, 128, seed=55), topk=1)
 
 
 # --------------------------------------------------------------------------- numerics
@@ -472,7 +472,7 @@ def _integer_boxes():
     xy = torch.randint(0, 24, (2, 12, 2), generator=g).float()
     wh = torch.randint(1, 12, (2, 12, 2), generator=g).float()
     gt = torch.cat([xy, xy + wh], dim=-1)
-    return _case(anchors, levels, gt, topk=6)
+    return case_of(anchors, levels, gt, topk=6)
 
 
 @register("tiny_image")
@@ -480,21 +480,21 @@ def _tiny():
     """An 8x8 image with strides up to 128: one anchor per level, GTs larger than the image."""
     anchors, levels = grid_anchors(8, 8, (8, 16, 32, 64, 128))
     gt = torch.tensor([[[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 3.0, 7.0], [-50.0, -50.0, 60.0, 60.0]]])
-    return _case(anchors, levels, gt)
+    return case_of(anchors, levels, gt)
 
 
 @register("tiny_image_1px")
 def _tiny_1px():
     anchors, levels = grid_anchors(1, 1, (1, 2, 4), scale=1.0)
     gt = torch.tensor([[[0.0, 0.0, 1.0, 1.0]], [[0.25, 0.25, 0.75, 0.75]]])
-    return _case(anchors, levels, gt, topk=3, center_eps=0.0)
+    return case_of(anchors, levels, gt, topk=3, center_eps=0.0)
 
 
 @register("negative_coordinates")
 def _negative():
     """Everything shifted to negative coordinates."""
     anchors, levels = grid_anchors(128, 128, (8, 16, 32))
-    return _case(anchors - 1000.0, levels, random_gt(2, 6, 128, 128, seed=62) - 1000.0)
+    return case_of(anchors - 1000.0, levels, random_gt(2, 6, 128, 128, seed=62) - 1000.0)
 
 
 @register("huge_coordinates_overflow")
@@ -519,7 +519,7 @@ def _huge():
             [[0.0, 0.0, big, big], [1e30, 0.0, 2e30, 1e30], [-1.0, -1.0, 7.0, 7.0], [-big, -big, -big, -big]],
         ]
     )
-    return _case(anchors, [3, 5], gt, topk=2)
+    return case_of(anchors, [3, 5], gt, topk=2)
 
 
 @register("tiny_coordinates")
@@ -528,7 +528,7 @@ def _tiny_coords():
     anchors, levels = grid_anchors(16, 16, (4, 8), scale=2.0)
     anchors = anchors * 1e-20
     gt = torch.tensor([[[0.0, 0.0, 8e-20, 8e-20], [1e-20, 2e-20, 9e-20, 1.5e-19], [0.0, 0.0, 1.0, 1.0]]])
-    return _case(anchors, levels, gt, center_eps=0.0)
+    return case_of(anchors, levels, gt, center_eps=0.0)
 
 
 @register("signed_zeros")
@@ -553,7 +553,7 @@ def _signed_zeros():
             [[0.0, z, 1.0, 0.0], [z, -1.0, z, 1.0], [-2.0, z, 2.0, z], [z, z, 2.0, 2.0]],
         ]
     )
-    return _case(anchors, [4, 4], gt, topk=3, center_eps=-1.0)
+    return case_of(anchors, [4, 4], gt, topk=3, center_eps=-1.0)
 
 
 @register("non_integer_random_boxes")
@@ -565,7 +565,7 @@ def _random_float_boxes():
     anchors = torch.cat([xy, xy + wh], dim=-1)
     gxy = torch.rand(2, 7, 2, generator=g) * 100
     gwh = torch.rand(2, 7, 2, generator=g) * 50
-    return _case(anchors, [25, 20, 15], torch.cat([gxy, gxy + gwh], dim=-1), topk=5, center_eps=0.5)
+    return case_of(anchors, [25, 20, 15], torch.cat([gxy, gxy + gwh], dim=-1), topk=5, center_eps=0.5)
 
 
 CASE_NAMES: List[str] = list(CASES)

@@ -28,6 +28,7 @@ from cases import (
     CASE_NAMES,
     assert_bits_equal,
     case_args,
+    case_of,
     chain_stage_kernels,
     make_case,
     multi_scale_anchors,
@@ -64,20 +65,6 @@ def check_against_scan(case: dict, modes, monkeypatch, what: str, want=None) -> 
         assert_bits_equal(scan, want, f"{what} scan vs reference")
     for mode in modes:
         assert_bits_equal(fused(case, mode, monkeypatch), scan, f"{what} {ENV}={mode} vs scan")
-
-
-def case_of(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None, center_eps=0.01) -> dict:
-    levels = [int(n) for n in levels]
-    assert sum(levels) == anchors.shape[0]
-    return dict(
-        anchors=anchors.float().contiguous(),
-        num_anchors_per_level=levels,
-        gt_boxes=gt_boxes.float().contiguous(),
-        gt_counts=gt_counts,
-        topk=topk,
-        anchor_valid=anchor_valid,
-        center_eps=center_eps,
-    )
 
 
 def boxes_at(cx: torch.Tensor, cy: torch.Tensor, w, h) -> torch.Tensor:
