@@ -14,6 +14,7 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(asan tsan)
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the workload imports tests/cases.py
 status=0
 for v in "${VARIANTS[@]}"; do
   "$PY" scripts/build_emu.py --variant "$v" || exit 1

@@ -41,6 +41,7 @@ PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-/tmp/atss-gpu-check}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the sanitizer workload imports tests/cases.py
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}

@@ -97,7 +97,7 @@ def plant(tree: str, file: str, old: str, new: str) -> None:
 
 
 def check(name: str, tree: str, py: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=tree, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=f"{tree}:{os.path.join(tree, 'tests')}", PYTHONUNBUFFERED="1")
     results = {}
     for what in ARGS.checks:
         if what == "host_sim":

@@ -12,6 +12,10 @@ scripts/emu_sanitize.sh):
     LD_PRELOAD=$(gcc -print-file-name=libtsan.so) \
         python scripts/sanitizer_workload.py --emu build-emu-tsan/libatss_ops_emu.so
 
+It imports the test suite's cases (tests/cases.py): run it with the repository and
+tests/ on PYTHONPATH, as gpu_check.sh and emu_sanitize.sh do
+(``PYTHONPATH=.:tests python scripts/sanitizer_workload.py``).
+
 Covers: the four stage ops and the fused atss_assign; padding GTs and
 gt_counts out of [0, G] (clamped); anchor_valid; empty levels; topk 1 and 3
 (4-key lists), 9, 13 (16-key lists), 27 and 40 / 100 (32-key lists, several
@@ -27,18 +31,12 @@ comparison holds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for p in (ROOT, os.path.join(ROOT, "tests")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import torch
+from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case
 
-import torch  # noqa: E402
-from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case  # noqa: E402
-
-import atss_ops  # noqa: E402
+import atss_ops
 
 
 def same(a, b) -> bool:
