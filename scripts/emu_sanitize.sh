@@ -24,13 +24,13 @@ for v in "${VARIANTS[@]}"; do
   echo "== emulated CUDA under $v: $lib (preloading $preload)"
   start=$SECONDS
   # Python and torch are not instrumented: leaks at exit are theirs (detect_leaks=0).
-  # Concurrency 3: several blocks of a launch run at once, so TSan sees the inter-block protocol.
-  ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=86" \
-  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=86" \
   # torch's own threads (OpenMP) synchronise in ways TSan cannot see, and torch is not
   # instrumented: one intra-op thread, and no reports from uninstrumented modules.
-  TSAN_OPTIONS="halt_on_error=0:exitcode=86:report_signal_unsafe=0:detect_deadlocks=0:ignore_noninstrumented_modules=1" \
-  OMP_NUM_THREADS=1 ATSS_EMU_CONCURRENCY=3 LD_PRELOAD="$preload" \
+  # Concurrency 3: several blocks of a launch run at once, so TSan sees the inter-block protocol.
+  ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=86" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=86" \
+    TSAN_OPTIONS="halt_on_error=0:exitcode=86:report_signal_unsafe=0:detect_deadlocks=0:ignore_noninstrumented_modules=1" \
+    OMP_NUM_THREADS=1 ATSS_EMU_CONCURRENCY=3 LD_PRELOAD="$preload" \
     "$PY" scripts/sanitizer_workload.py --emu "$lib" > "$log" 2>&1
   rc=$?
   grep -v "^W11" "$log" | tail -4
@@ -38,6 +38,7 @@ for v in "${VARIANTS[@]}"; do
   echo "== $v: exit $rc, $reports sanitizer reports, $((SECONDS - start)) s"
   if [ "$rc" -ne 0 ] || [ "$reports" -ne 0 ]; then
     grep -E -A30 "ERROR: AddressSanitizer|WARNING: ThreadSanitizer|runtime error:" "$log" | head -120
+    grep -vE "^W1|ok so far|^    #" "$log" | tail -20
     status=1
   fi
   rm -f "$log"
