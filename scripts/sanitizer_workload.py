@@ -70,7 +70,8 @@ def workload(emu: bool):
     yield "chunks_topk40", random_case(2, 1, 9, 384, 512, (8, 16), 40, valid=0.9), {}
     yield "chunks_topk100", random_case(3, 1, 3, 256, 384, (8, 16), 100), {}
     yield "global_score_buffers_topk200", random_case(5, 1, 4, 384, 512, (8, 16, 32), 200, counts=True, valid=0.8), {}
-    yield "multi_tile_chunk", random_case(9, 1, 5, 384, 512, (8, 16), 9, valid=0.9), {"ATSS_NUM_SMS": 1}
+    # 3 tiles of rows and 1 SM seen: 8192-anchor chunks, the 3,072-anchor level staged through 2 tiles.
+    yield "multi_tile_chunk", random_case(9, 2, 10, 384, 512, (8, 16), 9, valid=0.9), {"ATSS_NUM_SMS": 1}
     yield "capped_grid", random_case(7, 2, 12, 256, 320, (8, 16, 32), 9, counts=True, valid=0.7), {"ATSS_MAX_BLOCKS": 2}
     yield "capped_grid_topk40", random_case(8, 1, 9, 256, 320, (8, 16), 40), {"ATSS_MAX_BLOCKS": 1}
     if not emu:

@@ -157,8 +157,10 @@ def test_other_multiprocessor_counts(sms):
 
 
 def test_chunk_staged_through_several_tiles():
-    """A level of 3,072 anchors in one 8192-anchor chunk (1 SM seen): 2 shared-memory tiles per chunk."""
-    case = random_case(9, 1, 5, 384, 512, (8, 16), 9, counts=False, valid=0.9)
+    """A level of 3,072 anchors in one 8192-anchor chunk: with 1 SM seen and 3 tiles of rows
+    (B * G = 20), 8192-anchor chunks already give 4 work items per SM, so the fused kernel stages
+    the level through 2 shared-memory tiles (with fewer rows it would pick 1024-anchor chunks)."""
+    case = random_case(9, 2, 10, 384, 512, (8, 16), 9, counts=False, valid=0.9)
     assert case["num_anchors_per_level"][0] > 2048
     with env_vars(ATSS_NUM_SMS=1):
         all_ops_equal_cpu(case, "multi-tile chunk")
