@@ -3,8 +3,9 @@
 // of csrc/cuda/emu/ (-DATSS_EMU: the test-only library atss_ops_emu, which
 // registers the same ops under the namespace atss_ops_emu for CPU tensors).
 //
-// Kernel side: ATSS_LAUNCH(grid, block, smem, stream, kernel)(args...) for
-// kernel<<<grid, block, smem, stream>>>(args...); ATSS_DYNAMIC_SMEM(type, name)
+// Kernel side: ATSS_LAUNCH(grid, block, smem, stream, kernel)(args...) for the
+// triple-chevron launch (each followed by launch_check(), which is
+// C10_CUDA_KERNEL_LAUNCH_CHECK() on the GPU); ATSS_DYNAMIC_SMEM(type, name)
 // for `extern __shared__ type name[]`; ATSS_SHARED(type, name) for a static
 // `__shared__ type name`; ATSS_ARCH, the architecture the device code is
 // compiled for (the emulation models sm_90).

@@ -2,7 +2,7 @@
 // csrc/cuda/ where no GPU is at hand (the test-only library atss_ops_emu).
 //
 // A kernel source compiles unchanged against this header except for three
-// macros of csrc/cuda/runtime.cuh: ATSS_LAUNCH (the <<<...>>> launch),
+// macros of csrc/cuda/runtime.cuh: ATSS_LAUNCH (the triple-chevron launch),
 // ATSS_DYNAMIC_SMEM (extern __shared__) and ATSS_SHARED (static __shared__).
 //
 // The model:
