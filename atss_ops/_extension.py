@@ -37,6 +37,14 @@ def _load() -> Optional[str]:
             f"the compiled extension atss_ops._C was built against torch {built}, but torch "
             f"{torch.__version__} is installed: rebuild it, {BUILD_HINT}"
         )
+    # A library built from older sources (contract version 1: no anchor_ignore,
+    # no ensure_positive) would reject the wrappers' arguments.
+    schema = str(torch.ops.atss_ops.atss_assign.default._schema)
+    if "ensure_positive" not in schema:
+        return (
+            "the compiled extension atss_ops._C is older than the Python package "
+            f"(contract version 1): rebuild it, {BUILD_HINT}"
+        )
     return None
 
 

@@ -22,8 +22,8 @@ def _center_distance_fake(anchors, gt_boxes, gt_counts=None):
 
 
 @torch.library.register_fake("atss_ops::topk_per_level")
-def _topk_per_level_fake(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None):
-    V.check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid)
+def _topk_per_level_fake(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None, anchor_ignore=None):
+    V.check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid, anchor_ignore)
     B, G, _ = distances.shape
     return distances.new_empty(B, G, num_candidates(num_anchors_per_level, topk), dtype=torch.int64)
 
@@ -40,8 +40,10 @@ def _iou_statistics_fake(anchors, gt_boxes, candidates, gt_counts=None, center_e
 
 
 @torch.library.register_fake("atss_ops::resolve_multi_gt")
-def _resolve_multi_gt_fake(candidates, candidate_iou, is_positive, num_anchors):
-    V.check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors)
+def _resolve_multi_gt_fake(
+    candidates, candidate_iou, is_positive, num_anchors, anchor_ignore=None, ensure_positive=False
+):
+    V.check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors, anchor_ignore)
     B, G = candidates.shape[:2]
     return (
         candidates.new_empty(B, num_anchors),
@@ -52,9 +54,19 @@ def _resolve_multi_gt_fake(candidates, candidate_iou, is_positive, num_anchors):
 
 @torch.library.register_fake("atss_ops::atss_assign")
 def _atss_assign_fake(
-    anchors, num_anchors_per_level, gt_boxes, gt_counts=None, topk=9, anchor_valid=None, center_eps=0.01
+    anchors,
+    num_anchors_per_level,
+    gt_boxes,
+    gt_counts=None,
+    topk=9,
+    anchor_valid=None,
+    center_eps=0.01,
+    anchor_ignore=None,
+    ensure_positive=False,
 ):
-    V.check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
+    V.check_atss_assign_args(
+        anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps, anchor_ignore
+    )
     B, G = gt_boxes.shape[:2]
     A = anchors.shape[0]
     return (

@@ -53,8 +53,8 @@ def check_num_anchors(num_anchors: int) -> None:
 def check_anchors(anchors: Tensor) -> None:
     if not isinstance(anchors, Tensor):
         raise TypeError(f"anchors must be a torch.Tensor, got {type(anchors).__name__}")
-    if anchors.dim() != 2 or anchors.shape[1] != 4:
-        _fail(f"anchors must have shape [A, 4], got shape {_shape(anchors)}")
+    if anchors.dim() != 2 or anchors.shape[1] not in (4, 6):
+        _fail(f"anchors must have shape [A, 4] (2-D) or [A, 6] (3-D), got shape {_shape(anchors)}")
     if anchors.dtype != torch.float32:
         _fail(f"anchors must be float32, got {anchors.dtype}")
     check_num_anchors(anchors.shape[0])
@@ -63,8 +63,15 @@ def check_anchors(anchors: Tensor) -> None:
 def check_gt_boxes(gt_boxes: Tensor) -> None:
     if not isinstance(gt_boxes, Tensor):
         raise TypeError(f"gt_boxes must be a torch.Tensor, got {type(gt_boxes).__name__}")
-    if gt_boxes.dim() != 3 or gt_boxes.shape[2] != 4:
-        _fail(f"gt_boxes must have shape [B, G, 4], got shape {_shape(gt_boxes)}")
+    if gt_boxes.dim() != 3 or gt_boxes.shape[2] not in (4, 6):
+        _fail(f"gt_boxes must have shape [B, G, 4] (2-D) or [B, G, 6] (3-D), got shape {_shape(gt_boxes)}")
+
+
+def check_same_dims(anchors: Tensor, gt_boxes: Tensor) -> None:
+    if anchors.shape[-1] != gt_boxes.shape[-1]:
+        a = "2-D ([A, 4])" if anchors.shape[-1] == 4 else "3-D ([A, 6])"
+        g = "2-D ([B, G, 4])" if gt_boxes.shape[-1] == 4 else "3-D ([B, G, 6])"
+        _fail(f"anchors and gt_boxes must have the same number of axes: anchors are {a}, gt_boxes are {g}")
     if gt_boxes.dtype != torch.float32:
         _fail(f"gt_boxes must be float32, got {gt_boxes.dtype}")
 
@@ -93,9 +100,11 @@ def check_topk_type(topk: int) -> None:
         _fail(f"topk must be an int, got {type(topk).__name__} {topk!r}")
 
 
-def check_center_eps(center_eps: float) -> None:
-    if not math.isfinite(center_eps):
-        _fail(f"center_eps must be finite, got {center_eps}")
+def check_center_eps(center_eps: Optional[float]) -> None:
+    if center_eps is None:
+        return
+    if not (math.isfinite(center_eps) and center_eps >= 0):
+        _fail(f"center_eps must be finite and >= 0 (or None: no centre test), got {center_eps}")
 
 
 def check_gt_counts_type(gt_counts) -> None:
@@ -113,15 +122,33 @@ def check_gt_counts(gt_counts: Optional[Tensor], batch: int) -> None:
         _fail(f"gt_counts must be int64, got {gt_counts.dtype}")
 
 
-def check_anchor_valid(anchor_valid: Optional[Tensor], batch: int, num_anchors: int) -> None:
-    if anchor_valid is None:
+def check_anchor_mask(mask: Optional[Tensor], name: str, batch: int, num_anchors: int) -> None:
+    """``anchor_valid`` or ``anchor_ignore``: None or a ``Tensor[B, A]`` of bool."""
+    if mask is None:
         return
-    if not isinstance(anchor_valid, Tensor):
-        _fail(f"anchor_valid must be a Tensor[B, A] of bool or None, got {type(anchor_valid).__name__}")
-    if anchor_valid.dim() != 2 or tuple(anchor_valid.shape) != (batch, num_anchors):
-        _fail(f"anchor_valid must have shape [B, A] = [{batch}, {num_anchors}], got shape {_shape(anchor_valid)}")
-    if anchor_valid.dtype != torch.bool:
-        _fail(f"anchor_valid must be bool, got {anchor_valid.dtype}")
+    if not isinstance(mask, Tensor):
+        _fail(f"{name} must be a Tensor[B, A] of bool or None, got {type(mask).__name__}")
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, num_anchors):
+        _fail(f"{name} must have shape [B, A] = [{batch}, {num_anchors}], got shape {_shape(mask)}")
+    if mask.dtype != torch.bool:
+        _fail(f"{name} must be bool, got {mask.dtype}")
+
+
+def check_anchor_valid(anchor_valid: Optional[Tensor], batch: int, num_anchors: int) -> None:
+    check_anchor_mask(anchor_valid, "anchor_valid", batch, num_anchors)
+
+
+def check_anchor_ignore(anchor_ignore: Optional[Tensor], batch: int, num_anchors: int) -> None:
+    check_anchor_mask(anchor_ignore, "anchor_ignore", batch, num_anchors)
+
+
+def usable_mask(anchor_valid: Optional[Tensor], anchor_ignore: Optional[Tensor]) -> Optional[Tensor]:
+    """``[B, A]`` bool: valid and not ignored (None when neither mask is given)."""
+    if anchor_ignore is None:
+        return anchor_valid
+    if anchor_valid is None:
+        return ~anchor_ignore
+    return anchor_valid & ~anchor_ignore
 
 
 def check_distances(distances: Tensor) -> None:
@@ -152,6 +179,7 @@ def check_candidate_like(t: Tensor, name: str, candidates: Tensor, dtype: torch.
 def check_center_distance_args(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tensor]) -> None:
     check_anchors(anchors)
     check_gt_boxes(gt_boxes)
+    check_same_dims(anchors, gt_boxes)
     check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts)
     check_gt_counts(gt_counts, gt_boxes.shape[0])
 
@@ -162,20 +190,23 @@ def check_topk_per_level_args(
     topk: int,
     gt_counts: Optional[Tensor],
     anchor_valid: Optional[Tensor],
+    anchor_ignore: Optional[Tensor] = None,
 ) -> None:
     check_distances(distances)
-    check_same_device(distances=distances, gt_counts=gt_counts, anchor_valid=anchor_valid)
+    check_same_device(distances=distances, gt_counts=gt_counts, anchor_valid=anchor_valid, anchor_ignore=anchor_ignore)
     check_levels(num_anchors_per_level, distances.shape[2])
     check_topk(topk)
     check_gt_counts(gt_counts, distances.shape[0])
     check_anchor_valid(anchor_valid, distances.shape[0], distances.shape[2])
+    check_anchor_ignore(anchor_ignore, distances.shape[0], distances.shape[2])
 
 
 def check_iou_statistics_args(
-    anchors: Tensor, gt_boxes: Tensor, candidates: Tensor, gt_counts: Optional[Tensor], center_eps: float
+    anchors: Tensor, gt_boxes: Tensor, candidates: Tensor, gt_counts: Optional[Tensor], center_eps: Optional[float]
 ) -> None:
     check_anchors(anchors)
     check_gt_boxes(gt_boxes)
+    check_same_dims(anchors, gt_boxes)
     check_candidates(candidates, gt_boxes.shape[0], gt_boxes.shape[1])
     check_same_device(anchors=anchors, gt_boxes=gt_boxes, candidates=candidates, gt_counts=gt_counts)
     check_gt_counts(gt_counts, gt_boxes.shape[0])
@@ -183,33 +214,45 @@ def check_iou_statistics_args(
 
 
 def check_resolve_multi_gt_args(
-    candidates: Tensor, candidate_iou: Tensor, is_positive: Tensor, num_anchors: int
+    candidates: Tensor,
+    candidate_iou: Tensor,
+    is_positive: Tensor,
+    num_anchors: int,
+    anchor_ignore: Optional[Tensor] = None,
 ) -> None:
     batch = candidates.shape[0] if candidates.dim() > 0 else 0
     num_gt = candidates.shape[1] if candidates.dim() > 1 else 0
     check_candidates(candidates, batch, num_gt)
     check_candidate_like(candidate_iou, "candidate_iou", candidates, torch.float32)
     check_candidate_like(is_positive, "is_positive", candidates, torch.bool)
-    check_same_device(candidates=candidates, candidate_iou=candidate_iou, is_positive=is_positive)
+    check_same_device(
+        candidates=candidates, candidate_iou=candidate_iou, is_positive=is_positive, anchor_ignore=anchor_ignore
+    )
     if num_anchors < 0:
         _fail(f"num_anchors must be >= 0, got {num_anchors}")
     check_num_anchors(num_anchors)
+    check_anchor_ignore(anchor_ignore, batch, num_anchors)
 
 
 def _box_str(row: Tensor) -> str:
     return "[" + ", ".join(f"{v:g}" for v in row.tolist()) + "]"
 
 
+# What a box whose upper corner lies below its lower one is told, per D.
+MISORDERED = {2: "has x2 < x1 or y2 < y1", 3: "has x2 < x1, y2 < y1 or z2 < z1"}
+
+
 def _check_boxes_values(name: str, boxes: Tensor, valid: Optional[Tensor]) -> None:
     """Finite and ordered, for the rows where ``valid`` holds (all when None)."""
+    D = boxes.shape[-1] // 2
     finite = torch.isfinite(boxes).all(dim=-1)
-    ordered = (boxes[..., 2] >= boxes[..., 0]) & (boxes[..., 3] >= boxes[..., 1])
+    ordered = (boxes[..., D:] >= boxes[..., :D]).all(dim=-1)
     bad_finite = ~finite
     bad_order = finite & ~ordered
     if valid is not None:
         bad_finite &= valid
         bad_order &= valid
-    for bad, what in ((bad_finite, "is not finite"), (bad_order, "has x2 < x1 or y2 < y1")):
+    for bad, what in ((bad_finite, "is not finite"), (bad_order, MISORDERED[D])):
         if bool(bad.any()):
             where = bad.nonzero()[0].tolist()
             idx = ", ".join(str(i) for i in where)
@@ -255,12 +298,15 @@ def check_assign_inputs(
     gt_counts: Optional[Tensor],
     topk: int,
     anchor_valid: Optional[Tensor],
-    center_eps: float,
+    center_eps: Optional[float],
+    anchor_ignore: Optional[Tensor] = None,
     *,
     values: bool,
 ) -> None:
     """Every check of ``atss_assign``; ``values=False`` keeps to the ones that read no data."""
-    check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
+    check_atss_assign_args(
+        anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid, center_eps, anchor_ignore
+    )
     if values:
         check_box_values(anchors, gt_boxes, gt_counts)
 
@@ -272,13 +318,18 @@ def check_atss_assign_args(
     gt_counts: Optional[Tensor],
     topk: int,
     anchor_valid: Optional[Tensor],
-    center_eps: float,
+    center_eps: Optional[float],
+    anchor_ignore: Optional[Tensor] = None,
 ) -> None:
     check_anchors(anchors)
     check_gt_boxes(gt_boxes)
-    check_same_device(anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts, anchor_valid=anchor_valid)
+    check_same_dims(anchors, gt_boxes)
+    check_same_device(
+        anchors=anchors, gt_boxes=gt_boxes, gt_counts=gt_counts, anchor_valid=anchor_valid, anchor_ignore=anchor_ignore
+    )
     check_levels(num_anchors_per_level, anchors.shape[0])
     check_topk(topk)
     check_center_eps(center_eps)
     check_gt_counts(gt_counts, gt_boxes.shape[0])
     check_anchor_valid(anchor_valid, gt_boxes.shape[0], anchors.shape[0])
+    check_anchor_ignore(anchor_ignore, gt_boxes.shape[0], anchors.shape[0])

@@ -14,6 +14,7 @@ the reference, take float32 only).
 
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -50,14 +51,17 @@ def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tenso
     """Squared distances between anchor and GT centres (contract steps 1-2).
 
     Args:
-        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2`` (float64, float16 and
-            bfloat16 are converted to float32).
-        gt_boxes: ``Tensor[B, G, 4]``, ``x1, y1, x2, y2``, padded to G (converted likewise).
+        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``, or ``Tensor[A, 6]``,
+            ``x1, y1, z1, x2, y2, z2`` (3-D) (float64, float16 and bfloat16 are
+            converted to float32).
+        gt_boxes: ``Tensor[B, G, 4]`` or ``Tensor[B, G, 6]`` in the anchors' layout,
+            padded to G (converted likewise).
         gt_counts: optional ``Tensor[B]`` int64, valid boxes per image (``None``: all).
 
     Returns:
-        ``Tensor[B, G, A]`` float32: ``dx*dx + dy*dy``, each operation rounded to
-        float32; rows of padding GTs are NaN. Time and memory O(B·G·A).
+        ``Tensor[B, G, A]`` float32: ``dx*dx + dy*dy`` (3-D: ``(dx*dx + dy*dy) + dz*dz``),
+        each operation rounded to float32; rows of padding GTs are NaN. Time and
+        memory O(B·G·A).
     """
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
     V.check_gt_counts_type(gt_counts)
@@ -72,8 +76,9 @@ def topk_per_level(
     topk: int = 9,
     gt_counts: Optional[Tensor] = None,
     anchor_valid: Optional[Tensor] = None,
+    anchor_ignore: Optional[Tensor] = None,
 ) -> Tensor:
-    """The ``topk`` nearest valid anchors of each level, per GT (contract step 3).
+    """The ``topk`` nearest usable anchors of each level, per GT (contract step 3).
 
     Args:
         distances: ``Tensor[B, G, A]`` float32, e.g. from :func:`center_distance`.
@@ -81,19 +86,20 @@ def topk_per_level(
         topk: candidates per level (>= 1).
         gt_counts: optional ``Tensor[B]`` int64; padding GTs get no candidate.
         anchor_valid: optional ``Tensor[B, A]`` bool; invalid anchors are never candidates.
+        anchor_ignore: optional ``Tensor[B, A]`` bool; ignored anchors are never candidates.
 
     Returns:
         ``Tensor[B, G, C]`` int64 anchor indices, ``C = sum_l min(topk, N_l)``,
         level by level and nearest first; ordered by ``(distance, anchor index)``
         like ``torch.sort(stable=True)`` (NaN last). Slots a level cannot fill
-        (fewer valid anchors than ``topk``) hold -1. Time O(B·G·A), memory O(B·G·C).
+        (fewer usable anchors than ``topk``) hold -1. Time O(B·G·A), memory O(B·G·C).
     """
     levels = _levels(num_anchors_per_level)
     V.check_gt_counts_type(gt_counts)
     V.check_topk_type(topk)
     if use_kernel("topk_per_level", distances.device):
-        return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
-    return reference.topk_per_level(distances, levels, topk, gt_counts, anchor_valid)
+        return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
+    return reference.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
 
 
 def iou_statistics(
@@ -101,16 +107,20 @@ def iou_statistics(
     gt_boxes: Tensor,
     candidates: Tensor,
     gt_counts: Optional[Tensor] = None,
-    center_eps: float = 0.01,
+    center_eps: Optional[float] = 0.01,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Candidate IoUs, the per-GT threshold and the positive mask (contract steps 4-6).
+
+    2-D or 3-D boxes (D from the shapes, as in :func:`center_distance`);
+    ``center_eps=None`` switches the centre test off.
 
     Returns:
         ``candidate_iou`` ``Tensor[B, G, C]`` float32 (0 in empty slots),
         ``threshold`` ``Tensor[B, G]`` float32 (mean + std of the candidate IoUs in
         float64, rounded; NaN for padding and GTs without candidates),
-        ``is_positive`` ``Tensor[B, G, C]`` bool (IoU >= threshold and anchor
-        centre inside the GT by more than ``center_eps``). Time O(B·G·C).
+        ``is_positive`` ``Tensor[B, G, C]`` bool (IoU >= threshold and, unless
+        ``center_eps`` is None, the anchor centre inside the GT by more than
+        ``center_eps`` on every axis). Time O(B·G·C).
     """
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
     V.check_gt_counts_type(gt_counts)
@@ -120,40 +130,69 @@ def iou_statistics(
 
 
 def resolve_multi_gt(
-    candidates: Tensor, candidate_iou: Tensor, is_positive: Tensor, num_anchors: int
+    candidates: Tensor,
+    candidate_iou: Tensor,
+    is_positive: Tensor,
+    num_anchors: int,
+    anchor_ignore: Optional[Tensor] = None,
+    ensure_positive: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """One GT per anchor (contract step 7).
+    """One GT per anchor (contract step 7), and the guaranteed positive (step 8).
+
+    Args:
+        candidates, candidate_iou, is_positive: ``Tensor[B, G, C]`` from
+            :func:`topk_per_level` and :func:`iou_statistics`.
+        num_anchors: A.
+        anchor_ignore: optional ``Tensor[B, A]`` bool: these anchors claim nothing
+            (even when listed as candidates) and come out as -2.
+        ensure_positive: step 8: each GT with a candidate and no anchor after step 7
+            proposes its candidate of highest IoU (> 0; the earliest on equal IoU)
+            among the anchors still unassigned; an anchor proposed by several GTs
+            goes to the highest IoU, then the lowest GT index; one round.
 
     Returns:
-        ``gt_index`` ``Tensor[B, A]`` int64 (-1 background), ``iou`` ``Tensor[B, A]``
-        float32 (0 background), ``num_positive`` ``Tensor[B, G]`` int64. An anchor
-        positive for several GTs goes to the highest IoU, then the lowest GT index;
-        entries whose IoU is NaN or negative never claim an anchor.
+        ``gt_index`` ``Tensor[B, A]`` int64 (-1 background, -2 ignored), ``iou``
+        ``Tensor[B, A]`` float32 (0 background and ignored), ``num_positive``
+        ``Tensor[B, G]`` int64. An anchor positive for several GTs goes to the
+        highest IoU, then the lowest GT index; entries whose IoU is NaN or
+        negative never claim an anchor.
     """
     if use_kernel("resolve_multi_gt", candidates.device):
-        return tuple(torch.ops.atss_ops.resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors))
-    return reference.resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors)
+        return tuple(
+            torch.ops.atss_ops.resolve_multi_gt(
+                candidates, candidate_iou, is_positive, num_anchors, anchor_ignore, ensure_positive
+            )
+        )
+    return reference.resolve_multi_gt(
+        candidates, candidate_iou, is_positive, num_anchors, anchor_ignore, ensure_positive
+    )
 
 
 # --------------------------------------------------------------------------- the public call
 
 
 def pad_gt_boxes(boxes: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Pads a list of ``Tensor[G_i, 4]`` into ``(Tensor[B, max G_i, 4], gt_counts Tensor[B] int64)``.
+    """Pads a list of ``Tensor[G_i, 4]`` (or all ``Tensor[G_i, 6]``, 3-D) into
+    ``(Tensor[B, max G_i, 4 or 6], gt_counts Tensor[B] int64)``.
 
     Padding rows are zeros; they are never read for assignment.
     """
     boxes = [_as_float32(b) for b in boxes]
     for i, b in enumerate(boxes):
-        if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] != 4:
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] not in (4, 6):
             shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
-            raise ValueError(f"gt_boxes[{i}] must be a Tensor[G_i, 4], got {shape}")
+            raise ValueError(f"gt_boxes[{i}] must be a Tensor[G_i, 4] or Tensor[G_i, 6], got {shape}")
+        if b.shape[-1] != boxes[0].shape[-1]:
+            raise ValueError(
+                f"gt_boxes[{i}] has {b.shape[-1]} coordinates per box but gt_boxes[0] has {boxes[0].shape[-1]}: "
+                "every image must use the same layout"
+            )
     if not boxes:
         raise ValueError("gt_boxes is an empty list: pass a Tensor[0, G, 4] for an empty batch")
     device = boxes[0].device
     counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
     G = max(b.shape[0] for b in boxes)
-    padded = boxes[0].new_zeros(len(boxes), G, 4)
+    padded = boxes[0].new_zeros(len(boxes), G, boxes[0].shape[-1])
     for i, b in enumerate(boxes):
         padded[i, : b.shape[0]] = b
     return padded, counts
@@ -173,27 +212,32 @@ def atss_assign(
     *,
     topk: int = 9,
     anchor_valid: Optional[Tensor] = None,
-    center_eps: float = 0.01,
+    anchor_ignore: Optional[Tensor] = None,
+    center_eps: Optional[float] = 0.01,
+    ensure_positive: bool = False,
     check_inputs: Optional[bool] = None,
 ) -> AssignResult:
     """ATSS assignment of a whole padded batch, exactly as ``docs/contract.md`` defines it.
 
-    Per image and valid GT: on each pyramid level the ``topk`` valid anchors whose
-    centres are nearest the GT centre become candidates (ties: lower anchor
-    index); a candidate is positive when its IoU reaches the mean plus the standard
-    deviation of the GT's candidate IoUs (float64, summed in candidate order) and
-    its centre lies inside the GT by more than ``center_eps``; an anchor positive
-    for several GTs goes to the highest IoU, then the lowest GT index.
+    Per image and valid GT: on each pyramid level the ``topk`` usable anchors
+    (valid and not ignored) whose centres are nearest the GT centre become
+    candidates (ties: lower anchor index); a candidate is positive when its IoU
+    reaches the mean plus the standard deviation of the GT's candidate IoUs
+    (float64, summed in candidate order) and its centre lies inside the GT by
+    more than ``center_eps``; an anchor positive for several GTs goes to the
+    highest IoU, then the lowest GT index. With ``ensure_positive``, a GT left
+    without positives then takes its best free candidate (step 8).
 
     Args:
-        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``, level by level,
+        anchors: ``Tensor[A, 4]`` float32, ``x1, y1, x2, y2``, or ``Tensor[A, 6]``,
+            ``x1, y1, z1, x2, y2, z2`` (3-D, MONAI's "xyzxyz"), level by level,
             shared by the batch (e.g. from :func:`atss_ops.grid_anchors`). float64,
             float16 and bfloat16 anchors and GT boxes are converted to float32:
-            the assignment is computed in float32.
+            the assignment is computed in float32. D (2 or 3) comes from the shapes.
         num_anchors_per_level: ``L`` ints (list, tuple or 1-D tensor) summing to A;
             a level may be empty.
-        gt_boxes: ``Tensor[B, G, 4]`` float32 ``x1, y1, x2, y2`` padded to G, or a
-            list of ``Tensor[G_i, 4]`` (padded here; then ``gt_counts`` must be None).
+        gt_boxes: ``Tensor[B, G, 2D]`` float32 in the anchors' layout, padded to G,
+            or a list of ``Tensor[G_i, 2D]`` (padded here; then ``gt_counts`` must be None).
         gt_counts: optional ``Tensor[B]`` of integers: image b uses
             ``gt_boxes[b, :gt_counts[b]]``; the rest is never read (NaN is fine).
         topk: candidates per level per GT, the paper's k (>= 1). With several
@@ -201,24 +245,37 @@ def atss_assign(
             original code does.
         anchor_valid: optional ``Tensor[B, A]`` bool; an invalid anchor is never a
             candidate and always background (e.g. outside an image's unpadded area).
-        center_eps: margin of the centre-inside-GT test, in box units (rounded to float32).
-        check_inputs: value checks (finite boxes, ``x2 >= x1``, ``gt_counts`` in
-            ``[0, G]``). The CPU kernels always run them. On CUDA they cost a
-            device-to-host sync, so they run only with ``check_inputs=True``;
-            without them the CUDA kernels never read out of bounds (counts are
-            clamped) but non-finite boxes yield no positives rather than an error.
-            Shape, dtype and device checks always run and never sync.
+        anchor_ignore: optional ``Tensor[B, A]`` bool; an ignored anchor is never a
+            candidate, never counted, and comes out as ``gt_index = -2`` with IoU 0
+            whatever ``anchor_valid`` says (e.g. from :func:`atss_ops.ignore_mask`
+            over crowd or "don't care" boxes).
+        center_eps: margin of the centre-inside-GT test, in box units (rounded to
+            float32, >= 0); ``None`` switches the test off (MONAI's
+            ``center_in_gt=False``).
+        ensure_positive: contract step 8: after the one-GT-per-anchor step, every
+            GT with candidates but no anchor proposes its candidate of highest IoU
+            (> 0) among the anchors still unassigned; competing proposals go to the
+            highest IoU, then the lowest GT index; one round, so a GT whose
+            proposal is taken by another stays empty.
+        check_inputs: value checks (finite boxes, upper corners not below lower
+            ones, ``gt_counts`` in ``[0, G]``). The CPU kernels always run them.
+            On CUDA they cost a device-to-host sync, so they run only with
+            ``check_inputs=True``; without them the CUDA kernels never read out of
+            bounds (counts are clamped) but non-finite boxes yield no positives
+            rather than an error. Shape, dtype and device checks always run and
+            never sync.
 
     Returns:
         :class:`AssignResult` (a NamedTuple):
 
         - ``gt_index`` ``Tensor[B, A]`` int64: index into ``gt_boxes[b]`` of the GT
-          the anchor is assigned to; -1 for background (-2 is reserved for ignore).
-        - ``iou`` ``Tensor[B, A]`` float32: IoU with the assigned GT; 0 for background.
+          the anchor is assigned to; -1 for background, -2 for ignored anchors.
+        - ``iou`` ``Tensor[B, A]`` float32: IoU with the assigned GT; 0 for
+          background and ignored anchors.
         - ``threshold`` ``Tensor[B, G]`` float32: each GT's mean + std; NaN for
           padding slots and GTs without candidates.
         - ``num_positive`` ``Tensor[B, G]`` int64: anchors finally assigned to each
-          GT; 0 for padding.
+          GT (step 8 included); 0 for padding.
 
     Complexity: memory O(B·A + B·G·C) with ``C = sum_l min(topk, N_l)``: no
     ``[B, G, A]`` tensor is ever built by the kernels (the pure-PyTorch
@@ -236,14 +293,17 @@ def atss_assign(
     and CUDA graph capture.
 
     Differences from MMDetection's ``ATSSAssigner`` (and the original code):
-    0-based GT indices with -1 for background (MMDetection: 1-based, 0 negative);
-    background IoU 0 (MMDetection: -1e8); the caller chooses ``topk`` (the
-    original multiplies k by anchors per location itself); distance ties go to
-    the lower anchor index and IoU ties to the lower GT index (both unspecified
-    there); mean and std are float64 in a fixed order (float32, library order
-    there); a GT with a single candidate gets std 0 (NaN there, so no positive);
-    IoU uses continuous areas with ``union`` clamped to 1e-6 (as MMDetection; the
-    original adds 1 pixel); the whole padded batch in one call (per image there).
+    0-based GT indices with -1 for background and -2 for ignored anchors
+    (MMDetection: 1-based, 0 negative, -1 ignored); background IoU 0
+    (MMDetection: -1e8); the caller chooses ``topk`` (the original multiplies k
+    by anchors per location itself); distance ties go to the lower anchor index
+    and IoU ties to the lower GT index (both unspecified there); mean and std
+    are float64 in a fixed order (float32, library order there); a GT with a
+    single candidate gets std 0 (NaN there, so no positive); IoU uses
+    continuous areas with ``union`` clamped to 1e-6 (as MMDetection; the
+    original adds 1 pixel); ignored anchors are never positive (MMDetection's
+    may be); the whole padded batch in one call (per image there). For MONAI's
+    ``ATSSMatcher`` see ``docs/contract.md`` and :mod:`atss_ops.integrations.monai`.
     """
     if not isinstance(gt_boxes, Tensor):
         if gt_counts is not None:
@@ -252,14 +312,20 @@ def atss_assign(
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
     V.check_gt_counts_type(gt_counts)
     V.check_topk_type(topk)
+    if not isinstance(ensure_positive, bool):
+        raise ValueError(f"ensure_positive must be a bool, got {type(ensure_positive).__name__} {ensure_positive!r}")
+    if center_eps is not None and (isinstance(center_eps, bool) or not isinstance(center_eps, numbers.Real)):
+        raise ValueError(f"center_eps must be a number or None, got {type(center_eps).__name__} {center_eps!r}")
     if gt_counts is not None and gt_counts.dtype != torch.int64:
         if gt_counts.dtype.is_floating_point or gt_counts.dtype == torch.bool:
             raise ValueError(f"gt_counts must be int64, got {gt_counts.dtype}")
         gt_counts = gt_counts.to(torch.int64)
     levels = _levels(num_anchors_per_level)
+    if center_eps is not None:
+        center_eps = float(center_eps)
+    args = (anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps, anchor_ignore, ensure_positive)
     if not (isinstance(anchors, Tensor) and use_kernel("atss_assign", anchors.device)):
-        return reference.atss_assign(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
+        return reference.atss_assign(*args)
     if check_inputs and anchors.device.type != "cpu" and not torch.compiler.is_compiling():
-        V.check_assign_inputs(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps, values=True)
-    out = torch.ops.atss_ops.atss_assign(anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps)
-    return AssignResult(*out)
+        V.check_assign_inputs(*args[:8], values=True)
+    return AssignResult(*torch.ops.atss_ops.atss_assign(*args))
