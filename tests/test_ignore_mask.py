@@ -117,9 +117,7 @@ def test_dtypes_are_converted():
 
 def test_feeds_atss_assign_as_anchor_ignore():
     """The mask's anchors come out of atss_assign as -2 (contract v2)."""
-    if "anchor_ignore" not in atss_ops.atss_assign.__code__.co_varnames:
-        pytest.skip("atss_assign has no anchor_ignore yet (contract v1)")
-    anchors, levels = atss_ops.grid_anchors(64, 64, strides=(8, 16))
+    anchors, levels = atss_ops.grid_anchors(64, 64, strides=(8, 16), scales=(1.0,))
     gt = torch.tensor([[[4.0, 4.0, 40.0, 40.0], [30.0, 30.0, 60.0, 50.0]]])
     ignore = torch.tensor([[[28.0, 28.0, 64.0, 64.0]]])
     mask = ignore_mask(anchors, ignore)

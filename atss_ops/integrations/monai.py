@@ -68,17 +68,6 @@ def _anchors_per_level(num_anchors_per_level: Sequence[int], num_anchors_per_loc
     return levels
 
 
-def _pad(boxes: Sequence[Tensor], width: int, device: torch.device):
-    """``[G_i, 2D]`` boxes per image into ``(Tensor[B, max G_i, 2D] float32, counts Tensor[B] int64)``."""
-    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
-    padded = torch.zeros(len(boxes), max((b.shape[0] for b in boxes), default=0), width, device=device)
-    for i, b in enumerate(boxes):
-        if b.dim() != 2 or b.shape[1] != width:
-            raise ValueError(f"the boxes of image {i} must be a Tensor[G, {width}], got shape {list(b.shape)}")
-        padded[i, : b.shape[0]] = b.to(device=device, dtype=torch.float32)
-    return padded, counts
-
-
 class ATSSMatcher(_MonaiATSSMatcher):
     """MONAI's ``ATSSMatcher``, computed by :func:`atss_ops.atss_assign`.
 
@@ -201,7 +190,7 @@ class _BatchedAnchorMatching:
         if not batched:  # another matcher, debugging, or anchors that differ between images
             return RetinaNetDetector.compute_anchor_matched_idxs(det, anchors, targets, num_anchor_locs_per_level)
         boxes = [t[det.target_box_key] for t in targets]
-        gt_boxes, gt_counts = _pad(boxes, shared.shape[1], shared.device)
+        gt_boxes, gt_counts = atss_ops.pad_gt_boxes([b.to(shared.device) for b in boxes])
         result = matcher.assign(gt_boxes, shared, num_anchor_locs_per_level, det.num_anchors_per_loc, gt_counts)
         # MONAI warns about each image whose boxes got no anchor; one host sync for the batch.
         unmatched = ((result.num_positive.sum(dim=1) == 0) & (gt_counts > 0)).nonzero().flatten().tolist()
