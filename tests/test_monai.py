@@ -369,3 +369,41 @@ def test_use_atss_ops_checks_and_survives_deepcopy():
     detector = use_atss_ops(_detector())
     clone = copy.deepcopy(detector)
     assert clone.compute_anchor_matched_idxs.detector is clone
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_iou_is_monais_bits_when_the_union_is_at_least_4(dims):
+    """MONAI divides by ``union + float32 eps``, the contract by ``max(union, 1e-6)``: the same
+    bits once the union reaches 4 (eps is then below half an ulp), within rounding below.
+
+    Our IoU of anchor i with GT i comes out of atss_assign itself: image i sees only anchor i
+    (anchor_valid), so its one candidate has std 0, is positive, and reports its IoU."""
+    n = 600
+    gen = torch.Generator().manual_seed(dims)
+    lo = torch.rand(2, n, dims, generator=gen) * 2
+    boxes = torch.cat([lo, lo + 0.4 + torch.rand(2, n, dims, generator=gen) * 2.2], dim=-1)
+    anchors, gts = boxes[0], boxes[1]
+    overlap = (torch.minimum(anchors[:, dims:], gts[:, dims:]) - torch.maximum(anchors[:, :dims], gts[:, :dims])).clamp(
+        min=0
+    )
+    keep = overlap.prod(-1) > 0
+    anchors, gts = anchors[keep], gts[keep]
+    result = atss_ops.atss_assign(
+        anchors,
+        [len(anchors)],
+        gts[:, None],
+        topk=1,
+        anchor_valid=torch.eye(len(anchors), dtype=torch.bool),
+        center_eps=None,
+    )
+    assert torch.equal(result.gt_index.diagonal(), torch.zeros(len(anchors), dtype=torch.int64))
+    ours = result.iou.diagonal()
+    theirs = torch.stack([box_iou(gts[i : i + 1], anchors[i : i + 1])[0, 0] for i in range(len(anchors))])
+    volume = lambda b: (b[:, dims:] - b[:, :dims]).prod(-1)  # noqa: E731
+    union = volume(anchors) + volume(gts) - overlap[keep].prod(-1)
+    large = union >= 4.0 * (1 + 1e-6)
+    assert large.any() and (~large).any()
+    assert torch.equal(ours[large], theirs[large])
+    eps = torch.finfo(torch.float32).eps
+    assert ((ours - theirs).abs() <= ours * (2 * eps / union + 2 * eps))[~large].all()
+    assert (ours != theirs)[~large].any()  # the difference is real

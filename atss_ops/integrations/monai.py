@@ -24,7 +24,7 @@ it):
   candidate anchor to GT 0; here a single candidate gets std 0 and is positive
   for its own GT (if it passes the centre test).
 - the IoU clamps the union at 1e-6 instead of adding float32 epsilon to it:
-  the same bits unless the union is below about 2 (voxels^3 or pixels^2).
+  the same bits whenever the union is at least 4 (pixels^2 or voxels^3).
 
 MONAI is imported when this module is; ``atss_ops`` itself never imports it.
 """
