@@ -343,18 +343,50 @@ def test_retinanet_detector_trains_with_use_atss_ops(monkeypatch):
     assert len(batched_calls) == 6 and all(s[2] == 6 for s in batched_calls)
 
 
-def test_detector_falls_back_to_the_per_image_loop_when_debugging():
+def _anchors_and_locations(detector, images):
+    maps = detector.network(images)[detector.cls_key]
+    return detector.anchor_generator(images, maps), [f.shape[2:].numel() for f in maps]
+
+
+def test_detector_debug_prints_what_monai_prints(capsys):
     detector = use_atss_ops(_detector())
-    detector.proposal_matcher.debug = True
     images, targets = _volume_batch(5)
-    anchors = detector.anchor_generator(images, detector.network(images)[detector.cls_key])
-    locations = [f.shape[2:].numel() for f in detector.network(images)[detector.cls_key]]
-    debug_matches = detector.compute_anchor_matched_idxs(anchors, targets, locations)
-    detector.proposal_matcher.debug = False
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(debug_matches, detector.compute_anchor_matched_idxs(anchors, targets, locations))
-    )
+    anchors, locations = _anchors_and_locations(detector, images)
+    quiet = detector.compute_anchor_matched_idxs(anchors, targets, locations)
+    detector.proposal_matcher.debug = True
+    loud = detector.compute_anchor_matched_idxs(anchors, targets, locations)
+    assert all(torch.equal(a, b) for a, b in zip(quiet, loud))
+    out = capsys.readouterr().out
+    assert out.count("Anchor matcher threshold") == 2 and out.count("Max box overlap between anchors") == 2
+
+
+def test_detector_with_anchors_that_differ_between_images():
+    detector = use_atss_ops(_detector())
+    images, targets = _volume_batch(6)
+    anchors, locations = _anchors_and_locations(detector, images)
+    batched = detector.compute_anchor_matched_idxs(anchors, targets, locations)
+    shifted = [anchors[0], anchors[1] + 1.0, anchors[2]]
+    per_image = detector.compute_anchor_matched_idxs(shifted, targets, locations)
+    assert torch.equal(per_image[0], batched[0]) and torch.equal(per_image[2], batched[2])
+    want = detector.proposal_matcher(targets[1]["boxes"], shifted[1], locations, 3)[1]
+    assert torch.equal(per_image[1], want)
+
+
+def test_detector_ignore_boxes_become_between_thresholds():
+    detector = use_atss_ops(_detector(), ignore_box_key="ignore", iof_threshold=0.3)
+    images, targets = _volume_batch(7)
+    targets[0]["ignore"] = torch.tensor([[0.0, 0.0, 0.0, 12.0, 12.0, 8.0]])
+    targets[2]["ignore"] = torch.tensor([[16.0, 16.0, 0.0, 32.0, 32.0, 16.0], [0.0, 20.0, 4.0, 9.0, 30.0, 9.0]])
+    anchors, locations = _anchors_and_locations(detector, images)
+    matches = detector.compute_anchor_matched_idxs(anchors, targets, locations)
+    for b, target in enumerate(targets):
+        ignore = target.get("ignore", torch.zeros(0, 6))
+        mask = atss_ops.ignore_mask(anchors[b], ignore[None], iof_threshold=0.3)[0]
+        assert torch.equal(matches[b] == MonaiATSSMatcher.BETWEEN_THRESHOLDS, mask)
+        assert mask.any() == (ignore.shape[0] > 0)
+    detector.train()
+    losses = detector(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_use_atss_ops_checks_and_survives_deepcopy():
@@ -366,6 +398,8 @@ def test_use_atss_ops_checks_and_survives_deepcopy():
     detector.box_overlap_metric = box_giou
     with pytest.raises(ValueError, match="similarity_fn must be monai.data.box_utils.box_iou"):
         use_atss_ops(detector)
+    with pytest.raises(ValueError, match=r"iof_threshold must be in \[0, 1\], got 2"):
+        use_atss_ops(_detector(), ignore_box_key="ignore", iof_threshold=2)
     detector = use_atss_ops(_detector())
     clone = copy.deepcopy(detector)
     assert clone.compute_anchor_matched_idxs.detector is clone

@@ -172,26 +172,51 @@ class _BatchedAnchorMatching:
     A plain object (not a bound method) so that a detector carrying it still pickles.
     """
 
-    def __init__(self, detector: RetinaNetDetector):
+    def __init__(self, detector: RetinaNetDetector, ignore_box_key: Optional[str], iof_threshold: float):
         self.detector = detector
+        self.ignore_box_key = ignore_box_key
+        self.iof_threshold = iof_threshold
 
     def __call__(
         self, anchors: List[Tensor], targets: List[dict], num_anchor_locs_per_level: Sequence[int]
     ) -> List[Tensor]:
         det = self.detector
         matcher = det.proposal_matcher
-        shared = anchors[0] if anchors else None
-        batched = (
-            isinstance(matcher, ATSSMatcher)
-            and not matcher.debug  # MONAI's loop prints per-image matrices then
-            and shared is not None
-            and all(a is shared or torch.equal(a, shared) for a in anchors[1:])
-        )
-        if not batched:  # another matcher, debugging, or anchors that differ between images
+        if not isinstance(matcher, ATSSMatcher) or not anchors:  # the matcher was replaced since
             return RetinaNetDetector.compute_anchor_matched_idxs(det, anchors, targets, num_anchor_locs_per_level)
-        boxes = [t[det.target_box_key] for t in targets]
-        gt_boxes, gt_counts = atss_ops.pad_gt_boxes([b.to(shared.device) for b in boxes])
-        result = matcher.assign(gt_boxes, shared, num_anchor_locs_per_level, det.num_anchors_per_loc, gt_counts)
+        shared = anchors[0]
+        if all(a is shared or torch.equal(a, shared) for a in anchors[1:]):
+            groups = [(shared, list(range(len(targets))))]  # MONAI's generator: one tensor for all images
+        else:
+            groups = [(a, [b]) for b, a in enumerate(anchors)]
+        matches: List[Tensor] = [shared] * len(targets)
+        for group_anchors, images in groups:
+            for b, match in zip(
+                images, self._match(group_anchors, [targets[b] for b in images], num_anchor_locs_per_level)
+            ):
+                matches[b] = match
+        return matches
+
+    def _match(self, anchors: Tensor, targets: List[dict], num_anchor_locs_per_level: Sequence[int]) -> List[Tensor]:
+        det, matcher = self.detector, self.detector.proposal_matcher
+        boxes = [t[det.target_box_key].to(anchors.device) for t in targets]
+        gt_boxes, gt_counts = atss_ops.pad_gt_boxes(boxes)
+        anchor_ignore = None
+        if self.ignore_box_key is not None:
+            empty = anchors.new_zeros(0, anchors.shape[1])
+            ignore_boxes, ignore_counts = atss_ops.pad_gt_boxes(
+                [t.get(self.ignore_box_key, empty).to(anchors.device) for t in targets]
+            )
+            anchor_ignore = atss_ops.ignore_mask(anchors, ignore_boxes, ignore_counts, self.iof_threshold)
+        result = matcher.assign(
+            gt_boxes, anchors, num_anchor_locs_per_level, det.num_anchors_per_loc, gt_counts, anchor_ignore
+        )
+        if matcher.debug:  # what MONAI's matcher and detector print, image by image
+            for b, image_boxes in enumerate(boxes):
+                if image_boxes.shape[0]:
+                    print(f"Anchor matcher threshold: {result.threshold[b, : image_boxes.shape[0]]}")
+                    overlap = matcher.similarity_fn(image_boxes, anchors).max(dim=1)[0]
+                    print(f"Max box overlap between anchors and gt boxes: {overlap}.")
         # MONAI warns about each image whose boxes got no anchor; one host sync for the batch.
         unmatched = ((result.num_positive.sum(dim=1) == 0) & (gt_counts > 0)).nonzero().flatten().tolist()
         for b in unmatched:
@@ -199,12 +224,19 @@ class _BatchedAnchorMatching:
                 "No anchor is matched with GT boxes. Please adjust matcher setting, anchor setting,"
                 " or the network setting to change zoom scale between network output and input images."
                 f"GT boxes are {boxes[b]}.",
-                stacklevel=2,
+                stacklevel=3,
             )
         return list(matcher._to_monai(result.gt_index).unbind(0))
 
 
-def use_atss_ops(detector: RetinaNetDetector, num_candidates: int = 4, center_in_gt: bool = False) -> RetinaNetDetector:
+def use_atss_ops(
+    detector: RetinaNetDetector,
+    num_candidates: int = 4,
+    center_in_gt: bool = False,
+    *,
+    ignore_box_key: Optional[str] = None,
+    iof_threshold: float = 0.5,
+) -> RetinaNetDetector:
     """Makes a MONAI ``RetinaNetDetector`` match anchors with ``atss_ops``; returns the detector.
 
     The counterpart of ``detector.set_atss_matcher(num_candidates, center_in_gt)``
@@ -212,20 +244,29 @@ def use_atss_ops(detector: RetinaNetDetector, num_candidates: int = 4, center_in
     ``detector.proposal_matcher`` and replaces the detector's per-image matching
     loop (``compute_anchor_matched_idxs``) with one ``atss_assign`` call for the
     whole batch. The matches keep MONAI's format (a list of ``Tensor[A]`` int64
-    per image, -1 background), so the losses and samplers are unchanged. The loop
-    comes back, still on ``atss_ops``, when the detector is in debug mode (MONAI
-    prints per-image IoU matrices then) or the images' anchors differ.
+    per image, -1 background), so the losses and samplers are unchanged. Images
+    whose anchors differ from the first image's (MONAI's generator gives all the
+    same tensor) get one call each. In debug mode the per-image thresholds and
+    maximum overlaps are printed as MONAI prints them.
+
+    Ignore regions (crowd, "don't care"): with ``ignore_box_key``, each target
+    may hold ``Tensor[M, 4 or 6]`` boxes under that key; anchors whose
+    intersection over their own area with one of them exceeds ``iof_threshold``
+    (:func:`atss_ops.ignore_mask`) are matched -2, MONAI's ``BETWEEN_THRESHOLDS``:
+    never positive, left out of the classification loss and of the samplers.
 
     Raises:
         TypeError: ``detector`` is not a ``RetinaNetDetector``.
-        ValueError: ``num_candidates`` < 1, or the detector's ``box_overlap_metric``
-            is not MONAI's ``box_iou``.
+        ValueError: ``num_candidates`` < 1, ``iof_threshold`` outside ``[0, 1]``, or
+            the detector's ``box_overlap_metric`` is not MONAI's ``box_iou``.
     """
     if not isinstance(detector, RetinaNetDetector):
         raise TypeError(
             f"detector must be a monai.apps.detection.networks.retinanet_detector.RetinaNetDetector, "
             f"got {type(detector).__name__}"
         )
+    if isinstance(iof_threshold, bool) or not isinstance(iof_threshold, (int, float)) or not 0 <= iof_threshold <= 1:
+        raise ValueError(f"iof_threshold must be in [0, 1], got {iof_threshold!r}")
     detector.proposal_matcher = ATSSMatcher(num_candidates, detector.box_overlap_metric, center_in_gt, detector.debug)
-    detector.compute_anchor_matched_idxs = _BatchedAnchorMatching(detector)
+    detector.compute_anchor_matched_idxs = _BatchedAnchorMatching(detector, ignore_box_key, float(iof_threshold))
     return detector
