@@ -31,6 +31,7 @@ MONAI is imported when this module is; ``atss_ops`` itself never imports it.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import List, Optional, Sequence
 
@@ -44,7 +45,7 @@ try:
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher as _MonaiATSSMatcher
     from monai.data.box_utils import box_iou
-except ImportError as error:  # pragma: no cover - exercised by tests/test_monai.py with MONAI hidden
+except ImportError as error:  # tests/test_monai.py hides MONAI to check this message
     raise ImportError(
         "atss_ops.integrations.monai needs MONAI, which could not be imported "
         f"({error}). Install it with `pip install monai` (or `pip install atss-ops[monai]`); "
@@ -56,14 +57,18 @@ __all__ = ["ATSSMatcher", "use_atss_ops"]
 
 def _anchors_per_level(num_anchors_per_level: Sequence[int], num_anchors_per_loc: int, num_anchors: int) -> List[int]:
     """MONAI passes locations per level (HW or HWD); atss_assign takes anchors per level."""
-    if isinstance(num_anchors_per_loc, bool) or not isinstance(num_anchors_per_loc, int) or num_anchors_per_loc < 1:
+    try:
+        per_loc = operator.index(num_anchors_per_loc)  # an int, a numpy or a 0-d torch integer
+    except TypeError:
+        per_loc = 0
+    if isinstance(num_anchors_per_loc, bool) or per_loc < 1:
         raise ValueError(f"num_anchors_per_loc must be an int >= 1, got {num_anchors_per_loc!r}")
     locations = [int(n) for n in num_anchors_per_level]
-    levels = [n * num_anchors_per_loc for n in locations]
+    levels = [n * per_loc for n in locations]
     if sum(levels) != num_anchors:
         raise ValueError(
             f"num_anchors_per_level (locations per level, as MONAI passes them) times num_anchors_per_loc must "
-            f"sum to the number of anchors {num_anchors}, got {locations} x {num_anchors_per_loc} = {sum(levels)}"
+            f"sum to the number of anchors {num_anchors}, got {locations} x {per_loc} = {sum(levels)}"
         )
     return levels
 
@@ -141,7 +146,7 @@ class ATSSMatcher(_MonaiATSSMatcher):
             levels,
             gt_boxes,
             gt_counts,
-            topk=self.num_candidates * num_anchors_per_loc,
+            topk=self.num_candidates * operator.index(num_anchors_per_loc),
             anchor_ignore=anchor_ignore,
             center_eps=self.min_dist if self.center_in_gt else None,
         )
