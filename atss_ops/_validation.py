@@ -104,7 +104,7 @@ def check_center_eps(center_eps: Optional[float]) -> None:
     if center_eps is None:
         return
     if not (math.isfinite(center_eps) and center_eps >= 0):
-        _fail(f"center_eps must be finite and >= 0 (or None: no centre test), got {center_eps}")
+        _fail(f"center_eps must be finite and >= 0 (or None: no centre test), got {center_eps:g}")
 
 
 def check_gt_counts_type(gt_counts) -> None:

@@ -10,26 +10,29 @@
 namespace atss {
 
 inline void define_schemas(torch::Library& m) {
+  // Boxes are [A, 2D] / [B, G, 2D] with D = 2 or 3, read from the shapes (contract version 2).
   // Step 2: squared centre distances [B, G, A] float32; NaN rows for padding GTs.
   m.def("center_distance(Tensor anchors, Tensor gt_boxes, Tensor? gt_counts=None) -> Tensor");
   // Step 3: candidate anchor indices [B, G, C] int64, C = sum_l min(topk, N_l); -1 = empty slot.
   m.def(
       "topk_per_level(Tensor distances, int[] num_anchors_per_level, int topk, "
-      "Tensor? gt_counts=None, Tensor? anchor_valid=None) -> Tensor");
+      "Tensor? gt_counts=None, Tensor? anchor_valid=None, Tensor? anchor_ignore=None) -> Tensor");
   // Steps 4-6: (candidate_iou [B, G, C] float32, threshold [B, G] float32, is_positive [B, G, C]
   // bool).
   m.def(
       "iou_statistics(Tensor anchors, Tensor gt_boxes, Tensor candidates, "
-      "Tensor? gt_counts=None, float center_eps=0.01) -> (Tensor candidate_iou, Tensor threshold, "
+      "Tensor? gt_counts=None, float? center_eps=0.01) -> (Tensor candidate_iou, Tensor threshold, "
       "Tensor is_positive)");
-  // Step 7: (gt_index [B, A] int64, iou [B, A] float32, num_positive [B, G] int64).
+  // Steps 7 and 8: (gt_index [B, A] int64, iou [B, A] float32, num_positive [B, G] int64).
   m.def(
       "resolve_multi_gt(Tensor candidates, Tensor candidate_iou, Tensor is_positive, "
-      "int num_anchors) -> (Tensor gt_index, Tensor iou, Tensor num_positive)");
+      "int num_anchors, Tensor? anchor_ignore=None, bool ensure_positive=False) -> "
+      "(Tensor gt_index, Tensor iou, Tensor num_positive)");
   // The whole contract in one call, never materialising [B, G, A].
   m.def(
       "atss_assign(Tensor anchors, int[] num_anchors_per_level, Tensor gt_boxes, "
-      "Tensor? gt_counts=None, int topk=9, Tensor? anchor_valid=None, float center_eps=0.01) -> "
+      "Tensor? gt_counts=None, int topk=9, Tensor? anchor_valid=None, float? center_eps=0.01, "
+      "Tensor? anchor_ignore=None, bool ensure_positive=False) -> "
       "(Tensor gt_index, Tensor iou, Tensor threshold, Tensor num_positive)");
 }
 

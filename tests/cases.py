@@ -2,7 +2,8 @@
 
 Every generator is a plain function of no argument returning a *case*: a dict
 with the arguments of ``atss_assign`` (``anchors``, ``num_anchors_per_level``,
-``gt_boxes``, ``gt_counts``, ``topk``, ``anchor_valid``, ``center_eps``). They
+``gt_boxes``, ``gt_counts``, ``topk``, ``anchor_valid``, ``center_eps``,
+``anchor_ignore``, ``ensure_positive``). They
 are registered by name in :data:`CASES`, so tests parametrise over
 ``CASE_NAMES`` and the ids say which input failed. Generators are
 deterministic (fixed seeds); :func:`make_case` returns a fresh copy each call.
@@ -89,7 +90,19 @@ def assert_bits_equal(a, b, what: str = "") -> None:
 
 # --------------------------------------------------------------------------- case plumbing
 
-ARG_NAMES = ("anchors", "num_anchors_per_level", "gt_boxes", "gt_counts", "topk", "anchor_valid", "center_eps")
+ARG_NAMES = (
+    "anchors",
+    "num_anchors_per_level",
+    "gt_boxes",
+    "gt_counts",
+    "topk",
+    "anchor_valid",
+    "center_eps",
+    "anchor_ignore",
+    "ensure_positive",
+)
+# Cases written before contract v2 may leave these out.
+V2_DEFAULTS = {"anchor_ignore": None, "ensure_positive": False}
 OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
 
 CASES: Dict[str, Callable[[], dict]] = {}
@@ -114,14 +127,24 @@ def make_case(name: str) -> dict:
 
 def case_args(case: dict) -> tuple:
     """The positional arguments of ``atss_assign`` (op schema order)."""
-    return tuple(case[k] for k in ARG_NAMES)
+    return tuple(case.get(k, V2_DEFAULTS.get(k)) for k in ARG_NAMES)
 
 
 def to_device(case: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in case.items()}
 
 
-def case_of(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None, center_eps=0.01) -> dict:
+def case_of(
+    anchors,
+    levels,
+    gt_boxes,
+    gt_counts=None,
+    topk=9,
+    anchor_valid=None,
+    center_eps=0.01,
+    anchor_ignore=None,
+    ensure_positive=False,
+) -> dict:
     levels = [int(n) for n in levels]
     assert sum(levels) == anchors.shape[0]
     return dict(
@@ -132,6 +155,8 @@ def case_of(anchors, levels, gt_boxes, gt_counts=None, topk=9, anchor_valid=None
         topk=topk,
         anchor_valid=anchor_valid,
         center_eps=center_eps,
+        anchor_ignore=anchor_ignore,
+        ensure_positive=ensure_positive,
     )
 
 
@@ -284,14 +309,14 @@ def _degenerate():
     return case_of(anchors, levels, gt)
 
 
-@register("negative_center_eps_degenerate")
-def _negative_eps():
-    """center_eps < 0: degenerate GTs do get positives, with IoU 0 (ties resolved by GT index)."""
+@register("no_center_test_degenerate")
+def _no_center_test_degenerate():
+    """center_eps=None: degenerate GTs do get positives, with IoU 0 (ties resolved by GT index)."""
     anchors, levels = grid_anchors(64, 64, (8, 16))
     gt = torch.tensor(
         [[[20.0, 28.0, 44.0, 28.0], [20.0, 28.0, 44.0, 28.0], [28.0, 20.0, 28.0, 44.0], [30.0, 30.0, 30.0, 30.0]]]
     )
-    return case_of(anchors, levels, gt, center_eps=-8.0)
+    return case_of(anchors, levels, gt, center_eps=None)
 
 
 @register("large_center_eps")
@@ -553,7 +578,7 @@ def _signed_zeros():
             [[0.0, z, 1.0, 0.0], [z, -1.0, z, 1.0], [-2.0, z, 2.0, z], [z, z, 2.0, 2.0]],
         ]
     )
-    return case_of(anchors, [4, 4], gt, topk=3, center_eps=-1.0)
+    return case_of(anchors, [4, 4], gt, topk=3, center_eps=None)
 
 
 @register("non_integer_random_boxes")
@@ -568,11 +593,6 @@ def _random_float_boxes():
     return case_of(anchors, [25, 20, 15], torch.cat([gxy, gxy + gwh], dim=-1), topk=5, center_eps=0.5)
 
 
-CASE_NAMES: List[str] = list(CASES)
-# Cases where everything is background by construction.
-EMPTY_CASE_NAMES = ["g0", "g0_with_counts", "b0", "a0_empty_levels", "a0_no_levels", "gt_counts_all_zero"]
-
-
 def random_case(
     seed,
     B,
@@ -585,8 +605,11 @@ def random_case(
     valid=None,
     scales=None,
     center_eps=0.01,
+    ignore=None,
+    ensure_positive=False,
 ):
-    """A COCO-like batch; ``valid``: fraction of valid anchors (None: no mask); ``scales``: anchors per location."""
+    """A COCO-like batch; ``valid`` / ``ignore``: fraction of valid / ignored anchors (None: no mask);
+    ``scales``: anchors per location."""
     g = generator(seed)
     if scales is None:
         anchors, levels = grid_anchors(height, width, strides)
@@ -602,15 +625,201 @@ def random_case(
     anchor_valid = None
     if valid is not None:
         anchor_valid = torch.rand(B, anchors.shape[0], generator=g) < valid
-    return dict(
-        anchors=anchors.float().contiguous(),
-        num_anchors_per_level=[int(n) for n in levels],
-        gt_boxes=gt.float().contiguous(),
-        gt_counts=gt_counts,
+    anchor_ignore = None
+    if ignore is not None:
+        anchor_ignore = torch.rand(B, anchors.shape[0], generator=g) < ignore
+    return case_of(
+        anchors,
+        levels,
+        gt,
+        gt_counts,
         topk=topk,
         anchor_valid=anchor_valid,
         center_eps=center_eps,
+        anchor_ignore=anchor_ignore,
+        ensure_positive=ensure_positive,
     )
+
+
+def random_case_3d(seed, B, G, size=(48, 40, 24), strides=(4, 8, 16), topk=9, counts=False, **masks):
+    """A random 3-D batch (anchors_3d grid, one cube per location); ``masks``: ``valid`` / ``ignore``
+    fractions and ``center_eps`` / ``ensure_positive`` as in :func:`random_case`."""
+    g = generator(seed)
+    anchors, levels = anchors_3d(size, strides)
+    gt = random_gt_3d(B, G, size, g)
+    gt_counts = None
+    if counts:
+        gt, gt_counts = pad_counts(gt, [G] + torch.randint(0, G + 1, (B - 1,), generator=g).tolist())
+    A = anchors.shape[0]
+    valid, ignore = masks.pop("valid", None), masks.pop("ignore", None)
+    return case_of(
+        anchors,
+        levels,
+        gt,
+        gt_counts,
+        topk=topk,
+        anchor_valid=None if valid is None else torch.rand(B, A, generator=g) < valid,
+        anchor_ignore=None if ignore is None else torch.rand(B, A, generator=g) < ignore,
+        **masks,
+    )
+
+
+# --------------------------------------------------------------------------- contract v2: 3-D boxes
+
+
+def anchors_3d(size, strides, scales=(4.0,), depth_scales=(1.0,)):
+    """3-D anchors ``x1, y1, z1, x2, y2, z2`` on a grid of each stride over a ``(W, H, D)`` volume;
+    ``len(scales) * len(depth_scales)`` anchors per location (equal centres, consecutive indices:
+    with several ``depth_scales`` they differ along z only)."""
+    W, H, Dz = size
+    boxes, counts = [], []
+    for st in strides:
+        nz, ny, nx = -(-Dz // st), -(-H // st), -(-W // st)
+        zs, ys, xs = torch.meshgrid(torch.arange(nz), torch.arange(ny), torch.arange(nx), indexing="ij")
+        c = torch.stack([xs.flatten(), ys.flatten(), zs.flatten()], dim=-1).float().add(0.5).mul(st)
+        per_loc = []
+        for sc in scales:
+            for dsc in depth_scales:
+                half = torch.tensor([sc * st / 2, sc * st / 2, sc * dsc * st / 2])
+                per_loc.append(torch.cat([c - half, c + half], dim=-1))
+        level = torch.stack(per_loc, dim=1).reshape(-1, 6)
+        boxes.append(level)
+        counts.append(level.shape[0])
+    return torch.cat(boxes), counts
+
+
+def random_gt_3d(B, G, size, g, min_size=2.0):
+    """Random 3-D GT boxes inside a ``(W, H, D)`` volume (float coordinates)."""
+    extent = torch.tensor(size, dtype=torch.float32)
+    wh = min_size + torch.rand(B, G, 3, generator=g) * (extent / 2 - min_size)
+    lo = torch.rand(B, G, 3, generator=g) * (extent - wh)
+    return torch.cat([lo, lo + wh], dim=-1)
+
+
+for _name, (_seed, _B, _G, _kw) in {
+    "d3_random_b2_g6": (71, 2, 6, {}),
+    "d3_random_counts_b3_g9": (72, 3, 9, dict(counts=True)),
+    "d3_random_masks": (73, 2, 8, dict(valid=0.7, ignore=0.2)),
+    "d3_no_center_test": (74, 2, 7, dict(center_eps=None)),
+    "d3_ensure_positive": (75, 2, 10, dict(ensure_positive=True, topk=4)),
+    "d3_everything": (76, 3, 8, dict(counts=True, valid=0.8, ignore=0.15, center_eps=None, ensure_positive=True)),
+}.items():
+    register(_name)(functools.partial(random_case_3d, _seed, _B, _G, **_kw))
+
+
+@register("d3_centres_on_cell_corners")
+def _d3_corners():
+    """GT centres on corners of every level's cells: distances tie on all three axes (8 equal keys)."""
+    anchors, levels = anchors_3d((64, 64, 32), (4, 8, 16))
+    g = generator(77)
+    c = torch.randint(1, 4, (2, 6, 3), generator=g).float() * 16
+    c[..., 2] = 16.0  # the only interior multiple of 16 along z (depth 32)
+    half = torch.randint(2, 20, (2, 6, 3), generator=g).float()
+    return case_of(anchors, levels, torch.cat([c - half, c + half], dim=-1), topk=9)
+
+
+@register("d3_anchors_along_z")
+def _d3_along_z():
+    """Three anchors per location differing only along z (equal centres: ties by index), topk = 9 * 3."""
+    anchors, levels = anchors_3d((48, 48, 24), (4, 8), depth_scales=(0.5, 1.0, 2.0))
+    g = generator(78)
+    return case_of(anchors, levels, random_gt_3d(2, 7, (48, 48, 24), g), topk=27, ensure_positive=True)
+
+
+@register("d3_degenerate_extents")
+def _d3_degenerate():
+    """3-D GTs flat along one axis, a line, a point: candidates, IoU 0, nothing to propose."""
+    anchors, levels = anchors_3d((32, 32, 16), (4, 8))
+    gt = random_gt_3d(1, 6, (32, 32, 16), generator(79))
+    gt[0, 0, 5] = gt[0, 0, 2]  # flat in z
+    gt[0, 1, 3] = gt[0, 1, 0]  # flat in x
+    gt[0, 2, 3:5] = gt[0, 2, 0:2]  # a line along z
+    gt[0, 3, 3:] = gt[0, 3, :3]  # a point
+    return case_of(anchors, levels, gt, ensure_positive=True)
+
+
+@register("d3_levels_smaller_than_topk_and_empty")
+def _d3_small_levels():
+    """A 3-D pyramid with an empty level and levels of 8 and 1 anchors, topk = 9."""
+    anchors, levels = anchors_3d((16, 16, 16), (4, 8, 16))
+    levels = [levels[0], 0, levels[1], levels[2], 0]
+    return case_of(anchors, levels, random_gt_3d(2, 5, (16, 16, 16), generator(80)), ensure_positive=True)
+
+
+@register("d3_g0_ignore")
+def _d3_g0():
+    """3-D, G = 0, with ignored anchors: background and -2 only."""
+    anchors, levels = anchors_3d((16, 16, 8), (4, 8))
+    ignore = torch.rand(2, anchors.shape[0], generator=generator(81)) < 0.3
+    return case_of(anchors, levels, torch.zeros(2, 0, 6), anchor_ignore=ignore)
+
+
+# --------------------------------------------------------------------------- contract v2: ignore, step 8
+
+
+@register("ignore_random_with_valid")
+def _ignore_random():
+    """anchor_ignore overlapping anchor_valid: ignored wins (-2) whatever valid says."""
+    return random_case(82, 3, 9, 160, 224, (8, 16, 32), counts=True, valid=0.7, ignore=0.3)
+
+
+@register("ignore_every_anchor_of_an_image")
+def _ignore_all():
+    """Every anchor of image 1 ignored: its GTs get no candidate, every output there is -2."""
+    c = random_case(83, 2, 5, 128, 128, (8, 16, 32), ignore=0.1)
+    c["anchor_ignore"][1] = True
+    return c
+
+
+@register("ignore_regions_boxes")
+def _ignore_regions():
+    """Ignore regions as blocks of anchors (crowd-like), no validity mask, ensure_positive on."""
+    c = random_case(84, 2, 12, 192, 192, (8, 16, 32), ensure_positive=True)
+    a = c["anchors"]
+    cx, cy = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2
+    c["anchor_ignore"] = torch.stack([(cx > 40) & (cx < 100) & (cy > 30) & (cy < 90), (cx < 64) | (cy > 150)])
+    return c
+
+
+@register("ensure_positive_competing_tiny_gts")
+def _competing():
+    """Identical tiny GTs (no positive through the centre test with a big eps): they all propose the
+    same best anchor; the lowest GT index takes it and the others stay empty (one round)."""
+    anchors, levels = grid_anchors(96, 96, (8, 16, 32))
+    tiny = torch.tensor([41.0, 43.0, 44.0, 45.0])
+    gt = torch.stack([tiny, tiny, tiny + 1.0, torch.tensor([10.0, 10.0, 60.0, 70.0]), tiny])[None]
+    return case_of(anchors, levels, gt, center_eps=4.0, ensure_positive=True)
+
+
+@register("ensure_positive_no_overlap")
+def _no_overlap():
+    """GTs whose candidates all have IoU 0 (far from every usable anchor, degenerate): nothing to propose."""
+    anchors, levels = grid_anchors(64, 64, (8, 16), scale=1.0)
+    valid = torch.ones(1, anchors.shape[0], dtype=torch.bool)
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    valid[0, cx < 40] = False
+    gt = torch.tensor([[[1.0, 1.0, 5.0, 5.0], [20.0, 20.0, 20.0, 30.0], [44.0, 8.0, 60.0, 30.0]]])
+    return case_of(anchors, levels, gt, anchor_valid=valid, ensure_positive=True)
+
+
+@register("ensure_positive_coco")
+def _ensure_coco():
+    """A COCO-like batch with many small GTs and ensure_positive: step 8 fires often."""
+    c = random_case(85, 3, 30, 256, 256, (8, 16, 32, 64), counts=True, ensure_positive=True)
+    c["gt_boxes"][..., 2:] = c["gt_boxes"][..., :2] + (c["gt_boxes"][..., 2:] - c["gt_boxes"][..., :2]) * 0.15
+    return c
+
+
+@register("ensure_positive_no_center_test_ignore")
+def _ensure_nocenter_ignore():
+    return random_case(
+        86, 2, 15, 192, 160, (8, 16, 32), topk=5, valid=0.9, ignore=0.2, center_eps=None, ensure_positive=True
+    )
+
+
+CASE_NAMES: List[str] = list(CASES)
+# Cases where everything is background by construction.
+EMPTY_CASE_NAMES = ["g0", "g0_with_counts", "b0", "a0_empty_levels", "a0_no_levels", "gt_counts_all_zero"]
 
 
 # --------------------------------------------------------------------------- per-op inputs and outputs
@@ -625,9 +834,13 @@ def reference_stages(name: str) -> dict:
 def _chain(c: dict, impl) -> dict:
     """The four stage ops of ``impl`` chained on case ``c``, each fed the previous one's output."""
     d = impl.center_distance(c["anchors"], c["gt_boxes"], c["gt_counts"])
-    cand = impl.topk_per_level(d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
+    cand = impl.topk_per_level(
+        d, c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"], c.get("anchor_ignore")
+    )
     stats = impl.iou_statistics(c["anchors"], c["gt_boxes"], cand, c["gt_counts"], c["center_eps"])
-    resolved = impl.resolve_multi_gt(cand, stats[0], stats[2], c["anchors"].shape[0])
+    resolved = impl.resolve_multi_gt(
+        cand, stats[0], stats[2], c["anchors"].shape[0], c.get("anchor_ignore"), c.get("ensure_positive", False)
+    )
     return {"center_distance": d, "topk_per_level": cand, "iou_statistics": stats, "resolve_multi_gt": resolved}
 
 
@@ -649,12 +862,26 @@ def op_args(op: str, case: dict, stages: Optional[dict] = None) -> tuple:
     if op == "center_distance":
         return (c["anchors"], c["gt_boxes"], c["gt_counts"])
     if op == "topk_per_level":
-        return (stages["center_distance"], c["num_anchors_per_level"], c["topk"], c["gt_counts"], c["anchor_valid"])
+        return (
+            stages["center_distance"],
+            c["num_anchors_per_level"],
+            c["topk"],
+            c["gt_counts"],
+            c["anchor_valid"],
+            c.get("anchor_ignore"),
+        )
     if op == "iou_statistics":
         return (c["anchors"], c["gt_boxes"], stages["topk_per_level"], c["gt_counts"], c["center_eps"])
     if op == "resolve_multi_gt":
         cand_iou, _, is_positive = stages["iou_statistics"]
-        return (stages["topk_per_level"], cand_iou, is_positive, c["anchors"].shape[0])
+        return (
+            stages["topk_per_level"],
+            cand_iou,
+            is_positive,
+            c["anchors"].shape[0],
+            c.get("anchor_ignore"),
+            c.get("ensure_positive", False),
+        )
     if op == "atss_assign":
         return case_args(c)
     raise KeyError(op)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from cases import (
     API_DEVICES,
+    ARG_NAMES,
     CASE_NAMES,
     DEVICES,
     OPS,
@@ -72,10 +73,8 @@ def test_chained_stages_equal_fused(name, device):
 def public_call(op: str, args: tuple):
     """The public wrapper ``atss_ops.<op>`` called with the op's positional arguments."""
     if op == "atss_assign":
-        anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps = args
-        return atss_ops.atss_assign(
-            anchors, levels, gt_boxes, gt_counts, topk=topk, anchor_valid=anchor_valid, center_eps=center_eps
-        )
+        anchors, levels, gt_boxes, gt_counts = args[:4]
+        return atss_ops.atss_assign(anchors, levels, gt_boxes, gt_counts, **dict(zip(ARG_NAMES[4:], args[4:])))
     return getattr(atss_ops, op)(*args)
 
 
@@ -162,7 +161,7 @@ def test_list_gt_boxes_equals_padded(name, device):
     B, G = gt_boxes.shape[:2]
     counts_list = counts.tolist() if counts is not None else [G] * B
     boxes = [gt_boxes[b, :n] for b, n in enumerate(counts_list)]
-    kw = dict(topk=case["topk"], anchor_valid=case["anchor_valid"], center_eps=case["center_eps"])
+    kw = {k: case[k] for k in ARG_NAMES[4:]}
     from_list = atss_ops.atss_assign(case["anchors"], case["num_anchors_per_level"], boxes, **kw)
     padded = atss_ops.atss_assign(case["anchors"], case["num_anchors_per_level"], gt_boxes, counts, **kw)
     g_max = max(counts_list)
@@ -192,6 +191,11 @@ def _forms(case: dict):
             "anchor_valid all True",
             dict(case, anchor_valid=torch.ones(B, case["anchors"].shape[0], dtype=torch.bool)),
         )
+    if case["anchor_ignore"] is None:
+        yield (
+            "anchor_ignore all False",
+            dict(case, anchor_ignore=torch.zeros(B, case["anchors"].shape[0], dtype=torch.bool)),
+        )
 
 
 @pytest.mark.parametrize("name", FORM_CASES)
@@ -205,9 +209,7 @@ def test_equivalent_argument_forms(name):
             form["num_anchors_per_level"],
             form["gt_boxes"],
             form["gt_counts"],
-            topk=form["topk"],
-            anchor_valid=form["anchor_valid"],
-            center_eps=form["center_eps"],
+            **{k: form[k] for k in ARG_NAMES[4:]},
         )
         assert_bits_equal(out, expected, what)
 
@@ -276,7 +278,7 @@ def test_iou_statistics_arbitrary_candidates(seed, device):
     gt = torch.cat([gxy, gxy + torch.randint(0, 10, (2, 4, 2), generator=g).float()], -1)
     cand = arbitrary_candidates(seed, A=A)
     for counts in (None, torch.tensor([4, 1])):
-        for eps in (0.01, 0.0, -1.0):
+        for eps in (0.01, 0.0, None):
             args = (anchors, gt, cand, counts, eps)
             check_op("iou_statistics", args, device, reference_op("iou_statistics")(*args))
 
@@ -284,7 +286,8 @@ def test_iou_statistics_arbitrary_candidates(seed, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(6))
 def test_resolve_multi_gt_arbitrary_inputs(seed, device):
-    """IoU ties between GTs (lowest index wins), NaN / negative IoUs (never claim), repeats, -1 slots."""
+    """IoU ties between GTs (lowest index wins), NaN / negative IoUs (never claim), repeats, -1 slots;
+    with ignored anchors (listed as candidates or not) and with step 8."""
     g = generator(200 + seed)
     A = 12
     cand = arbitrary_candidates(seed, A=A)
@@ -294,8 +297,11 @@ def test_resolve_multi_gt_arbitrary_inputs(seed, device):
     iou[(r >= 0.1) & (r < 0.2)] = -0.5
     is_positive = torch.rand(cand.shape, generator=g) < 0.6
     for num_anchors in (A, A + 5):
-        args = (cand, iou, is_positive, num_anchors)
-        check_op("resolve_multi_gt", args, device, reference_op("resolve_multi_gt")(*args))
+        ignore = torch.rand(cand.shape[0], num_anchors, generator=g) < 0.25
+        for anchor_ignore in (None, ignore):
+            for ensure_positive in (False, True):
+                args = (cand, iou, is_positive, num_anchors, anchor_ignore, ensure_positive)
+                check_op("resolve_multi_gt", args, device, reference_op("resolve_multi_gt")(*args))
 
 
 def test_bits_equal_helper():

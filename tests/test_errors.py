@@ -41,7 +41,19 @@ def base_case() -> dict:
         topk=2,
         anchor_valid=None,
         center_eps=0.01,
+        anchor_ignore=None,
+        ensure_positive=False,
     )
+
+
+def as_3d(c: dict) -> dict:
+    """The base case lifted to 3-D: every box gets z extent [0, 8] (NaN rows stay NaN)."""
+
+    def lift(boxes):
+        z_lo = torch.zeros(boxes.shape[:-1] + (1,)) + boxes[..., :1] * 0
+        return torch.cat([boxes[..., :2], z_lo, boxes[..., 2:], z_lo + 8], dim=-1)
+
+    return dict(anchors=lift(c["anchors"]), gt_boxes=lift(c["gt_boxes"]))
 
 
 def put(t: torch.Tensor, index, value) -> torch.Tensor:
@@ -65,19 +77,31 @@ def entry_point(path: str, op: str):
         fn = getattr(torch.ops.atss_ops_emu if path == "emu" else torch.ops.atss_ops, op)
         return (lambda *a: atss_ops.AssignResult(*fn(*a))) if op == "atss_assign" else fn
     if path == "api" and op == "atss_assign":
-        return lambda a, levels, g, n, topk, valid, eps: atss_ops.atss_assign(
-            a, levels, g, n, topk=topk, anchor_valid=valid, center_eps=eps
-        )
+        return lambda a, levels, g, n, *rest: atss_ops.atss_assign(a, levels, g, n, **dict(zip(ASSIGN_ARGS[4:], rest)))
     return getattr(atss_ops if path == "api" else reference, op)
 
 
-ASSIGN_ARGS = ("anchors", "num_anchors_per_level", "gt_boxes", "gt_counts", "topk", "anchor_valid", "center_eps")
+ASSIGN_ARGS = (
+    "anchors",
+    "num_anchors_per_level",
+    "gt_boxes",
+    "gt_counts",
+    "topk",
+    "anchor_valid",
+    "center_eps",
+    "anchor_ignore",
+    "ensure_positive",
+)
 
 
 def call(path: str, c: dict):
     """``atss_assign`` through one of the three entry points."""
     return entry_point(path, "atss_assign")(*(c[k] for k in ASSIGN_ARGS))
 
+
+ANCHORS_SHAPE = "anchors must have shape [A, 4] (2-D) or [A, 6] (3-D)"
+GT_SHAPE = "gt_boxes must have shape [B, G, 4] (2-D) or [B, G, 6] (3-D)"
+CENTER_EPS = "center_eps must be finite and >= 0 (or None: no centre test)"
 
 # id: (changes to the base case, expected message, paths where it applies)
 A = lambda c: c["anchors"]  # noqa: E731
@@ -120,13 +144,35 @@ INVALID = {
         "gt_boxes[1, 2] = [nan, nan, nan, nan] is not finite",
     ),
     # Shapes.
-    "anchors_shape_a3": (lambda c: dict(anchors=A(c)[:, :3]), "anchors must have shape [A, 4], got shape [5, 3]"),
-    "anchors_shape_1d": (lambda c: dict(anchors=A(c).flatten()), "anchors must have shape [A, 4], got shape [20]"),
-    "anchors_shape_3d": (lambda c: dict(anchors=A(c)[None]), "anchors must have shape [A, 4], got shape [1, 5, 4]"),
-    "gt_shape_2d": (lambda c: dict(gt_boxes=GT(c)[0]), "gt_boxes must have shape [B, G, 4], got shape [3, 4]"),
-    "gt_shape_g5": (
-        lambda c: dict(gt_boxes=torch.zeros(2, 3, 5)),
-        "gt_boxes must have shape [B, G, 4], got shape [2, 3, 5]",
+    "anchors_shape_a3": (lambda c: dict(anchors=A(c)[:, :3]), f"{ANCHORS_SHAPE}, got shape [5, 3]"),
+    "anchors_shape_a5": (lambda c: dict(anchors=torch.zeros(5, 5)), f"{ANCHORS_SHAPE}, got shape [5, 5]"),
+    "anchors_shape_1d": (lambda c: dict(anchors=A(c).flatten()), f"{ANCHORS_SHAPE}, got shape [20]"),
+    "anchors_shape_3d": (lambda c: dict(anchors=A(c)[None]), f"{ANCHORS_SHAPE}, got shape [1, 5, 4]"),
+    "gt_shape_2d": (lambda c: dict(gt_boxes=GT(c)[0]), f"{GT_SHAPE}, got shape [3, 4]"),
+    "gt_shape_g5": (lambda c: dict(gt_boxes=torch.zeros(2, 3, 5)), f"{GT_SHAPE}, got shape [2, 3, 5]"),
+    # 2-D and 3-D boxes mixed.
+    "anchors_3d_gt_2d": (
+        lambda c: dict(anchors=as_3d(c)["anchors"]),
+        "anchors and gt_boxes must have the same number of axes: anchors are 3-D ([A, 6]), gt_boxes are 2-D "
+        "([B, G, 4])",
+    ),
+    "anchors_2d_gt_3d": (
+        lambda c: dict(gt_boxes=as_3d(c)["gt_boxes"]),
+        "anchors and gt_boxes must have the same number of axes: anchors are 2-D ([A, 4]), gt_boxes are 3-D "
+        "([B, G, 6])",
+    ),
+    # 3-D value checks.
+    "d3_anchors_z2_lt_z1": (
+        lambda c: dict(as_3d(c), anchors=put(as_3d(c)["anchors"], (2, 5), -1.0)),
+        "anchors[2] = [0, 8, 0, 8, 16, -1] has x2 < x1, y2 < y1 or z2 < z1",
+    ),
+    "d3_gt_nan": (
+        lambda c: dict(as_3d(c), gt_boxes=put(as_3d(c)["gt_boxes"], (1, 0, 2), NAN)),
+        "gt_boxes[1, 0] = [4, 4, nan, 12, 12, 8] is not finite",
+    ),
+    "d3_gt_x2_lt_x1": (
+        lambda c: dict(as_3d(c), gt_boxes=put(as_3d(c)["gt_boxes"], (0, 1, 3), 1.0)),
+        "gt_boxes[0, 1] = [2, 2, 0, 1, 4, 8] has x2 < x1, y2 < y1 or z2 < z1",
     ),
     "gt_counts_shape_b3": (
         lambda c: dict(gt_counts=torch.tensor([3, 2, 1])),
@@ -175,6 +221,14 @@ INVALID = {
         lambda c: dict(anchor_valid=torch.ones(2, 5, dtype=torch.uint8)),
         "anchor_valid must be bool, got torch.uint8",
     ),
+    "anchor_ignore_shape_a4": (
+        lambda c: dict(anchor_ignore=torch.zeros(2, 4, dtype=torch.bool)),
+        "anchor_ignore must have shape [B, A] = [2, 5], got shape [2, 4]",
+    ),
+    "anchor_ignore_int64": (
+        lambda c: dict(anchor_ignore=torch.zeros(2, 5, dtype=torch.int64)),
+        "anchor_ignore must be bool, got torch.int64",
+    ),
     # Scalars and level sizes.
     "levels_sum_too_big": (
         lambda c: dict(num_anchors_per_level=[4, 2]),
@@ -207,9 +261,21 @@ INVALID = {
         lambda c: dict(gt_counts=torch.tensor([3, -1])),
         "gt_counts[1] = -1 is out of range [0, G = 3]",
     ),
-    "center_eps_nan": (lambda c: dict(center_eps=NAN), "center_eps must be finite, got nan"),
-    "center_eps_inf": (lambda c: dict(center_eps=INF), "center_eps must be finite, got inf"),
-    "center_eps_neg_inf": (lambda c: dict(center_eps=-INF), "center_eps must be finite, got -inf"),
+    "center_eps_nan": (lambda c: dict(center_eps=NAN), f"{CENTER_EPS}, got nan"),
+    "center_eps_inf": (lambda c: dict(center_eps=INF), f"{CENTER_EPS}, got inf"),
+    "center_eps_neg_inf": (lambda c: dict(center_eps=-INF), f"{CENTER_EPS}, got -inf"),
+    "center_eps_negative": (lambda c: dict(center_eps=-0.5), f"{CENTER_EPS}, got -0.5"),
+    # Public API only: Python types of the keyword arguments.
+    "center_eps_string": (
+        lambda c: dict(center_eps="0.01"),
+        "center_eps must be a number or None, got str '0.01'",
+        ("api",),
+    ),
+    "ensure_positive_int": (
+        lambda c: dict(ensure_positive=1),
+        "ensure_positive must be a bool, got int 1",
+        ("api",),
+    ),
     # Public API only: the list form of gt_boxes.
     "list_gt_with_counts": (
         lambda c: dict(gt_boxes=[GT(c)[0], GT(c)[1, :2]]),
@@ -223,7 +289,12 @@ INVALID = {
     ),
     "list_gt_bad_item": (
         lambda c: dict(gt_boxes=[GT(c)[0], torch.zeros(3)], gt_counts=None),
-        "gt_boxes[1] must be a Tensor[G_i, 4], got [3]",
+        "gt_boxes[1] must be a Tensor[G_i, 4] or Tensor[G_i, 6], got [3]",
+        ("api",),
+    ),
+    "list_gt_mixed_dims": (
+        lambda c: dict(gt_boxes=[GT(c)[0], torch.zeros(2, 6)], gt_counts=None),
+        "gt_boxes[1] has 6 coordinates per box but gt_boxes[0] has 4: every image must use the same layout",
         ("api",),
     ),
 }
@@ -285,9 +356,16 @@ def stage_inputs() -> dict:
 OP_ARGS = {
     "atss_assign": ASSIGN_ARGS,
     "center_distance": ("anchors", "gt_boxes", "gt_counts"),
-    "topk_per_level": ("distances", "num_anchors_per_level", "topk", "gt_counts", "anchor_valid"),
+    "topk_per_level": ("distances", "num_anchors_per_level", "topk", "gt_counts", "anchor_valid", "anchor_ignore"),
     "iou_statistics": ("anchors", "gt_boxes", "candidates", "gt_counts", "center_eps"),
-    "resolve_multi_gt": ("candidates", "candidate_iou", "is_positive", "num_anchors"),
+    "resolve_multi_gt": (
+        "candidates",
+        "candidate_iou",
+        "is_positive",
+        "num_anchors",
+        "anchor_ignore",
+        "ensure_positive",
+    ),
 }
 
 # (op, id): (changes, expected message)
@@ -302,7 +380,7 @@ STAGE_INVALID = {
     ),
     ("center_distance", "anchors_shape"): (
         lambda s: dict(anchors=s["anchors"].t()),
-        "anchors must have shape [A, 4], got shape [4, 5]",
+        f"{ANCHORS_SHAPE}, got shape [4, 5]",
     ),
     ("center_distance", "gt_counts_above_g"): (
         lambda s: dict(gt_counts=torch.tensor([3, 5])),
@@ -329,6 +407,25 @@ STAGE_INVALID = {
         lambda s: dict(anchor_valid=torch.ones(1, 5, dtype=torch.bool)),
         "anchor_valid must have shape [B, A] = [2, 5], got shape [1, 5]",
     ),
+    ("topk_per_level", "anchor_ignore_dtype"): (
+        lambda s: dict(anchor_ignore=torch.zeros(2, 5, dtype=torch.uint8)),
+        "anchor_ignore must be bool, got torch.uint8",
+    ),
+    ("center_distance", "dims_mixed"): (
+        lambda s: dict(gt_boxes=as_3d(s)["gt_boxes"]),
+        "anchors and gt_boxes must have the same number of axes: anchors are 2-D ([A, 4]), gt_boxes are 3-D "
+        "([B, G, 6])",
+    ),
+    ("iou_statistics", "dims_mixed"): (
+        lambda s: dict(anchors=as_3d(s)["anchors"]),
+        "anchors and gt_boxes must have the same number of axes: anchors are 3-D ([A, 6]), gt_boxes are 2-D "
+        "([B, G, 4])",
+    ),
+    ("iou_statistics", "center_eps_negative"): (lambda s: dict(center_eps=-1.0), f"{CENTER_EPS}, got -1"),
+    ("resolve_multi_gt", "anchor_ignore_shape"): (
+        lambda s: dict(anchor_ignore=torch.zeros(2, 4, dtype=torch.bool)),
+        "anchor_ignore must have shape [B, A] = [2, 5], got shape [2, 4]",
+    ),
     ("iou_statistics", "candidate_too_big"): (
         lambda s: dict(candidates=put(s["candidates"], (1, 0, 2), 5)),
         "candidates[1, 0, 2] = 5 is out of range [-1, A) with A = 5",
@@ -345,7 +442,7 @@ STAGE_INVALID = {
         lambda s: dict(candidates=s["candidates"].int()),
         "candidates must be int64, got torch.int32",
     ),
-    ("iou_statistics", "center_eps_nan"): (lambda s: dict(center_eps=NAN), "center_eps must be finite, got nan"),
+    ("iou_statistics", "center_eps_nan"): (lambda s: dict(center_eps=NAN), f"{CENTER_EPS}, got nan"),
     ("iou_statistics", "gt_inf"): (
         lambda s: dict(gt_boxes=put(s["gt_boxes"], (1, 0, 3), INF)),
         "gt_boxes[1, 0] = [4, 4, 12, inf] is not finite",
@@ -431,7 +528,7 @@ DEVICE_PARAMS = [
     pytest.param(op, arg, id=f"{op}-{arg}")
     for op, names in OP_ARGS.items()
     for arg in names
-    if arg not in ("num_anchors_per_level", "topk", "center_eps", "num_anchors")
+    if arg not in ("num_anchors_per_level", "topk", "center_eps", "num_anchors", "ensure_positive")
 ]
 
 
@@ -443,7 +540,11 @@ def test_tensors_on_different_devices_raise(op, arg, device, path):
     """One tensor on another device than the others: ValueError naming both tensors and devices
     (checked in argument order: the message names the first tensor the moved one disagrees with)."""
     s = stage_inputs()
-    s.update(num_anchors=ANCHOR_COUNT, anchor_valid=torch.ones(2, ANCHOR_COUNT, dtype=torch.bool))
+    s.update(
+        num_anchors=ANCHOR_COUNT,
+        anchor_valid=torch.ones(2, ANCHOR_COUNT, dtype=torch.bool),
+        anchor_ignore=torch.zeros(2, ANCHOR_COUNT, dtype=torch.bool),
+    )
     s[arg] = s[arg].to(device)
     tensors = [n for n in OP_ARGS[op] if isinstance(s[n], torch.Tensor)]
     first = tensors[0] if arg != tensors[0] else tensors[1]

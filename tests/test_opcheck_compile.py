@@ -24,6 +24,8 @@ def opcheck_samples():
         ("optional_none", _sample(small)),
         ("optional_given", _sample(small, gt_counts=torch.tensor([6, 6]), anchor_valid=valid, center_eps=0.5, topk=4)),
         ("nan_padding", _sample("gt_counts_zero")),
+        ("v2_3d_ignore_step8", _sample("d3_everything")),
+        ("v2_ignore_no_center_test", _sample("ensure_positive_no_center_test_ignore")),
         ("g0", _sample("g0")),
         ("b0", _sample("b0")),
         ("a0", _sample("a0_empty_levels")),
@@ -53,12 +55,28 @@ def test_opcheck(op, sample):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-COMPILE_CASES = ["coco_s1_b2_g7", "anchor_valid_padded_image", "gt_counts_zero", "g0"]
+COMPILE_CASES = [
+    "coco_s1_b2_g7",
+    "anchor_valid_padded_image",
+    "gt_counts_zero",
+    "g0",
+    "d3_everything",
+    "ignore_regions_boxes",
+    "d3_g0_ignore",
+]
 
 
-def _assign(anchors, levels, gt_boxes, gt_counts, anchor_valid, topk: int, center_eps: float):
+def _assign(anchors, levels, gt_boxes, gt_counts, anchor_valid, topk: int, center_eps, anchor_ignore, ensure_positive):
     return atss_ops.atss_assign(
-        anchors, levels, gt_boxes, gt_counts, topk=topk, anchor_valid=anchor_valid, center_eps=center_eps
+        anchors,
+        levels,
+        gt_boxes,
+        gt_counts,
+        topk=topk,
+        anchor_valid=anchor_valid,
+        center_eps=center_eps,
+        anchor_ignore=anchor_ignore,
+        ensure_positive=ensure_positive,
     )
 
 
@@ -72,6 +90,8 @@ def _wrapper_args(case: dict) -> tuple:
         c["anchor_valid"],
         c["topk"],
         c["center_eps"],
+        c["anchor_ignore"],
+        c["ensure_positive"],
     )
 
 
@@ -103,16 +123,19 @@ def test_compile_fullgraph_matches_eager(which, name, compiled):
 def test_compile_stage_ops_fullgraph():
     """The four stage wrappers chained under one compiled graph give the fused result's bits."""
 
-    def stages(anchors, levels, gt_boxes, gt_counts, anchor_valid, topk: int, center_eps: float):
+    def stages(anchors, levels, gt_boxes, gt_counts, anchor_valid, topk: int, center_eps, anchor_ignore, ensure):
         d = atss_ops.center_distance(anchors, gt_boxes, gt_counts)
-        cand = atss_ops.topk_per_level(d, levels, topk, gt_counts, anchor_valid)
+        cand = atss_ops.topk_per_level(d, levels, topk, gt_counts, anchor_valid, anchor_ignore)
         cand_iou, threshold, is_positive = atss_ops.iou_statistics(anchors, gt_boxes, cand, gt_counts, center_eps)
-        gt_index, iou, num_positive = atss_ops.resolve_multi_gt(cand, cand_iou, is_positive, anchors.shape[0])
+        gt_index, iou, num_positive = atss_ops.resolve_multi_gt(
+            cand, cand_iou, is_positive, anchors.shape[0], anchor_ignore, ensure
+        )
         return gt_index, iou, threshold, num_positive
 
-    name = "anchor_valid_random"
-    out = torch.compile(stages, fullgraph=True)(*_wrapper_args(make_case(name)))
-    assert_bits_equal(out, tuple(reference_stages(name)["atss_assign"]), "compiled stages")
+    for name in ("anchor_valid_random", "d3_everything"):
+        torch._dynamo.reset()
+        out = torch.compile(stages, fullgraph=True)(*_wrapper_args(make_case(name)))
+        assert_bits_equal(out, tuple(reference_stages(name)["atss_assign"]), f"compiled stages, {name}")
 
 
 # --------------------------------------------------------------------------- NaN outputs of padded batches

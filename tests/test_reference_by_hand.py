@@ -22,7 +22,7 @@ from typing import Sequence
 
 import pytest
 import torch
-from cases import assert_bits_equal
+from cases import assert_bits_equal, emu_available
 
 from atss_ops import reference
 
@@ -57,11 +57,20 @@ def run_all(inputs: dict, impl) -> dict:
     """Every stage of ``impl`` (``atss_ops.reference`` or ``torch.ops.atss_ops``) on ``inputs``."""
     i = inputs
     d = impl.center_distance(i["anchors"], i["gt_boxes"], i["gt_counts"])
-    cand = impl.topk_per_level(d, i["levels"], i["topk"], i["gt_counts"], i["anchor_valid"])
+    ignore, ensure = i.get("anchor_ignore"), i.get("ensure_positive", False)
+    cand = impl.topk_per_level(d, i["levels"], i["topk"], i["gt_counts"], i["anchor_valid"], ignore)
     cand_iou, thr, pos = impl.iou_statistics(i["anchors"], i["gt_boxes"], cand, i["gt_counts"], i["center_eps"])
-    gt_index, iou, num_pos = impl.resolve_multi_gt(cand, cand_iou, pos, i["anchors"].shape[0])
+    gt_index, iou, num_pos = impl.resolve_multi_gt(cand, cand_iou, pos, i["anchors"].shape[0], ignore, ensure)
     fused = impl.atss_assign(
-        i["anchors"], i["levels"], i["gt_boxes"], i["gt_counts"], i["topk"], i["anchor_valid"], i["center_eps"]
+        i["anchors"],
+        i["levels"],
+        i["gt_boxes"],
+        i["gt_counts"],
+        i["topk"],
+        i["anchor_valid"],
+        i["center_eps"],
+        ignore,
+        ensure,
     )
     return dict(
         distances=d,
@@ -94,14 +103,29 @@ def expected_tensors(e: dict) -> dict:
 
 def check(inputs: dict, expected: dict) -> None:
     want = expected_tensors(expected)
-    for impl_name, impl in (("reference", reference), ("kernel", torch.ops.atss_ops)):
+    impls = [("reference", reference), ("kernel", torch.ops.atss_ops)]
+    if emu_available():  # the CUDA kernels' sources, run on the host (make emu)
+        impls.append(("emulated CUDA kernel", torch.ops.atss_ops_emu))
+    for impl_name, impl in impls:
         got = run_all(inputs, impl)
         for key, value in want.items():
             assert_bits_equal(got[key], value, f"{impl_name} {key}")
 
 
-def example(gt_boxes, topk, gt_counts=None, anchor_valid=None, anchors=ANCHORS, levels=LEVELS, center_eps=0.01):
+def example(
+    gt_boxes,
+    topk,
+    gt_counts=None,
+    anchor_valid=None,
+    anchors=ANCHORS,
+    levels=LEVELS,
+    center_eps=0.01,
+    anchor_ignore=None,
+    ensure_positive=False,
+):
     return dict(
+        anchor_ignore=None if anchor_ignore is None else torch.tensor(anchor_ignore),
+        ensure_positive=ensure_positive,
         anchors=anchors,
         levels=levels,
         gt_boxes=torch.tensor(gt_boxes, dtype=torch.float32),
@@ -216,10 +240,10 @@ def test_invalid_anchors_short_level_and_padding():
     )
 
 
-@pytest.mark.parametrize("center_eps, positive", [(0.25, True), (0.5, False), (-0.5, True)])
+@pytest.mark.parametrize("center_eps, positive", [(0.25, True), (0.5, False), (None, True)])
 def test_single_candidate_std_zero_and_centre_margin(center_eps, positive):
     """C == 1 (one level, topk = 1): std = 0, so thr is the candidate's own IoU and the centre test decides;
-    the margin must be strictly greater than center_eps.
+    the margin must be strictly greater than center_eps (None: no centre test).
 
     Anchors a4, a5 as one level; GT = [1.5, 0, 6, 4], centre (3.75, 2), area 4.5 * 4 = 18.
       d2: a4 (2, 2) -> 1.75^2 = 3.0625; a5 (6, 2) -> 2.25^2 = 5.0625. Candidate: a4.
@@ -241,3 +265,119 @@ def test_single_candidate_std_zero_and_centre_margin(center_eps, positive):
         ),
     )
     assert contract_threshold([iou]) == f32(iou)
+
+
+# --------------------------------------------------------------------------- contract v2 by hand
+
+# 3-D anchors (x1, y1, z1, x2, y2, z2 -> centre): level 0: b0 [0,0,0,2,2,2] -> (1,1,1), b1 [1,1,1,3,3,3]
+# -> (2,2,2), b2 [4,4,4,6,6,6] -> (5,5,5); level 1: b3 [0,0,0,4,4,4] -> (2,2,2).
+ANCHORS_3D = torch.tensor(
+    [[0, 0, 0, 2, 2, 2], [1, 1, 1, 3, 3, 3], [4, 4, 4, 6, 6, 6], [0, 0, 0, 4, 4, 4]], dtype=torch.float32
+)
+# GT0 [0.5, 0.5, 0.5, 2.5, 2.5, 2.5]: centre (1.5, 1.5, 1.5), volume 8. GT1 [3, 3, 3, 6, 6, 6]: centre
+# (4.5, 4.5, 4.5), volume 27.
+GT_3D = [[[0.5, 0.5, 0.5, 2.5, 2.5, 2.5], [3, 3, 3, 6, 6, 6]]]
+# d2 = (dx*dx + dy*dy) + dz*dz: GT0 -> b0, b1, b3: 3 * 0.5^2 = 0.75 (ties: lower index first), b2: 3 * 3.5^2;
+# GT1 -> b2: 0.75, b1, b3: 3 * 2.5^2 = 18.75, b0: 3 * 3.5^2 = 36.75.
+DIST_3D = [[[0.75, 0.75, 36.75, 0.75], [36.75, 18.75, 0.75, 18.75]]]
+# IoUs, products in axis order. GT0: b0 and b1 overlap 1.5 per axis -> 27/8, union 8 + 8 - 27/8 = 101/8:
+# 27/101; b3 overlaps 2 per axis -> 8, union 64 + 8 - 8: 1/8. GT1: b2 overlaps 2 per axis -> 8, union
+# 27 + 8 - 8: 8/27; b1 [1, 3] touches [3, 6]: 0; b3 overlaps 1 per axis -> 1, union 64 + 27 - 1: 1/90.
+IOU_B0 = IOU_B1 = F(27, 101)
+
+
+def test_3d_example():
+    """topk = 2 in 3-D. GT0: candidates b0, b1 (level 0, tie by index), b3 (level 1); IoUs 27/101, 27/101,
+    1/8 give thr 0.302 > 27/101: no positive. GT1: candidates b2, b1, b3 with IoUs 8/27, 0, 1/90, thr 0.270;
+    b2 reaches it and its centre (5, 5, 5) is inside [3, 6]^3 by 1 > 0.01: positive."""
+    thr0 = contract_threshold([IOU_B0, IOU_B1, F(1, 8)])
+    thr1 = contract_threshold([F(8, 27), F(0), F(1, 90)])
+    assert thr0 > f32(IOU_B0) and f32(F(8, 27)) >= thr1
+    check(
+        example(GT_3D, topk=2, anchors=ANCHORS_3D, levels=[3, 1]),
+        dict(
+            distances=DIST_3D,
+            candidates=[[[0, 1, 3], [2, 1, 3]]],
+            candidate_iou=[[[IOU_B0, IOU_B1, F(1, 8)], [F(8, 27), 0, F(1, 90)]]],
+            threshold=[[thr0, thr1]],
+            is_positive=[[[False, False, False], [True, False, False]]],
+            gt_index=[[-1, -1, 1, -1]],
+            iou=[[0, 0, F(8, 27), 0]],
+            num_positive=[[0, 1]],
+        ),
+    )
+
+
+def test_3d_example_ensure_positive():
+    """The same with step 8: GT0 is left empty and proposes its best free candidate of IoU > 0, b0 (b0 and
+    b1 tie at 27/101: the earlier slot); nobody competes, so GT0 gets b0. Thresholds stay as they were."""
+    thr0 = contract_threshold([IOU_B0, IOU_B1, F(1, 8)])
+    thr1 = contract_threshold([F(8, 27), F(0), F(1, 90)])
+    check(
+        example(GT_3D, topk=2, anchors=ANCHORS_3D, levels=[3, 1], ensure_positive=True),
+        dict(
+            distances=DIST_3D,
+            candidates=[[[0, 1, 3], [2, 1, 3]]],
+            candidate_iou=[[[IOU_B0, IOU_B1, F(1, 8)], [F(8, 27), 0, F(1, 90)]]],
+            threshold=[[thr0, thr1]],
+            is_positive=[[[False, False, False], [True, False, False]]],
+            gt_index=[[0, -1, 1, -1]],
+            iou=[[IOU_B0, 0, F(8, 27), 0]],
+            num_positive=[[1, 1]],
+        ),
+    )
+
+
+def test_3d_example_ignore_no_center_test_ensure_positive():
+    """b3 ignored, no centre test, step 8. Level 1 has no usable anchor, so its slot is -1 and C = 2.
+    GT0: IoUs 27/101, 27/101: std 0, thr = 27/101, both positive (no centre test). GT1: IoUs 8/27 and 0:
+    thr = m + m * sqrt(2) with m = 4/27, above 8/27: no positive; step 8: b1 is taken, b2 (8/27 > 0) is
+    free, so GT1 proposes and gets b2. b3 comes out as -2 with IoU 0."""
+    thr0 = contract_threshold([IOU_B0, IOU_B1])
+    thr1 = contract_threshold([F(8, 27), F(0)])
+    assert thr1 > f32(F(8, 27))
+    check(
+        example(
+            GT_3D,
+            topk=2,
+            anchors=ANCHORS_3D,
+            levels=[3, 1],
+            center_eps=None,
+            anchor_ignore=[[False, False, False, True]],
+            ensure_positive=True,
+        ),
+        dict(
+            distances=DIST_3D,
+            candidates=[[[0, 1, -1], [2, 1, -1]]],
+            candidate_iou=[[[IOU_B0, IOU_B1, 0], [F(8, 27), 0, 0]]],
+            threshold=[[thr0, thr1]],
+            is_positive=[[[True, True, False], [False, False, False]]],
+            gt_index=[[0, 0, 1, -2]],
+            iou=[[IOU_B0, IOU_B1, F(8, 27), 0]],
+            num_positive=[[2, 1]],
+        ),
+    )
+
+
+def test_ensure_positive_competing_proposals():
+    """2-D, topk = 1, two identical GTs [1, 0, 3, 2] (centre (2, 1), area 4) with a margin of 1.5 that no
+    anchor centre meets: no positive after step 7. Both propose their single candidate (a0 [0, 0, 2, 2] and
+    a1 [2, 0, 4, 2] tie on d2 = 1 on level 0: a0, the lower index; a4 on level 1): the best free one of IoU > 0.
+    a0: inter 1 * 2 = 2, union 4 + 4 - 2 = 6: 1/3; a4 [0, 0, 4, 4]: inter 4, union 16: 1/4. Both GTs
+    propose a0 with 1/3: GT0 (lower index) takes it, GT1 stays empty (one round). A third GT [0, 0, 0, 4]
+    (zero width) has only IoU-0 candidates: it proposes nothing."""
+    gt = [[[1, 0, 3, 2], [1, 0, 3, 2], [0, 0, 0, 4]]]
+    thr = contract_threshold([F(1, 3), F(1, 4)])
+    check(
+        example(gt, topk=1, center_eps=1.5, ensure_positive=True),
+        dict(
+            distances=[[[1, 1, 5, 5, 1, 17], [1, 1, 5, 5, 1, 17], [2, 10, 2, 10, 4, 36]]],
+            candidates=[[[0, 4], [0, 4], [0, 4]]],
+            candidate_iou=[[[F(1, 3), F(1, 4)], [F(1, 3), F(1, 4)], [0, 0]]],
+            threshold=[[thr, thr, 0]],
+            is_positive=[[[False, False], [False, False], [False, False]]],
+            gt_index=[[0, -1, -1, -1, -1, -1]],
+            iou=[[F(1, 3), 0, 0, 0, 0, 0]],
+            num_positive=[[1, 0, 0]],
+        ),
+    )

@@ -51,6 +51,27 @@ ATSS_HD float squared_distance(float acx, float acy, float gcx, float gcy) {
   return dx2 + dy2;
 }
 
+// Step 2 for D axes (boxes are [lo_0, .., lo_{D-1}, hi_0, .., hi_{D-1}]; a and
+// g are centres): per axis d = a - g, d2 = sum of d*d in axis order, each
+// operation rounded to float32 on its own: (dx*dx + dy*dy) + dz*dz for D = 3.
+// D = 2 is squared_distance itself.
+template <int D>
+ATSS_HD float squared_distance_nd(const float* a, const float* g) {
+  static_assert(D == 2 || D == 3, "boxes are 2-D or 3-D");
+  if constexpr (D == 2) {
+    return squared_distance(a[0], a[1], g[0], g[1]);
+  } else {
+    const float dx = a[0] - g[0];
+    const float dy = a[1] - g[1];
+    const float dz = a[2] - g[2];
+    const float dx2 = dx * dx;
+    const float dy2 = dy * dy;
+    const float dz2 = dz * dz;
+    const float dxy = dx2 + dy2;
+    return dxy + dz2;
+  }
+}
+
 // Ordering key of a distance: an unsigned integer whose order is the order of
 // torch.sort(stable=True) on float32: -0.0 equals 0.0, and every NaN maps to
 // one value after +inf. Ties on the key are broken by the lower anchor index.
@@ -84,6 +105,36 @@ ATSS_HD float box_iou(const float* a, const float* g) {
 // min(l, t, r, b) > eps, written as four comparisons (a NaN fails all of them).
 ATSS_HD bool center_inside(float cx, float cy, const float* g, float eps) {
   return (cx - g[0]) > eps && (cy - g[1]) > eps && (g[2] - cx) > eps && (g[3] - cy) > eps;
+}
+
+// Step 4 for D axes: per axis extent = hi - lo and overlap = max(min(a_hi,
+// g_hi) - max(a_lo, g_lo), 0); volumes and the intersection are products in
+// axis order ((x * y) * z); union = (vol_a + vol_g) - inter; iou = inter /
+// max(union, 1e-6). D = 2 is box_iou itself.
+template <int D>
+ATSS_HD float box_iou_nd(const float* a, const float* g) {
+  static_assert(D == 2 || D == 3, "boxes are 2-D or 3-D");
+  if constexpr (D == 2) {
+    return box_iou(a, g);
+  } else {
+    const float vol_a = ((a[3] - a[0]) * (a[4] - a[1])) * (a[5] - a[2]);
+    const float vol_g = ((g[3] - g[0]) * (g[4] - g[1])) * (g[5] - g[2]);
+    const float ox = max_of(min_of(a[3], g[3]) - max_of(a[0], g[0]), 0.0f);
+    const float oy = max_of(min_of(a[4], g[4]) - max_of(a[1], g[1]), 0.0f);
+    const float oz = max_of(min_of(a[5], g[5]) - max_of(a[2], g[2]), 0.0f);
+    const float inter = (ox * oy) * oz;
+    const float uni = (vol_a + vol_g) - inter;
+    return inter / max_of(uni, 1e-6f);
+  }
+}
+
+// Step 6's centre test for D axes: c - lo > eps and hi - c > eps on every axis
+// (c: the anchor centre, D values; g: the GT box).
+template <int D>
+ATSS_HD bool center_inside_nd(const float* c, const float* g, float eps) {
+  bool inside = true;
+  for (int t = 0; t < D; ++t) inside = inside && (c[t] - g[t]) > eps && (g[t + D] - c[t]) > eps;
+  return inside;
 }
 
 // Step 5: threshold mean + std of the present candidates' IoUs, in float64,

@@ -49,18 +49,33 @@ std::string sizes_str(at::IntArrayRef sizes) {
   return out + "]";
 }
 
-std::string box_str(const float* box) {
-  return text({"[", num(box[0]), ", ", num(box[1]), ", ", num(box[2]), ", ", num(box[3]), "]"});
+// A box of 2 * dims coordinates, as the reference prints it.
+std::string box_str(const float* box, int dims) {
+  std::string out = "[";
+  for (int i = 0; i < 2 * dims; ++i) out += (i ? ", " : "") + num(box[i]);
+  return out + "]";
 }
 
-bool box_finite(const float* box) {
-  for (int i = 0; i < 4; ++i)
+bool box_finite(const float* box, int dims) {
+  for (int i = 0; i < 2 * dims; ++i)
     if (!std::isfinite(box[i])) return false;
   return true;
 }
 
-bool box_ordered(const float* box) {
-  return box[2] >= box[0] && box[3] >= box[1];
+bool box_ordered(const float* box, int dims) {
+  for (int t = 0; t < dims; ++t)
+    if (!(box[t + dims] >= box[t])) return false;
+  return true;
+}
+
+// What a box whose upper corner lies below its lower one is told.
+const char* misordered(int dims) {
+  return dims == 2 ? " has x2 < x1 or y2 < y1" : " has x2 < x1, y2 < y1 or z2 < z1";
+}
+
+const char* layout(const at::Tensor& boxes, bool batched) {
+  if (boxes.size(-1) == 4) return batched ? "2-D ([B, G, 4])" : "2-D ([A, 4])";
+  return batched ? "3-D ([B, G, 6])" : "3-D ([A, 6])";
 }
 
 void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
@@ -71,8 +86,9 @@ void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
 }  // namespace
 
 void check_anchors(const at::Tensor& anchors) {
-  ATSS_CHECK_VALUE(anchors.dim() == 2 && anchors.size(1) == 4,
-                   "anchors must have shape [A, 4], got shape ", sizes_str(anchors.sizes()));
+  ATSS_CHECK_VALUE(anchors.dim() == 2 && (anchors.size(1) == 4 || anchors.size(1) == 6),
+                   "anchors must have shape [A, 4] (2-D) or [A, 6] (3-D), got shape ",
+                   sizes_str(anchors.sizes()));
   check_dtype(anchors, "anchors", at::kFloat);
   check_num_anchors(anchors.size(0));
 }
@@ -84,9 +100,16 @@ void check_num_anchors(int64_t num_anchors) {
 }
 
 void check_gt_boxes(const at::Tensor& gt_boxes) {
-  ATSS_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4,
-                   "gt_boxes must have shape [B, G, 4], got shape ", sizes_str(gt_boxes.sizes()));
+  ATSS_CHECK_VALUE(gt_boxes.dim() == 3 && (gt_boxes.size(2) == 4 || gt_boxes.size(2) == 6),
+                   "gt_boxes must have shape [B, G, 4] (2-D) or [B, G, 6] (3-D), got shape ",
+                   sizes_str(gt_boxes.sizes()));
   check_dtype(gt_boxes, "gt_boxes", at::kFloat);
+}
+
+void check_same_dims(const at::Tensor& anchors, const at::Tensor& gt_boxes) {
+  ATSS_CHECK_VALUE(anchors.size(-1) == gt_boxes.size(-1),
+                   "anchors and gt_boxes must have the same number of axes: anchors are ",
+                   layout(anchors, false), ", gt_boxes are ", layout(gt_boxes, true));
 }
 
 void check_distances(const at::Tensor& distances) {
@@ -140,8 +163,11 @@ void check_topk(int64_t topk) {
   ATSS_CHECK_VALUE(topk >= 1, "topk must be >= 1, got ", num(topk));
 }
 
-void check_center_eps(double center_eps) {
-  ATSS_CHECK_VALUE(std::isfinite(center_eps), "center_eps must be finite, got ", num(center_eps));
+void check_center_eps(std::optional<double> center_eps) {
+  if (!center_eps.has_value()) return;
+  ATSS_CHECK_VALUE(std::isfinite(*center_eps) && *center_eps >= 0,
+                   "center_eps must be finite and >= 0 (or None: no centre test), got ",
+                   num(*center_eps));
 }
 
 void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch) {
@@ -152,14 +178,31 @@ void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch) 
   check_dtype(t, "gt_counts", at::kLong);
 }
 
+void check_anchor_mask(const std::optional<at::Tensor>& mask, const char* name, int64_t batch,
+                       int64_t num_anchors) {
+  if (!mask.has_value()) return;
+  const at::Tensor& t = *mask;
+  ATSS_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors, name,
+                   " must have shape [B, A] = [", num(batch), ", ", num(num_anchors),
+                   "], got shape ", sizes_str(t.sizes()));
+  check_dtype(t, name, at::kBool);
+}
+
 void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t batch,
                         int64_t num_anchors) {
-  if (!anchor_valid.has_value()) return;
-  const at::Tensor& t = *anchor_valid;
-  ATSS_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors,
-                   "anchor_valid must have shape [B, A] = [", num(batch), ", ", num(num_anchors),
-                   "], got shape ", sizes_str(t.sizes()));
-  check_dtype(t, "anchor_valid", at::kBool);
+  check_anchor_mask(anchor_valid, "anchor_valid", batch, num_anchors);
+}
+
+void check_anchor_ignore(const std::optional<at::Tensor>& anchor_ignore, int64_t batch,
+                         int64_t num_anchors) {
+  check_anchor_mask(anchor_ignore, "anchor_ignore", batch, num_anchors);
+}
+
+std::optional<at::Tensor> usable_mask(const std::optional<at::Tensor>& anchor_valid,
+                                      const std::optional<at::Tensor>& anchor_ignore) {
+  if (!anchor_ignore.has_value()) return anchor_valid;
+  if (!anchor_valid.has_value()) return anchor_ignore->logical_not();
+  return anchor_valid->logical_and(anchor_ignore->logical_not());
 }
 
 void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt) {
@@ -192,18 +235,19 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
   const int64_t num_gt = gt_boxes.size(1);
   check_gt_counts_values(gt_counts, num_gt);
   // Non-finite boxes are reported before misordered ones, as in the reference.
+  const int dims = static_cast<int>(anchors.size(1) / 2);
   const at::Tensor a = anchors.contiguous();
   const float* ap = a.data_ptr<float>();
   const int64_t num_anchors = a.size(0);
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t i = 0; i < num_anchors; ++i) {
-      const float* box = ap + 4 * i;
+      const float* box = ap + 2 * dims * i;
       if (pass == 0) {
-        ATSS_CHECK_VALUE(box_finite(box), "anchors[", num(i), "] = ", box_str(box),
+        ATSS_CHECK_VALUE(box_finite(box, dims), "anchors[", num(i), "] = ", box_str(box, dims),
                          " is not finite");
       } else {
-        ATSS_CHECK_VALUE(box_ordered(box), "anchors[", num(i), "] = ", box_str(box),
-                         " has x2 < x1 or y2 < y1");
+        ATSS_CHECK_VALUE(box_ordered(box, dims), "anchors[", num(i), "] = ", box_str(box, dims),
+                         misordered(dims));
       }
     }
   }
@@ -216,13 +260,13 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
     for (int64_t b = 0; b < g.size(0); ++b) {
       const int64_t valid = valid_gt_count(cp, b, num_gt);
       for (int64_t j = 0; j < valid; ++j) {
-        const float* box = gp + 4 * (b * num_gt + j);
+        const float* box = gp + 2 * dims * (b * num_gt + j);
         if (pass == 0) {
-          ATSS_CHECK_VALUE(box_finite(box), "gt_boxes[", num(b), ", ", num(j), "] = ", box_str(box),
-                           " is not finite");
+          ATSS_CHECK_VALUE(box_finite(box, dims), "gt_boxes[", num(b), ", ", num(j),
+                           "] = ", box_str(box, dims), " is not finite");
         } else {
-          ATSS_CHECK_VALUE(box_ordered(box), "gt_boxes[", num(b), ", ", num(j),
-                           "] = ", box_str(box), " has x2 < x1 or y2 < y1");
+          ATSS_CHECK_VALUE(box_ordered(box, dims), "gt_boxes[", num(b), ", ", num(j),
+                           "] = ", box_str(box, dims), misordered(dims));
         }
       }
     }
@@ -252,6 +296,7 @@ void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_
                                 const std::optional<at::Tensor>& gt_counts) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
+  check_same_dims(anchors, gt_boxes);
   check_same_device(
       {{"anchors", &anchors}, {"gt_boxes", &gt_boxes}, {"gt_counts", maybe(gt_counts)}});
   check_gt_counts(gt_counts, gt_boxes.size(0));
@@ -259,22 +304,27 @@ void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_
 
 void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
                                int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                               const std::optional<at::Tensor>& anchor_valid) {
+                               const std::optional<at::Tensor>& anchor_valid,
+                               const std::optional<at::Tensor>& anchor_ignore) {
   check_distances(distances);
   check_same_device({{"distances", &distances},
                      {"gt_counts", maybe(gt_counts)},
-                     {"anchor_valid", maybe(anchor_valid)}});
+                     {"anchor_valid", maybe(anchor_valid)},
+                     {"anchor_ignore", maybe(anchor_ignore)}});
   check_levels(num_anchors_per_level, distances.size(2));
   check_topk(topk);
   check_gt_counts(gt_counts, distances.size(0));
   check_anchor_valid(anchor_valid, distances.size(0), distances.size(2));
+  check_anchor_ignore(anchor_ignore, distances.size(0), distances.size(2));
 }
 
 void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                                const at::Tensor& candidates,
-                               const std::optional<at::Tensor>& gt_counts, double center_eps) {
+                               const std::optional<at::Tensor>& gt_counts,
+                               std::optional<double> center_eps) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
+  check_same_dims(anchors, gt_boxes);
   check_candidates(candidates, gt_boxes.size(0), gt_boxes.size(1));
   check_same_device({{"anchors", &anchors},
                      {"gt_boxes", &gt_boxes},
@@ -285,7 +335,8 @@ void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_b
 }
 
 void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor& candidate_iou,
-                                 const at::Tensor& is_positive, int64_t num_anchors) {
+                                 const at::Tensor& is_positive, int64_t num_anchors,
+                                 const std::optional<at::Tensor>& anchor_ignore) {
   const int64_t B = candidates.dim() > 0 ? candidates.size(0) : 0;
   const int64_t G = candidates.dim() > 1 ? candidates.size(1) : 0;
   check_candidates(candidates, B, G);
@@ -293,26 +344,32 @@ void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor&
   check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
   check_same_device({{"candidates", &candidates},
                      {"candidate_iou", &candidate_iou},
-                     {"is_positive", &is_positive}});
+                     {"is_positive", &is_positive},
+                     {"anchor_ignore", maybe(anchor_ignore)}});
   ATSS_CHECK_VALUE(num_anchors >= 0, "num_anchors must be >= 0, got ", num(num_anchors));
   check_num_anchors(num_anchors);
+  check_anchor_ignore(anchor_ignore, B, num_anchors);
 }
 
 void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level,
                             const at::Tensor& gt_boxes, const std::optional<at::Tensor>& gt_counts,
                             int64_t topk, const std::optional<at::Tensor>& anchor_valid,
-                            double center_eps) {
+                            std::optional<double> center_eps,
+                            const std::optional<at::Tensor>& anchor_ignore) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
+  check_same_dims(anchors, gt_boxes);
   check_same_device({{"anchors", &anchors},
                      {"gt_boxes", &gt_boxes},
                      {"gt_counts", maybe(gt_counts)},
-                     {"anchor_valid", maybe(anchor_valid)}});
+                     {"anchor_valid", maybe(anchor_valid)},
+                     {"anchor_ignore", maybe(anchor_ignore)}});
   check_levels(num_anchors_per_level, anchors.size(0));
   check_topk(topk);
   check_center_eps(center_eps);
   check_gt_counts(gt_counts, gt_boxes.size(0));
   check_anchor_valid(anchor_valid, gt_boxes.size(0), anchors.size(0));
+  check_anchor_ignore(anchor_ignore, gt_boxes.size(0), anchors.size(0));
 }
 
 int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk) {

@@ -17,15 +17,23 @@ namespace atss {
 
 void check_anchors(const at::Tensor& anchors);
 void check_gt_boxes(const at::Tensor& gt_boxes);
+// anchors [A, 2D] and gt_boxes [B, G, 2D] with the same D.
+void check_same_dims(const at::Tensor& anchors, const at::Tensor& gt_boxes);
 void check_distances(const at::Tensor& distances);
 // All defined tensors of `named` on the device of the first one.
 void check_same_device(std::initializer_list<std::pair<const char*, const at::Tensor*>> named);
 void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors);
 void check_topk(int64_t topk);
-void check_center_eps(double center_eps);
+void check_center_eps(std::optional<double> center_eps);
 void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch);
 void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t batch,
                         int64_t num_anchors);
+void check_anchor_ignore(const std::optional<at::Tensor>& anchor_ignore, int64_t batch,
+                         int64_t num_anchors);
+// [B, A] bool: valid and not ignored (nullopt when neither mask is given). The
+// kernels select candidates among these anchors (contract: "usable").
+std::optional<at::Tensor> usable_mask(const std::optional<at::Tensor>& anchor_valid,
+                                      const std::optional<at::Tensor>& anchor_ignore);
 void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt);
 void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
                           at::ScalarType dtype);
@@ -37,16 +45,20 @@ void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_
                                 const std::optional<at::Tensor>& gt_counts);
 void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
                                int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                               const std::optional<at::Tensor>& anchor_valid);
+                               const std::optional<at::Tensor>& anchor_valid,
+                               const std::optional<at::Tensor>& anchor_ignore);
 void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                                const at::Tensor& candidates,
-                               const std::optional<at::Tensor>& gt_counts, double center_eps);
+                               const std::optional<at::Tensor>& gt_counts,
+                               std::optional<double> center_eps);
 void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor& candidate_iou,
-                                 const at::Tensor& is_positive, int64_t num_anchors);
+                                 const at::Tensor& is_positive, int64_t num_anchors,
+                                 const std::optional<at::Tensor>& anchor_ignore);
 void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level,
                             const at::Tensor& gt_boxes, const std::optional<at::Tensor>& gt_counts,
                             int64_t topk, const std::optional<at::Tensor>& anchor_valid,
-                            double center_eps);
+                            std::optional<double> center_eps,
+                            const std::optional<at::Tensor>& anchor_ignore);
 
 // Value checks: read tensor data (contiguous CPU tensors).
 void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t num_gt);

@@ -72,16 +72,17 @@ bool wants_grid(const SelectOptions& opts, int64_t n, int64_t k) {
   return false;
 }
 
-// The anchor centres and per-level grids of the last call on this thread.
+// The anchor centres and per-level grids (D axes) of the last call on this thread.
 // Training calls atss_assign with the same anchors at every step: when the
 // anchors' bytes, the level sizes and the grid settings all equal the last
 // call's, the centres and grids, a function of exactly these, are reused as
 // they are, which takes the O(A) build off the call; any difference, down to
 // one bit, rebuilds them. Held per calling thread (no locking): about 60 bytes
 // per anchor of the thread's last call.
+template <int D>
 class AnchorGrids {
  public:
-  // Makes centers() and grid(l) those of `anchors` ([A, 4], contiguous).
+  // Makes centers() and grid(l) those of `anchors` ([A, 2D], contiguous).
   void update(const float* anchors, int64_t num_anchors, const std::vector<int64_t>& levels,
               const SelectOptions& opts, int64_t topk) {
     std::vector<bool> wanted(levels.size());
@@ -91,23 +92,24 @@ class AnchorGrids {
       any_wanted |= wanted[l];
     }
     const int64_t per_cell = any_wanted ? opts.anchors_per_cell : 0;
-    const size_t bytes = sizeof(float) * 4 * static_cast<size_t>(num_anchors);
+    const size_t bytes = sizeof(float) * 2 * D * static_cast<size_t>(num_anchors);
     if (ready_ && levels == levels_ && wanted == wanted_ && per_cell == anchors_per_cell_ &&
-        anchors_.size() == 4 * static_cast<size_t>(num_anchors) &&
+        anchors_.size() == 2 * D * static_cast<size_t>(num_anchors) &&
         std::memcmp(anchors_.data(), anchors, bytes) == 0) {
       return;
     }
     ready_ = false;  // stays false if anything below throws
-    anchors_.assign(anchors, anchors + 4 * num_anchors);
+    anchors_.assign(anchors, anchors + 2 * D * num_anchors);
     levels_ = levels;
     wanted_ = wanted;
     anchors_per_cell_ = per_cell;
-    centers_.emplace(anchors, num_anchors);
+    centers_.emplace(anchors, num_anchors, D);
     if (grids_.size() < levels.size()) grids_.resize(levels.size());
     std::vector<int64_t> start(levels.size() + 1, 0);
     for (size_t l = 0; l < levels.size(); ++l) start[l + 1] = start[l] + levels[l];
-    const std::array<const float*, 2> axes{centers_->cx.data(), centers_->cy.data()};
-    LevelGrid<2>* const grids = grids_.data();
+    std::array<const float*, D> axes;
+    for (int t = 0; t < D; ++t) axes[t] = centers_->axis[t].data();
+    LevelGrid<D>* const grids = grids_.data();
     // Levels are built side by side (the largest holds about 3/4 of A), once
     // there is enough of them to pay for a second thread.
     const int64_t num_levels = static_cast<int64_t>(levels.size());
@@ -122,7 +124,7 @@ class AnchorGrids {
   }
 
   const AnchorCenters& centers() const { return *centers_; }
-  const LevelGrid<2>& grid(size_t level) const { return grids_[level]; }
+  const LevelGrid<D>& grid(size_t level) const { return grids_[level]; }
   bool any_grid() const { return any_grid_; }
 
  private:
@@ -132,64 +134,30 @@ class AnchorGrids {
   int64_t anchors_per_cell_ = 0;
   bool ready_ = false, any_grid_ = false;
   std::optional<AnchorCenters> centers_;
-  std::vector<LevelGrid<2>> grids_;  // keep their capacity between builds
+  std::vector<LevelGrid<D>> grids_;  // keep their capacity between builds
 };
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
-    const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
-    const std::optional<at::Tensor>& gt_counts, int64_t topk,
-    const std::optional<at::Tensor>& anchor_valid, double center_eps) {
-  check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
-                         center_eps);
-  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
-  check_box_values(anchors, gt_boxes, gt_counts);
-
-  const auto f32 = anchors.options();
-  // gt_index and iou ([B, A]) are filled image by image in the resolution
-  // pass below, in the same parallel region, rather than by a separate
-  // parallel fill.
-  at::Tensor gt_index = at::empty({B, A}, f32.dtype(at::kLong));
-  at::Tensor iou = at::empty({B, A}, f32);
-  at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32);
-  at::Tensor num_positive = at::zeros({B, G}, f32.dtype(at::kLong));
-  const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
-  if (B * G * A == 0) {
-    gt_index.fill_(-1);
-    iou.zero_();
-    return {gt_index, iou, threshold, num_positive};
-  }
-
-  const at::Tensor a = anchors.contiguous();
-  const at::Tensor g = gt_boxes.contiguous();
-  std::optional<at::Tensor> counts, valid;
-  if (gt_counts) counts = gt_counts->contiguous();
-  if (anchor_valid) valid = anchor_valid->contiguous();
-  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
-  const bool* vp = valid ? valid->data_ptr<bool>() : nullptr;
-  const float* ap = a.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
-  const float eps = static_cast<float>(center_eps);
-  const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
+// Steps 1-6 for every valid GT of the batch (D axes): candidates, their IoUs,
+// positive flags and the thresholds. `usable` is the [B, A] mask of usable
+// anchors (valid and not ignored) or null.
+template <int D>
+void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, int64_t G,
+                      const int64_t* cp, const bool* usable, const std::vector<int64_t>& levels,
+                      int64_t topk, int64_t C, bool center_test, float eps,
+                      std::vector<int64_t>& candidates, std::vector<float>& cand_iou,
+                      bool* positive, float* thr_p) {
   const int64_t max_level = *std::max_element(levels.begin(), levels.end());
   const int64_t held = std::min(topk, max_level);  // topk itself may be huge
 
   // One grid per level, shared by the batch: O(A) to build, or to find
   // unchanged since this thread's last call (see AnchorGrids).
-  thread_local AnchorGrids anchor_grids;
+  thread_local AnchorGrids<D> anchor_grids;
   anchor_grids.update(ap, A, levels, select_options_from_env(), topk);
   // The lambdas below use these references: a thread_local named inside them
   // would be each worker thread's own.
-  const AnchorGrids& shared = anchor_grids;
+  const AnchorGrids<D>& shared = anchor_grids;
   const AnchorCenters& centers = shared.centers();
   const bool any_grid = shared.any_grid();
-
-  // O(B * G * C) per-GT state between the candidate and the resolution passes.
-  std::vector<int64_t> candidates(B * G * C, -1);
-  std::vector<float> cand_iou(B * G * C, 0.0f);
-  std::unique_ptr<bool[]> positive(new bool[B * G * C]());
-  float* thr_p = threshold.data_ptr<float>();
 
   // With the grids a GT costs a microsecond or two: at least 64 GTs per
   // thread, so that a small call (B=2, G=20) runs on one thread rather than
@@ -204,33 +172,93 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G;
       if (bg % G >= valid_gt_count(cp, b, G)) continue;  // padding: never read
-      const float* box = gp + 4 * bg;
-      const float center[2] = {center_of(box[0], box[2]), center_of(box[1], box[3])};
+      const float* box = gp + 2 * D * bg;
+      float center[D];
+      box_center<D>(box, center);
       // A non-finite GT centre makes NaN distances: the grid's bounds need
       // finite ones, so such a GT is scanned.
-      const bool finite = std::isfinite(center[0]) && std::isfinite(center[1]);
+      bool finite = true;
+      for (int t = 0; t < D; ++t) finite = finite && std::isfinite(center[t]);
       int64_t* slots = candidates.data() + bg * C;
       int64_t start = 0;
       for (size_t l = 0; l < levels.size(); ++l) {
         const int64_t n = levels[l];
         const int64_t k = std::min(topk, n);
-        const bool* level_valid = vp ? vp + b * A + start : nullptr;
+        const bool* level_usable = usable ? usable + b * A + start : nullptr;
         if (k > 0 && finite && shared.grid(l).indexed()) {
-          shared.grid(l).select(center, level_valid, k, best.data(), ring, slots);
+          shared.grid(l).select(center, level_usable, k, best.data(), ring, slots);
           slots += k;
         } else if (k > 0) {
           if (d2.empty()) d2.resize(max_level);
-          level_distances(centers, start, n, center[0], center[1], d2.data());
-          select_level(d2.data(), level_valid, start, n, k, best_keys.data(), best_dist.data(),
+          level_distances<D>(centers, start, n, center, d2.data());
+          select_level(d2.data(), level_usable, start, n, k, best_keys.data(), best_dist.data(),
                        slots);
           slots += k;
         }
         start += n;
       }
-      thr_p[bg] = score_candidates(ap, centers, box, candidates.data() + bg * C, C, eps,
-                                   cand_iou.data() + bg * C, positive.get() + bg * C);
+      thr_p[bg] = score_candidates<D>(ap, centers, box, candidates.data() + bg * C, C,
+                                      center_test, eps, cand_iou.data() + bg * C,
+                                      positive + bg * C);
     }
   });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
+    const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
+    const std::optional<at::Tensor>& gt_counts, int64_t topk,
+    const std::optional<at::Tensor>& anchor_valid, std::optional<double> center_eps,
+    const std::optional<at::Tensor>& anchor_ignore, bool ensure_positive) {
+  check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
+                         center_eps, anchor_ignore);
+  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
+  check_box_values(anchors, gt_boxes, gt_counts);
+
+  const auto f32 = anchors.options();
+  // gt_index and iou ([B, A]) are filled image by image in the resolution
+  // pass below, in the same parallel region, rather than by a separate
+  // parallel fill.
+  at::Tensor gt_index = at::empty({B, A}, f32.dtype(at::kLong));
+  at::Tensor iou = at::empty({B, A}, f32);
+  at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32);
+  at::Tensor num_positive = at::zeros({B, G}, f32.dtype(at::kLong));
+  const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
+  if (B * G * A == 0) {
+    gt_index.fill_(-1);
+    if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
+    iou.zero_();
+    return {gt_index, iou, threshold, num_positive};
+  }
+
+  const at::Tensor a = anchors.contiguous();
+  const at::Tensor g = gt_boxes.contiguous();
+  std::optional<at::Tensor> counts, usable, ignore;
+  if (gt_counts) counts = gt_counts->contiguous();
+  if (const auto mask = usable_mask(anchor_valid, anchor_ignore)) usable = mask->contiguous();
+  if (anchor_ignore) ignore = anchor_ignore->contiguous();
+  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
+  const bool* up = usable ? usable->data_ptr<bool>() : nullptr;
+  const bool* ig = ignore ? ignore->data_ptr<bool>() : nullptr;
+  const float* ap = a.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const bool center_test = center_eps.has_value();
+  const float eps = center_test ? static_cast<float>(*center_eps) : 0.0f;
+  const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
+
+  // O(B * G * C) per-GT state between the candidate and the resolution passes.
+  std::vector<int64_t> candidates(B * G * C, -1);
+  std::vector<float> cand_iou(B * G * C, 0.0f);
+  std::unique_ptr<bool[]> positive(new bool[B * G * C]());
+  float* thr_p = threshold.data_ptr<float>();
+  if (a.size(1) == 4) {
+    select_and_score<2>(ap, A, gp, B, G, cp, up, levels, topk, C, center_test, eps, candidates,
+                        cand_iou, positive.get(), thr_p);
+  } else {
+    select_and_score<3>(ap, A, gp, B, G, cp, up, levels, topk, C, center_test, eps, candidates,
+                        cand_iou, positive.get(), thr_p);
+  }
 
   int64_t* gi = gt_index.data_ptr<int64_t>();
   float* io = iou.data_ptr<float>();
@@ -238,12 +266,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   // An image costs O(A + G * C): small images share a thread.
   const int64_t images_per_thread = std::max<int64_t>(1, (int64_t{1} << 16) / (A + G * C));
   at::parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});  // resolve_image's starting state
       std::fill(io + b * A, io + (b + 1) * A, 0.0f);
       const int64_t off = b * G * C;
-      resolve_image(candidates.data() + off, cand_iou.data() + off, positive.get() + off, G, C, A,
-                    gi + b * A, io + b * A, np + b * G);
+      resolve_image(candidates.data() + off, cand_iou.data() + off, positive.get() + off,
+                    ig ? ig + b * A : nullptr, ensure_positive, G, C, A, gi + b * A, io + b * A,
+                    np + b * G, proposal.data());
     }
   });
   return {gt_index, iou, threshold, num_positive};

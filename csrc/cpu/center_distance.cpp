@@ -22,7 +22,8 @@ at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_b
   std::optional<at::Tensor> counts;
   if (gt_counts) counts = gt_counts->contiguous();
   const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
-  const AnchorCenters centers(a.data_ptr<float>(), A);
+  const int dims = static_cast<int>(a.size(1) / 2);
+  const AnchorCenters centers(a.data_ptr<float>(), A, dims);
   const float* gp = g.data_ptr<float>();
   float* op = out.data_ptr<float>();
 
@@ -33,10 +34,15 @@ at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_b
         std::fill(row, row + A, std::numeric_limits<float>::quiet_NaN());
         continue;
       }
-      const float* box = gp + 4 * bg;
-      const float gcx = center_of(box[0], box[2]), gcy = center_of(box[1], box[3]);
-      for (int64_t i = 0; i < A; ++i)
-        row[i] = squared_distance(centers.cx[i], centers.cy[i], gcx, gcy);
+      const float* box = gp + 2 * dims * bg;
+      float center[3];
+      if (dims == 2) {
+        box_center<2>(box, center);
+        level_distances<2>(centers, 0, A, center, row);
+      } else {
+        box_center<3>(box, center);
+        level_distances<3>(centers, 0, A, center, row);
+      }
     }
   });
   return out;

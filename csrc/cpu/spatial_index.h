@@ -35,9 +35,8 @@
 //   too; they are skipped when visited. A mask that hides most of a level makes
 //   the search visit most cells: the cost of a scan, never a wrong answer.
 //
-// The grid is templated on the number of axes D: only D = 2 exists in the
-// contract today; D = 3 adds dz (d2 = (dx*dx + dy*dy) + dz*dz, see
-// squared_distance_nd) with no other change here.
+// The grid is templated on the number of axes D (2 or 3; d2 = (dx*dx + dy*dy)
+// + dz*dz for 3-D boxes, box_math.h's squared_distance_nd).
 #pragma once
 
 #include <algorithm>
@@ -52,24 +51,6 @@
 #include "../common/box_math.h"
 
 namespace atss::cpu {
-
-// Step 2 for D axes: per axis d = a - g, d2 = sum of d*d in axis order, each
-// operation rounded to float32 on its own. D = 2 is box_math.h's
-// squared_distance itself, so the index and the scan share the same bits.
-template <int D>
-inline float squared_distance_nd(const float* a, const float* g) {
-  if constexpr (D == 2) {
-    return squared_distance(a[0], a[1], g[0], g[1]);
-  } else {
-    float sum = 0.0f;
-    for (int t = 0; t < D; ++t) {
-      const float d = a[t] - g[t];
-      const float d2 = d * d;
-      sum = t == 0 ? d2 : sum + d2;
-    }
-    return sum;
-  }
-}
 
 // How the fused CPU kernel finds each GT's candidates on a level.
 enum class SelectMode {

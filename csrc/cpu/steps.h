@@ -4,6 +4,7 @@
 // so the fused path cannot drift from the stage ops.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -15,24 +16,47 @@
 
 namespace atss::cpu {
 
-// Anchor centres, computed once per call and shared by the whole batch.
+// Anchor centres of [A, 2D] boxes, one array per axis (D = 2 or 3), computed
+// once per call and shared by the whole batch.
 struct AnchorCenters {
-  std::vector<float> cx, cy;
-  AnchorCenters(const float* anchors, int64_t num_anchors) : cx(num_anchors), cy(num_anchors) {
-    for (int64_t a = 0; a < num_anchors; ++a) {
-      cx[a] = center_of(anchors[4 * a + 0], anchors[4 * a + 2]);
-      cy[a] = center_of(anchors[4 * a + 1], anchors[4 * a + 3]);
+  int dims;
+  std::array<std::vector<float>, 3> axis;
+  AnchorCenters(const float* anchors, int64_t num_anchors, int num_dims) : dims(num_dims) {
+    for (int t = 0; t < dims; ++t) {
+      std::vector<float>& c = axis[t];
+      c.resize(num_anchors);
+      for (int64_t a = 0; a < num_anchors; ++a)
+        c[a] = center_of(anchors[2 * dims * a + t], anchors[2 * dims * a + dims + t]);
     }
+  }
+  // The D coordinates of anchor a's centre.
+  void get(int64_t a, float* c) const {
+    for (int t = 0; t < dims; ++t) c[t] = axis[t][a];
   }
 };
 
-// Step 2 for one GT over anchors [start, start + n) into d2[0, n). A plain
-// loop over arrays, so the compiler vectorises it.
-inline void level_distances(const AnchorCenters& centers, int64_t start, int64_t n, float gcx,
-                            float gcy, float* d2) {
-  const float* cx = centers.cx.data() + start;
-  const float* cy = centers.cy.data() + start;
-  for (int64_t i = 0; i < n; ++i) d2[i] = squared_distance(cx[i], cy[i], gcx, gcy);
+// Centre of a [2D] box (step 1), D values into c.
+template <int D>
+inline void box_center(const float* box, float* c) {
+  for (int t = 0; t < D; ++t) c[t] = center_of(box[t], box[t + D]);
+}
+
+// Step 2 for one GT (centre g, D values) over anchors [start, start + n) into
+// d2[0, n). A plain loop over arrays per D, so the compiler vectorises it.
+template <int D>
+inline void level_distances(const AnchorCenters& centers, int64_t start, int64_t n, const float* g,
+                            float* d2) {
+  const float* cx = centers.axis[0].data() + start;
+  const float* cy = centers.axis[1].data() + start;
+  if constexpr (D == 2) {
+    for (int64_t i = 0; i < n; ++i) d2[i] = squared_distance(cx[i], cy[i], g[0], g[1]);
+  } else {
+    const float* cz = centers.axis[2].data() + start;
+    for (int64_t i = 0; i < n; ++i) {
+      const float c[3] = {cx[i], cy[i], cz[i]};
+      d2[i] = squared_distance_nd<3>(c, g);
+    }
+  }
 }
 
 // Step 3 for one GT and one level: the k valid anchors with the smallest
@@ -99,39 +123,53 @@ inline void select_level(const float* dist, const bool* valid, int64_t start, in
 }
 
 // Steps 4-6 for one GT: IoU of each present candidate, the threshold and the
-// positive flags. Empty slots get IoU 0 and are never positive. Returns the
+// positive flags. Empty slots get IoU 0 and are never positive. Without
+// center_test (center_eps=None) the centre test is skipped. Returns the
 // threshold rounded to float32 (NaN without candidates).
+template <int D>
 inline float score_candidates(const float* anchors, const AnchorCenters& centers, const float* gt,
-                              const int64_t* candidates, int64_t num_slots, float center_eps,
-                              float* iou, bool* positive) {
+                              const int64_t* candidates, int64_t num_slots, bool center_test,
+                              float center_eps, float* iou, bool* positive) {
   for (int64_t c = 0; c < num_slots; ++c) {
     const int64_t a = candidates[c];
-    iou[c] = a >= 0 ? box_iou(anchors + 4 * a, gt) : 0.0f;
+    iou[c] = a >= 0 ? box_iou_nd<D>(anchors + 2 * D * a, gt) : 0.0f;
   }
   int64_t count = 0;
   const double thr = iou_threshold(iou, candidates, num_slots, &count);
   for (int64_t c = 0; c < num_slots; ++c) {
     const int64_t a = candidates[c];
-    positive[c] = a >= 0 && static_cast<double>(iou[c]) >= thr &&
-                  center_inside(centers.cx[a], centers.cy[a], gt, center_eps);
+    bool pos = a >= 0 && static_cast<double>(iou[c]) >= thr;
+    if (pos && center_test) {
+      float center[D];
+      centers.get(a, center);
+      pos = center_inside_nd<D>(center, gt, center_eps);
+    }
+    positive[c] = pos;
   }
   return count > 0 ? static_cast<float>(thr) : static_cast<float>(NAN);
 }
 
-// Step 7 for one image: each anchor goes to the positive GT with the highest
-// IoU, the lowest GT index on equal IoU (GTs are visited in increasing order
-// and only a strictly higher IoU takes an anchor over). gt_index must hold -1
-// and iou 0 on entry; num_positive receives the number of anchors each GT
-// finally holds (a candidate listed twice by one GT counts once).
+// Steps 7 and 8 for one image. Step 7: each anchor goes to the positive GT
+// with the highest IoU, the lowest GT index on equal IoU (GTs are visited in
+// increasing order and only a strictly higher IoU takes an anchor over).
+// Step 8 (ensure_positive): each GT with a candidate and no anchor proposes
+// its candidate of highest IoU (> 0; the earliest slot on equal IoU) whose
+// anchor is still unassigned; proposals are resolved by step 7's rule, in one
+// round. Anchors with ignore[a] (null: none) claim nothing and end as -2.
+// gt_index must hold -1 and iou 0 on entry; num_positive receives the number
+// of anchors each GT finally holds (a candidate listed twice by one GT counts
+// once). `proposal` is scratch of num_gt entries (used with ensure_positive).
 inline void resolve_image(const int64_t* candidates, const float* cand_iou, const bool* positive,
-                          int64_t num_gt, int64_t num_slots, int64_t num_anchors, int64_t* gt_index,
-                          float* iou, int64_t* num_positive) {
+                          const bool* ignore, bool ensure_positive, int64_t num_gt,
+                          int64_t num_slots, int64_t num_anchors, int64_t* gt_index, float* iou,
+                          int64_t* num_positive, int64_t* proposal) {
   for (int64_t g = 0; g < num_gt; ++g) {
     for (int64_t c = 0; c < num_slots; ++c) {
       const int64_t i = g * num_slots + c;
       const int64_t a = candidates[i];
       // Only a real IoU (>= 0; never NaN) claims an anchor.
       if (!positive[i] || a < 0 || !(cand_iou[i] >= 0.0f)) continue;
+      if (ignore != nullptr && ignore[a]) continue;
       if (gt_index[a] < 0 || cand_iou[i] > iou[a]) {
         gt_index[a] = g;
         iou[a] = cand_iou[i];
@@ -141,6 +179,47 @@ inline void resolve_image(const int64_t* candidates, const float* cand_iou, cons
   for (int64_t g = 0; g < num_gt; ++g) num_positive[g] = 0;
   for (int64_t a = 0; a < num_anchors; ++a) {
     if (gt_index[a] >= 0) ++num_positive[gt_index[a]];
+  }
+  if (ensure_positive) {
+    // Every proposal is chosen against the state after step 7, then applied.
+    for (int64_t g = 0; g < num_gt; ++g) {
+      proposal[g] = -1;
+      if (num_positive[g] != 0) continue;
+      float best = 0.0f;
+      for (int64_t c = 0; c < num_slots; ++c) {
+        const int64_t i = g * num_slots + c;
+        const int64_t a = candidates[i];
+        if (a < 0 || gt_index[a] != -1 || (ignore != nullptr && ignore[a])) continue;
+        if (cand_iou[i] > best) {  // > 0, and only a strictly higher IoU replaces
+          best = cand_iou[i];
+          proposal[g] = i;
+        }
+      }
+    }
+    for (int64_t g = 0; g < num_gt; ++g) {
+      if (proposal[g] < 0) continue;
+      const int64_t i = proposal[g];
+      const int64_t a = candidates[i];
+      // gt_index[a] >= num_gt marks "proposed" until the end of this pass;
+      // a proposal by a lower GT with an equal IoU keeps the anchor.
+      if (gt_index[a] == -1 || cand_iou[i] > iou[a]) {
+        gt_index[a] = num_gt + g;
+        iou[a] = cand_iou[i];
+      }
+    }
+    for (int64_t g = 0; g < num_gt; ++g) {
+      if (proposal[g] < 0) continue;
+      const int64_t a = candidates[proposal[g]];
+      if (gt_index[a] >= num_gt) {
+        gt_index[a] -= num_gt;
+        ++num_positive[gt_index[a]];
+      }
+    }
+  }
+  if (ignore != nullptr) {
+    for (int64_t a = 0; a < num_anchors; ++a) {
+      if (ignore[a]) gt_index[a] = -2;
+    }
   }
 }
 

@@ -12,8 +12,10 @@ namespace atss::cpu {
 
 at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
                               int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                              const std::optional<at::Tensor>& anchor_valid) {
-  check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid);
+                              const std::optional<at::Tensor>& anchor_valid,
+                              const std::optional<at::Tensor>& anchor_ignore) {
+  check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid,
+                            anchor_ignore);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
   check_gt_counts_values(gt_counts, G);
 
@@ -23,7 +25,8 @@ at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_a
   const at::Tensor d = distances.contiguous();
   std::optional<at::Tensor> counts, valid;
   if (gt_counts) counts = gt_counts->contiguous();
-  if (anchor_valid) valid = anchor_valid->contiguous();
+  // Candidates come from the usable anchors: valid and not ignored.
+  if (const auto usable = usable_mask(anchor_valid, anchor_ignore)) valid = usable->contiguous();
   const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
   const bool* vp = valid ? valid->data_ptr<bool>() : nullptr;
   const float* dp = d.data_ptr<float>();
