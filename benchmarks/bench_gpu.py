@@ -41,7 +41,7 @@ import torch
 
 import atss_ops
 from atss_ops import reference
-from benchmarks.cases import GPU_CASES, grid_anchors, random_gt
+from benchmarks.cases import GPU_CASES, grid_anchors, luna16_anchors, random_gt, random_nodules
 
 # Latency goals for atss_assign on an H100 (microseconds).
 GOALS_US = {"coco-g20": 30.0, "coco-g100": 50.0, "yolo-640": 60.0, "crowd": 200.0, "aerial": 400.0}
@@ -267,6 +267,68 @@ def run_case(name: str, params, device: torch.device, args) -> List[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- contract v2 rows
+
+
+def v2_inputs(name: str, device: torch.device):
+    """(anchors, levels, gt, topk, keyword arguments) of the contract v2 rows."""
+    if name == "luna16-3d":  # MONAI's LUNA16 setting: B = 4, G = 8, A = 315,360, 3-D, no centre test
+        anchors, levels = luna16_anchors(str(device))
+        return anchors, levels, random_nodules(4, 8, seed=0, device=str(device)), 12, dict(center_eps=None)
+    B, G, height, width, strides = GPU_CASES["coco-g20"]
+    anchors, levels = grid_anchors(height, width, strides, device=str(device))
+    gt = random_gt(B, G, height, width, seed=0, device=str(device))
+    if name == "coco-g20 ensure_positive":
+        return anchors, levels, gt, TOPK, dict(ensure_positive=True)
+    # An ignore mask over a fifth of each image's anchors.
+    ignore = torch.rand(B, anchors.shape[0], generator=torch.Generator().manual_seed(0)).to(device) < 0.2
+    return anchors, levels, gt, TOPK, dict(anchor_ignore=ignore)
+
+
+V2_CASES = ("luna16-3d", "coco-g20 ensure_positive", "coco-g20 anchor_ignore")
+
+
+def run_v2_case(name: str, device: torch.device, args) -> List[dict]:
+    """``atss_assign`` with the contract v2 arguments (and the reference, for the bits and the ratio)."""
+    anchors, levels, gt, topk, kw = v2_inputs(name, device)
+    B, G, A = gt.shape[0], gt.shape[1], anchors.shape[0]
+    timing = dict(
+        device=device, warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs, min_seconds=args.min_seconds
+    )
+    variants: Dict[str, Callable[[], object]] = {
+        "reference": lambda: atss_ops.reference.atss_assign(anchors, levels, gt, topk=topk, **kw)
+    }
+    check = None
+    if atss_ops.has_kernel("atss_assign", device):
+        variants["atss_assign"] = lambda: atss_ops.atss_assign(anchors, levels, gt, topk=topk, **kw)
+        if args.check:
+            check = outputs_equal(variants["atss_assign"](), variants["reference"]())
+    rows = []
+    for variant, fn in variants.items():
+        print(f"  {name}: {variant} ...", flush=True)
+        try:
+            stats, error = time_fn(fn, **timing), None
+        except Exception as exc:
+            stats, error = {}, f"{type(exc).__name__}: {exc}"[:300]
+            print(f"    failed: {error}", flush=True)
+        rows.append(
+            dict(
+                case=name,
+                B=B,
+                G=G,
+                A=A,
+                C=atss_ops.num_candidates(levels, topk),
+                variant=variant,
+                peak_extra_bytes=peak_extra_bytes(fn, device) if error is None else None,
+                error=error,
+                matches_reference=check if variant == "atss_assign" else None,
+                goal_us=None,
+                **stats,
+            )
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -328,6 +390,7 @@ def plot(rows: List[dict], env: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["case"] not in V2_CASES]  # the curve over G of the 2-D cases
     fig, ax = plt.subplots(figsize=(7.5, 5))
     styles = {
         "reference": ("o-", "tab:red"),
@@ -370,6 +433,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes (QUICK_CASES) and few runs")
     parser.add_argument("--cases", nargs="*", help="case names to run (default: all)")
+    parser.add_argument(
+        "--no-v2", dest="v2", action="store_false", help="skip the contract v2 rows (3-D LUNA16, step 8, ignore)"
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled reference")
     parser.add_argument("--no-graph", dest="graph", action="store_false", help="skip the CUDA graph replay")
@@ -405,6 +471,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.extend(run_case(name, params, device, args))
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.v2 and not quick and not args.cases:
+        for name in V2_CASES:
+            rows.extend(run_v2_case(name, device, args))
 
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "bench_gpu.json")

@@ -52,7 +52,7 @@ import torch
 import atss_ops
 
 from .bench_cpu import bits_equal, environment
-from .cases import grid_anchors, random_gt
+from .cases import grid_anchors, luna16_anchors, random_gt, random_nodules
 
 ENV = "ATSS_CPU_SELECT"
 STRIDES = (8, 16, 32, 64, 128)
@@ -63,6 +63,9 @@ CASES = {
     "coco-b8-g50": (8, 50, 800, 1344),
     "crowd-b2-g500": (2, 500, 800, 1344),
     "aerial-b2-g1000": (2, 1000, 1600, 2560),
+    # 3-D (MONAI's LUNA16 setting, benchmarks/cases.py): B = 4, G = 8, A = 315,360, topk 12. No
+    # MMDetection row: its assigner is 2-D only.
+    "luna16-3d-b4-g8": (4, 8, None, None),
 }
 # Image sizes of the growth curve (B=2, G=100).
 GROWTH_SIZES = [(640, 640), (800, 800), (1024, 1024), (800, 1344), (1280, 1280), (1333, 2000), (1600, 2560)]
@@ -221,8 +224,12 @@ def time_alternating(
 def bench(
     name: str, B: int, G: int, H: int, W: int, mmdet_cls, budget_s: float, topk: int = 9, with_chain: bool = True
 ) -> Dict:
-    anchors, levels = grid_anchors(H, W, STRIDES)
-    gt = random_gt(B, G, H, W, seed=1)
+    if H is None:  # the 3-D case
+        anchors, levels = luna16_anchors()
+        gt, topk, mmdet_cls = random_nodules(B, G, seed=1), 12, None
+    else:
+        anchors, levels = grid_anchors(H, W, STRIDES)
+        gt = random_gt(B, G, H, W, seed=1)
     index, scan = fused(anchors, levels, gt, topk, "auto"), fused(anchors, levels, gt, topk, "scan")
     same = all(bits_equal(x, y) for x, y in zip(index(), scan()))
     other = fused(anchors + 0.5, levels, gt, topk, "auto")  # other bits: the grids must be rebuilt

@@ -56,10 +56,10 @@ DEFECTS = {
         "    __syncthreads();\n    if (threadIdx.x == 0) {",
     ),
     "dynamic_smem_one_element_short": (
-        "the fused kernel's dynamic shared memory one float2 short of the centre tile",
+        "the fused kernel's dynamic shared memory one float2 short of the (2-D) centre tile",
         "csrc/cuda/select.cuh",
-        "return score > kTileBytes ? score : kTileBytes;",
-        "return score > kTileBytes ? score : kTileBytes - static_cast<int64_t>(sizeof(float2));",
+        "return score > tile_bytes(dims) ? score : tile_bytes(dims);",
+        "return score > tile_bytes(dims) ? score : tile_bytes(dims) - static_cast<int64_t>(sizeof(float2));",
     ),
     "key_truncated_to_32_bits": (
         "warp_min's 64-bit (distance, index) key truncated to its low 32 bits",

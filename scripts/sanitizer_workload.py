@@ -34,7 +34,7 @@ import argparse
 import sys
 
 import torch
-from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case
+from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case, random_case_3d
 
 import atss_ops
 
@@ -62,12 +62,27 @@ def workload(emu: bool):
         "a0_empty_levels",
         "gt_counts_all_zero",
         "duplicate_gts",
+        # Contract v2: 3-D boxes, ignored anchors, no centre test, step 8.
+        "d3_everything",
+        "d3_anchors_along_z",
+        "d3_g0_ignore",
+        "ignore_random_with_valid",
+        "ignore_every_anchor_of_an_image",
+        "ensure_positive_coco",
+        "ensure_positive_no_center_test_ignore",
     ]
     for name in named:
         yield name, make_case(name), {}
     yield "k4_topk3_counts", random_case(6, 2, 9, 256, 320, (8, 16, 32), 3, counts=True), {}
     yield "chunks_topk13_valid", random_case(1, 2, 5, 512, 640, (8, 16, 32), 13, counts=True, valid=0.7), {}
     yield "chunks_topk40", random_case(2, 1, 9, 384, 512, (8, 16), 40, valid=0.9), {}
+    yield (
+        "d3_chunks_topk12_everything",
+        random_case_3d(
+            10, 2, 8, (96, 96, 48), (4, 8, 16), 12, counts=True, valid=0.9, ignore=0.1, ensure_positive=True
+        ),
+        {},
+    )
     yield "chunks_topk100", random_case(3, 1, 3, 256, 384, (8, 16), 100), {}
     yield "global_score_buffers_topk200", random_case(5, 1, 4, 384, 512, (8, 16, 32), 200, counts=True, valid=0.8), {}
     # 3 tiles of rows and 1 SM seen: 8192-anchor chunks, the 3,072-anchor level staged through 2 tiles.
@@ -81,7 +96,8 @@ def workload(emu: bool):
 def finite_padding(case: dict) -> dict:
     """The case with its padding rows (NaN) replaced by a finite box, for runs whose gt_counts count them."""
     gt = case["gt_boxes"]
-    return dict(case, gt_boxes=torch.where(gt.isnan(), torch.tensor([8.0, 8.0, 40.0, 56.0]), gt))
+    box = torch.tensor([8.0, 8.0, 40.0, 56.0] if gt.shape[-1] == 4 else [8.0, 8.0, 4.0, 40.0, 56.0, 20.0])
+    return dict(case, gt_boxes=torch.where(gt.isnan(), box, gt))
 
 
 def main() -> int:
@@ -129,7 +145,7 @@ def main() -> int:
                 a = case["anchors"]
                 buf = torch.empty(a.numel() + 1, device=device)
                 buf[1:] = a.flatten().to(device)
-                shifted = dict(dev_case, anchors=buf[1:].view(-1, 4))
+                shifted = dict(dev_case, anchors=buf[1:].view(-1, a.shape[1]))
                 out = ops.atss_assign(*op_args("atss_assign", shifted))
                 sync()
                 n += 1
@@ -147,8 +163,11 @@ def main() -> int:
                 )
                 cand_iou, _, pos = dev_stages["iou_statistics"]
                 ops.resolve_multi_gt(junk, cand_iou, pos, A)
+                # ... with ignored anchors and step 8, which reads gt_index through the candidates too.
+                ignore = torch.arange(B * A, device=device).view(B, A) % 3 == 0
+                ops.resolve_multi_gt(junk, cand_iou, pos, A, ignore, True)
                 sync()
-                n += 2
+                n += 3
         print(f"  {name}: ok so far ({n} calls)", flush=True)
     for f in failures:
         print("MISMATCH", f)

@@ -330,10 +330,12 @@ def test_topk_per_level_arbitrary_distances(backend, data):
     topk = data.draw(st.integers(1, 20))
     valid = None
     if data.draw(st.booleans()):
-        valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=B * A, max_size=B * A))).reshape(B, A)
+        valid_flags = data.draw(st.lists(st.booleans(), min_size=B * A, max_size=B * A))
+        valid = torch.tensor(valid_flags, dtype=torch.bool).reshape(B, A)
     ignore = None
     if data.draw(st.booleans()):
-        ignore = torch.tensor(data.draw(st.lists(st.booleans(), min_size=B * A, max_size=B * A))).reshape(B, A)
+        flags = data.draw(st.lists(st.booleans(), min_size=B * A, max_size=B * A))
+        ignore = torch.tensor(flags, dtype=torch.bool).reshape(B, A)
     args = (distances, levels, topk, None, valid, ignore)
     assert_bits_equal(ops_of(backend).topk_per_level(*args), reference.topk_per_level(*args), "topk_per_level")
 

@@ -1,21 +1,18 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <torch/library.h>
 #include <algorithm>
 #include <vector>
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "steps.h"
 
 namespace atss::cpu {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(const at::Tensor& candidates,
-                                                                    const at::Tensor& candidate_iou,
-                                                                    const at::Tensor& is_positive,
-                                                                    int64_t num_anchors,
-                                                                    const std::optional<at::Tensor>& anchor_ignore,
-                                                                    bool ensure_positive) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
+    const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
+    int64_t num_anchors, const std::optional<at::Tensor>& anchor_ignore, bool ensure_positive) {
   check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors, anchor_ignore);
   const int64_t B = candidates.size(0), G = candidates.size(1);
   check_candidate_values(candidates, num_anchors);
@@ -45,8 +42,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(const at::Te
       const int64_t off = b * G * C;
       // resolve_image's starting state: -1 (the ignored anchors are set again there).
       std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});
-      resolve_image(kp + off, cip + off, pp + off, ig ? ig + b * A : nullptr, ensure_positive, G,
-                    C, A, gi + b * A, io + b * A, np + b * G, proposal.data());
+      resolve_image(kp + off, cip + off, pp + off, ig ? ig + b * A : nullptr, ensure_positive, G, C,
+                    A, gi + b * A, io + b * A, np + b * G, proposal.data());
     }
   });
   return {gt_index, iou, num_positive};

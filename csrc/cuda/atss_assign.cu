@@ -9,8 +9,14 @@
 //             threshold (one lane, candidate order), the positives, writes
 //             threshold and num_positive = 0, and claims positive anchors with
 //             atomicMax on (IoU, inverted GT index) keys.
-//   launch 2  decode_claims (resolve.cuh): gt_index, iou per anchor, and the
-//             integer-atomic count of num_positive.
+//   launch 2  decode_claims (resolve.cuh): gt_index, iou per anchor (-2 for
+//             ignored anchors), and the integer-atomic count of num_positive.
+//   (step 8, with ensure_positive: launches 3 and 4, propose and
+//             decode_proposals, resolve.cuh)
+//
+// 2-D and 3-D boxes: D is a template parameter of the selection and scoring
+// code. Ignored anchors are folded into the usable mask (valid and not
+// ignored, one elementwise kernel) from which candidates are selected.
 //
 // No host sync, no allocation whose size depends on data (so it is CUDA-graph
 // capturable and traceable by torch.compile), current stream, device guard.
@@ -28,26 +34,30 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
     const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
     const std::optional<at::Tensor>& gt_counts, int64_t topk,
-    const std::optional<at::Tensor>& anchor_valid, double center_eps) {
+    const std::optional<at::Tensor>& anchor_valid, std::optional<double> center_eps,
+    const std::optional<at::Tensor>& anchor_ignore, bool ensure_positive) {
   // The structural checks every backend runs; no value check (no sync).
   check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
-                         center_eps);
+                         center_eps, anchor_ignore);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
   check_cuda_num_gt(G);
 
   const DeviceGuard guard(anchors.device());
   const auto f32 = anchors.options();
   const auto i64 = f32.dtype(at::kLong);
-  if (B * G * A == 0) {  // everything background, as the CPU returns it
-    return {at::full({B, A}, -1, i64), at::zeros({B, A}, f32),
+  if (B * G * A == 0) {  // everything background (or ignored), as the CPU returns it
+    at::Tensor gt_index = at::full({B, A}, -1, i64);
+    if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
+    return {gt_index, at::zeros({B, A}, f32),
             at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32), at::zeros({B, G}, i64)};
   }
 
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();
-  std::optional<at::Tensor> counts, valid;
+  std::optional<at::Tensor> counts, valid, ignore;
   if (gt_counts) counts = gt_counts->contiguous();
-  if (anchor_valid) valid = anchor_valid->contiguous();
+  if (const auto usable = usable_mask(anchor_valid, anchor_ignore)) valid = usable->contiguous();
+  if (anchor_ignore) ignore = anchor_ignore->contiguous();
   const int64_t rows = B * G;
   const LevelTable lt = make_level_table(num_anchors_per_level, topk, rows);
   const int64_t C = lt.num_cand;
@@ -68,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.num_tiles = num_row_tiles(rows);
   p.anchors_aligned = reinterpret_cast<uintptr_t>(p.anchors) % 16 == 0;
   p.score_in_smem = ScoreSmem::fits(C);
-  p.center_eps = static_cast<float>(center_eps);
+  p.center_test = center_eps.has_value();
+  p.center_eps = center_eps ? static_cast<float>(*center_eps) : 0.0f;
   p.nan_bits = host_default_nan_bits();
   p.threshold = threshold.data_ptr<float>();
   p.num_positive = num_positive.data_ptr<int64_t>();
@@ -93,10 +104,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
 
   const Stream stream = current_stream();
   memset_async(base, 0, zeroed_bytes, stream);
-  launch_select<Mode::kFused>(p, lt, valid.has_value(), fused_smem_bytes(C), stream);
+  const int dims = static_cast<int>(a.size(1) / 2);
+  launch_select<Mode::kFused>(p, lt, valid.has_value(), dims, fused_smem_bytes(C, dims), stream);
   launch_decode_claims(p.claims, B, G, A, C, p.candidates, p.cand_iou, p.cand_positive,
-                       gt_index.data_ptr<int64_t>(), iou.data_ptr<float>(),
-                       num_positive.data_ptr<int64_t>(), stream);
+                       optional_ptr<bool>(ignore), gt_index.data_ptr<int64_t>(),
+                       iou.data_ptr<float>(), num_positive.data_ptr<int64_t>(), stream);
+  if (ensure_positive) {
+    launch_ensure_positive(p.candidates, p.cand_iou, p.gt_counts, B, G, C, A, p.claims,
+                           gt_index.data_ptr<int64_t>(), iou.data_ptr<float>(),
+                           num_positive.data_ptr<int64_t>(), stream);
+  }
   return {gt_index, iou, threshold, num_positive};
 }
 

@@ -9,6 +9,7 @@ namespace {
 
 constexpr int kDistanceThreads = 256;
 
+template <int D>
 __global__ void __launch_bounds__(kDistanceThreads)
     center_distance_kernel(const float* anchors, const float* gt_boxes, const int64_t* gt_counts,
                            int64_t num_gt, int64_t num_anchors, int64_t rows, uint32_t nan_bits,
@@ -16,11 +17,10 @@ __global__ void __launch_bounds__(kDistanceThreads)
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const int64_t b = row / num_gt;
     const bool active = row - b * num_gt < valid_gt_count(gt_counts, b, num_gt);
-    float gcx = 0.0f, gcy = 0.0f;
+    float gc[D] = {};
     if (active) {
-      const float* box = gt_boxes + 4 * row;
-      gcx = center_of(box[0], box[2]);
-      gcy = center_of(box[1], box[3]);
+      const float* box = gt_boxes + 2 * D * row;
+      for (int t = 0; t < D; ++t) gc[t] = center_of(box[t], box[t + D]);
     }
     float* out_row = out + row * num_anchors;
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -28,9 +28,10 @@ __global__ void __launch_bounds__(kDistanceThreads)
          a += stride) {
       float d = quiet_nan();  // padding GT: the CPU's quiet NaN
       if (active) {
-        const float* box = anchors + 4 * a;
-        const float cx = center_of(box[0], box[2]), cy = center_of(box[1], box[3]);
-        d = cpu_nan_bits(squared_distance(cx, cy, gcx, gcy), nan_bits);
+        const float* box = anchors + 2 * D * a;
+        float c[D];
+        for (int t = 0; t < D; ++t) c[t] = center_of(box[t], box[t + D]);
+        d = cpu_nan_bits(squared_distance_nd<D>(c, gc), nan_bits);
       }
       out_row[a] = d;
     }
@@ -55,9 +56,15 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
   const unsigned blocks_x = grid_for(A, kDistanceThreads, 1024);
   const unsigned blocks_y = max_grid_blocks(rows, 65535);
   const dim3 grid(blocks_x, blocks_y);
-  ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel)(
-      a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
-      host_default_nan_bits(), out.data_ptr<float>());
+  if (a.size(1) == 4) {
+    ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel<2>)(
+        a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
+        host_default_nan_bits(), out.data_ptr<float>());
+  } else {
+    ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel<3>)(
+        a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
+        host_default_nan_bits(), out.data_ptr<float>());
+  }
   launch_check();
   return out;
 }

@@ -9,11 +9,12 @@ namespace atss::cuda {
 namespace {
 
 struct IouArgs {
-  const float* anchors;       // [A, 4]
-  const float* gt_boxes;      // [B, G, 4]
+  const float* anchors;       // [A, 2D]
+  const float* gt_boxes;      // [B, G, 2D]
   const int64_t* candidates;  // [B, G, C]
   const int64_t* gt_counts;   // [B] or null
   int64_t num_gt, num_anchors, num_slots, rows, num_tiles;
+  int center_test;  // center_eps given (else no centre test)
   float center_eps;
   uint32_t nan_bits;  // host_default_nan_bits()
   int in_smem;
@@ -25,6 +26,7 @@ struct IouArgs {
 
 // The per-warp buffers (C sanitised candidate indices, C IoUs) are ScoreSmem's
 // when they fit, else global scratch.
+template <int D>
 __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs p) {
   ATSS_DYNAMIC_SMEM(unsigned char, smem);
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
@@ -56,20 +58,21 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
       cand[c] = a >= 0 && a < p.num_anchors ? a : -1;
     }
     __syncwarp();
-    float gt[4];
-    load_box(p.gt_boxes + 4 * row, gt);
-    const float thr = score_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
-                                [&](int64_t c, int64_t, float v, bool positive) {
-                                  iou_out[c] = cpu_nan_bits(v, p.nan_bits);
-                                  pos_out[c] = positive;
-                                });
+    float gt[2 * D];
+    load_box<D>(p.gt_boxes + 2 * D * row, gt);
+    const float thr =
+        score_row<D>(cand, iou_buf, C, p.anchors, gt, p.center_test != 0, p.center_eps, p.nan_bits,
+                     lane, [&](int64_t c, int64_t, float v, bool positive) {
+                       iou_out[c] = cpu_nan_bits(v, p.nan_bits);
+                       pos_out[c] = positive;
+                     });
     if (lane == 0) p.threshold[row] = thr;
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
     const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& candidates,
-    const std::optional<at::Tensor>& gt_counts, double center_eps) {
+    const std::optional<at::Tensor>& gt_counts, std::optional<double> center_eps) {
   // The structural checks every backend runs; no value check (no sync).
   check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
@@ -98,7 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   p.num_slots = C;
   p.rows = rows;
   p.num_tiles = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  p.center_eps = static_cast<float>(center_eps);
+  p.center_test = center_eps.has_value();
+  p.center_eps = center_eps ? static_cast<float>(*center_eps) : 0.0f;
   p.nan_bits = host_default_nan_bits();
   p.in_smem = ScoreSmem::fits(C);
   at::Tensor cand_buf;
@@ -112,7 +116,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
 
   const unsigned blocks = max_grid_blocks(p.num_tiles, int64_t{1} << 20);  // then grid-stride
   const size_t dynamic_smem = p.in_smem ? static_cast<size_t>(ScoreSmem::bytes(C)) : 0;
-  ATSS_LAUNCH(blocks, kThreads, dynamic_smem, current_stream(), iou_statistics_kernel)(p);
+  if (a.size(1) == 4) {
+    ATSS_LAUNCH(blocks, kThreads, dynamic_smem, current_stream(), iou_statistics_kernel<2>)(p);
+  } else {
+    ATSS_LAUNCH(blocks, kThreads, dynamic_smem, current_stream(), iou_statistics_kernel<3>)(p);
+  }
   launch_check();
   return {cand_iou, threshold, is_positive};
 }

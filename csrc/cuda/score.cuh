@@ -29,7 +29,8 @@ struct ScoreSmem {
   }
 };
 
-// `cand` holds the row's C candidate anchors (-1 = empty slot; every other
+// D (2 or 3) is the number of axes: boxes are [2D] floats, lower corner then
+// upper corner. `cand` holds the row's C candidate anchors (-1 = empty slot; every other
 // value in [0, A)), written and made visible to the warp (__syncwarp) by the
 // caller. `iou_buf` is C floats of scratch (shared or global memory). `gt` is
 // the GT box, `nan_bits` the host's default NaN. For every slot c, the lane
@@ -37,17 +38,18 @@ struct ScoreSmem {
 // threshold as the CPU writes it: quiet NaN without candidates, else
 // mean + std rounded to float32.
 //
-// Bit-exactness: the IoU is box_iou and the positive test the CPU's
-// expression, element by element; the float64 statistics are
-// atss::iou_threshold itself, run by lane 0 over the slots in order (one
-// thread, the CPU's sequence of additions), its result broadcast by shuffles.
-template <class OnSlot>
+// Bit-exactness: the IoU is box_iou_nd and the positive test the CPU's
+// expression (center_inside_nd, skipped without center_test), element by element; the float64
+// statistics are atss::iou_threshold itself, run by lane 0 over the slots in order (one thread, the
+// CPU's sequence of additions), its result broadcast by shuffles.
+template <int D, class OnSlot>
 __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, int64_t num_slots,
-                                           const float* anchors, const float* gt, float center_eps,
-                                           uint32_t nan_bits, int lane, OnSlot&& on_slot) {
+                                           const float* anchors, const float* gt, bool center_test,
+                                           float center_eps, uint32_t nan_bits, int lane,
+                                           OnSlot&& on_slot) {
   for (int64_t c = lane; c < num_slots; c += kWarp) {
     const int64_t a = cand[c];
-    iou_buf[c] = a >= 0 ? box_iou(anchors + 4 * a, gt) : 0.0f;
+    iou_buf[c] = a >= 0 ? box_iou_nd<D>(anchors + 2 * D * a, gt) : 0.0f;
   }
   __syncwarp();
   double thr = 0.0;
@@ -68,10 +70,13 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
     const float v = iou_buf[c];
     bool positive = false;
     if (a >= 0) {
-      const float* box = anchors + 4 * a;
-      positive =
-          static_cast<double>(v) >= thr &&
-          center_inside(center_of(box[0], box[2]), center_of(box[1], box[3]), gt, center_eps);
+      positive = static_cast<double>(v) >= thr;
+      if (positive && center_test) {
+        const float* box = anchors + 2 * D * a;
+        float center[D];
+        for (int t = 0; t < D; ++t) center[t] = center_of(box[t], box[t + D]);
+        positive = center_inside_nd<D>(center, gt, center_eps);
+      }
     }
     on_slot(c, a, v, positive);
   }
@@ -85,28 +90,27 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
 // (row_cand, row_iou, row_positive: what the claim decoding reads back for a
 // zero IoU) and claims every positive anchor in `image_claims` ([A] keys of
 // the row's image) with an atomicMax. Returns the threshold.
+template <int D>
 __device__ __forceinline__ float score_and_claim_row(const int64_t* cand, float* iou_buf,
                                                      int64_t num_slots, const float* anchors,
-                                                     const float* gt, float center_eps,
-                                                     uint32_t nan_bits, int lane, int64_t g,
-                                                     int64_t* row_cand, float* row_iou,
+                                                     const float* gt, bool center_test,
+                                                     float center_eps, uint32_t nan_bits, int lane,
+                                                     int64_t g, int64_t* row_cand, float* row_iou,
                                                      bool* row_positive, u64* image_claims) {
-  return score_row(cand, iou_buf, num_slots, anchors, gt, center_eps, nan_bits, lane,
-                   [&](int64_t c, int64_t a, float v, bool positive) {
-                     row_cand[c] = a;
-                     row_iou[c] = v;
-                     row_positive[c] = positive;
-                     // Only a real IoU (>= 0; never NaN) claims an anchor.
-                     if (positive && v >= 0.0f) atomicMax(image_claims + a, claim_key(v, g));
-                   });
+  return score_row<D>(cand, iou_buf, num_slots, anchors, gt, center_test, center_eps, nan_bits,
+                      lane, [&](int64_t c, int64_t a, float v, bool positive) {
+                        row_cand[c] = a;
+                        row_iou[c] = v;
+                        row_positive[c] = positive;
+                        // Only a real IoU (>= 0; never NaN) claims an anchor.
+                        if (positive && v >= 0.0f) atomicMax(image_claims + a, claim_key(v, g));
+                      });
 }
 
-// Loads a GT box into registers.
+// Loads a GT box of 2D floats into registers.
+template <int D>
 __device__ __forceinline__ void load_box(const float* src, float* dst) {
-  dst[0] = src[0];
-  dst[1] = src[1];
-  dst[2] = src[2];
-  dst[3] = src[3];
+  for (int i = 0; i < 2 * D; ++i) dst[i] = src[i];
 }
 
 }  // namespace atss::cuda

@@ -63,8 +63,8 @@ enum class Mode { kTopk, kFused };
 
 struct SelectArgs {
   // Inputs (contiguous).
-  const float* anchors;      // fused: [A, 4]
-  const float* gt_boxes;     // fused: [B, G, 4]
+  const float* anchors;      // fused: [A, 2D]
+  const float* gt_boxes;     // fused: [B, G, 2D]
   const float* distances;    // topk: [B, G, A]
   const int64_t* gt_counts;  // [B] or null (all G valid)
   const bool* anchor_valid;  // [B, A] (used when HAS_VALID)
@@ -72,8 +72,9 @@ struct SelectArgs {
   int64_t num_anchors;
   int64_t rows;         // B * G
   int64_t num_tiles;    // ceil(rows / kRowsPerBlock)
-  int anchors_aligned;  // anchors are 16-byte aligned: float4 loads
+  int anchors_aligned;  // anchors are 16-byte aligned: float4 loads (D = 2)
   int score_in_smem;    // fused: the per-warp score buffers fit in shared memory
+  int center_test;      // fused: center_eps given (None: no centre test)
   float center_eps;
   uint32_t nan_bits;  // host_default_nan_bits()
   // Scratch.
@@ -90,42 +91,63 @@ struct SelectArgs {
   int64_t* num_positive;
 };
 
-// Dynamic shared memory of the fused kernel: the centre tile, or the score
-// buffers of the kRowsPerBlock rows when they fit (ScoreSmem; they are used
-// one after the other, never at once).
-constexpr int64_t kTileBytes = kTile * static_cast<int64_t>(sizeof(float2));
-inline int64_t fused_smem_bytes(int64_t num_cand) {
+// Dynamic shared memory of the fused kernel: the centre tile (D floats per
+// anchor), or the score buffers of the kRowsPerBlock rows when they fit
+// (ScoreSmem; they are used one after the other, never at once).
+inline int64_t tile_bytes(int dims) {
+  return kTile * static_cast<int64_t>(dims) * static_cast<int64_t>(sizeof(float));
+}
+inline int64_t fused_smem_bytes(int64_t num_cand, int dims) {
   const int64_t score = ScoreSmem::fits(num_cand) ? ScoreSmem::bytes(num_cand) : 0;
-  return score > kTileBytes ? score : kTileBytes;
+  return score > tile_bytes(dims) ? score : tile_bytes(dims);
 }
 
-// Anchor centres [first, first + len) into tile[0, len), by the whole block.
+// Anchor centres [first, first + len) into tile[0, D * len) (D floats per
+// anchor), by the whole block: the CPU's AnchorCenters, center_of(lo, hi)
+// per axis.
+template <int D>
 __device__ __forceinline__ void load_centers(const SelectArgs& p, int64_t first, int len,
-                                             float2* tile) {
+                                             float* tile) {
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
     const int64_t a = first + i;
-    float x1, y1, x2, y2;
-    if (p.anchors_aligned) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(p.anchors) + a);
-      x1 = v.x;
-      y1 = v.y;
-      x2 = v.z;
-      y2 = v.w;
+    if constexpr (D == 2) {
+      float x1, y1, x2, y2;
+      if (p.anchors_aligned) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(p.anchors) + a);
+        x1 = v.x;
+        y1 = v.y;
+        x2 = v.z;
+        y2 = v.w;
+      } else {
+        x1 = __ldg(p.anchors + 4 * a + 0);
+        y1 = __ldg(p.anchors + 4 * a + 1);
+        x2 = __ldg(p.anchors + 4 * a + 2);
+        y2 = __ldg(p.anchors + 4 * a + 3);
+      }
+      reinterpret_cast<float2*>(tile)[i] = make_float2(center_of(x1, x2), center_of(y1, y2));
     } else {
-      x1 = __ldg(p.anchors + 4 * a + 0);
-      y1 = __ldg(p.anchors + 4 * a + 1);
-      x2 = __ldg(p.anchors + 4 * a + 2);
-      y2 = __ldg(p.anchors + 4 * a + 3);
+      const float* box = p.anchors + 2 * D * a;
+      for (int t = 0; t < D; ++t) tile[D * i + t] = center_of(__ldg(box + t), __ldg(box + t + D));
     }
-    // The CPU's AnchorCenters: cx = center_of(x1, x2), cy = center_of(y1, y2).
-    tile[i] = make_float2(center_of(x1, x2), center_of(y1, y2));
+  }
+}
+
+// Step 2 for the tile's anchor i and the GT centre g (D values): the CPU's
+// level_distances, bit for bit.
+template <int D>
+__device__ __forceinline__ float tile_distance(const float* tile, int i, const float* g) {
+  if constexpr (D == 2) {
+    const float2 c = reinterpret_cast<const float2*>(tile)[i];
+    return squared_distance(c.x, c.y, g[0], g[1]);
+  } else {
+    return squared_distance_nd<D>(tile + D * i, g);
   }
 }
 
 // The last block of a tile: merges each row's partial lists into its
 // candidates, then (fused) scores the row and claims its positive anchors.
 // One warp per row; nothing here synchronises more than the warp.
-template <int K, Mode MODE>
+template <int K, Mode MODE, int D>
 __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t row, bool active,
                            int64_t b, int warp, int lane, unsigned char* smem) {
   if (row >= p.rows) return;
@@ -172,12 +194,12 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
   __syncwarp();
   if constexpr (MODE == Mode::kFused) {
     float* iou_buf = p.score_in_smem ? ScoreSmem::ious(smem, warp, C) : p.cand_iou + row * C;
-    float gt[4];
-    load_box(p.gt_boxes + 4 * row, gt);
-    const float thr =
-        score_and_claim_row(cand, iou_buf, C, p.anchors, gt, p.center_eps, p.nan_bits, lane,
-                            row - b * p.num_gt, p.candidates + row * C, p.cand_iou + row * C,
-                            p.cand_positive + row * C, p.claims + b * p.num_anchors);
+    float gt[2 * D];
+    load_box<D>(p.gt_boxes + 2 * D * row, gt);
+    const float thr = score_and_claim_row<D>(
+        cand, iou_buf, C, p.anchors, gt, p.center_test != 0, p.center_eps, p.nan_bits, lane,
+        row - b * p.num_gt, p.candidates + row * C, p.cand_iou + row * C, p.cand_positive + row * C,
+        p.claims + b * p.num_anchors);
     if (lane == 0) {
       p.threshold[row] = thr;
       p.num_positive[row] = 0;  // counted by the decoding kernel
@@ -192,7 +214,8 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
 template <int K>
 constexpr int kMinBlocksPerSm = K <= 16 ? 3 : 1;
 
-template <int K, bool HAS_VALID, Mode MODE>
+// D: the boxes' axes (fused; the topk mode reads distances and uses D = 2).
+template <int K, bool HAS_VALID, Mode MODE, int D>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
     select_kernel(const __grid_constant__ SelectArgs p, const __grid_constant__ LevelTable lt) {
   ATSS_DYNAMIC_SMEM(unsigned char, smem);
@@ -201,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t G = p.num_gt;
   const int64_t items = static_cast<int64_t>(lt.num_chunks) * p.num_tiles;
-  float2* tile_centers = reinterpret_cast<float2*>(smem);
+  float* tile_centers = reinterpret_cast<float*>(smem);
 
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int chunk = static_cast<int>(item % lt.num_chunks);
@@ -225,13 +248,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
       b = row / G;
       active = row - b * G < valid_gt_count(p.gt_counts, b, G);
     }
-    float gcx = 0.0f, gcy = 0.0f;
+    float gc[D] = {};  // the GT centre
     const float* drow = nullptr;
     if (active) {
       if constexpr (MODE == Mode::kFused) {
-        const float* box = p.gt_boxes + 4 * row;
-        gcx = center_of(box[0], box[2]);
-        gcy = center_of(box[1], box[3]);
+        const float* box = p.gt_boxes + 2 * D * row;
+        for (int t = 0; t < D; ++t) gc[t] = center_of(box[t], box[t + D]);
       } else {
         drow = p.distances + row * p.num_anchors;
       }
@@ -252,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
         const int tlen = clen - t0 < kTile ? clen - t0 : kTile;
         if constexpr (MODE == Mode::kFused) {
           __syncthreads();  // the previous tile is consumed
-          load_centers(p, chunk_start + t0, tlen, tile_centers);
+          load_centers<D>(p, chunk_start + t0, tlen, tile_centers);
           __syncthreads();
         }
         if (!exhausted) {  // warp-uniform
@@ -265,8 +287,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
                 if (!HAS_VALID || vrow[a]) {
                   float d;
                   if constexpr (MODE == Mode::kFused) {
-                    const float2 c = tile_centers[i];
-                    d = squared_distance(c.x, c.y, gcx, gcy);
+                    d = tile_distance<D>(tile_centers, i, gc);
                   } else {
                     d = drow[a];
                   }
@@ -303,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
     __syncthreads();
     if (s_last) {
       __threadfence();
-      finish_row<K, MODE>(p, lt, row, active, b, warp, lane, smem);
+      finish_row<K, MODE, D>(p, lt, row, active, b, warp, lane, smem);
     }
     __syncthreads();  // s_last and the shared memory are reused by the next item
   }
@@ -317,36 +338,47 @@ inline int pick_list_size(int64_t k_max) {
   return 32;
 }
 
-template <int K, bool HAS_VALID, Mode MODE>
+template <int K, bool HAS_VALID, Mode MODE, int D>
 void launch_select_kernel(unsigned blocks, int64_t smem_bytes, Stream stream, const SelectArgs& p,
                           const LevelTable& lt) {
   const size_t smem = static_cast<size_t>(smem_bytes);
-  ATSS_LAUNCH(blocks, kThreads, smem, stream, select_kernel<K, HAS_VALID, MODE>)(p, lt);
+  ATSS_LAUNCH(blocks, kThreads, smem, stream, select_kernel<K, HAS_VALID, MODE, D>)(p, lt);
   launch_check();
 }
 
-// One launch of select_kernel over every (chunk, tile) item.
+template <int K, Mode MODE>
+void launch_select_k(bool has_valid, int dims, unsigned blocks, int64_t smem_bytes, Stream stream,
+                     const SelectArgs& p, const LevelTable& lt) {
+  if constexpr (MODE == Mode::kFused) {
+    if (dims == 3) {
+      has_valid ? launch_select_kernel<K, true, MODE, 3>(blocks, smem_bytes, stream, p, lt)
+                : launch_select_kernel<K, false, MODE, 3>(blocks, smem_bytes, stream, p, lt);
+      return;
+    }
+  }
+  has_valid ? launch_select_kernel<K, true, MODE, 2>(blocks, smem_bytes, stream, p, lt)
+            : launch_select_kernel<K, false, MODE, 2>(blocks, smem_bytes, stream, p, lt);
+}
+
+// One launch of select_kernel over every (chunk, tile) item. dims: the
+// boxes' axes (fused mode; 2 for topk).
 template <Mode MODE>
-void launch_select(const SelectArgs& p, const LevelTable& lt, bool has_valid, int64_t smem_bytes,
-                   Stream stream) {
+void launch_select(const SelectArgs& p, const LevelTable& lt, bool has_valid, int dims,
+                   int64_t smem_bytes, Stream stream) {
   const int64_t items = static_cast<int64_t>(lt.num_chunks) * p.num_tiles;
   const unsigned blocks = max_grid_blocks(items, int64_t{1} << 20);  // then grid-stride
   switch (pick_list_size(lt.k_max)) {
     case 4:
-      has_valid ? launch_select_kernel<4, true, MODE>(blocks, smem_bytes, stream, p, lt)
-                : launch_select_kernel<4, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      launch_select_k<4, MODE>(has_valid, dims, blocks, smem_bytes, stream, p, lt);
       break;
     case 9:
-      has_valid ? launch_select_kernel<9, true, MODE>(blocks, smem_bytes, stream, p, lt)
-                : launch_select_kernel<9, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      launch_select_k<9, MODE>(has_valid, dims, blocks, smem_bytes, stream, p, lt);
       break;
     case 16:
-      has_valid ? launch_select_kernel<16, true, MODE>(blocks, smem_bytes, stream, p, lt)
-                : launch_select_kernel<16, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      launch_select_k<16, MODE>(has_valid, dims, blocks, smem_bytes, stream, p, lt);
       break;
     default:
-      has_valid ? launch_select_kernel<32, true, MODE>(blocks, smem_bytes, stream, p, lt)
-                : launch_select_kernel<32, false, MODE>(blocks, smem_bytes, stream, p, lt);
+      launch_select_k<32, MODE>(has_valid, dims, blocks, smem_bytes, stream, p, lt);
       break;
   }
 }

@@ -11,9 +11,11 @@ namespace {
 
 at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
                                int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                               const std::optional<at::Tensor>& anchor_valid) {
+                               const std::optional<at::Tensor>& anchor_valid,
+                               const std::optional<at::Tensor>& anchor_ignore) {
   // The structural checks every backend runs; no value check (no sync).
-  check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid);
+  check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid,
+                            anchor_ignore);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
 
   const DeviceGuard guard(distances.device());
@@ -24,7 +26,9 @@ at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_
   const at::Tensor d = distances.contiguous();
   std::optional<at::Tensor> counts, valid;
   if (gt_counts) counts = gt_counts->contiguous();
-  if (anchor_valid) valid = anchor_valid->contiguous();
+  // Candidates come from the usable anchors: valid and not ignored (one
+  // elementwise kernel when anchor_ignore is given).
+  if (const auto usable = usable_mask(anchor_valid, anchor_ignore)) valid = usable->contiguous();
   const int64_t rows = B * G;
   const LevelTable lt = make_level_table(num_anchors_per_level, topk, rows);
   TORCH_INTERNAL_ASSERT(lt.num_cand == C);
@@ -49,7 +53,7 @@ at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_
 
   const Stream stream = current_stream();
   memset_async(p.tile_done, 0, p.num_tiles * static_cast<int64_t>(sizeof(unsigned)), stream);
-  launch_select<Mode::kTopk>(p, lt, valid.has_value(), 0, stream);
+  launch_select<Mode::kTopk>(p, lt, valid.has_value(), 2, 0, stream);
   return out;
 }
 
