@@ -8,7 +8,8 @@ Needs MONAI (``pip install atss-ops[monai]``).
   maps of 48x48x40, 24x24x20 and 12x12x10 locations, three anchor shapes per
   location (6x8x4, 8x6x5 and 10x10x6 voxels, times 1, 2, 4 by level), made by
   MONAI's own ``AnchorGeneratorWithAnchorShape``: A = 315,360 anchors. B = 4
-  images, G = 8 nodule-like boxes each (4-40 voxels across, 3-24 deep).
+  images, G = 8 nodule-like boxes each (``cases.random_nodules``: 3-30 voxels
+  per axis). The case's sizes are those of ``benchmarks.cases``.
   ``MONAI ATSSMatcher`` is MONAI's matcher (num_candidates 4, no centre test,
   as in MONAI's LUNA16 tutorial) called once per image, as its
   ``RetinaNetDetector`` does; ``atss_assign`` is one call for the batch with
@@ -42,7 +43,7 @@ from typing import Callable, Dict, List
 import torch
 
 import atss_ops
-from benchmarks.cases import grid_anchors, random_gt
+from benchmarks.cases import LUNA16_LEVELS, LUNA16_PATCH, LUNA16_SHAPES, grid_anchors, random_gt, random_nodules
 
 try:
     import monai
@@ -52,30 +53,18 @@ try:
 except ImportError as error:  # the script says what it needs instead of a traceback
     sys.exit(f"bench_monai needs MONAI ({error}): pip install monai  (or pip install atss-ops[monai])")
 
-# MONAI's LUNA16 detection setting (its tutorial's config).
-LUNA16_PATCH = (192, 192, 80)
-LUNA16_FEATURES = [(48, 48, 40), (24, 24, 20), (12, 12, 10)]
-LUNA16_SHAPES = ((6, 8, 4), (8, 6, 5), (10, 10, 6))
-LUNA16_SCALES = (1, 2, 4)
 NUM_CANDIDATES = 4
 
 
-def luna16_anchors(device: torch.device):
-    """``(anchors Tensor[315360, 6], locations per level)``, made by MONAI's generator."""
-    generator = AnchorGeneratorWithAnchorShape(feature_map_scales=LUNA16_SCALES, base_anchor_shapes=LUNA16_SHAPES)
+def luna16_anchors_from_monai(device: torch.device):
+    """The LUNA16 case's anchors as MONAI's detector sees them, made by MONAI's own
+    ``AnchorGeneratorWithAnchorShape`` (its order and rounding, not ``cases.luna16_anchors``'):
+    ``(Tensor[315360, 6], locations per level)``."""
+    scales = [2**level for level in range(len(LUNA16_LEVELS))]
+    generator = AnchorGeneratorWithAnchorShape(feature_map_scales=scales, base_anchor_shapes=LUNA16_SHAPES)
     images = torch.zeros(1, 1, *LUNA16_PATCH, device=device)
-    anchors = generator(images, [torch.zeros(1, 1, *f, device=device) for f in LUNA16_FEATURES])[0]
-    return anchors, [math.prod(f) for f in LUNA16_FEATURES]
-
-
-def nodule_boxes(batch: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
-    """``[B, G, 6]`` boxes ``x1, y1, z1, x2, y2, z2``: log-uniform 4-40 voxels across, 3-24 deep."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(batch, count, 3, generator=g)
-    lo_size, hi_size = torch.tensor([4.0, 4.0, 3.0]), torch.tensor([40.0, 40.0, 24.0])
-    size = torch.exp(torch.log(lo_size) + u * (torch.log(hi_size) - torch.log(lo_size)))
-    corner = torch.rand(batch, count, 3, generator=g) * (torch.tensor(LUNA16_PATCH, dtype=torch.float32) - size)
-    return torch.cat([corner, corner + size], dim=-1).to(device)
+    anchors = generator(images, [torch.zeros(1, 1, *f, device=device) for f in LUNA16_LEVELS])[0]
+    return anchors, [math.prod(f) for f in LUNA16_LEVELS]
 
 
 def synchronize(device: torch.device) -> None:
@@ -112,11 +101,11 @@ def time_alternating(
 
 
 def bench_luna16(device: torch.device, budget_s: float, max_runs: int) -> List[Dict]:
-    anchors, locations = luna16_anchors(device)
+    anchors, locations = luna16_anchors_from_monai(device)
     per_loc = len(LUNA16_SHAPES)
     levels = [n * per_loc for n in locations]
     B, G = 4, 8
-    gt = nodule_boxes(B, G, seed=0, device=device)
+    gt = random_nodules(B, G, seed=0, device=str(device))
     monai_matcher = MonaiATSSMatcher(NUM_CANDIDATES, box_iou, center_in_gt=False)
     topk = NUM_CANDIDATES * per_loc
 
