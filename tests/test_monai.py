@@ -438,3 +438,32 @@ def test_iou_is_monais_bits_when_the_union_is_at_least_4(dims):
     eps = torch.finfo(torch.float32).eps
     assert ((ours - theirs).abs() <= ours * (2 * eps / union + 2 * eps))[~large].all()
     assert (ours != theirs)[~large].any()  # the difference is real
+
+
+def test_identical_boxes_go_to_the_lower_index_as_in_monai():
+    """IoU ties between GTs: MONAI's ``max`` over GTs returns the first maximum (torch documents
+    it), the contract the lowest GT index: the same anchors, so no difference to explain."""
+    anchors, locations = monai_anchors((64, 64), [(16, 16), (8, 8), (4, 4)], SHAPES_2D)
+    gen = torch.Generator().manual_seed(11)
+    for center_in_gt in (False, True):
+        for _ in range(5):
+            boxes = random_boxes(gen, 3, (64, 64))
+            boxes = torch.cat([boxes, boxes[:2]])  # GTs 3 and 4 repeat GTs 0 and 1
+            theirs = MonaiATSSMatcher(4, box_iou, center_in_gt)(boxes, anchors, locations, 3)[1]
+            ours = ATSSMatcher(4, box_iou, center_in_gt)(boxes, anchors, locations, 3)[1]
+            assert torch.equal(ours, theirs)
+            assert not (ours >= 3).any()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    anchors, locations = monai_anchors((32, 32, 16), [(8, 8, 4), (4, 4, 2)], SHAPES_3D)
+    gen = torch.Generator().manual_seed(3)
+    boxes = [random_boxes(gen, n, (32, 32, 16)) for n in (4, 0, 7)]
+    gt_boxes, gt_counts = atss_ops.pad_gt_boxes(boxes)
+    matcher = ATSSMatcher(4, box_iou, center_in_gt=False)
+    want = matcher.assign(gt_boxes, anchors, locations, 3, gt_counts)
+    got = matcher.assign(gt_boxes.cuda(), anchors.cuda(), locations, 3, gt_counts.cuda())
+    assert torch.equal(got.gt_index.cpu(), want.gt_index)
+    assert torch.equal(got.iou.cpu(), want.iou)
