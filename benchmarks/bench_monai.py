@@ -15,7 +15,10 @@ Needs MONAI (``pip install atss-ops[monai]``).
   ``RetinaNetDetector`` does; ``atss_assign`` is one call for the batch with
   ``topk = 4 * 3 = 12`` and ``center_eps=None``, what
   ``atss_ops.integrations.monai`` runs. The matches are compared and the number
-  of anchors that differ is printed (see docs/monai.md for why some may).
+  of anchors that differ is printed (see docs/monai.md for why some may). On
+  the CPU, ``atss_assign (scan)`` is the same call with ``ATSS_CPU_SELECT=scan``:
+  every anchor scanned, without the spatial index that the kernel otherwise
+  builds once and reuses while the anchors stay the same.
 * ``coco-2d``: B = 2, G = 20, 800x1344, one anchor per location on strides
   8-128 (A = 22,400), ``atss_assign`` plain, with ``ensure_positive=True``, with
   an ``anchor_ignore`` mask (from ``ignore_mask`` with 3 ignore boxes per image)
@@ -115,9 +118,21 @@ def bench_luna16(device: torch.device, budget_s: float, max_runs: int) -> List[D
     def theirs():
         return [monai_matcher(gt[b], anchors, locations, per_loc)[1] for b in range(B)]
 
+    def ours_scan():
+        # The CPU kernel's scan of every anchor (O(B·G·A)) instead of its spatial index, which it
+        # builds once and reuses while the anchors stay the same (as they do in training).
+        os.environ["ATSS_CPU_SELECT"] = "scan"
+        try:
+            return ours()
+        finally:
+            os.environ.pop("ATSS_CPU_SELECT")
+
     print(f"timing luna16-3d on {device} (B={B}, G={G}, A={anchors.shape[0]}) ...", file=sys.stderr)
     differ = int((ours().gt_index != torch.stack(theirs())).sum())
-    t = time_alternating({"atss_assign": ours, "MONAI ATSSMatcher": theirs}, device, budget_s, max_runs)
+    fns = {"atss_assign": ours, "MONAI ATSSMatcher": theirs}
+    if device.type == "cpu" and "ATSS_CPU_SELECT" not in os.environ:
+        fns["atss_assign (scan)"] = ours_scan
+    t = time_alternating(fns, device, budget_s, max_runs)
     base = t["MONAI ATSSMatcher"]["median_ms"]
     common = {"case": "luna16-3d", "device": str(device), "B": B, "G": G, "A": anchors.shape[0], "topk": topk}
     return [
