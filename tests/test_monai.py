@@ -24,7 +24,7 @@ pytest.importorskip("monai")
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector  # noqa: E402
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape  # noqa: E402
 from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher as MonaiATSSMatcher  # noqa: E402
-from monai.data.box_utils import box_iou, boxes_center_distance  # noqa: E402
+from monai.data.box_utils import box_iou, boxes_center_distance, centers_in_boxes  # noqa: E402
 
 import atss_ops  # noqa: E402
 from atss_ops.integrations.monai import ATSSMatcher, use_atss_ops  # noqa: E402
@@ -98,15 +98,18 @@ def explain(ours, threshold, theirs, boxes, anchors, locations, per_loc, k, cent
     # What remains must be MONAI's float32 statistics: for one of the two GTs involved, the
     # anchor is a candidate whose IoU lies between MONAI's float32 threshold and ours (float64,
     # reported rounded to float32; see docs/monai.md for why the bounds are inclusive).
+    # With the centre test on, that candidate must also pass it (MONAI's centers_in_boxes).
     candidates, monai_thr = monai_threshold(boxes, anchors, locations, per_loc, k)
     iou = box_iou(boxes, anchors)
+    centres = boxes_center_distance(boxes, anchors)[2]
     unexplained = []
     for a in differs.nonzero().flatten().tolist():
         ok = False
         for g in {int(ours[a]), int(theirs[a])} - {-1}:
             assert 0 <= g < G
             lo, hi = sorted((float(monai_thr[g]), float(threshold[g])))
-            ok |= bool((candidates[g] == a).any()) and lo <= float(iou[g, a]) <= hi
+            inside = not center_in_gt or bool(centers_in_boxes(centres[a : a + 1], boxes[g : g + 1], eps=0.01)[0])
+            ok |= bool((candidates[g] == a).any()) and lo <= float(iou[g, a]) <= hi and inside
         if ok:
             reasons["float32 statistics"] += 1
         else:
