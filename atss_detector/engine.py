@@ -410,7 +410,7 @@ class Trainer:
 
     def _restore(self, path: str) -> None:
         checkpoint = load_checkpoint(path)
-        saved = Config.from_dict(checkpoint["config"]).model
+        saved = Config.from_dict(checkpoint["config"]).resolved().model  # as trained (older files: unresolved)
         if saved != self.cfg.model:
             raise ValueError(f"cannot resume from {path}: its model settings {saved} differ from {self.cfg.model}")
         self.model.load_state_dict(checkpoint["model"])

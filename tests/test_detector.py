@@ -351,6 +351,14 @@ def test_config_round_trip_and_errors():
         preset("huge")
     with pytest.raises(ValueError, match="min_level"):
         build_model(dataclasses.replace(cfg.model, min_level=1), 3)
+    # the FCOS ranges follow the image size unless set; a config saved before the field existed resolves alike
+    resolved = cfg.resolved()
+    assert resolved.model.fcos_range_scale == cfg.data.image_size / 800 and cfg.model.fcos_range_scale is None
+    older = cfg.to_dict()
+    del older["model"]["fcos_range_scale"], older["model"]["regression"]
+    assert Config.from_dict(older).resolved() == resolved
+    explicit = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fcos_range_scale=0.5))
+    assert explicit.resolved() == explicit
 
 
 def test_local_backbone_weights_are_loaded_and_frozen(tmp_path):
