@@ -83,6 +83,72 @@ def _table(results: Dict[str, Any], table: str, columns: List[str], first_cells)
     return lines
 
 
+def _mean_ap(results: Dict[str, Any], setting: Setting) -> Optional[float]:
+    ap = summary([r["AP"] for r in runs_of(results, setting)])
+    return None if ap is None else 100 * ap["mean"]
+
+
+def effects(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Each claim's effects in AP points (differences of means over seeds), beside the seed spread.
+
+    Returns ``[{"table", "effect", "ours", "paper"}]``; ``ours`` is None where a
+    configuration has not run yet. The last entries are the seed spread: the mean
+    and the largest half-range (max - min) / 2 over the configurations.
+    """
+
+    def diff(a: Setting, b: Setting) -> Optional[float]:
+        x, y = _mean_ap(results, a), _mean_ap(results, b)
+        return None if x is None or y is None else x - y
+
+    def paper(a: Setting, b: Setting) -> Optional[float]:
+        x, y = PAPER_AP.get(a.name), PAPER_AP.get(b.name)
+        return None if x is None or y is None else x - y
+
+    rows = []
+
+    def add(table: str, effect: str, a: Setting, b: Setting) -> None:
+        rows.append({"table": table, "effect": effect, "ours": diff(a, b), "paper": paper(a, b)})
+
+    for regression in ("box", "point"):
+        add("2", f"fcos - max_iou ({regression})", Setting("fcos", regression), Setting("max_iou", regression))
+        add("2", f"atss - max_iou ({regression})", Setting("atss", regression), Setting("max_iou", regression))
+    for assigner in ("max_iou", "fcos", "atss"):
+        add("2", f"point - box ({assigner})", Setting(assigner, "point"), Setting(assigner, "box"))
+    k_means = [(s.topk, _mean_ap(results, s)) for s in TABLES["table4"]]
+    k_means = [(k, m) for k, m in k_means if m is not None]
+    k_paper = [PAPER_AP[s.name] for s in TABLES["table4"] if s.name in PAPER_AP]
+    if k_means:
+        best, worst = max(k_means, key=lambda x: x[1]), min(k_means, key=lambda x: x[1])
+        rows.append(
+            {
+                "table": "4",
+                "effect": f"best k - worst k (k={best[0]} vs k={worst[0]})",
+                "ours": best[1] - worst[1],
+                "paper": max(k_paper) - min(k_paper) if k_paper else None,
+            }
+        )
+    for assigner in ("max_iou", "atss"):
+        add("7", f"#A=9 - #A=1 ({assigner})", Setting(assigner, "box", 9, 9), Setting(assigner, "box", 9, 1))
+    settings = {x for t in TABLES.values() for x in t}
+    seeded = [[100 * r["AP"] for r in runs_of(results, s)] for s in settings]
+    spreads = [summary(aps)["half_range"] for aps in seeded if len(aps) >= 2]  # one seed: no spread yet
+    if spreads:
+        rows.append({"table": "all", "effect": "seed spread: mean half-range", "ours": sum(spreads) / len(spreads)})
+        rows.append({"table": "all", "effect": "seed spread: largest half-range", "ours": max(spreads)})
+    return rows
+
+
+def _effects_table(results: Dict[str, Any]) -> List[str]:
+    lines = ["| table | effect (AP points) | ours | paper |", "| --- | --- | --- | --- |"]
+    for row in effects(results):
+        ours = "not run" if row["ours"] is None else f"{row['ours']:+.1f}"
+        if row["table"] == "all":
+            ours = ours.lstrip("+")
+        theirs = "–" if row.get("paper") is None else f"{row['paper']:+.1f}"
+        lines.append(f"| {row['table']} | {row['effect']} | {ours} | {theirs} |")
+    return lines
+
+
 def markdown(results: Dict[str, Any]) -> str:
     """``results.md``: the three tables, the plots, what was run."""
     runs = results["runs"]
@@ -116,6 +182,13 @@ def markdown(results: Dict[str, Any]) -> str:
         *_table(results, "table7", ["assigner", "#A"], lambda s: [f"`{s.assigner}`", str(s.anchors_per_location)]),
         "",
         f"![Table 7]({PLOTS['table7']})",
+        "",
+        "## The effects beside the seed spread",
+        "",
+        "Differences of the means over seeds, in AP points; the seed spread is the half-range "
+        "(max - min) / 2 of each configuration's seeds.",
+        "",
+        *_effects_table(results),
         "",
     ]
     return "\n".join(lines)
