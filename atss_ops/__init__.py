@@ -21,6 +21,7 @@ if extension_available():
     from . import _fake  # noqa: F401  (registers the fake kernels of the ops)
 
 from .anchors import grid_anchors
+from .masks import ignore_mask
 from .ops import (
     atss_assign,
     center_distance,
@@ -43,6 +44,7 @@ __all__ = [
     "extension_available",
     "grid_anchors",
     "has_kernel",
+    "ignore_mask",
     "iou_statistics",
     "num_candidates",
     "pad_gt_boxes",

@@ -1,0 +1,7 @@
+"""Drop-ins that put :func:`atss_ops.atss_assign` inside other libraries' detectors.
+
+Each submodule imports its library only when it is itself imported, so
+``atss_ops`` keeps needing torch alone:
+
+- :mod:`atss_ops.integrations.monai`: MONAI's ``ATSSMatcher`` and ``RetinaNetDetector``.
+"""
