@@ -1,9 +1,15 @@
-"""Anchors on the feature pyramid, their validity in padded batches, and box coding."""
+"""Anchors on the feature pyramid, their validity in padded batches, and the two box codings.
+
+The head regresses either from the anchor box (:class:`BoxCoder`, RetinaNet's
+deltas) or from the anchor's centre point (:class:`PointCoder`, FCOS's distances
+to the four sides): the paper's "regression starting status", box or point.
+Both decode to boxes, for the GIoU loss and at inference.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -68,6 +74,14 @@ def anchor_validity(anchors: Tensor, image_sizes: Tensor) -> Tensor:
     return (cx[None] < sizes[:, 1:2]) & (cy[None] < sizes[:, 0:1])
 
 
+def anchor_strides(num_anchors_per_level: Sequence[int], strides: Sequence[int], device: torch.device) -> Tensor:
+    """``Tensor[A]`` float32: the stride of each anchor's level, in anchor order."""
+    if len(num_anchors_per_level) != len(strides):
+        raise ValueError(f"expected one anchor count per stride, got {list(num_anchors_per_level)} for {list(strides)}")
+    counts = torch.tensor([int(n) for n in num_anchors_per_level], device=device)
+    return torch.tensor([float(s) for s in strides], device=device).repeat_interleave(counts)
+
+
 class BoxCoder:
     """The R-CNN box parametrisation ``(dx, dy, dw, dh)`` relative to an anchor.
 
@@ -95,8 +109,12 @@ class BoxCoder:
             [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
         )
 
-    def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
-        """Boxes ``[..., 4]`` (x1y1x2y2) from ``deltas`` and ``anchors`` (broadcast together)."""
+    def decode(self, deltas: Tensor, anchors: Tensor, strides: Optional[Tensor] = None) -> Tensor:
+        """Boxes ``[..., 4]`` (x1y1x2y2) from ``deltas`` and ``anchors`` (broadcast together).
+
+        ``strides`` is not used (the anchor box sets the scale); it is taken so that
+        both codings are called alike.
+        """
         wx, wy, ww, wh = self.weights
         aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
         ax, ay = anchors[..., 0] + aw / 2, anchors[..., 1] + ah / 2
@@ -105,3 +123,48 @@ class BoxCoder:
         w = torch.exp((deltas[..., 2] / ww).clamp(max=self.max_log_scale)) * aw
         h = torch.exp((deltas[..., 3] / wh).clamp(max=self.max_log_scale)) * ah
         return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+class PointCoder:
+    """FCOS's parametrisation: the distances from the anchor's centre to the four
+    sides of the box, ``(l, t, r, b)``, in units of the level's stride, regressed
+    in log space (FCOS's ``exp(s * x)``): ``delta = log(distance / stride)``.
+
+    The anchor's size and shape play no part, only its centre and level. Decoding
+    clamps the log-distances like :class:`BoxCoder` does.
+    """
+
+    def __init__(self, max_log_distance: float = math.log(1000.0 / 16)):
+        self.max_log_distance = max_log_distance
+
+    @staticmethod
+    def _centres(anchors: Tensor) -> Tuple[Tensor, Tensor]:
+        return (anchors[..., 0] + anchors[..., 2]) / 2, (anchors[..., 1] + anchors[..., 3]) / 2
+
+    def encode(self, boxes: Tensor, anchors: Tensor, strides: Tensor) -> Tensor:
+        """``log(distance / stride)`` ``[..., 4]`` of each anchor centre to the sides of ``boxes``
+        (``-inf`` or NaN where the centre is not strictly inside the box)."""
+        cx, cy = self._centres(anchors)
+        distances = torch.stack([cx - boxes[..., 0], cy - boxes[..., 1], boxes[..., 2] - cx, boxes[..., 3] - cy], -1)
+        return torch.log(distances / strides[..., None])
+
+    def decode(self, deltas: Tensor, anchors: Tensor, strides: Optional[Tensor] = None) -> Tensor:
+        """Boxes ``[..., 4]`` (x1y1x2y2) from ``deltas``, the anchors' centres and
+        ``strides`` (``Tensor[...]``, each anchor's level stride; required)."""
+        if strides is None:
+            raise ValueError("PointCoder.decode needs the strides of the anchors (see anchor_strides)")
+        cx, cy = self._centres(anchors)
+        distances = torch.exp(deltas.clamp(max=self.max_log_distance)) * strides[..., None]
+        return torch.stack(
+            [cx - distances[..., 0], cy - distances[..., 1], cx + distances[..., 2], cy + distances[..., 3]], dim=-1
+        )
+
+
+REGRESSIONS = {"box": BoxCoder, "point": PointCoder}
+
+
+def build_coder(regression: str):
+    """The coder of ``regression``: ``"box"`` (:class:`BoxCoder`) or ``"point"`` (:class:`PointCoder`)."""
+    if regression not in REGRESSIONS:
+        raise ValueError(f"regression must be one of {sorted(REGRESSIONS)}, got {regression!r}")
+    return REGRESSIONS[regression]()

@@ -10,11 +10,13 @@ Examples::
     atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
     atss-detector eval --checkpoint runs/x/checkpoint.pt
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
+    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (CPU, about 80 min)
+    atss-detector ablate --data /data/mycoco --image-size 512 --output-dir runs/ablate-mycoco
 
 Every ``train`` flag left out keeps the value of ``--preset`` (or, with
 ``--resume``, of the checkpoint being resumed). On a CPU shared with other jobs,
 set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads otherwise slow training
-down many times over (``python -m atss_detector.demo`` sets it itself).
+down many times over (``python -m atss_detector.demo`` and ``ablate`` set it themselves).
 """
 
 from __future__ import annotations
@@ -109,7 +111,22 @@ TRAIN_FLAGS = (
     ("--anchor-scales", "model", "anchor_scales", _positive_floats, None, "comma-separated anchor sizes in strides"),
     ("--anchor-ratios", "model", "anchor_ratios", _positive_floats, None, "comma-separated anchor ratios h/w"),
     ("--topk", "model", "topk", _positive, None, "ATSS k (times the anchors per location)"),
-    ("--assigner", "model", "assigner", str, ("atss", "max_iou"), "max_iou: RetinaNet's IoU rule, for comparison"),
+    (
+        "--assigner",
+        "model",
+        "assigner",
+        str,
+        ("atss", "max_iou", "fcos"),
+        "max_iou: RetinaNet's IoU rule; fcos: FCOS's spatial and scale constraint (for comparison)",
+    ),
+    (
+        "--regression",
+        "model",
+        "regression",
+        str,
+        ("box", "point"),
+        "box: deltas from the anchor box; point: FCOS's distances from its centre",
+    ),
     ("--batch-size", "train", "batch_size", _positive, None, "images per process and step"),
     ("--epochs", "train", "epochs", _positive, None, "training epochs"),
     ("--iterations", "train", "iterations", _positive, None, "training steps (overrides --epochs)"),
@@ -187,7 +204,55 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive, default=8)
     predict.add_argument("--device", choices=DEVICES, default="auto")
     predict.add_argument("--threads", type=_positive, default=None)
+
+    ablate = commands.add_parser(
+        "ablate",
+        help="the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs",
+        description="Trains the grid of the paper's Tables 2, 4 and 7 (see atss_detector.ablate) with "
+        "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
+        "results.md and the plots there.",
+    )
+    ablate.add_argument(
+        "--output-dir", default="docs/experiments", help="results.json, results.md, PNGs (default docs/experiments)"
+    )
+    ablate.add_argument("--runs-dir", default=None, help="the runs' checkpoints and logs (default runs/ablate[-smoke])")
+    ablate.add_argument("--seeds", type=_seeds, default=(0, 1), help="comma-separated training seeds (default 0,1)")
+    ablate.add_argument(
+        "--tables",
+        type=_tables,
+        default=("table2", "table4", "table7"),
+        help="comma-separated subset of 2,4,7 (default all)",
+    )
+    ablate.add_argument("--smoke", action="store_true", help="two configurations, a few steps (for CI)")
+    ablate.add_argument("--data", default=None, help="'synthetic' (default) or a COCO-format directory")
+    ablate.add_argument("--train-split", default=None, help="training split name")
+    ablate.add_argument("--val-split", default=None, help="validation split name")
+    ablate.add_argument("--image-size", type=_positive, default=None, help="as for train")
+    ablate.add_argument("--iterations", type=_positive, default=None, help="training steps of each run")
+    ablate.add_argument("--threads", type=_positive, default=None, help="CPU threads (default 1)")
+    ablate.add_argument("--device", choices=DEVICES, default=None, help="default auto")
+    ablate.add_argument("--verbose", action="store_true", help="show each run's own output and progress bars")
+    ablate.add_argument(
+        "--report-only", action="store_true", help="redraw results.md and the plots from results.json, train nothing"
+    )
     return parser
+
+
+def _seeds(text: str):
+    try:
+        seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def _tables(text: str):
+    names = tuple(f"table{v.strip()}" for v in text.split(","))
+    if not names or any(n not in ("table2", "table4", "table7") for n in names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of 2,4,7, got {text!r}")
+    return names
 
 
 def train_config(args: argparse.Namespace) -> Config:
@@ -353,6 +418,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "train":
         run_train(args, parser)
+    elif args.command == "ablate":
+        from .ablate import run_ablate
+        from .engine import restart_with_passive_openmp
+
+        restart_with_passive_openmp("atss_detector.cli")
+        run_ablate(args, parser)
     else:
         {"eval": run_eval, "predict": run_predict}[args.command](args)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Optional, Sequence
 
@@ -43,21 +42,6 @@ def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOW
             draw_detections(image, det, ckpt["classes"], score_threshold=SHOWN_SCORE, ground_truth=boxes, min_side=256)
         )
     save_grid(tiles, path)
-
-
-def _restart_with_passive_openmp() -> None:
-    """Re-executes the demo with ``OMP_WAIT_POLICY=PASSIVE`` unless it is set.
-
-    With the default policy, OpenMP threads spin while they wait; when other jobs
-    share the cores (CI, builds), the spinning threads starve the working ones and
-    a training step gets 10-50x slower. The policy is read once, when torch loads
-    OpenMP, which ``import atss_ops`` has already done: hence a fresh process.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", ATSS_DEMO_STARTED=repr(time.time()))
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "atss_detector.demo", *sys.argv[1:]], env)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -102,5 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    _restart_with_passive_openmp()
+    from .engine import restart_with_passive_openmp
+
+    restart_with_passive_openmp("atss_detector.demo", {"ATSS_DEMO_STARTED": repr(time.time())})
     main()

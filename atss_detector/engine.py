@@ -89,6 +89,22 @@ def configure_threads(threads: Optional[int], device: torch.device) -> int:
     return threads
 
 
+def restart_with_passive_openmp(module: str, extra_env: Optional[Dict[str, str]] = None) -> None:
+    """Re-executes ``python -m module <this process's arguments>`` with ``OMP_WAIT_POLICY=PASSIVE``
+    unless it is set (and then returns at once).
+
+    With the default policy, OpenMP threads spin while they wait; when other jobs
+    share the cores (CI, builds), the spinning threads starve the working ones and
+    a training step gets 10-50x slower. The policy is read once, when torch loads
+    OpenMP, which importing torch has already done: hence a fresh process.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **(extra_env or {}))
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
 def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype: ``auto`` is bf16 on CUDA and off on CPU (where bf16 is
     usually slower); ``bf16`` forces it; ``off`` disables it."""
@@ -333,6 +349,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: Optional[str] = None):
+        cfg = cfg.resolved()  # written to config.json and the checkpoints as trained
         tc = self.tc = cfg.train
         self.cfg = cfg
         self.device = select_device(tc.device)
@@ -393,7 +410,7 @@ class Trainer:
 
     def _restore(self, path: str) -> None:
         checkpoint = load_checkpoint(path)
-        saved = Config.from_dict(checkpoint["config"]).model
+        saved = Config.from_dict(checkpoint["config"]).resolved().model  # as trained (older files: unresolved)
         if saved != self.cfg.model:
             raise ValueError(f"cannot resume from {path}: its model settings {saved} differ from {self.cfg.model}")
         self.model.load_state_dict(checkpoint["model"])

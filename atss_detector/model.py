@@ -22,9 +22,9 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, batched_nms
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from .anchors import AnchorGenerator, BoxCoder, anchor_validity
+from .anchors import AnchorGenerator, anchor_strides, anchor_validity, build_coder
 from .config import ModelConfig
-from .loss import ATSSLoss
+from .loss import ATSSLoss, fcos_size_ranges
 
 # Output channels of layer1..layer4 (C2..C5) of each torchvision ResNet.
 RESNET_CHANNELS = {
@@ -200,7 +200,12 @@ class ATSSDetector(nn.Module):
         self.anchor_generator = AnchorGenerator(self.backbone.strides, cfg.anchor_scales, cfg.anchor_ratios)
         num_anchors = self.anchor_generator.num_anchors_per_location
         self.head = ATSSHead(cfg.fpn_channels, num_classes, num_anchors, len(self.backbone.strides), cfg.head_convs)
-        self.box_coder = BoxCoder()
+        self.box_coder = build_coder(cfg.regression)
+        fcos_ranges = None
+        if cfg.assigner == "fcos":
+            # Unresolved (a model built outside training): FCOS's own ranges, for 800-px images.
+            scale = cfg.fcos_range_scale if cfg.fcos_range_scale is not None else 1.0
+            fcos_ranges = fcos_size_ranges(self.backbone.strides, scale)
         self.criterion = ATSSLoss(
             num_classes,
             self.box_coder,
@@ -210,6 +215,7 @@ class ATSSDetector(nn.Module):
             focal_gamma=cfg.focal_gamma,
             box_loss_weight=cfg.box_loss_weight,
             assigner=cfg.assigner,
+            fcos_ranges=fcos_ranges,
         )
 
     def forward(
@@ -232,14 +238,15 @@ class ATSSDetector(nn.Module):
         cls_logits, box_deltas, centerness_logits = self.head(features)
         anchors, num_anchors_per_level = self.anchor_generator([f.shape[-2:] for f in features], images.device)
         valid = anchor_validity(anchors, image_sizes)
+        strides = anchor_strides(num_anchors_per_level, self.backbone.strides, images.device)
         with torch.autocast(images.device.type, enabled=False):
             if gt_boxes is not None:
                 if gt_labels is None or len(gt_boxes) != len(gt_labels) or len(gt_boxes) != images.shape[0]:
                     raise ValueError("gt_boxes and gt_labels must both be lists with one tensor per image")
                 targets = self.criterion.targets(anchors, num_anchors_per_level, valid, gt_boxes, gt_labels)
-                return self.criterion(cls_logits, box_deltas, centerness_logits, anchors, targets)
+                return self.criterion(cls_logits, box_deltas, centerness_logits, anchors, targets, strides)
             return self.postprocess(
-                cls_logits, box_deltas, centerness_logits, anchors, num_anchors_per_level, valid, image_sizes
+                cls_logits, box_deltas, centerness_logits, anchors, num_anchors_per_level, valid, image_sizes, strides
             )
 
     @torch.no_grad()
@@ -252,11 +259,13 @@ class ATSSDetector(nn.Module):
         num_anchors_per_level: Sequence[int],
         valid: Tensor,
         image_sizes: Tensor,
+        strides: Optional[Tensor] = None,
     ) -> List[Detections]:
         """Detections per image: per-level top-k of the classification scores above
         ``score_threshold``, decoded and clipped, then class-wise NMS and ``max_detections``.
 
-        The score of a detection is ``sqrt(p_cls * p_centerness)``.
+        The score of a detection is ``sqrt(p_cls * p_centerness)``. ``strides``
+        (``Tensor[A]``, each anchor's level stride) is needed by the point coding.
         """
         cfg, K = self.cfg, self.num_classes
         probs = cls_logits.float().sigmoid() * valid[..., None]
@@ -273,7 +282,10 @@ class ATSSDetector(nn.Module):
                     level_scores, top = level_scores.topk(cfg.pre_nms_topk)
                     candidates = candidates[top]
                 anchor_index = candidates // K + start
-                boxes.append(self.box_coder.decode(box_deltas[b, anchor_index].float(), anchors[anchor_index]))
+                level_strides = strides[anchor_index] if strides is not None else None
+                boxes.append(
+                    self.box_coder.decode(box_deltas[b, anchor_index].float(), anchors[anchor_index], level_strides)
+                )
                 scores.append(torch.sqrt(level_scores * centerness[b, anchor_index]))
                 labels.append(candidates % K)
                 start += count

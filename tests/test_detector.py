@@ -20,13 +20,13 @@ import numpy as np
 from PIL import Image
 
 import atss_ops
-from atss_detector.anchors import AnchorGenerator, BoxCoder, anchor_validity
+from atss_detector.anchors import AnchorGenerator, BoxCoder, PointCoder, anchor_strides, anchor_validity
 from atss_detector.coco import CocoDetection, find_split
 from atss_detector.config import Config, preset
 from atss_detector.data import DetectionTransform, TransformedDataset, build_dataset, collate
 from atss_detector.engine import lr_factor
 from atss_detector.evaluation import coco_evaluate, to_coco_results
-from atss_detector.loss import max_iou_assign
+from atss_detector.loss import fcos_assign, fcos_size_ranges, max_iou_assign
 from atss_detector.model import build_model, rescale_detections
 from atss_detector.synthetic import CLASSES, SyntheticShapes, SyntheticSpec, render
 
@@ -237,6 +237,99 @@ def test_box_coder_round_trip():
     assert torch.allclose(coder.decode(coder.encode(boxes, anchors), anchors), boxes, atol=1e-4)
 
 
+def test_point_coder_round_trip():
+    coder = PointCoder()
+    torch.manual_seed(0)
+    anchors = torch.tensor([[0.0, 0, 64, 64], [10, 20, 42, 52], [-4, -4, 12, 12]])  # centres (32, 32), (26, 36), (4, 4)
+    strides = torch.tensor([8.0, 16.0, 8.0])
+    # boxes around each centre: distances l, t, r, b of 1-80 px
+    cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    ltrb = torch.rand(3, 4) * 79 + 1
+    boxes = torch.stack([cx - ltrb[:, 0], cy - ltrb[:, 1], cx + ltrb[:, 2], cy + ltrb[:, 3]], dim=1)
+    deltas = coder.encode(boxes, anchors, strides)
+    assert torch.allclose(deltas, torch.log(ltrb / strides[:, None]), atol=1e-5)  # distances in strides, log space
+    assert torch.allclose(coder.decode(deltas, anchors, strides), boxes, atol=1e-4)
+    # zero deltas: one stride from the centre to every side, whatever the anchor's size
+    assert coder.decode(torch.zeros(3, 4), anchors, strides)[1].tolist() == [10.0, 20.0, 42.0, 52.0]
+    assert coder.decode(torch.zeros(3, 4), anchors, strides)[0].tolist() == [24.0, 24.0, 40.0, 40.0]
+    with pytest.raises(ValueError, match="needs the strides"):
+        coder.decode(deltas, anchors)
+    assert anchor_strides([2, 1], [8, 16], torch.device("cpu")).tolist() == [8.0, 8.0, 16.0]
+
+
+def test_fcos_size_ranges_are_fcos_scaled():
+    inf = float("inf")
+    assert fcos_size_ranges([8, 16, 32, 64, 128]) == [
+        (0.0, 64.0),
+        (64.0, 128.0),
+        (128.0, 256.0),
+        (256.0, 512.0),
+        (512.0, inf),
+    ]
+    assert fcos_size_ranges([8, 16], scale=0.5) == [(0.0, 32.0), (32.0, inf)]
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        fcos_size_ranges([8], scale=0)
+
+
+def test_fcos_assigner_by_hand():
+    # Level 0 (ranges: largest distance in [0, 10]): 8 px anchors centred at (5, 5), (15, 5), (50, 50);
+    # level 1 ([10, inf)): 16 px anchors centred at (20, 20), (100, 100).
+    centres = torch.tensor([[5.0, 5], [15, 5], [50, 50], [20, 20], [100, 100]])
+    half = torch.tensor([4.0, 4, 4, 8, 8])[:, None]
+    anchors = torch.cat([centres - half, centres + half], dim=1)
+    gt = torch.tensor(
+        [
+            [
+                [0.0, 0, 12, 10],  # 0: (5, 5) inside, largest distance 7: qualifies at level 0 ...
+                [0, 0, 40, 40],  # 1: (5, 5), (15, 5) inside but distances up to 35 (not level 0); (20, 20): 20, level 1
+                [2, 2, 14, 9],  # 2: (5, 5) inside, largest 9: qualifies too, and is smaller than 0: wins (5, 5)
+                [45, 45, 55, 55],  # 3: (50, 50) fits, but that anchor is invalid in image 0
+                [100, 90, 130, 130],  # 4: (100, 100) on its left side, not strictly inside
+                [5, 0, 25, 10],  # 5: (15, 5): largest distance exactly 10, the end of level 0's range (included)
+            ],
+            [[0.0, 0, 12, 10]] + [[float("nan")] * 4] * 5,
+        ]
+    )
+    valid = torch.tensor([[True, True, False, True, True], [True] * 5])
+    result = fcos_assign(anchors, [3, 2], valid, gt, torch.tensor([6, 1]), [(0.0, 10.0), (10.0, float("inf"))])
+    assert result.gt_index.tolist() == [[2, 5, -1, 1, -1], [0, -1, -1, -1, -1]]
+    assert result.num_positive.tolist() == [[0, 1, 1, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
+    # the anchor [1, 1, 9, 9] and GT 2 overlap in [2, 2, 9, 9]: 49 / (64 + 84 - 49)
+    assert result.iou[0, 0].item() == pytest.approx(49 / 99)
+    assert result.iou[0, 2] == 0 and result.iou[1, 1:].eq(0).all()
+    assert result.threshold.isnan().all()
+    # anchors of one location (same centre, other shapes) get the same GT
+    wide = torch.cat([centres[:3] - torch.tensor([6.0, 2]), centres[:3] + torch.tensor([6.0, 2])], dim=1)
+    doubled = fcos_assign(
+        torch.cat([anchors[:3], wide, anchors[3:]]),
+        [6, 2],
+        torch.ones(2, 8, dtype=torch.bool),
+        gt,
+        torch.tensor([6, 1]),
+        [(0.0, 10.0), (10.0, float("inf"))],
+    )
+    assert doubled.gt_index[0].tolist() == [2, 5, 3, 2, 5, 3, 1, -1]
+    with pytest.raises(ValueError, match="one \\(low, high\\) per level"):
+        fcos_assign(anchors, [3, 2], valid, gt, torch.tensor([6, 1]), [(0.0, 10.0)])
+
+
+@pytest.mark.parametrize("assigner, regression", [("fcos", "box"), ("fcos", "point"), ("atss", "point")])
+def test_every_assigner_and_regression_trains(assigner, regression):
+    torch.manual_seed(0)
+    cfg = tiny_config(assigner=assigner, regression=regression, fcos_range_scale=64 / 800)
+    model = build_model(cfg.model, len(CLASSES))
+    batch = padded_batch(cfg)
+    losses = model(batch.images, batch.image_sizes, batch.boxes, batch.labels)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        detections = model(batch.images, batch.image_sizes)
+    assert len(detections) == len(batch) and all(torch.isfinite(d["boxes"]).all() for d in detections)
+    with pytest.raises(ValueError, match="regression must be one of"):
+        build_model(dataclasses.replace(cfg.model, regression="corner"), 3)
+
+
 def test_lr_schedules():
     cfg = preset("tiny").train
     cfg = dataclasses.replace(cfg, warmup_iters=10, warmup_factor=0.1, schedule="step", steps=(0.5, 0.75))
@@ -258,6 +351,14 @@ def test_config_round_trip_and_errors():
         preset("huge")
     with pytest.raises(ValueError, match="min_level"):
         build_model(dataclasses.replace(cfg.model, min_level=1), 3)
+    # the FCOS ranges follow the image size unless set; a config saved before the field existed resolves alike
+    resolved = cfg.resolved()
+    assert resolved.model.fcos_range_scale == cfg.data.image_size / 800 and cfg.model.fcos_range_scale is None
+    older = cfg.to_dict()
+    del older["model"]["fcos_range_scale"], older["model"]["regression"]
+    assert Config.from_dict(older).resolved() == resolved
+    explicit = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fcos_range_scale=0.5))
+    assert explicit.resolved() == explicit
 
 
 def test_local_backbone_weights_are_loaded_and_frozen(tmp_path):

@@ -1,0 +1,88 @@
+"""``atss-detector ablate``: the grid, and the smoke sweep end to end (records, report, resuming)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# The detector's dependencies (its `detector` extra): skipped cleanly without them.
+pytest.importorskip("numpy", reason="needs the detector extra")
+pytest.importorskip("PIL", reason="needs the detector extra")
+pytest.importorskip("torchvision", reason="needs the detector extra")
+pytest.importorskip("tqdm", reason="needs the detector extra")
+pytest.importorskip("matplotlib", reason="needs the detector extra")
+pytest.importorskip("pycocotools", reason="needs the detector extra")
+
+from atss_detector.ablate import SMOKE, TABLES, Setting, configure, fingerprint, grid
+from atss_detector.config import preset
+from atss_detector.evaluation import METRICS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ablate(*args: str) -> str:
+    """Runs ``python -m atss_detector.cli ablate args...``; returns stdout, fails with the output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run(
+        [sys.executable, "-m", "atss_detector.cli", "ablate", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def test_the_grid_is_the_papers():
+    assert len(TABLES["table2"]) == 6 and len(TABLES["table4"]) == 5 and len(TABLES["table7"]) == 4
+    settings = grid()
+    # shared rows run once: atss-box-k9-A1 is in all three tables, max_iou-box-k9-A1 in 2 and 7
+    assert len(settings) == 12 and len(set(settings)) == 12
+    assert sum(s.anchors_per_location == 9 for s in settings) == 2
+    cfg = configure(preset("ablate"), Setting("atss", "box", 9, 9), seed=1, run_dir="runs/x")
+    assert len(cfg.model.anchor_scales) * len(cfg.model.anchor_ratios) == 9
+    assert cfg.model.topk == 9 and cfg.train.seed == 1 and cfg.train.threads == 1
+    assert cfg.model.fcos_range_scale == cfg.data.image_size / 800
+    # the fingerprint ignores where a run is written, not what it is
+    other_dir = configure(preset("ablate"), Setting("atss", "box", 9, 9), seed=1, run_dir="elsewhere")
+    other_seed = configure(preset("ablate"), Setting("atss", "box", 9, 9), seed=2, run_dir="runs/x")
+    assert fingerprint(cfg) == fingerprint(other_dir) != fingerprint(other_seed)
+
+
+def test_smoke_sweep_writes_records_and_resumes(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    printed = ablate("--smoke", "--output-dir", str(out), "--runs-dir", str(runs))
+    assert "4 runs (2 configurations x 2 seeds), 0 already done, 4 to run" in printed
+    assert "[4/4]" in printed and "ETA" in printed
+    results = json.loads((out / "results.json").read_text())
+    records = results["runs"]
+    assert len(records) == 4
+    assert {(r["config"]["name"], r["config"]["seed"]) for r in records} == {
+        (s.name, seed) for s in SMOKE for seed in (0, 1)
+    }
+    for record in records:
+        assert set(record["config"]) >= {"assigner", "regression", "topk", "anchors_per_location", "seed"}
+        assert all(0 <= record[m] <= 1 or record[m] == -1 for m in METRICS)
+        assert record["train_seconds"] > 0 and record["iterations"] == 2
+    for name in ("results.md", "table2_assignment_vs_regression.png", "table4_ap_vs_k.png", "table7_anchors.png"):
+        assert (out / name).is_file(), name
+    assert "fcos" in (out / "results.md").read_text()
+
+    # a second invocation skips the finished runs and runs only what is missing (one record
+    # dropped, as if the sweep had been interrupted in that run)
+    dropped = records.pop()
+    (out / "results.json").write_text(json.dumps(results))
+    printed = ablate("--smoke", "--output-dir", str(out), "--runs-dir", str(runs))
+    assert "3 already done, 1 to run" in printed
+    again = json.loads((out / "results.json").read_text())["runs"]
+    assert again[:3] == records  # the finished runs were kept as they were
+    assert again[3]["config"] == dropped["config"]
