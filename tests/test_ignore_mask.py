@@ -181,7 +181,6 @@ def test_padding_is_not_validated():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_equals_cpu():
     gen = torch.Generator().manual_seed(5)
     anchors = _random_boxes(gen, (500,), 3)

@@ -465,7 +465,6 @@ def test_identical_boxes_go_to_the_lower_index_as_in_monai():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
     anchors, locations = monai_anchors((32, 32, 16), [(8, 8, 4), (4, 4, 2)], SHAPES_3D)
     gen = torch.Generator().manual_seed(3)
