@@ -25,7 +25,10 @@
 // one by one (warp_extract). A warp-wide bound (the smallest, over lanes, of
 // each lane's want-th key) filters keys early: at least `want` keys at or
 // below the bound are held, so a key above it is never among the `want`
-// smallest. When a level's k exceeds K, the chunk (and the merge) run in
+// smallest. The scan tests each anchor on its 32-bit distance bits against
+// the high halves of its limits first and builds the 64-bit key only for the
+// few that can pass; the warp takes the bound again only when a list changed.
+// When a level's k exceeds K, the chunk (and the merge) run in
 // passes of K keys, each pass taking only keys above the last one taken.
 // Which block merges, and in which order lanes and blocks run, never changes
 // a result: the selected set is defined by the keys alone.
@@ -247,7 +250,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
       const int want = kc - pass * K < K ? kc - pass * K : K;
       TopList<K> list;
       list.clear();
-      u64 bound = kEmptyKey;
+      // A key enters the list only when lower < key < limit, where limit =
+      // min(bound, list.worst()) and bound is the warp-wide bound. Both ends
+      // are tested on 32 bits first: a key's high half is its distance bits,
+      // so only bits in [lower_bits, limit's bits] can pass, and the 64-bit
+      // key is built and compared only for those (few, once the list is
+      // full). limit > lower always (every key the lists hold is), so the
+      // unsigned range test `bits - lower_bits <= span` does not wrap.
+      u64 limit = kEmptyKey;
+      const uint32_t lower_bits = key_bits(lower);
+      uint32_t span = key_bits(limit) - lower_bits;
+      bool inserted = false;  // this lane's list changed since the bound was taken
       for (int t0 = 0; t0 < clen; t0 += kTile) {  // block-uniform
         const int tlen = clen - t0 < kTile ? clen - t0 : kTile;
         if constexpr (MODE == Mode::kFused) {
@@ -256,6 +269,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
           __syncthreads();
         }
         if (!exhausted) {  // warp-uniform
+          // The tile's first anchor index, on 32 bits (< A < 2^31).
+          const uint32_t first = static_cast<uint32_t>(chunk_start + t0);
           for (int base = 0; base < tlen; base += kWarp * kUnroll) {
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
@@ -270,13 +285,29 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
                   } else {
                     d = drow[a];
                   }
-                  const u64 key = distance_key(d, a);
-                  const u64 limit = bound < list.worst() ? bound : list.worst();
-                  if (key > lower && key < limit) list.insert(key);
+                  const uint32_t bits = distance_bits(d);
+                  if (bits - lower_bits <= span) {
+                    const u64 key = key_of(bits, first + static_cast<uint32_t>(i));
+                    if (key > lower && key < limit) {
+                      list.insert(key);
+                      // bound is unchanged until the next update and worst()
+                      // only falls: min(bound, worst()) is min(limit, worst()).
+                      limit = list.worst() < limit ? list.worst() : limit;
+                      span = key_bits(limit) - lower_bits;
+                      inserted = true;
+                    }
+                  }
                 }
               }
             }
-            bound = warp_min(list.nth(want));
+            // The bound is a function of the lists: taken again only when
+            // one of them changed.
+            if (__any_sync(kFullMask, inserted)) {  // warp-uniform
+              const u64 bound = warp_min(list.nth(want));
+              limit = bound < list.worst() ? bound : list.worst();
+              span = key_bits(limit) - lower_bits;
+              inserted = false;
+            }
           }
         }
       }

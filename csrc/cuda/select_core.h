@@ -26,8 +26,17 @@ constexpr u64 kEmptyKey = ~u64{0};
 // the index in the low half, so that u64 order is the contract's order. Every
 // real key is > 0: distance_bits is never 0 (that would be the bits of a NaN,
 // which maps to 0xffffffff), so 0 can serve as "no lower bound".
+ATSS_HD u64 key_of(uint32_t bits, uint32_t anchor) {
+  return (static_cast<u64>(bits) << 32) | anchor;
+}
+
 ATSS_HD u64 distance_key(float d, int64_t anchor) {
-  return (static_cast<u64>(distance_bits(d)) << 32) | static_cast<uint32_t>(anchor);
+  return key_of(distance_bits(d), static_cast<uint32_t>(anchor));
+}
+
+// The high half of a key: its distance bits (0xffffffff for kEmptyKey).
+ATSS_HD uint32_t key_bits(u64 key) {
+  return static_cast<uint32_t>(key >> 32);
 }
 
 ATSS_HD int64_t key_anchor(u64 key) {
@@ -40,7 +49,8 @@ constexpr int kRowsPerBlock = 8;
 constexpr int kMaxLevels = 128;
 // Anchor centres per shared-memory tile in the fused kernel (16 KB).
 constexpr int kTile = 2048;
-// Keys per lane between two updates of the warp-wide bound.
+// Keys per lane between two looks at the warp-wide bound (it is recomputed
+// only when a lane's list changed).
 constexpr int kUnroll = 8;
 
 inline int64_t ceil_div(int64_t a, int64_t b) {
