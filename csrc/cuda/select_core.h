@@ -43,6 +43,41 @@ ATSS_HD int64_t key_anchor(u64 key) {
   return key == kEmptyKey ? int64_t{-1} : static_cast<int64_t>(static_cast<uint32_t>(key));
 }
 
+// The scan's prefilter, on a distance's raw bits. For every float d and every
+// hi: distance_bits(d) <= hi implies raw_bits(d) <= raw_limit(hi). So a d
+// with raw_bits(d) > raw_limit(hi) has a key above every key whose high half
+// is hi, and the scan rejects it with one integer comparison, before it
+// computes distance_bits or a key. Proof: when hi has its sign bit set (a
+// limit of a key with d >= +0, or a NaN or empty key), raw_limit(hi) is hi
+// without it: for a d with its sign bit clear (+0, positive, +NaN),
+// distance_bits(d) is raw | 0x80000000 (0xffffffff for a NaN, which passes
+// only when hi is 0xffffffff, and raw_limit then passes every such d), so
+// the two tests agree; a d with its sign bit set (negative, -0, -NaN) has a
+// negative raw_bits and always passes. When hi's sign bit is clear (a limit
+// below -0: caller distances only), raw_limit passes every d.
+ATSS_HD int32_t raw_bits(float d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<int32_t>(__float_as_uint(d));
+#else
+  int32_t bits;
+  std::memcpy(&bits, &d, sizeof(bits));
+  return bits;
+#endif
+}
+
+ATSS_HD int32_t raw_limit(uint32_t hi) {
+  return (hi & 0x80000000u) ? static_cast<int32_t>(hi & 0x7fffffffu) : INT32_MAX;
+}
+
+// The index of the lowest set bit of h != 0.
+ATSS_HD int lowest_bit(unsigned h) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(h) - 1;
+#else
+  return __builtin_ctz(h);
+#endif
+}
+
 // Rows (GTs) per block of the selection kernels: one warp per row.
 constexpr int kRowsPerBlock = 8;
 // Non-empty levels the kernels take (the level table is a kernel parameter).
