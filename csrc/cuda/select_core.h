@@ -47,14 +47,14 @@ ATSS_HD int64_t key_anchor(u64 key) {
 // hi: distance_bits(d) <= hi implies raw_bits(d) <= raw_limit(hi). So a d
 // with raw_bits(d) > raw_limit(hi) has a key above every key whose high half
 // is hi, and the scan rejects it with one integer comparison, before it
-// computes distance_bits or a key. Proof: when hi has its sign bit set (a
-// limit of a key with d >= +0, or a NaN or empty key), raw_limit(hi) is hi
-// without it: for a d with its sign bit clear (+0, positive, +NaN),
-// distance_bits(d) is raw | 0x80000000 (0xffffffff for a NaN, which passes
-// only when hi is 0xffffffff, and raw_limit then passes every such d), so
-// the two tests agree; a d with its sign bit set (negative, -0, -NaN) has a
-// negative raw_bits and always passes. When hi's sign bit is clear (a limit
-// below -0: caller distances only), raw_limit passes every d.
+// computes distance_bits or a key. Proof: a d with its sign bit set
+// (negative, -0, -NaN) has a negative raw_bits and always passes. A d with
+// its sign bit clear (+0, positive, +NaN) has distance_bits(d) =
+// raw | 0x80000000 (0xffffffff for a +NaN), which is <= hi only when hi has
+// its sign bit set, and then exactly when raw <= hi & 0x7fffffff (a +NaN
+// passes when hi is 0xffffffff: raw_limit is then INT32_MAX). So for
+// d >= +0 and a limit at or above +0 the two tests agree; otherwise the
+// prefilter may let through keys the exact test rejects, never the reverse.
 ATSS_HD int32_t raw_bits(float d) {
 #if defined(__CUDA_ARCH__)
   return static_cast<int32_t>(__float_as_uint(d));
@@ -66,7 +66,7 @@ ATSS_HD int32_t raw_bits(float d) {
 }
 
 ATSS_HD int32_t raw_limit(uint32_t hi) {
-  return (hi & 0x80000000u) ? static_cast<int32_t>(hi & 0x7fffffffu) : INT32_MAX;
+  return static_cast<int32_t>(hi & 0x7fffffffu);
 }
 
 // The index of the lowest set bit of h != 0.
