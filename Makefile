@@ -18,7 +18,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: venv build install test demo bench bench-gpu cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize \
+.PHONY: venv build install test demo bench bench-gpu gpu-extra cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize \
 	lint format clean
 
 venv: $(VENV)/.stamp-deps
@@ -71,6 +71,13 @@ bench: build
 bench-gpu: build
 	$(PY) -m benchmarks.bench_gpu
 
+# MONAI (pure Python) copied into .gpu-extra/ for the GPU check's monai step: the
+# GPU machine has no package registry; scripts/gpu_check.sh puts .gpu-extra on
+# PYTHONPATH (carry it with the device tool).
+gpu-extra: venv
+	rm -rf .gpu-extra && mkdir -p .gpu-extra
+	cp -r "$$($(PY) -c 'import monai, os; print(os.path.dirname(monai.__file__))')" .gpu-extra/
+
 # The CMake build of the same library, loaded by tests/test_cmake_library.py: the CPU
 # kernels, and with CMAKE_WITH_CUDA=ON the CUDA kernels too (compiles without a GPU;
 # archs from TORCH_CUDA_ARCH_LIST, default 9.0). CI builds it once, with CUDA where
@@ -96,4 +103,4 @@ format: venv
 	find csrc \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 $(VENV)/bin/clang-format -i
 
 clean:
-	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results
+	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results .gpu-extra

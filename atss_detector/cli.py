@@ -145,6 +145,23 @@ TRAIN_FLAGS = (
     ("--device", "train", "device", str, DEVICES, "auto: the GPU when there is one"),
 )
 
+# (flag, config section, field, help): on/off train flags; --FLAG sets True, --no-FLAG False,
+# left out keeps the preset's (or resumed checkpoint's) value.
+TRAIN_SWITCHES = (
+    (
+        "--ensure-positive",
+        "model",
+        "ensure_positive",
+        "atss: each GT left without positives takes its best free candidate of IoU > 0",
+    ),
+    (
+        "--ignore-crowd",
+        "data",
+        "ignore_crowd",
+        "COCO data: crowd boxes become ignore regions (their anchors take no loss) instead of being dropped",
+    ),
+)
+
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
@@ -175,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             metavar="{" + ",".join(map(str, choices)) + "}" if choices else None,
         )
+    for flag, _, _, help_text in TRAIN_SWITCHES:
+        train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    train.add_argument(
+        "--no-center-test",
+        action="store_true",
+        help="atss: no centre-inside-GT test (model.center_eps None; MONAI's center_in_gt=False)",
+    )
     train.add_argument(
         "--resume",
         nargs="?",
@@ -267,6 +291,12 @@ def train_config(args: argparse.Namespace) -> Config:
         value = getattr(args, _dest(flag))
         if value is not None:
             setattr(getattr(cfg, section), field, value)
+    for flag, section, field, _ in TRAIN_SWITCHES:
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            setattr(getattr(cfg, section), field, value)
+    if args.no_center_test:
+        cfg.model.center_eps = None
     if args.epochs is not None and args.iterations is None:
         cfg.train.iterations = None  # --epochs alone replaces a step count from the preset or checkpoint
     return cfg
@@ -285,8 +315,10 @@ def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
 
 def check_data(parser: argparse.ArgumentParser, cfg: Config) -> None:
     """A COCO-format folder in a layout the loader reads (an argparse error that
-    names the expected layouts otherwise)."""
+    names the expected layouts otherwise); ``--ignore-crowd`` only with COCO data."""
     if cfg.data.data == "synthetic":
+        if cfg.data.ignore_crowd:
+            parser.error("--ignore-crowd needs COCO data (--data FOLDER): synthetic images have no crowd boxes")
         return
     from .coco import find_split
 

@@ -38,7 +38,10 @@ class ModelConfig:
     # image_size / 800 (Config.resolved fills it in when training starts)
     fcos_range_scale: Optional[float] = None
     regression: str = "box"  # "box": deltas from the anchor box; "point": FCOS's distances from its centre
-    center_eps: float = 0.01
+    # atss: margin of the centre-inside-GT test (contract step 6); None: no centre test
+    center_eps: Optional[float] = 0.01
+    # atss: each GT left without positives takes its best free candidate of IoU > 0 (contract step 8)
+    ensure_positive: bool = False
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     box_loss_weight: float = 2.0
@@ -68,6 +71,9 @@ class DataConfig:
     synthetic_max_objects: int = 16
     synthetic_classes: int = 6  # the first N shape classes of atss_detector.synthetic.CLASSES
     synthetic_class_hues: bool = True  # each class its own hue band; False: shape alone tells classes apart
+    # COCO: crowd boxes (iscrowd 1) become ignore regions (anchors under them take no loss);
+    # False: they are dropped. Synthetic data has no crowd boxes.
+    ignore_crowd: bool = False
 
 
 @dataclass
@@ -95,6 +101,10 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
 
 
+# (section, field) of settings added after configs were first saved; see Config.to_dict.
+ADDED_FIELDS = (("model", "ensure_positive"), ("data", "ignore_crowd"))
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -102,7 +112,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as a dict of JSON types. Fields added after configs were first saved
+        (:data:`ADDED_FIELDS`) are left out while they hold their default: a run that does not
+        use them is described exactly as before (``from_dict`` fills them back in), so the
+        ablation's fingerprints of earlier runs still match."""
+        d = dataclasses.asdict(self)
+        for section, name in ADDED_FIELDS:
+            sub_cls = type(getattr(self, section))
+            if d[section][name] == sub_cls.__dataclass_fields__[name].default:
+                del d[section][name]
+        return d
 
     def resolved(self) -> "Config":
         """A copy with the settings that default to something data-dependent filled in

@@ -3,7 +3,8 @@
 Every dataset of the detector (:class:`~atss_detector.synthetic.SyntheticShapes`,
 :class:`~atss_detector.coco.CocoDetection`) returns items
 ``{"image": uint8 Tensor[3, H, W], "boxes": float32 Tensor[N, 4] (x1, y1, x2, y2
-pixels), "labels": int64 Tensor[N], "image_id": int}`` and has ``classes``,
+pixels), "labels": int64 Tensor[N], "image_id": int}`` (COCO data read with
+``ignore_crowd`` adds ``"ignore_boxes": float32 Tensor[M, 4]``, its crowd boxes) and has ``classes``,
 ``category_ids`` (the COCO id of each label) and ``coco()`` (its ground truth for
 pycocotools). This module turns items into :class:`Batch` objects.
 """
@@ -36,6 +37,9 @@ class Batch:
     image_ids: List[int]
     scales: Tensor  # [B, 2] float32: (sx, sy), resized size / original size
     original_sizes: Tensor  # [B, 2] int64: (h, w) of the image as loaded
+    # B x [M_i, 4] float32 regions whose anchors take no loss (COCO crowd boxes with
+    # ignore_crowd), resized and flipped like boxes; None: the items have none
+    ignore_boxes: Optional[List[Tensor]] = None
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         def move(x):
@@ -82,22 +86,25 @@ class DetectionTransform:
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be a uint8 Tensor[3, H, W], got {image.dtype} {list(image.shape)}")
         H, W = image.shape[1:]
-        boxes = item["boxes"].clone()
+        box_sets = {key: item[key].clone() for key in ("boxes", "ignore_boxes") if key in item}
         h, w = H, W
         if self.min_size is not None:
             h, w = resized_shape(H, W, self.min_size, self.max_size)
         sx, sy = w / W, h / H
-        boxes *= torch.tensor([sx, sy, sx, sy])
+        for boxes in box_sets.values():
+            boxes *= torch.tensor([sx, sy, sx, sy])
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
             image = image.flip(-1)  # on uint8: a quarter of the bytes of the float image
-            boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+            box_sets = {
+                key: torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=1) for key, b in box_sets.items()
+            }
         # (x / 255 - mean) / std as one subtraction and one multiplication, in place
         image = image.float().sub_(_PIXEL_MEAN).mul_(_PIXEL_SCALE)
         if (h, w) != (H, W):  # resizing the normalised image equals normalising the resized one
             image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=h < H)[0]
         return {
             "image": image,
-            "boxes": boxes,
+            **box_sets,
             "labels": item["labels"],
             "image_id": item["image_id"],
             "scale": (sx, sy),
@@ -146,6 +153,11 @@ def collate(items: Sequence[Dict[str, Any]], size_divisible: int = 32) -> Batch:
         image_ids=[int(it["image_id"]) for it in items],
         scales=torch.tensor([it["scale"] for it in items], dtype=torch.float32),
         original_sizes=torch.tensor([it["original_size"] for it in items], dtype=torch.int64),
+        ignore_boxes=(
+            [it.get("ignore_boxes", torch.zeros(0, 4)) for it in items]
+            if any("ignore_boxes" in it for it in items)
+            else None
+        ),
     )
 
 
@@ -172,8 +184,11 @@ def build_transform(cfg: DataConfig, *, train: bool) -> DetectionTransform:
 
 def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> TransformedDataset:
     """The dataset of ``split`` (built-in synthetic data or a COCO-format folder) with
-    :func:`build_transform` applied. Training sets of COCO data skip images without boxes."""
+    :func:`build_transform` applied. Training sets of COCO data skip images without boxes
+    and, with ``cfg.ignore_crowd``, keep the crowd boxes as ``ignore_boxes``."""
     if cfg.data == "synthetic":
+        if train and cfg.ignore_crowd:
+            raise ValueError("ignore_crowd (--ignore-crowd) needs COCO data: synthetic images have no crowd boxes")
         from .synthetic import SyntheticShapes, SyntheticSpec
 
         spec = SyntheticSpec(
@@ -190,7 +205,7 @@ def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> TransformedDat
         from .coco import CocoDetection, find_split
 
         annotation_file, image_dir = find_split(cfg.data, split)
-        dataset = CocoDetection(annotation_file, image_dir, skip_empty=train)
+        dataset = CocoDetection(annotation_file, image_dir, skip_empty=train, ignore_crowd=train and cfg.ignore_crowd)
     return TransformedDataset(dataset, build_transform(cfg, train=train))
 
 

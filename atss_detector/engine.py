@@ -483,7 +483,7 @@ class Trainer:
                 break
             batch = batch.to(self.device, non_blocking=True)
             with _autocast(self.device, self.amp):
-                losses = self.ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels)
+                losses = self.ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.ignore_boxes)
             loss = sum(losses.values())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

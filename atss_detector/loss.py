@@ -6,6 +6,9 @@ turns it into per-anchor labels and boxes. ``assigner="max_iou"`` swaps in the
 RetinaNet rule the paper compares against (:func:`max_iou_assign`) and
 ``assigner="fcos"`` FCOS's spatial and scale constraint (:func:`fcos_assign`), so
 the effect of the assignment on AP can be measured with everything else unchanged.
+Ignore regions (COCO crowd boxes, ``train --ignore-crowd``) become an
+``anchor_ignore`` mask (:func:`atss_ops.ignore_mask`): those anchors are never
+positive (``gt_index`` -2) and take no classification loss, whatever the assigner.
 Losses, as in the ATSS paper:
 
 * classification: sigmoid focal loss over every valid anchor, divided by the
@@ -43,7 +46,7 @@ class HeadTargets(NamedTuple):
     boxes: Tensor  # [B, A, 4] float32 assigned GT box, 0 for background
     positive: Tensor  # [B, A] bool
     centerness: Tensor  # [B, A] float32 centerness of the anchor centre in its GT, 0 for background
-    valid: Tensor  # [B, A] bool anchors that take a loss (inside the image, not ignored by max_iou)
+    valid: Tensor  # [B, A] bool anchors that take a loss (inside the image, not ignored: max_iou's band, ignore boxes)
 
 
 ASSIGNERS = ("atss", "max_iou", "fcos")
@@ -229,6 +232,11 @@ class ATSSLoss:
             (:func:`max_iou_assign`, the RetinaNet baseline) or ``"fcos"``
             (:func:`fcos_assign`, FCOS's spatial and scale constraint).
         fcos_ranges: ``fcos``'s ``(low, high)`` per level (:func:`fcos_size_ranges`).
+        center_eps: ``atss``: margin of the centre-inside-GT test; None: no centre test.
+        ensure_positive: ``atss``: each GT left without positives takes its best
+            free candidate of IoU > 0 (the contract's step 8).
+        ignore_iof_threshold: an anchor whose intersection with an ignore box over
+            its own area exceeds this is ignored (:func:`atss_ops.ignore_mask`).
     """
 
     def __init__(
@@ -236,12 +244,14 @@ class ATSSLoss:
         num_classes: int,
         box_coder: Union[BoxCoder, PointCoder],
         topk: int = 9,
-        center_eps: float = 0.01,
+        center_eps: Optional[float] = 0.01,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         box_loss_weight: float = 2.0,
         assigner: str = "atss",
         fcos_ranges: Optional[Sequence[Tuple[float, float]]] = None,
+        ensure_positive: bool = False,
+        ignore_iof_threshold: float = 0.5,
     ):
         if assigner not in ASSIGNERS:
             raise ValueError(f"assigner must be one of {list(ASSIGNERS)}, got {assigner!r}")
@@ -253,6 +263,8 @@ class ATSSLoss:
         self.box_coder = box_coder
         self.topk = topk
         self.center_eps = center_eps
+        self.ensure_positive = ensure_positive
+        self.ignore_iof_threshold = ignore_iof_threshold
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.box_loss_weight = box_loss_weight
@@ -264,6 +276,7 @@ class ATSSLoss:
         anchor_valid: Tensor,
         gt_boxes: List[Tensor],
         gt_labels: List[Tensor],
+        ignore_boxes: Optional[List[Tensor]] = None,
     ) -> HeadTargets:
         """Per-anchor targets: one ``atss_assign`` call for the whole batch (or a baseline's rule).
 
@@ -273,14 +286,16 @@ class ATSSLoss:
             anchor_valid: ``Tensor[B, A]`` bool from :func:`anchor_validity`.
             gt_boxes: B x ``Tensor[G_i, 4]`` float32, same device as ``anchors``.
             gt_labels: B x ``Tensor[G_i]`` int64 in ``[0, num_classes)``.
+            ignore_boxes: optional B x ``Tensor[M_i, 4]``, regions whose anchors
+                are neither positive nor negative (``gt_index`` -2, left out of
+                ``valid``); None, or no boxes in any image: nothing is ignored.
         """
         padded, counts = atss_ops.pad_gt_boxes(gt_boxes)
-        if self.assigner == "max_iou":
-            assignment, ignored = max_iou_assign(anchors, anchor_valid, padded, counts)
-            anchor_valid = anchor_valid & ~ignored
-        elif self.assigner == "fcos":
-            assignment = fcos_assign(anchors, num_anchors_per_level, anchor_valid, padded, counts, self.fcos_ranges)
-        else:
+        anchor_ignore = None
+        if ignore_boxes is not None and any(b.shape[0] for b in ignore_boxes):
+            padded_ignore, ignore_counts = atss_ops.pad_gt_boxes(ignore_boxes)
+            anchor_ignore = atss_ops.ignore_mask(anchors, padded_ignore, ignore_counts, self.ignore_iof_threshold)
+        if self.assigner == "atss":
             assignment = atss_ops.atss_assign(
                 anchors,
                 num_anchors_per_level,
@@ -288,8 +303,22 @@ class ATSSLoss:
                 counts,
                 topk=self.topk,
                 anchor_valid=anchor_valid,
+                anchor_ignore=anchor_ignore,
                 center_eps=self.center_eps,
+                ensure_positive=self.ensure_positive,
             )
+        else:
+            # The baselines never see the ignored anchors (as invalid ones, they stay background).
+            usable = anchor_valid if anchor_ignore is None else anchor_valid & ~anchor_ignore
+            if self.assigner == "max_iou":
+                assignment, ignored = max_iou_assign(anchors, usable, padded, counts)
+                anchor_valid = anchor_valid & ~ignored
+            else:
+                assignment = fcos_assign(anchors, num_anchors_per_level, usable, padded, counts, self.fcos_ranges)
+            if anchor_ignore is not None:  # -2, as atss_assign marks them
+                assignment = assignment._replace(gt_index=assignment.gt_index.masked_fill(anchor_ignore, -2))
+        if anchor_ignore is not None:
+            anchor_valid = anchor_valid & ~anchor_ignore
         assigned = atss_ops.assign_targets(assignment, padded, gt_labels)
         centerness = centerness_target(anchors, assigned.boxes) * assigned.positive
         return HeadTargets(assignment, assigned.labels, assigned.boxes, assigned.positive, centerness, anchor_valid)

@@ -211,6 +211,7 @@ class ATSSDetector(nn.Module):
             self.box_coder,
             topk=cfg.topk * num_anchors,
             center_eps=cfg.center_eps,
+            ensure_positive=cfg.ensure_positive,
             focal_alpha=cfg.focal_alpha,
             focal_gamma=cfg.focal_gamma,
             box_loss_weight=cfg.box_loss_weight,
@@ -224,6 +225,7 @@ class ATSSDetector(nn.Module):
         image_sizes: Tensor,
         gt_boxes: Optional[List[Tensor]] = None,
         gt_labels: Optional[List[Tensor]] = None,
+        ignore_boxes: Optional[List[Tensor]] = None,
     ):
         """
         Args:
@@ -231,6 +233,8 @@ class ATSSDetector(nn.Module):
             image_sizes: ``Tensor[B, 2]`` (h, w) of each image inside the padding.
             gt_boxes, gt_labels: B x ``Tensor[G_i, 4]`` / ``Tensor[G_i]`` on the
                 images' device; given for training.
+            ignore_boxes: optional B x ``Tensor[M_i, 4]`` (training): regions whose
+                anchors take no loss, e.g. COCO crowd boxes (see :class:`ATSSLoss`).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be Tensor[B, 3, H, W], got {list(images.shape)}")
@@ -243,7 +247,9 @@ class ATSSDetector(nn.Module):
             if gt_boxes is not None:
                 if gt_labels is None or len(gt_boxes) != len(gt_labels) or len(gt_boxes) != images.shape[0]:
                     raise ValueError("gt_boxes and gt_labels must both be lists with one tensor per image")
-                targets = self.criterion.targets(anchors, num_anchors_per_level, valid, gt_boxes, gt_labels)
+                targets = self.criterion.targets(
+                    anchors, num_anchors_per_level, valid, gt_boxes, gt_labels, ignore_boxes
+                )
                 return self.criterion(cls_logits, box_deltas, centerness_logits, anchors, targets, strides)
             return self.postprocess(
                 cls_logits, box_deltas, centerness_logits, anchors, num_anchors_per_level, valid, image_sizes, strides

@@ -11,8 +11,12 @@
 #   bash scripts/gpu_check.sh --dry-run      # on a machine without a GPU: every step's
 #                                            # plumbing, with the CPU standing in
 #
-# Steps: env build test errors memcheck racecheck synccheck bench (default, in
-# that order); also test-all (the whole suite). Each step prints a header
+# Steps: env build test errors memcheck racecheck synccheck bench monai (default,
+# in that order); also test-all (the whole suite). monai times atss_assign
+# against MONAI's ATSSMatcher on the 3-D LUNA16 case (benchmarks/bench_monai.py)
+# when MONAI imports: the GPU machine has no package registry, so
+# `make gpu-extra` copies the venv's MONAI (pure Python) into .gpu-extra/, a
+# folder this script puts on PYTHONPATH and the device tool can carry. Each step prints a header
 # "===== step =====", runs under its own timeout and the remaining time budget,
 # and ends with a PASS / FAIL / TIMEOUT / SKIPPED line; one summary closes the
 # run, with the benchmark table. Exit status 0 when no step failed. Logs (build,
@@ -35,13 +39,14 @@ for arg in "$@"; do
     *) STEPS+=("$arg") ;;
   esac
 done
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test errors memcheck racecheck synccheck bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test errors memcheck racecheck synccheck bench monai)
 
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-/tmp/atss-gpu-check}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the sanitizer workload imports tests/cases.py
+[ -d .gpu-extra ] && export PYTHONPATH="$PYTHONPATH:$PWD/.gpu-extra"  # MONAI, carried (make gpu-extra)
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}
@@ -125,7 +130,7 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
-OP_TESTS="tests/test_cuda.py tests/test_equivalence.py tests/test_errors.py tests/test_properties.py tests/test_determinism.py tests/test_opcheck_compile.py"
+OP_TESTS="tests/test_cuda.py tests/test_equivalence.py tests/test_errors.py tests/test_properties.py tests/test_determinism.py tests/test_opcheck_compile.py tests/test_ignore_mask.py"
 
 pytest_parallel_args() {  # -n 8 where pytest-xdist is installed
   "$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true
@@ -225,8 +230,21 @@ step_bench() {
   return $st
 }
 
+step_monai() {
+  if ! "$PY" -c "import monai" 2>/dev/null; then
+    echo "MONAI does not import here (run 'make gpu-extra' before the GPU call, and carry .gpu-extra): skipped"
+    return 0
+  fi
+  local args=(--out "$OUT_DIR" --device cuda --budget 6 --max-runs 30)
+  [ $DRY_RUN = 1 ] && args=(--out "$OUT_DIR" --device cpu --budget 1 --max-runs 3)
+  "$PY" -m benchmarks.bench_monai "${args[@]}" > "$OUT_DIR/bench_monai.log" 2>&1
+  local st=$?
+  grep -v "^timing" "$OUT_DIR/bench_monai.log" | tail -14
+  return $st
+}
+
 export -f step_env extension_current step_build pytest_parallel_args step_test step_test_all step_errors \
-  sanitizer step_bench
+  sanitizer step_bench step_monai
 export PY OUT_DIR DRY_RUN OP_TESTS
 
 [ $DRY_RUN = 1 ] && echo "DRY RUN: the CPU stands in for the GPU; nothing here proves the CUDA kernels"
@@ -241,7 +259,8 @@ for step in "${STEPS[@]}"; do
     racecheck) run_step racecheck 110 sanitizer racecheck ;;
     synccheck) run_step synccheck 80 sanitizer synccheck ATSS_MAX_BLOCKS="$CAPPED_BLOCKS" ;;
     bench) run_step bench 120 step_bench ;;
-    *) echo "unknown step '$step' (env build test test-all errors memcheck racecheck synccheck bench)"; FAILED=1 ;;
+    monai) run_step monai 90 step_monai ;;
+    *) echo "unknown step '$step' (env build test test-all errors memcheck racecheck synccheck bench monai)"; FAILED=1 ;;
   esac
   if [ "$step" = build ] && [ $FAILED = 1 ]; then
     echo "build failed: later steps need it"

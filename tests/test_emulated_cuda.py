@@ -9,7 +9,10 @@ some launch shapes reach: a capped grid (a block serving many work items, shared
 memory reused across items), every per-lane list size K, several passes per
 chunk and per merge (topk > 32), score buffers in global memory, chunks staged
 through several shared-memory tiles, other multiprocessor counts (other chunk
-lengths), several concurrent blocks in other orders.
+lengths), several concurrent blocks in other orders; and the scan's filters
+(a 32-bit prefilter on the distance bits, a bound taken only when a list
+changed) on layouts made to defeat them: ties on every distance, distances
+that fall at every anchor, and caller distances of every sign and kind.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import torch
 from cases import (
     OPS,
     assert_bits_equal,
+    boxes_around,
+    case_of,
     compute_stages,
     emu_available,
     env_vars,
+    generator,
     make_case,
     multi_scale_anchors,
     op_args,
@@ -197,3 +203,95 @@ def test_concurrent_blocks_in_other_orders(concurrency):
         with env_vars(ATSS_EMU_CONCURRENCY=concurrency, ATSS_EMU_SEED=seed):
             out = emu_ops().atss_assign(*op_args("atss_assign", case))
         assert_bits_equal(out, expected, f"{concurrency} blocks at once, seed {seed}")
+
+
+# --------------------------------------------------------------------------- the scan's filters
+
+# The scan rejects most anchors on their distance's 32 bits (the high half of the
+# (distance, anchor index) key) before it builds the key, and takes the warp-wide
+# bound again only when a lane's list changed. Made to break them: keys that tie on
+# the high half (equal distances, decided by the index alone, across lanes, chunks,
+# shared-memory tiles and passes of K keys), limits that change at every anchor,
+# and caller distances of every sign (-0, negatives, NaNs of both signs).
+
+SCAN_TOPKS = [4, 9, 16, 27, 40, 100]
+
+
+def line_anchors(centres: torch.Tensor, size: float = 4.0) -> torch.Tensor:
+    """Square anchors of side ``size`` centred on ``(centres, 0)`` (exact: small integers)."""
+    zeros = torch.zeros_like(centres)
+    side = torch.full_like(centres, size)
+    return boxes_around(centres, zeros, side, side)
+
+
+def tied_case(topk: int) -> dict:
+    """Levels whose anchors share a handful of centres, so most keys tie on their distance."""
+    lv0 = line_anchors((torch.arange(3000) % 5).float() * 8.0)  # 5 centres, repeated
+    lv1 = line_anchors(torch.full((1200,), 16.0))  # one centre for the whole level
+    lv2 = line_anchors(torch.full((37,), 4.0))
+    anchors = torch.cat([lv0, lv1, lv2])
+    cx = torch.tensor([[16.0, 0.0, 4.0, 100.0, -8.0, 12.0], [32.0, 16.0, 20.0, 8.0, 0.0, 1e6]])
+    cy = torch.tensor([[0.0, 0.0, 3.0, 0.0, 5.0, -7.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
+    gt = boxes_around(cx, cy, torch.full_like(cx, 24.0), torch.full_like(cx, 16.0))
+    valid = torch.rand(2, anchors.shape[0], generator=generator(11)) < 0.9
+    return case_of(anchors, [3000, 1200, 37], gt, topk=topk, anchor_valid=valid)
+
+
+def falling_case(topk: int) -> dict:
+    """Anchor centres on a line, GTs far to the right: every anchor is nearer than all before it,
+    so each lane's list and limit change at every anchor (and GTs on the left, where none does)."""
+    n = 4500
+    anchors = line_anchors(torch.arange(n).float() * 2.0)
+    cx = torch.tensor([[2.0 * n + 1000.0, -50.0, 4500.0, 2.0 * n + 3.0]])
+    cy = torch.zeros_like(cx)
+    gt = boxes_around(cx, cy, torch.full_like(cx, 10.0), torch.full_like(cx, 10.0))
+    return case_of(anchors, [n - 300, 300], gt, topk=topk)
+
+
+@pytest.mark.parametrize("topk", SCAN_TOPKS)
+@pytest.mark.parametrize("sms", [132, 1000])
+def test_scan_ties_on_every_distance(topk, sms):
+    """Keys equal in their high 32 bits everywhere: the order is the anchor index alone."""
+    with env_vars(ATSS_NUM_SMS=sms):
+        all_ops_equal_cpu(tied_case(topk), f"tied distances, topk {topk}, {sms} SMs")
+
+
+@pytest.mark.parametrize("topk", SCAN_TOPKS)
+def test_scan_limit_falls_at_every_anchor(topk):
+    with env_vars(ATSS_NUM_SMS=1000):
+        all_ops_equal_cpu(falling_case(topk), f"falling distances, topk {topk}")
+
+
+def caller_distances(seed: int, B: int, G: int, A: int) -> torch.Tensor:
+    """[B, G, A] distances drawn from values of every sign and kind, so most of them tie."""
+    values = torch.tensor(
+        [float("-inf"), -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, 1.0 + 2**-23, 3e38, float("inf"), float("nan"), 0.0]
+    )
+    bits = values.view(torch.int32).clone()
+    bits[-1] = -4194304  # 0xffc00000: a NaN with its sign bit set
+    values = bits.view(torch.float32)
+    g = generator(seed)
+    idx = torch.randint(0, values.numel(), (B, G, A), generator=g)
+    # Some rows of only a few kinds (long runs of equal keys), some spread over a real range.
+    d = values[idx]
+    d[0, 0] = values[torch.randint(3, 5, (A,), generator=g)]  # -0.0 and 0.0 only
+    d[0, 1] = values[torch.randint(0, 2, (A,), generator=g)]  # negatives only
+    d[-1, -1] = torch.randn(A, generator=g).abs()
+    return d.contiguous()
+
+
+@pytest.mark.parametrize("topk", SCAN_TOPKS)
+def test_scan_caller_distances_of_every_sign(topk):
+    """topk_per_level on caller distances: negative limits (the prefilter then passes everything),
+    -0 == +0, NaNs of both signs after +inf, ties across lanes, chunks and passes."""
+    B, G, levels = 2, 5, [2500, 1100, 7]
+    A = sum(levels)
+    d = caller_distances(topk, B, G, A)
+    counts = torch.tensor([G, 3])
+    valid = torch.rand(B, A, generator=generator(topk + 1)) < 0.8
+    for mask in (None, valid):
+        expected = torch.ops.atss_ops.topk_per_level(d, levels, topk, counts, mask)
+        for sms in (132, 1000):
+            with env_vars(ATSS_NUM_SMS=sms):
+                out = emu_ops().topk_per_level(d, levels, topk, counts, mask)
+            assert_bits_equal(out, expected, f"caller distances, topk {topk}, mask {mask is not None}, {sms} SMs")

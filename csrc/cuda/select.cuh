@@ -25,7 +25,11 @@
 // one by one (warp_extract). A warp-wide bound (the smallest, over lanes, of
 // each lane's want-th key) filters keys early: at least `want` keys at or
 // below the bound are held, so a key above it is never among the `want`
-// smallest. When a level's k exceeds K, the chunk (and the merge) run in
+// smallest. The scan tests each anchor's 32-bit distance bits against the
+// high half of its limit first (a prefilter on the float's raw bits, without
+// branches) and builds the 64-bit key only for the few that can pass; the
+// warp takes the bound again only when a list changed.
+// When a level's k exceeds K, the chunk (and the merge) run in
 // passes of K keys, each pass taking only keys above the last one taken.
 // Which block merges, and in which order lanes and blocks run, never changes
 // a result: the selected set is defined by the keys alone.
@@ -208,11 +212,14 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
 }
 
 // Registers: up to 80 per thread for lists of up to 16 keys (3 blocks of 256
-// threads per multiprocessor; ptxas reports no spill there, while its own
-// choice for K = 9 was 64 registers with spills); no cap for 32 keys (about
-// 120 registers, which an 80-register cap would spill).
+// threads per multiprocessor; ptxas's own choice for K = 9 was 64 registers
+// with spills), up to 128 for 32 keys (2 blocks: an 80-register cap would
+// spill; without a cap, the kUnroll loads the scan keeps in flight took up to
+// 156 registers, 1 block). ptxas (CUDA 13.0, sm_90) spills only outside the
+// scan: 12 to 16 bytes for K = 16 and K = 32 with a mask, a store and a load
+// or two per work item.
 template <int K>
-constexpr int kMinBlocksPerSm = K <= 16 ? 3 : 1;
+constexpr int kMinBlocksPerSm = K <= 16 ? 3 : 2;
 
 // D: the boxes' axes (fused; the topk mode reads distances and uses D = 2).
 template <int K, bool HAS_VALID, Mode MODE, int D>
@@ -269,7 +276,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
       const int want = kc - pass * K < K ? kc - pass * K : K;
       TopList<K> list;
       list.clear();
-      u64 bound = kEmptyKey;
+      // A key enters the list only when lower < key < limit, where limit =
+      // min(bound, list.worst()) and bound is the warp-wide bound. The scan
+      // takes kUnroll anchors per lane at a time: first each one's distance
+      // through the prefilter raw_bits(d) <= raw_limit(limit's high half)
+      // (select_core.h), one comparison and no branch, marking those that
+      // may pass in `hits`; then, in one loop over each lane's hits, the
+      // exact test on the 64-bit key and the insert. Once a lane's list is
+      // full, hits are few: keys at or below the limit's distance bits.
+      u64 limit = kEmptyKey;
+      int32_t raw_lim = raw_limit(key_bits(limit));
+      bool inserted = false;  // this lane's list changed since the bound was taken
       for (int t0 = 0; t0 < clen; t0 += kTile) {  // block-uniform
         const int tlen = clen - t0 < kTile ? clen - t0 : kTile;
         if constexpr (MODE == Mode::kFused) {
@@ -278,26 +295,63 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
           __syncthreads();
         }
         if (!exhausted) {  // warp-uniform
+          // The tile's first anchor index, on 32 bits (< A < 2^31).
+          const uint32_t first = static_cast<uint32_t>(chunk_start + t0);
+          const float* dtile = MODE == Mode::kTopk ? drow + chunk_start + t0 : nullptr;
+          const bool* vtile = HAS_VALID ? vrow + chunk_start + t0 : nullptr;
+          // The distance of the tile's anchor i (i < tlen).
+          auto distance_at = [&](int i) -> float {
+            if constexpr (MODE == Mode::kFused) {
+              return tile_distance<D>(tile_centers, i, gc);
+            } else {
+              return dtile[i];
+            }
+          };
+          // Whether the tile's anchor i (i < tlen) may pass: valid, and
+          // through the prefilter (no short circuit: no branch).
+          auto may_pass = [&](int i) -> bool {
+            const bool valid = !HAS_VALID || vtile[i];
+            return valid & (raw_bits(distance_at(i)) <= raw_lim);
+          };
           for (int base = 0; base < tlen; base += kWarp * kUnroll) {
+            // Bit u: anchor base + u * kWarp + lane may pass. A whole group
+            // (warp-uniform test) needs no test against the tile's end.
+            unsigned hits = 0;
+            if (base + kWarp * kUnroll <= tlen) {
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-              const int i = base + u * kWarp + lane;
-              if (i < tlen) {
-                const int64_t a = chunk_start + t0 + i;
-                if (!HAS_VALID || vrow[a]) {
-                  float d;
-                  if constexpr (MODE == Mode::kFused) {
-                    d = tile_distance<D>(tile_centers, i, gc);
-                  } else {
-                    d = drow[a];
-                  }
-                  const u64 key = distance_key(d, a);
-                  const u64 limit = bound < list.worst() ? bound : list.worst();
-                  if (key > lower && key < limit) list.insert(key);
-                }
+              for (int u = 0; u < kUnroll; ++u) {
+                hits |= static_cast<unsigned>(may_pass(base + u * kWarp + lane)) << u;
+              }
+            } else {
+#pragma unroll
+              for (int u = 0; u < kUnroll; ++u) {
+                const int i = base + u * kWarp + lane;
+                if (i < tlen && may_pass(i)) hits |= 1u << u;
               }
             }
-            bound = warp_min(list.nth(want));
+            while (hits != 0) {  // divergent: each lane over its own hits
+              const int u = lowest_bit(hits);
+              hits &= hits - 1;
+              const int i = base + u * kWarp + lane;
+              const u64 key =
+                  key_of(distance_bits(distance_at(i)), first + static_cast<uint32_t>(i));
+              if (key > lower && key < limit) {
+                list.insert(key);
+                // bound is unchanged until the next update and worst()
+                // only falls: min(bound, worst()) is min(limit, worst()).
+                limit = list.worst() < limit ? list.worst() : limit;
+                raw_lim = raw_limit(key_bits(limit));
+                inserted = true;
+              }
+            }
+            // The bound is a function of the lists: taken again only when
+            // one of them changed.
+            if (__any_sync(kFullMask, inserted)) {  // warp-uniform
+              const u64 bound = warp_min(list.nth(want));
+              limit = bound < list.worst() ? bound : list.worst();
+              raw_lim = raw_limit(key_bits(limit));
+              inserted = false;
+            }
           }
         }
       }

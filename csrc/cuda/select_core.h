@@ -26,12 +26,56 @@ constexpr u64 kEmptyKey = ~u64{0};
 // the index in the low half, so that u64 order is the contract's order. Every
 // real key is > 0: distance_bits is never 0 (that would be the bits of a NaN,
 // which maps to 0xffffffff), so 0 can serve as "no lower bound".
+ATSS_HD u64 key_of(uint32_t bits, uint32_t anchor) {
+  return (static_cast<u64>(bits) << 32) | anchor;
+}
+
 ATSS_HD u64 distance_key(float d, int64_t anchor) {
-  return (static_cast<u64>(distance_bits(d)) << 32) | static_cast<uint32_t>(anchor);
+  return key_of(distance_bits(d), static_cast<uint32_t>(anchor));
+}
+
+// The high half of a key: its distance bits (0xffffffff for kEmptyKey).
+ATSS_HD uint32_t key_bits(u64 key) {
+  return static_cast<uint32_t>(key >> 32);
 }
 
 ATSS_HD int64_t key_anchor(u64 key) {
   return key == kEmptyKey ? int64_t{-1} : static_cast<int64_t>(static_cast<uint32_t>(key));
+}
+
+// The scan's prefilter, on a distance's raw bits. For every float d and every
+// hi: distance_bits(d) <= hi implies raw_bits(d) <= raw_limit(hi). So a d
+// with raw_bits(d) > raw_limit(hi) has a key above every key whose high half
+// is hi, and the scan rejects it with one integer comparison, before it
+// computes distance_bits or a key. Proof: a d with its sign bit set
+// (negative, -0, -NaN) has a negative raw_bits and always passes. A d with
+// its sign bit clear (+0, positive, +NaN) has distance_bits(d) =
+// raw | 0x80000000 (0xffffffff for a +NaN), which is <= hi only when hi has
+// its sign bit set, and then exactly when raw <= hi & 0x7fffffff (a +NaN
+// passes when hi is 0xffffffff: raw_limit is then INT32_MAX). So for
+// d >= +0 and a limit at or above +0 the two tests agree; otherwise the
+// prefilter may let through keys the exact test rejects, never the reverse.
+ATSS_HD int32_t raw_bits(float d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<int32_t>(__float_as_uint(d));
+#else
+  int32_t bits;
+  std::memcpy(&bits, &d, sizeof(bits));
+  return bits;
+#endif
+}
+
+ATSS_HD int32_t raw_limit(uint32_t hi) {
+  return static_cast<int32_t>(hi & 0x7fffffffu);
+}
+
+// The index of the lowest set bit of h != 0.
+ATSS_HD int lowest_bit(unsigned h) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(h) - 1;
+#else
+  return __builtin_ctz(h);
+#endif
 }
 
 // Rows (GTs) per block of the selection kernels: one warp per row.
@@ -40,7 +84,8 @@ constexpr int kRowsPerBlock = 8;
 constexpr int kMaxLevels = 128;
 // Anchor centres per shared-memory tile in the fused kernel (16 KB).
 constexpr int kTile = 2048;
-// Keys per lane between two updates of the warp-wide bound.
+// Keys per lane between two looks at the warp-wide bound (it is recomputed
+// only when a lane's list changed).
 constexpr int kUnroll = 8;
 
 inline int64_t ceil_div(int64_t a, int64_t b) {
