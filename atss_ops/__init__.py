@@ -4,14 +4,19 @@ Public API::
 
     anchors, levels = atss_ops.grid_anchors(height, width)      # or your own anchors
     res = atss_ops.atss_assign(anchors, levels, gt_boxes, gt_counts=None,
-                               *, topk=9, anchor_valid=None, center_eps=0.01)
+                               *, topk=9, anchor_valid=None, anchor_ignore=None,
+                               center_eps=0.01, ensure_positive=False)
     res.gt_index, res.iou, res.threshold, res.num_positive
     targets = atss_ops.assign_targets(res, gt_boxes, gt_labels)
+    anchor_ignore = atss_ops.ignore_mask(anchors, ignore_boxes)   # crowd / don't-care regions
 
+Boxes are 2-D (``[..., 4]``) or 3-D (``[..., 6]``, ``x1, y1, z1, x2, y2, z2``).
 The four stages are also ops of their own (``center_distance``,
 ``topk_per_level``, ``iou_statistics``, ``resolve_multi_gt``). The function is
-defined in ``docs/contract.md``; ``atss_ops.reference`` is its readable
-pure-PyTorch implementation. Needs torch alone.
+defined in ``docs/contract.md`` (version 2); ``atss_ops.reference`` is its
+readable pure-PyTorch implementation. MONAI's detectors switch over with
+``atss_ops.integrations.monai.use_atss_ops`` (MONAI imported only there).
+Needs torch alone.
 """
 
 from . import reference

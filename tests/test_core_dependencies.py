@@ -10,7 +10,7 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-BLOCKED = ("torchvision", "tqdm", "matplotlib", "pycocotools", "PIL", "atss_detector")
+BLOCKED = ("torchvision", "tqdm", "matplotlib", "pycocotools", "PIL", "atss_detector", "monai")
 
 SCRIPT = textwrap.dedent(
     """

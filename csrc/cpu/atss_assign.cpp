@@ -233,13 +233,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
 
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();
-  std::optional<at::Tensor> counts, usable, ignore;
+  std::optional<at::Tensor> counts, valid, ignore;
   if (gt_counts) counts = gt_counts->contiguous();
-  if (const auto mask = usable_mask(anchor_valid, anchor_ignore)) usable = mask->contiguous();
+  if (anchor_valid) valid = anchor_valid->contiguous();
   if (anchor_ignore) ignore = anchor_ignore->contiguous();
   const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
-  const bool* up = usable ? usable->data_ptr<bool>() : nullptr;
   const bool* ig = ignore ? ignore->data_ptr<bool>() : nullptr;
+  const UsableAnchors usable(valid ? valid->data_ptr<bool>() : nullptr, ig, B * A);
+  const bool* up = usable.get();
   const float* ap = a.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   const bool center_test = center_eps.has_value();

@@ -21,8 +21,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
   at::Tensor gt_index = at::full({B, A}, -1, candidates.options());
   at::Tensor iou = at::zeros({B, A}, candidate_iou.options());
   at::Tensor num_positive = at::zeros({B, G}, candidates.options());
-  if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
-  if (B * G * A == 0) return {gt_index, iou, num_positive};
+  if (B * G * A == 0) {
+    if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
+    return {gt_index, iou, num_positive};
+  }
   std::optional<at::Tensor> ignore;
   if (anchor_ignore) ignore = anchor_ignore->contiguous();
   const bool* ig = ignore ? ignore->data_ptr<bool>() : nullptr;

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "../common/box_math.h"
@@ -33,6 +34,28 @@ struct AnchorCenters {
   void get(int64_t a, float* c) const {
     for (int t = 0; t < dims; ++t) c[t] = axis[t][a];
   }
+};
+
+// The usable anchors of a batch (contract: valid and not ignored), [B * A]
+// flags, or null when neither mask is given. A plain serial loop: B * A bytes
+// cost less than waking ATen's thread pool for logical_not / logical_and,
+// which on a loaded machine stalls for milliseconds.
+class UsableAnchors {
+ public:
+  UsableAnchors(const bool* valid, const bool* ignore, int64_t count) {
+    if (ignore == nullptr) {
+      flags_ = valid;
+      return;
+    }
+    owned_.reset(new bool[count]);
+    for (int64_t i = 0; i < count; ++i) owned_[i] = (valid == nullptr || valid[i]) && !ignore[i];
+    flags_ = owned_.get();
+  }
+  const bool* get() const { return flags_; }
+
+ private:
+  std::unique_ptr<bool[]> owned_;
+  const bool* flags_ = nullptr;
 };
 
 // Centre of a [2D] box (step 1), D values into c.

@@ -23,12 +23,15 @@ at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_a
   at::Tensor out = at::empty({B, G, C}, distances.options().dtype(at::kLong));
   if (out.numel() == 0) return out;
   const at::Tensor d = distances.contiguous();
-  std::optional<at::Tensor> counts, valid;
+  std::optional<at::Tensor> counts, valid, ignore;
   if (gt_counts) counts = gt_counts->contiguous();
-  // Candidates come from the usable anchors: valid and not ignored.
-  if (const auto usable = usable_mask(anchor_valid, anchor_ignore)) valid = usable->contiguous();
+  if (anchor_valid) valid = anchor_valid->contiguous();
+  if (anchor_ignore) ignore = anchor_ignore->contiguous();
   const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
-  const bool* vp = valid ? valid->data_ptr<bool>() : nullptr;
+  // Candidates come from the usable anchors: valid and not ignored.
+  const UsableAnchors usable(valid ? valid->data_ptr<bool>() : nullptr,
+                             ignore ? ignore->data_ptr<bool>() : nullptr, B * A);
+  const bool* vp = usable.get();
   const float* dp = d.data_ptr<float>();
   int64_t* op = out.data_ptr<int64_t>();
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
