@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .config import Config, preset
 
 RESULTS_JSON = "results.json"
+POSITIVES_JSON, POSITIVES_MD = "positives.json", "positives.md"  # ablate --positives
 RUN_OUTPUT = "output.log"  # a run's own output, in its run directory
 # The octave scales and ratios of RetinaNet's #A = 9 (times the preset's one anchor scale).
 OCTAVE_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
@@ -262,6 +263,95 @@ def _train(cfg: Config, quiet: bool) -> Dict[str, Any]:
             return engine.train(cfg)
 
 
+# Object-size bins of the positives statistics: sqrt(area) in pixels of the input images.
+SIZE_BINS = ((0.0, 16.0), (16.0, 32.0), (32.0, 64.0), (64.0, float("inf")))
+
+
+def positive_statistics(base: Config, settings: Sequence[Setting], num_batches: int = 10) -> List[Dict[str, Any]]:
+    """How each setting's rule spreads positives, on the first ``num_batches`` training batches.
+
+    Trains nothing: builds each setting's model and assigns the same batches. Per
+    setting: positives per GT, the share of GTs left without any positive, the
+    share of positives on the finest level, and per object-size bin (``sqrt(area)``,
+    :data:`SIZE_BINS`) the GT count, the share without positives and positives per GT.
+    """
+    import torch
+
+    from .anchors import anchor_validity
+    from .data import build_dataset, build_loader
+    from .model import build_model
+
+    dataset = build_dataset(base.data, base.data.train_split, train=True)
+    torch.manual_seed(base.train.seed)
+    loader = iter(build_loader(dataset, base.train.batch_size, train=True, num_workers=0, seed=base.train.seed))
+    batches = [next(loader) for _ in range(min(num_batches, len(dataset) // base.train.batch_size))]
+    rows = []
+    for setting in settings:
+        cfg = configure(base, setting, base.train.seed, base.train.output_dir)
+        model = build_model(cfg.model, len(dataset.classes))
+        per_gt, sides, finest, total = [], [], 0, 0
+        for batch in batches:
+            sizes = [(batch.images.shape[-2] // s, batch.images.shape[-1] // s) for s in model.backbone.strides]
+            anchors, counts = model.anchor_generator(sizes, batch.images.device)
+            targets = model.criterion.targets(
+                anchors, counts, anchor_validity(anchors, batch.image_sizes), batch.boxes, batch.labels
+            )
+            for b, boxes in enumerate(batch.boxes):
+                per_gt.append(targets.assignment.num_positive[b, : len(boxes)])
+                sides.append(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt())
+            finest += int(targets.positive[:, : counts[0]].sum())
+            total += int(targets.positive.sum())
+        positives, side = torch.cat(per_gt).float(), torch.cat(sides)
+        row = {
+            "name": setting.name,
+            "images": sum(len(batch.boxes) for batch in batches),
+            "gts": positives.numel(),
+            "positives_per_gt": float(positives.mean()),
+            "without_positive": float((positives == 0).float().mean()),
+            "on_finest_level": finest / max(total, 1),
+            "by_size": [],
+        }
+        for low, high in SIZE_BINS:
+            chosen = positives[(side >= low) & (side < high)]
+            row["by_size"].append(
+                {
+                    "bin": [low, high],
+                    "gts": chosen.numel(),
+                    "without_positive": float((chosen == 0).float().mean()) if chosen.numel() else None,
+                    "positives_per_gt": float(chosen.mean()) if chosen.numel() else None,
+                }
+            )
+        rows.append(row)
+    return rows
+
+
+def positives_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """The table of :func:`positive_statistics`."""
+    bins = [f"{int(lo)}-{int(hi)} px" if hi != float("inf") else f">= {int(lo)} px" for lo, hi in SIZE_BINS]
+    header = ["configuration", "positives / GT", "GTs without positive", "positives on P3"]
+    header += [f"{b}: none / per GT" for b in bins]
+    lines = [
+        f"Positives on the first {rows[0]['images'] if rows else 0} training images "
+        "(`atss-detector ablate --positives`; object sizes as sqrt(area)):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    for row in rows:
+        cells = [
+            f"`{row['name']}`",
+            f"{row['positives_per_gt']:.2f}",
+            f"{100 * row['without_positive']:.0f}%",
+            f"{100 * row['on_finest_level']:.0f}%",
+        ]
+        for b in row["by_size"]:
+            cells.append("–" if b["gts"] == 0 else f"{100 * b['without_positive']:.0f}% / {b['positives_per_gt']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    gts = [b["gts"] for b in rows[0]["by_size"]] if rows else []
+    lines += ["", "GTs per size bin: " + ", ".join(f"{b} {n}" for b, n in zip(bins, gts)) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def base_config(args) -> Tuple[Config, str]:
     """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the command's flags applied."""
     name = "ablate-smoke" if args.smoke else "ablate"
@@ -293,9 +383,17 @@ def run_ablate(args, parser=None) -> None:
         return
     cfg, name = base_config(args)
     runs_dir = args.runs_dir or os.path.join("runs", name)
+    settings = list(SMOKE) if args.smoke else grid(args.tables)
+    if args.positives:
+        rows = positive_statistics(cfg, settings, args.positives)
+        text = positives_markdown(rows)
+        print(text)
+        write_json_atomically(os.path.join(args.output_dir, POSITIVES_JSON), rows)
+        with open(os.path.join(args.output_dir, POSITIVES_MD), "w") as f:
+            f.write(text)
+        return
     if parser is not None:
         from .cli import check_data
 
         check_data(parser, cfg)
-    settings = list(SMOKE) if args.smoke else grid(args.tables)
     sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)

@@ -120,6 +120,14 @@ TRAIN_FLAGS = (
         "max_iou: RetinaNet's IoU rule; fcos: FCOS's spatial and scale constraint (for comparison)",
     ),
     (
+        "--fcos-range-scale",
+        "model",
+        "fcos_range_scale",
+        _positive_float,
+        None,
+        "fcos: FCOS's ranges (64-512 px at P3-P7) times this (default: image size / 800)",
+    ),
+    (
         "--regression",
         "model",
         "regression",
@@ -256,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--threads", type=_positive, default=None, help="CPU threads (default 1)")
     ablate.add_argument("--device", choices=DEVICES, default=None, help="default auto")
     ablate.add_argument("--verbose", action="store_true", help="show each run's own output and progress bars")
+    ablate.add_argument(
+        "--positives",
+        type=_positive,
+        default=None,
+        metavar="BATCHES",
+        help="train nothing: how each configuration's rule spreads positives over levels and object sizes, "
+        "on this many training batches (positives.md/.json)",
+    )
     ablate.add_argument(
         "--report-only", action="store_true", help="redraw results.md and the plots from results.json, train nothing"
     )

@@ -18,7 +18,16 @@ pytest.importorskip("tqdm", reason="needs the detector extra")
 pytest.importorskip("matplotlib", reason="needs the detector extra")
 pytest.importorskip("pycocotools", reason="needs the detector extra")
 
-from atss_detector.ablate import SMOKE, TABLES, Setting, configure, fingerprint, grid
+from atss_detector.ablate import (
+    SMOKE,
+    TABLES,
+    Setting,
+    configure,
+    fingerprint,
+    grid,
+    positive_statistics,
+    positives_markdown,
+)
 from atss_detector.config import preset
 from atss_detector.evaluation import METRICS
 
@@ -86,3 +95,15 @@ def test_smoke_sweep_writes_records_and_resumes(tmp_path):
     again = json.loads((out / "results.json").read_text())["runs"]
     assert again[:3] == records  # the finished runs were kept as they were
     assert again[3]["config"] == dropped["config"]
+
+
+def test_positive_statistics_count_every_gt():
+    import torch
+
+    torch.set_num_threads(1)
+    rows = positive_statistics(preset("ablate-smoke"), SMOKE, num_batches=2)
+    assert [r["name"] for r in rows] == [s.name for s in SMOKE]
+    for row in rows:
+        assert row["images"] == 8 and row["gts"] == sum(b["gts"] for b in row["by_size"]) > 0
+        assert 0 <= row["without_positive"] <= 1 and 0 <= row["on_finest_level"] <= 1
+    assert "| `atss-box-k9-A1` |" in positives_markdown(rows)
