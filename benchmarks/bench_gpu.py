@@ -229,38 +229,49 @@ def run_case(name: str, params, device: torch.device, args) -> List[dict]:
     if kernels and args.check:
         check = outputs_equal(variants["atss_assign"](), ref())
 
+    goal = GOALS_US.get(name)
+    return time_variants(
+        name, variants, dict(B=B, G=G, A=A, C=atss_ops.num_candidates(levels, TOPK)), timing, check, goal
+    )
+
+
+# Variants whose peak extra memory is measured (not the CUDA-graph replay: its memory is the graph's).
+MEMORY_VARIANTS = (
+    "reference",
+    "reference (compiled)",
+    "center_distance",
+    "topk_per_level",
+    "iou_statistics",
+    "resolve_multi_gt",
+    "atss_assign",
+)
+
+
+def time_variants(
+    name: str, variants: Dict[str, Callable[[], object]], shape: dict, timing: dict, check, goal_us
+) -> List[dict]:
+    """One row per variant: timing, peak extra memory, and for ``atss_assign`` whether it gave the
+    reference's bits (``check``) and its latency goal."""
     rows = []
     for variant, fn in variants.items():
         print(f"  {name}: {variant} ...", flush=True)
         try:
-            stats = time_fn(fn, **timing)
-            error = None
+            stats, error = time_fn(fn, **timing), None
         except Exception as exc:  # a failing variant (e.g. compile) must not lose the other numbers
             stats, error = {}, f"{type(exc).__name__}: {exc}"[:300]
             print(f"    failed: {error}", flush=True)
         memory = None
-        if error is None and variant in (
-            "reference",
-            "reference (compiled)",
-            "center_distance",
-            "topk_per_level",
-            "iou_statistics",
-            "resolve_multi_gt",
-            "atss_assign",
-        ):
-            memory = peak_extra_bytes(fn, device)
+        if error is None and variant in MEMORY_VARIANTS:
+            memory = peak_extra_bytes(fn, timing["device"])
         rows.append(
             dict(
                 case=name,
-                B=B,
-                G=G,
-                A=A,
-                C=atss_ops.num_candidates(levels, TOPK),
+                **shape,
                 variant=variant,
                 peak_extra_bytes=memory,
                 error=error,
                 matches_reference=check if variant == "atss_assign" else None,
-                goal_us=GOALS_US.get(name) if variant == "atss_assign" else None,
+                goal_us=goal_us if variant == "atss_assign" else None,
                 **stats,
             )
         )
@@ -303,30 +314,9 @@ def run_v2_case(name: str, device: torch.device, args) -> List[dict]:
         variants["atss_assign"] = lambda: atss_ops.atss_assign(anchors, levels, gt, topk=topk, **kw)
         if args.check:
             check = outputs_equal(variants["atss_assign"](), variants["reference"]())
-    rows = []
-    for variant, fn in variants.items():
-        print(f"  {name}: {variant} ...", flush=True)
-        try:
-            stats, error = time_fn(fn, **timing), None
-        except Exception as exc:
-            stats, error = {}, f"{type(exc).__name__}: {exc}"[:300]
-            print(f"    failed: {error}", flush=True)
-        rows.append(
-            dict(
-                case=name,
-                B=B,
-                G=G,
-                A=A,
-                C=atss_ops.num_candidates(levels, topk),
-                variant=variant,
-                peak_extra_bytes=peak_extra_bytes(fn, device) if error is None else None,
-                error=error,
-                matches_reference=check if variant == "atss_assign" else None,
-                goal_us=None,
-                **stats,
-            )
-        )
-    return rows
+    return time_variants(
+        name, variants, dict(B=B, G=G, A=A, C=atss_ops.num_candidates(levels, topk)), timing, check, None
+    )
 
 
 # --------------------------------------------------------------------------- report

@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 from cases import (
+    ARG_NAMES,
     EMPTY_CASE_NAMES,
     assert_bits_equal,
     bits_equal,
@@ -81,17 +82,7 @@ def entry_point(path: str, op: str):
     return getattr(atss_ops if path == "api" else reference, op)
 
 
-ASSIGN_ARGS = (
-    "anchors",
-    "num_anchors_per_level",
-    "gt_boxes",
-    "gt_counts",
-    "topk",
-    "anchor_valid",
-    "center_eps",
-    "anchor_ignore",
-    "ensure_positive",
-)
+ASSIGN_ARGS = ARG_NAMES  # atss_assign's arguments in schema order
 
 
 def call(path: str, c: dict):

@@ -372,6 +372,17 @@ void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_ancho
   check_anchor_ignore(anchor_ignore, gt_boxes.size(0), anchors.size(0));
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> background_assignment(
+    int64_t batch, int64_t num_gt, int64_t num_anchors, const at::TensorOptions& float_options,
+    const std::optional<at::Tensor>& anchor_ignore) {
+  const auto i64 = float_options.dtype(at::kLong);
+  at::Tensor gt_index = at::full({batch, num_anchors}, -1, i64);
+  if (anchor_ignore && batch * num_anchors > 0) gt_index.masked_fill_(*anchor_ignore, -2);
+  return {gt_index, at::zeros({batch, num_anchors}, float_options),
+          at::full({batch, num_gt}, std::numeric_limits<float>::quiet_NaN(), float_options),
+          at::zeros({batch, num_gt}, i64)};
+}
+
 int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk) {
   int64_t total = 0;
   for (int64_t n : num_anchors_per_level) total += n < topk ? n : topk;

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 
 #include "box_math.h"  // valid_gt_count
 
@@ -65,6 +66,13 @@ void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t 
 void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                       const std::optional<at::Tensor>& gt_counts);
 void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors);
+
+// atss_assign's outputs when B, G or A is 0, on the anchors' device: every
+// anchor background (-1) or, where anchor_ignore says so, ignored (-2), IoU 0,
+// thresholds NaN, num_positive 0. Shared by the CPU and CUDA kernels.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> background_assignment(
+    int64_t batch, int64_t num_gt, int64_t num_anchors, const at::TensorOptions& float_options,
+    const std::optional<at::Tensor>& anchor_ignore);
 
 // Number of candidate slots per GT: sum over levels of min(topk, N_l).
 int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk);

@@ -216,6 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   check_box_values(anchors, gt_boxes, gt_counts);
 
   const auto f32 = anchors.options();
+  if (B * G * A == 0) return background_assignment(B, G, A, f32, anchor_ignore);
   // gt_index and iou ([B, A]) are filled image by image in the resolution
   // pass below, in the same parallel region, rather than by a separate
   // parallel fill.
@@ -224,12 +225,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32);
   at::Tensor num_positive = at::zeros({B, G}, f32.dtype(at::kLong));
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
-  if (B * G * A == 0) {
-    gt_index.fill_(-1);
-    if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
-    iou.zero_();
-    return {gt_index, iou, threshold, num_positive};
-  }
 
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();

@@ -45,12 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   const DeviceGuard guard(anchors.device());
   const auto f32 = anchors.options();
   const auto i64 = f32.dtype(at::kLong);
-  if (B * G * A == 0) {  // everything background (or ignored), as the CPU returns it
-    at::Tensor gt_index = at::full({B, A}, -1, i64);
-    if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
-    return {gt_index, at::zeros({B, A}, f32),
-            at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32), at::zeros({B, G}, i64)};
-  }
+  if (B * G * A == 0) return background_assignment(B, G, A, f32, anchor_ignore);
 
   const at::Tensor a = anchors.contiguous();
   const at::Tensor g = gt_boxes.contiguous();
