@@ -2,7 +2,6 @@
 #include <ATen/Parallel.h>
 
 #include <torch/library.h>
-#include <algorithm>
 #include <vector>
 
 #include "../common/checks.h"
@@ -42,8 +41,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
     std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t off = b * G * C;
-      // resolve_image's starting state: -1 (the ignored anchors are set again there).
-      std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});
       resolve_image(kp + off, cip + off, pp + off, ig ? ig + b * A : nullptr, ensure_positive, G, C,
                     A, gi + b * A, io + b * A, np + b * G, proposal.data());
     }
