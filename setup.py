@@ -1,10 +1,23 @@
-"""The compiled extension of atss_ops (``atss_ops._C``): the C++ CPU kernels always,
-the CUDA kernels when asked or possible. Package metadata lives in pyproject.toml.
+"""The compiled libraries of atss_ops, on the LibTorch stable ABI (package metadata
+lives in pyproject.toml; shared build facts in build_config.py):
 
-CUDA sources are built when FORCE_CUDA=1, or when the CUDA toolkit, a CUDA
-build of torch and a visible GPU are all present. Without a GPU, set
-TORCH_CUDA_ARCH_LIST (e.g. "9.0") too. The build prints what it built and never
-downloads anything (install with `pip install --no-build-isolation`).
+  atss_ops/_C.abi3.so       the schemas and the CPU kernels, a CPython limited-API
+                            module (one binary for every Python >= 3.10)
+  atss_ops/_C_cudaN.abi3.so the CUDA kernels (when built) for CUDA major version N,
+                            loaded by atss_ops with torch.ops.load_library under a
+                            CUDA build of torch of the same major version; the CUDA
+                            runtime is linked statically, so it needs only torch and
+                            a driver
+
+Both are compiled against the stable ABI of the oldest supported torch
+(TORCH_TARGET_VERSION, from pyproject.toml's ``torch>=X.Y``) and link only
+libtorch_cpu (and libtorch_cuda), so one build serves every torch from X.Y on.
+
+CUDA sources are built when FORCE_CUDA=1, or when the CUDA toolkit, a CUDA build of
+torch and a visible GPU are all present; the architectures come from
+TORCH_CUDA_ARCH_LIST (``make wheel`` sets the release list of build_config.py).
+The build prints what it built and never downloads anything (install with
+``pip install --no-build-isolation``, or build the wheel with ``make wheel``).
 """
 
 import glob
@@ -12,19 +25,34 @@ import os
 import sys
 import sysconfig
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+import build_config  # noqa: E402
+
 try:
     import torch
 except ImportError:
-    # An isolated build (plain `pip install .`) has no torch: stop rather than
-    # compile against another torch than the one the package will run with.
+    # An isolated build (plain `pip install .`) runs in a fresh environment that pip
+    # made for the build: the torch of your environment is not visible in it.
     sys.exit(
-        "atss-ops compiles against the installed torch: install torch first, then "
-        "`pip install --no-build-isolation .` (plain `pip install .` builds in an isolated environment without it)"
+        "atss-ops: no torch in the build environment. A plain `pip install .` builds in an "
+        "isolated environment that cannot see the torch you installed (pyproject.toml does not "
+        "download one on purpose, so that the library is built against your torch): use "
+        "`pip install --no-build-isolation .`, or install the prebuilt wheel (`make wheel` "
+        "writes it to dist/)."
     )
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+
+def _torch_at_least_target():
+    have = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    if have < build_config.torch_minimum():
+        sys.exit(
+            f"atss-ops: torch {torch.__version__} is installed, but the library is built against the "
+            f"stable ABI of torch {build_config.torch_target()} and needs those headers: install "
+            f"torch>={build_config.torch_target()} first"
+        )
 
 
 def _want_cuda():
@@ -41,6 +69,17 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _nvcc_version():
+    """The CUDA toolkit's "major.minor", from its cuda_runtime_api.h (no subprocess)."""
+    header = os.path.join(CUDA_HOME, "include", "cuda_runtime_api.h")
+    with open(header) as f:
+        for line in f:
+            if line.startswith("#define CUDART_VERSION"):
+                v = int(line.split()[2])
+                return f"{v // 1000}.{v % 1000 // 10}"
+    raise RuntimeError(f"no CUDART_VERSION in {header}")
+
+
 class BuildExt(BuildExtension.with_options(use_ninja=True)):
     """Keeps object files in ``build/`` whoever runs the build: pip's editable
     install would otherwise compile in a fresh temporary folder, so ninja could
@@ -52,29 +91,62 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
         self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}")
 
 
-def _extension():
-    cpp = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/cpu/*.cpp")
-    # -ffp-contract=off / -fmad=false: every float operation is rounded on its
-    # own, as the contract requires (no fused multiply-add). Never fast-math.
-    cxx = ["-O3", "-ffp-contract=off", "-fopenmp"]
-    if _want_cuda():
+def _stable(ext, libraries):
+    """Links `ext` against exactly `libraries` (torch's helpers add c10, torch and more:
+    the stable ABI's symbols are all in libtorch_cpu / libtorch_cuda)."""
+    ext.libraries = libraries
+    return ext
+
+
+def _extensions():
+    _torch_at_least_target()
+    target = build_config.torch_target()
+    stable = [build_config.stable_abi_define()]
+    common = _sources("csrc/common/*.cpp")
+    cpp = _sources("csrc/*.cpp") + common + _sources("csrc/cpu/*.cpp")
+    cuda = _want_cuda()
+    cuda_version = _nvcc_version() if cuda else ""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if cuda else ""
+    cxx = [*build_config.CXX_NUMERICS, *stable]
+    exts = [
+        _stable(
+            CppExtension("atss_ops._C", cpp, extra_compile_args={"cxx": cxx}, py_limited_api=True),
+            ["torch_cpu"],
+        )
+    ]
+    if cuda:
         cu = _sources("csrc/cuda/*.cu")
-        arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(detected from the visible GPUs)")
         print(
             f"atss_ops: building CPU + CUDA kernels ({len(cpp)} C++ and {len(cu)} CUDA files, "
-            f"CUDA {torch.version.cuda}, archs {arch}, CUDA_HOME={CUDA_HOME})"
+            f"CUDA {cuda_version}, archs {archs or '(detected from the visible GPUs)'}, "
+            f"CUDA_HOME={CUDA_HOME}), stable ABI of torch {target}"
         )
-        return CUDAExtension(
-            "atss_ops._C",
-            cpp + cu,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-fmad=false", "-lineinfo"]},
-            extra_link_args=["-fopenmp"],
+        # -DUSE_CUDA: the C shim declares its CUDA functions (the current stream).
+        nvcc = [*build_config.NVCC_NUMERICS, "-lineinfo", *stable, "-DUSE_CUDA"]
+        exts.append(
+            _stable(
+                CUDAExtension(
+                    f"atss_ops._C_cuda{cuda_version.split('.')[0]}",
+                    common + cu,
+                    extra_compile_args={"cxx": [*cxx, "-DUSE_CUDA"], "nvcc": nvcc},
+                    py_limited_api=True,
+                ),
+                # The CUDA runtime statically: the library needs no CUDA toolkit, only the
+                # driver (and torch's own libtorch_cuda for the current stream).
+                ["torch_cpu", "torch_cuda", "cudart_static", "rt", "dl", "pthread"],
+            )
         )
-    print(f"atss_ops: building CPU kernels only ({len(cpp)} C++ files); set FORCE_CUDA=1 to build the CUDA kernels")
-    return CppExtension("atss_ops._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    else:
+        print(
+            f"atss_ops: building CPU kernels only ({len(cpp)} C++ files), stable ABI of torch "
+            f"{target}; set FORCE_CUDA=1 to build the CUDA kernels"
+        )
+    return exts
 
 
 setup(
-    ext_modules=[_extension()],
+    ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt},
+    # One wheel for every CPython >= 3.10 (the library uses the limited API alone).
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -1,10 +1,24 @@
-"""Loading the compiled extension, which op has a kernel for which device, and
+"""Loading the compiled libraries, which op has a kernel for which device, and
 the fallback policy: without a kernel, the wrappers use :mod:`atss_ops.reference`
-(the same bits, slower) and say so once per device type."""
+(the same bits, slower) and say so once per device type.
+
+The libraries are built on the LibTorch stable ABI of :data:`TORCH_MINIMUM` (see
+``build_config.py``), so one build serves every torch from that version on:
+
+* ``atss_ops/_C.abi3.so``: the schemas and the CPU kernels (imported as a module);
+* ``atss_ops/_C_cudaN.abi3.so``: the CUDA kernels for CUDA major version N, loaded
+  with ``torch.ops.load_library`` only under a CUDA build of torch of that major
+  version (the CUDA runtime is linked in statically; a driver for CUDA N is needed).
+
+Under an older torch, or a torch built for another CUDA major version, the reason is
+said in one line (:data:`EXTENSION_ERROR`, :data:`CUDA_ERROR`) and the reference serves.
+"""
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import os
 import warnings
 from typing import Optional, Union
 
@@ -12,44 +26,89 @@ import torch
 
 OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
 
+# The oldest torch whose stable ABI the libraries target: pyproject.toml's torch>=
+# (tests/test_stable_abi.py checks that these agree, and the compiled library's own record).
+TORCH_MINIMUM = (2, 10)
+
 BUILD_HINT = (
-    "build it with `pip install --no-build-isolation .` (or, in a clone, "
-    "`python setup.py build_ext --inplace` / `make build`)"
+    "install the prebuilt wheel (`make wheel` writes it to dist/), or build it with "
+    "`pip install --no-build-isolation .` (in a clone, `make build`)"
 )
 
 
-def _major_minor(version: str) -> str:
-    return ".".join(version.split("+")[0].split(".")[:2])
+def _version_tuple(version: str) -> tuple:
+    parts = []
+    for p in version.split("+")[0].split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 def _load() -> Optional[str]:
     """Loads ``atss_ops._C``; returns why it cannot be used, or None."""
     if importlib.util.find_spec("atss_ops._C") is None:
         return f"the compiled extension atss_ops._C is not built: {BUILD_HINT}"
+    minimum = ".".join(map(str, TORCH_MINIMUM))
+    if _version_tuple(torch.__version__) < TORCH_MINIMUM:
+        # Loading would fail on symbols the older torch lacks: say why instead.
+        return (
+            f"the compiled extension atss_ops._C needs torch >= {minimum} (it is built on the "
+            f"LibTorch stable ABI of torch {minimum}), but torch {torch.__version__} is installed: "
+            f"upgrade torch"
+        )
     try:
         from . import _C  # (loading it registers torch.ops.atss_ops.*)
-    except ImportError as exc:  # e.g. built against another torch
-        return f"the compiled extension atss_ops._C failed to load ({exc}): rebuild it, {BUILD_HINT}"
-    # Another torch minor version has another ABI: its kernels could misbehave.
-    built, installed = getattr(_C, "torch_version", None), _major_minor(torch.__version__)
-    if built is not None and built != installed:
-        return (
-            f"the compiled extension atss_ops._C was built against torch {built}, but torch "
-            f"{torch.__version__} is installed: rebuild it, {BUILD_HINT}"
-        )
+    except ImportError as exc:
+        return f"the compiled extension atss_ops._C failed to load ({exc}): rebuild it, or {BUILD_HINT}"
     # A library built from older sources (contract version 1: no anchor_ignore,
     # no ensure_positive) would reject the wrappers' arguments.
     schema = str(torch.ops.atss_ops.atss_assign.default._schema)
     if "ensure_positive" not in schema:
         return (
             "the compiled extension atss_ops._C is older than the Python package "
-            f"(contract version 1): rebuild it, {BUILD_HINT}"
+            f"(contract version 1): rebuild it, or {BUILD_HINT}"
         )
     return None
 
 
 EXTENSION_ERROR: Optional[str] = _load()
 
+
+def cuda_libraries() -> dict:
+    """{CUDA major version: path} of the CUDA kernel libraries beside the package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = {}
+    for path in glob.glob(os.path.join(here, "_C_cuda*.so")):
+        digits = os.path.basename(path)[len("_C_cuda") :].split(".")[0]
+        if digits.isdigit():
+            found[int(digits)] = path
+    return found
+
+
+def _load_cuda() -> Optional[str]:
+    """Loads the CUDA kernels that fit this torch; returns why none serve CUDA tensors, or None."""
+    if EXTENSION_ERROR is not None:
+        return EXTENSION_ERROR
+    libraries = cuda_libraries()
+    if not libraries:
+        return "the compiled extension has no CUDA kernels (built without the CUDA toolkit: FORCE_CUDA=1)"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    major = int(torch.version.cuda.split(".")[0])
+    if major not in libraries:
+        built = ", ".join(f"CUDA {m}" for m in sorted(libraries))
+        return (
+            f"the CUDA kernels of atss_ops are built for {built}, but torch {torch.__version__} is "
+            f"built for CUDA {torch.version.cuda}: install a torch built for {built}"
+        )
+    try:
+        torch.ops.load_library(libraries[major])
+    except OSError as exc:
+        return f"the CUDA kernels of atss_ops failed to load ({exc.__cause__ or exc})"
+    return None
+
+
+CUDA_ERROR: Optional[str] = _load_cuda()
 
 def extension_available() -> bool:
     """True when the compiled library is loaded (``atss_ops._C``)."""
@@ -78,6 +137,27 @@ def has_kernel(op: str, device: Union[str, torch.device]) -> bool:
 _warned_fallback: set = set()
 
 
+def _warn_mismatch_at_import() -> None:
+    """A library that exists but does not fit this torch (too old a torch, another CUDA
+    major version) is said once, at import, in one line; the per-device fallback
+    warning then stays silent for what it already covers."""
+    if EXTENSION_ERROR is not None and "needs torch >=" in EXTENSION_ERROR:
+        why, devices = EXTENSION_ERROR, ("cpu", "cuda")
+    elif EXTENSION_ERROR is None and CUDA_ERROR is not None and "is built for CUDA" in CUDA_ERROR:
+        why, devices = CUDA_ERROR, ("cuda",)
+    else:
+        return
+    _warned_fallback.update(devices)
+    warnings.warn(
+        f"atss_ops: {why}; the pure-PyTorch reference serves {' and '.join(devices)} tensors "
+        "(identical results, slower).",
+        stacklevel=4,
+    )
+
+
+_warn_mismatch_at_import()
+
+
 def use_kernel(op: str, device: torch.device) -> bool:
     """True when ``op`` has a kernel for ``device``; otherwise warns (once per device
     type) that the reference serves the call, and returns False."""
@@ -85,7 +165,8 @@ def use_kernel(op: str, device: torch.device) -> bool:
         return True
     if device.type not in _warned_fallback:
         _warned_fallback.add(device.type)
-        why = EXTENSION_ERROR or f"the compiled extension has no {device.type} kernels"
+        why = EXTENSION_ERROR or (CUDA_ERROR if device.type == "cuda" else None)
+        why = why or f"the compiled extension has no {device.type} kernels"
         warnings.warn(
             f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. Results are identical, only slower.",
             stacklevel=3,

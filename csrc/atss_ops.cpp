@@ -2,6 +2,6 @@
 // from csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu.
 #include "schemas.h"
 
-TORCH_LIBRARY(atss_ops, m) {
+STABLE_TORCH_LIBRARY(atss_ops, m) {
   atss::define_schemas(m);
 }

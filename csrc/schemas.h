@@ -5,11 +5,11 @@
 // docs/contract.md.
 #pragma once
 
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 namespace atss {
 
-inline void define_schemas(torch::Library& m) {
+inline void define_schemas(torch::stable::detail::StableLibrary& m) {
   // Boxes are [A, 2D] / [B, G, 2D] with D = 2 or 3, read from the shapes (contract version 2).
   // Step 2: squared centre distances [B, G, A] float32; NaN rows for padding GTs.
   m.def("center_distance(Tensor anchors, Tensor gt_boxes, Tensor? gt_counts=None) -> Tensor");

@@ -58,6 +58,17 @@ def sources() -> list:
     ] + [os.path.join("csrc", "cuda", f) for f in cuda]
 
 
+def stable_abi_flags() -> list:
+    """The LibTorch stable-ABI target every build of the sources uses (setup.py's, from
+    pyproject.toml's torch requirement): an API newer than it fails to compile."""
+    sys.path.insert(0, ROOT)
+    try:
+        from build_config import stable_abi_define
+    finally:
+        sys.path.pop(0)
+    return [stable_abi_define()]
+
+
 def compiler() -> str:
     return os.environ.get("CXX") or "g++"
 
@@ -101,7 +112,7 @@ def build(variant: str = "plain", jobs: int = 0, verbose: bool = False) -> str:
         "-Wall",
         "-Wno-unused-function",
         "-Wno-unknown-pragmas",
-        "-DTORCH_API_INCLUDE_EXTENSION_H",
+        *stable_abi_flags(),
         *cflags,
         *includes,
     ]
@@ -142,9 +153,7 @@ def build(variant: str = "plain", jobs: int = 0, verbose: bool = False) -> str:
             "-o",
             lib,
             f"-L{lib_dir}",
-            "-lc10",
             "-ltorch_cpu",
-            "-ltorch",
             f"-Wl,-rpath,{lib_dir}",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)

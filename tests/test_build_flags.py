@@ -31,12 +31,34 @@ def test_same_source_globs():
 
 
 def test_same_numerics_flags():
+    """build_config.py holds the numerics flags; setup.py uses them, CMakeLists.txt spells
+    the same ones, the emulated build turns off contraction too."""
+    import build_config
+
+    assert "-ffp-contract=off" in build_config.CXX_NUMERICS and "-O3" in build_config.CXX_NUMERICS
+    assert "-fmad=false" in build_config.NVCC_NUMERICS and "-O3" in build_config.NVCC_NUMERICS
     setup = read("setup.py")
+    assert "build_config.CXX_NUMERICS" in setup and "build_config.NVCC_NUMERICS" in setup
     cmake = read("CMakeLists.txt")
-    emu = read("scripts/build_emu.py")
-    for text in (setup, cmake, emu):
-        assert "-ffp-contract=off" in text
+    cxx = re.search(r"COMPILE_LANGUAGE:CXX>:([^>]*)>", cmake).group(1).split()
+    cuda = re.search(r"COMPILE_LANGUAGE:CUDA>:([^>]*)>", cmake).group(1).split()
+    assert set(build_config.CXX_NUMERICS) <= set(cxx)
+    assert set(build_config.NVCC_NUMERICS) <= set(cuda)
+    assert "-ffp-contract=off" in read("scripts/build_emu.py")
+    for name in ("setup.py", "CMakeLists.txt", "scripts/build_emu.py", "build_config.py"):
+        text = read(name)
         assert "fast-math" not in text.replace("never fast-math", "").replace("Never fast-math", "")
-    for text in (setup, cmake):
-        assert "-fmad=false" in text
-        assert "-O3" in text
+
+
+def test_same_stable_abi_target():
+    """Every build compiles against the stable ABI of pyproject.toml's torch minimum:
+    setup.py and the emulated build through build_config, CMake by reading the same line."""
+    import build_config
+
+    assert build_config.stable_abi_define() == "-DTORCH_TARGET_VERSION=0x{:02x}{:02x}000000000000".format(
+        *build_config.torch_minimum()
+    )
+    assert "build_config.stable_abi_define()" in read("setup.py")
+    assert "stable_abi_define" in read("scripts/build_emu.py")
+    cmake = read("CMakeLists.txt")
+    assert "pyproject.toml" in cmake and "TORCH_TARGET_VERSION=${ATSS_TORCH_TARGET}" in cmake

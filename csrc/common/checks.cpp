@@ -2,7 +2,7 @@
 
 #include "text.h"
 
-#include <c10/util/Exception.h>
+#include <torch/headeronly/core/DeviceType.h>
 
 #include <limits>
 #include <string>
@@ -12,38 +12,62 @@ namespace {
 
 // torch's Python spelling of a dtype ("torch.float16"), so that messages read
 // the same as the ones the Python reference raises.
-std::string dtype_name(at::ScalarType t) {
+std::string dtype_name(ScalarType t) {
   switch (t) {
-    case at::kFloat:
+    case ScalarType::Float:
       return "torch.float32";
-    case at::kDouble:
+    case ScalarType::Double:
       return "torch.float64";
-    case at::kHalf:
+    case ScalarType::Half:
       return "torch.float16";
-    case at::kBFloat16:
+    case ScalarType::BFloat16:
       return "torch.bfloat16";
-    case at::kLong:
+    case ScalarType::Long:
       return "torch.int64";
-    case at::kInt:
+    case ScalarType::Int:
       return "torch.int32";
-    case at::kShort:
+    case ScalarType::Short:
       return "torch.int16";
-    case at::kChar:
+    case ScalarType::Char:
       return "torch.int8";
-    case at::kByte:
+    case ScalarType::Byte:
       return "torch.uint8";
-    case at::kBool:
+    case ScalarType::Bool:
       return "torch.bool";
     default:
-      return std::string("torch.") + c10::toString(t);
+      return std::string("torch.") + torch::headeronly::toString(t);
   }
 }
 
-std::string short_name(at::ScalarType t) {
+// torch's spelling of a device ("cpu", "cuda:0"), as str(tensor.device) in Python.
+std::string device_str(const Tensor& t) {
+  const auto device = t.device();
+  const auto type = device.type();
+  std::string name;
+  if (type == torch::headeronly::DeviceType::CPU) {
+    name = "cpu";
+  } else if (type == torch::headeronly::DeviceType::CUDA) {
+    name = "cuda";
+  } else if (type == torch::headeronly::DeviceType::Meta) {
+    name = "meta";
+  } else {
+    name = "device type " + num(static_cast<int>(type));
+  }
+  return device.index() >= 0 ? name + ":" + num(static_cast<int>(device.index())) : name;
+}
+
+bool same_sizes(IntArrayRef a, IntArrayRef b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) return false;
+  return true;
+}
+
+std::string short_name(ScalarType t) {
   return dtype_name(t).substr(6);
 }
 
-std::string sizes_str(at::IntArrayRef sizes) {
+std::string sizes_str(IntArrayRef sizes) {
   std::string out = "[";
   for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + num(sizes[i]);
   return out + "]";
@@ -73,23 +97,23 @@ const char* misordered(int dims) {
   return dims == 2 ? " has x2 < x1 or y2 < y1" : " has x2 < x1, y2 < y1 or z2 < z1";
 }
 
-const char* layout(const at::Tensor& boxes, bool batched) {
+const char* layout(const Tensor& boxes, bool batched) {
   if (boxes.size(-1) == 4) return batched ? "2-D ([B, G, 4])" : "2-D ([A, 4])";
   return batched ? "3-D ([B, G, 6])" : "3-D ([A, 6])";
 }
 
-void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+void check_dtype(const Tensor& t, const char* name, ScalarType dtype) {
   ATSS_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", short_name(dtype), ", got ",
                    dtype_name(t.scalar_type()));
 }
 
 }  // namespace
 
-void check_anchors(const at::Tensor& anchors) {
+void check_anchors(const Tensor& anchors) {
   ATSS_CHECK_VALUE(anchors.dim() == 2 && (anchors.size(1) == 4 || anchors.size(1) == 6),
                    "anchors must have shape [A, 4] (2-D) or [A, 6] (3-D), got shape ",
                    sizes_str(anchors.sizes()));
-  check_dtype(anchors, "anchors", at::kFloat);
+  check_dtype(anchors, "anchors", ScalarType::Float);
   check_num_anchors(anchors.size(0));
 }
 
@@ -99,29 +123,29 @@ void check_num_anchors(int64_t num_anchors) {
                    "anchors must hold at most 2^31 - 1 anchors, got A = ", num(num_anchors));
 }
 
-void check_gt_boxes(const at::Tensor& gt_boxes) {
+void check_gt_boxes(const Tensor& gt_boxes) {
   ATSS_CHECK_VALUE(gt_boxes.dim() == 3 && (gt_boxes.size(2) == 4 || gt_boxes.size(2) == 6),
                    "gt_boxes must have shape [B, G, 4] (2-D) or [B, G, 6] (3-D), got shape ",
                    sizes_str(gt_boxes.sizes()));
-  check_dtype(gt_boxes, "gt_boxes", at::kFloat);
+  check_dtype(gt_boxes, "gt_boxes", ScalarType::Float);
 }
 
-void check_same_dims(const at::Tensor& anchors, const at::Tensor& gt_boxes) {
+void check_same_dims(const Tensor& anchors, const Tensor& gt_boxes) {
   ATSS_CHECK_VALUE(anchors.size(-1) == gt_boxes.size(-1),
                    "anchors and gt_boxes must have the same number of axes: anchors are ",
                    layout(anchors, false), ", gt_boxes are ", layout(gt_boxes, true));
 }
 
-void check_distances(const at::Tensor& distances) {
+void check_distances(const Tensor& distances) {
   ATSS_CHECK_VALUE(distances.dim() == 3, "distances must have shape [B, G, A], got shape ",
                    sizes_str(distances.sizes()));
-  check_dtype(distances, "distances", at::kFloat);
+  check_dtype(distances, "distances", ScalarType::Float);
   check_num_anchors(distances.size(2));
 }
 
-void check_same_device(std::initializer_list<std::pair<const char*, const at::Tensor*>> named) {
+void check_same_device(std::initializer_list<std::pair<const char*, const Tensor*>> named) {
   const char* first_name = nullptr;
-  const at::Tensor* first = nullptr;
+  const Tensor* first = nullptr;
   for (const auto& [name, t] : named) {
     if (t == nullptr || !t->defined()) continue;
     if (first == nullptr) {
@@ -129,8 +153,8 @@ void check_same_device(std::initializer_list<std::pair<const char*, const at::Te
       first = t;
       continue;
     }
-    ATSS_CHECK_VALUE(t->device() == first->device(), name, " is on ", t->device().str(), " but ",
-                     first_name, " is on ", first->device().str(),
+    ATSS_CHECK_VALUE(t->device() == first->device(), name, " is on ", device_str(*t), " but ",
+                     first_name, " is on ", device_str(*first),
                      ": all tensors must be on one device");
   }
 }
@@ -145,7 +169,7 @@ static std::string to_decimal(unsigned __int128 v) {
   return digits;
 }
 
-void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors) {
+void check_levels(IntArrayRef num_anchors_per_level, int64_t num_anchors) {
   // 128-bit sum: level sizes near 2^63 must not wrap around to A.
   unsigned __int128 total = 0;
   for (int64_t n : num_anchors_per_level) {
@@ -170,74 +194,67 @@ void check_center_eps(std::optional<double> center_eps) {
                    num(*center_eps));
 }
 
-void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch) {
+void check_gt_counts(const OptionalTensor& gt_counts, int64_t batch) {
   if (!gt_counts.has_value()) return;
-  const at::Tensor& t = *gt_counts;
+  const Tensor& t = *gt_counts;
   ATSS_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, "gt_counts must have shape [B] = [",
                    num(batch), "], got shape ", sizes_str(t.sizes()));
-  check_dtype(t, "gt_counts", at::kLong);
+  check_dtype(t, "gt_counts", ScalarType::Long);
 }
 
-void check_anchor_mask(const std::optional<at::Tensor>& mask, const char* name, int64_t batch,
+void check_anchor_mask(const OptionalTensor& mask, const char* name, int64_t batch,
                        int64_t num_anchors) {
   if (!mask.has_value()) return;
-  const at::Tensor& t = *mask;
+  const Tensor& t = *mask;
   ATSS_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == num_anchors, name,
                    " must have shape [B, A] = [", num(batch), ", ", num(num_anchors),
                    "], got shape ", sizes_str(t.sizes()));
-  check_dtype(t, name, at::kBool);
+  check_dtype(t, name, ScalarType::Bool);
 }
 
-void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t batch,
+void check_anchor_valid(const OptionalTensor& anchor_valid, int64_t batch,
                         int64_t num_anchors) {
   check_anchor_mask(anchor_valid, "anchor_valid", batch, num_anchors);
 }
 
-void check_anchor_ignore(const std::optional<at::Tensor>& anchor_ignore, int64_t batch,
+void check_anchor_ignore(const OptionalTensor& anchor_ignore, int64_t batch,
                          int64_t num_anchors) {
   check_anchor_mask(anchor_ignore, "anchor_ignore", batch, num_anchors);
 }
 
-std::optional<at::Tensor> usable_mask(const std::optional<at::Tensor>& anchor_valid,
-                                      const std::optional<at::Tensor>& anchor_ignore) {
-  if (!anchor_ignore.has_value()) return anchor_valid;
-  if (!anchor_valid.has_value()) return anchor_ignore->logical_not();
-  return anchor_valid->logical_and(anchor_ignore->logical_not());
-}
-
-void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt) {
+void check_candidates(const Tensor& candidates, int64_t batch, int64_t num_gt) {
   ATSS_CHECK_VALUE(
       candidates.dim() == 3 && candidates.size(0) == batch && candidates.size(1) == num_gt,
       "candidates must have shape [B, G, C] with B = ", num(batch), ", G = ", num(num_gt),
       ", got shape ", sizes_str(candidates.sizes()));
-  check_dtype(candidates, "candidates", at::kLong);
+  check_dtype(candidates, "candidates", ScalarType::Long);
 }
 
-void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
-                          at::ScalarType dtype) {
-  ATSS_CHECK_VALUE(t.sizes() == candidates.sizes(), name, " must have the shape of candidates ",
+void check_candidate_like(const Tensor& t, const char* name, const Tensor& candidates,
+                          ScalarType dtype) {
+  ATSS_CHECK_VALUE(same_sizes(t.sizes(), candidates.sizes()), name, " must have the shape of candidates ",
                    sizes_str(candidates.sizes()), ", got shape ", sizes_str(t.sizes()));
   check_dtype(t, name, dtype);
 }
 
-void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t num_gt) {
+void check_gt_counts_values(const OptionalTensor& gt_counts, int64_t num_gt) {
   if (!gt_counts.has_value()) return;
-  const at::Tensor counts = gt_counts->contiguous();
-  const int64_t* p = counts.data_ptr<int64_t>();
+  const Tensor counts = as_contiguous(*gt_counts);
+  const int64_t* p = data<int64_t>(counts);
   for (int64_t b = 0; b < counts.numel(); ++b) {
     ATSS_CHECK_VALUE(p[b] >= 0 && p[b] <= num_gt, "gt_counts[", num(b), "] = ", num(p[b]),
                      " is out of range [0, G = ", num(num_gt), "]");
   }
 }
 
-void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                      const std::optional<at::Tensor>& gt_counts) {
+void check_box_values(const Tensor& anchors, const Tensor& gt_boxes,
+                      const OptionalTensor& gt_counts) {
   const int64_t num_gt = gt_boxes.size(1);
   check_gt_counts_values(gt_counts, num_gt);
   // Non-finite boxes are reported before misordered ones, as in the reference.
   const int dims = static_cast<int>(anchors.size(1) / 2);
-  const at::Tensor a = anchors.contiguous();
-  const float* ap = a.data_ptr<float>();
+  const Tensor a = as_contiguous(anchors);
+  const float* ap = data<float>(a);
   const int64_t num_anchors = a.size(0);
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t i = 0; i < num_anchors; ++i) {
@@ -251,11 +268,10 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
       }
     }
   }
-  const at::Tensor g = gt_boxes.contiguous();
-  const float* gp = g.data_ptr<float>();
-  std::optional<at::Tensor> counts;
-  if (gt_counts.has_value()) counts = gt_counts->contiguous();
-  const int64_t* cp = counts.has_value() ? counts->data_ptr<int64_t>() : nullptr;
+  const Tensor g = as_contiguous(gt_boxes);
+  const float* gp = data<float>(g);
+  const OptionalTensor counts = as_contiguous(gt_counts);
+  const int64_t* cp = data<int64_t>(counts);
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t b = 0; b < g.size(0); ++b) {
       const int64_t valid = valid_gt_count(cp, b, num_gt);
@@ -273,9 +289,9 @@ void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
   }
 }
 
-void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors) {
-  const at::Tensor c = candidates.contiguous();
-  const int64_t* p = c.data_ptr<int64_t>();
+void check_candidate_values(const Tensor& candidates, int64_t num_anchors) {
+  const Tensor c = as_contiguous(candidates);
+  const int64_t* p = data<int64_t>(c);
   const int64_t G = c.size(1), C = c.size(2);
   for (int64_t i = 0; i < c.numel(); ++i) {
     if (p[i] < -1 || p[i] >= num_anchors) {
@@ -287,13 +303,13 @@ void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors) {
 }
 
 namespace {
-const at::Tensor* maybe(const std::optional<at::Tensor>& t) {
+const Tensor* maybe(const OptionalTensor& t) {
   return t ? &*t : nullptr;
 }
 }  // namespace
 
-void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                                const std::optional<at::Tensor>& gt_counts) {
+void check_center_distance_args(const Tensor& anchors, const Tensor& gt_boxes,
+                                const OptionalTensor& gt_counts) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
   check_same_dims(anchors, gt_boxes);
@@ -302,10 +318,10 @@ void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_
   check_gt_counts(gt_counts, gt_boxes.size(0));
 }
 
-void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
-                               int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                               const std::optional<at::Tensor>& anchor_valid,
-                               const std::optional<at::Tensor>& anchor_ignore) {
+void check_topk_per_level_args(const Tensor& distances, IntArrayRef num_anchors_per_level,
+                               int64_t topk, const OptionalTensor& gt_counts,
+                               const OptionalTensor& anchor_valid,
+                               const OptionalTensor& anchor_ignore) {
   check_distances(distances);
   check_same_device({{"distances", &distances},
                      {"gt_counts", maybe(gt_counts)},
@@ -318,9 +334,9 @@ void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_
   check_anchor_ignore(anchor_ignore, distances.size(0), distances.size(2));
 }
 
-void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                               const at::Tensor& candidates,
-                               const std::optional<at::Tensor>& gt_counts,
+void check_iou_statistics_args(const Tensor& anchors, const Tensor& gt_boxes,
+                               const Tensor& candidates,
+                               const OptionalTensor& gt_counts,
                                std::optional<double> center_eps) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
@@ -334,14 +350,14 @@ void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_b
   check_center_eps(center_eps);
 }
 
-void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor& candidate_iou,
-                                 const at::Tensor& is_positive, int64_t num_anchors,
-                                 const std::optional<at::Tensor>& anchor_ignore) {
+void check_resolve_multi_gt_args(const Tensor& candidates, const Tensor& candidate_iou,
+                                 const Tensor& is_positive, int64_t num_anchors,
+                                 const OptionalTensor& anchor_ignore) {
   const int64_t B = candidates.dim() > 0 ? candidates.size(0) : 0;
   const int64_t G = candidates.dim() > 1 ? candidates.size(1) : 0;
   check_candidates(candidates, B, G);
-  check_candidate_like(candidate_iou, "candidate_iou", candidates, at::kFloat);
-  check_candidate_like(is_positive, "is_positive", candidates, at::kBool);
+  check_candidate_like(candidate_iou, "candidate_iou", candidates, ScalarType::Float);
+  check_candidate_like(is_positive, "is_positive", candidates, ScalarType::Bool);
   check_same_device({{"candidates", &candidates},
                      {"candidate_iou", &candidate_iou},
                      {"is_positive", &is_positive},
@@ -351,11 +367,11 @@ void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor&
   check_anchor_ignore(anchor_ignore, B, num_anchors);
 }
 
-void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level,
-                            const at::Tensor& gt_boxes, const std::optional<at::Tensor>& gt_counts,
-                            int64_t topk, const std::optional<at::Tensor>& anchor_valid,
+void check_atss_assign_args(const Tensor& anchors, IntArrayRef num_anchors_per_level,
+                            const Tensor& gt_boxes, const OptionalTensor& gt_counts,
+                            int64_t topk, const OptionalTensor& anchor_valid,
                             std::optional<double> center_eps,
-                            const std::optional<at::Tensor>& anchor_ignore) {
+                            const OptionalTensor& anchor_ignore) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
   check_same_dims(anchors, gt_boxes);
@@ -372,18 +388,32 @@ void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_ancho
   check_anchor_ignore(anchor_ignore, gt_boxes.size(0), anchors.size(0));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> background_assignment(
-    int64_t batch, int64_t num_gt, int64_t num_anchors, const at::TensorOptions& float_options,
-    const std::optional<at::Tensor>& anchor_ignore) {
-  const auto i64 = float_options.dtype(at::kLong);
-  at::Tensor gt_index = at::full({batch, num_anchors}, -1, i64);
-  if (anchor_ignore && batch * num_anchors > 0) gt_index.masked_fill_(*anchor_ignore, -2);
-  return {gt_index, at::zeros({batch, num_anchors}, float_options),
-          at::full({batch, num_gt}, std::numeric_limits<float>::quiet_NaN(), float_options),
-          at::zeros({batch, num_gt}, i64)};
+Tensor unassigned_gt_index(const Tensor& like, int64_t batch, int64_t num_anchors,
+                           const OptionalTensor& anchor_ignore) {
+  if (!anchor_ignore || batch * num_anchors == 0) {
+    return new_full(like, {batch, num_anchors}, ScalarType::Long, -1.0);
+  }
+  // -1 - ignore, so -2 where ignored (the stable ABI has no masked_fill_; its
+  // subtract takes a float alpha, which integer tensors refuse: float32 holds -1
+  // and -2 exactly).
+  const Tensor minus_one = new_full(like, {batch, num_anchors}, ScalarType::Float, -1.0);
+  return torch::stable::to(
+      torch::stable::subtract(minus_one, torch::stable::to(*anchor_ignore, ScalarType::Float)),
+      ScalarType::Long);
 }
 
-int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> background_assignment(int64_t batch, int64_t num_gt,
+                                                                 int64_t num_anchors,
+                                                                 const Tensor& anchors,
+                                                                 const OptionalTensor& anchor_ignore) {
+  return {unassigned_gt_index(anchors, batch, num_anchors, anchor_ignore),
+          new_full(anchors, {batch, num_anchors}, ScalarType::Float, 0.0),
+          new_full(anchors, {batch, num_gt}, ScalarType::Float,
+                   std::numeric_limits<float>::quiet_NaN()),
+          new_full(anchors, {batch, num_gt}, ScalarType::Long, 0.0)};
+}
+
+int64_t num_candidate_slots(IntArrayRef num_anchors_per_level, int64_t topk) {
   int64_t total = 0;
   for (int64_t n : num_anchors_per_level) total += n < topk ? n : topk;
   return total;

@@ -7,74 +7,75 @@
 // kernels skip them and stay safe on any input instead (see each kernel).
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <optional>
 #include <tuple>
 
 #include "box_math.h"  // valid_gt_count
+#include "tensor.h"
 
 namespace atss {
 
-void check_anchors(const at::Tensor& anchors);
-void check_gt_boxes(const at::Tensor& gt_boxes);
+void check_anchors(const Tensor& anchors);
+void check_gt_boxes(const Tensor& gt_boxes);
 // anchors [A, 2D] and gt_boxes [B, G, 2D] with the same D.
-void check_same_dims(const at::Tensor& anchors, const at::Tensor& gt_boxes);
-void check_distances(const at::Tensor& distances);
+void check_same_dims(const Tensor& anchors, const Tensor& gt_boxes);
+void check_distances(const Tensor& distances);
 // All defined tensors of `named` on the device of the first one.
-void check_same_device(std::initializer_list<std::pair<const char*, const at::Tensor*>> named);
-void check_levels(at::IntArrayRef num_anchors_per_level, int64_t num_anchors);
+void check_same_device(std::initializer_list<std::pair<const char*, const Tensor*>> named);
+void check_levels(IntArrayRef num_anchors_per_level, int64_t num_anchors);
 void check_topk(int64_t topk);
 void check_center_eps(std::optional<double> center_eps);
-void check_gt_counts(const std::optional<at::Tensor>& gt_counts, int64_t batch);
-void check_anchor_valid(const std::optional<at::Tensor>& anchor_valid, int64_t batch,
+void check_gt_counts(const OptionalTensor& gt_counts, int64_t batch);
+void check_anchor_valid(const OptionalTensor& anchor_valid, int64_t batch,
                         int64_t num_anchors);
-void check_anchor_ignore(const std::optional<at::Tensor>& anchor_ignore, int64_t batch,
+void check_anchor_ignore(const OptionalTensor& anchor_ignore, int64_t batch,
                          int64_t num_anchors);
-// [B, A] bool: valid and not ignored (nullopt when neither mask is given). The
-// kernels select candidates among these anchors (contract: "usable").
-std::optional<at::Tensor> usable_mask(const std::optional<at::Tensor>& anchor_valid,
-                                      const std::optional<at::Tensor>& anchor_ignore);
-void check_candidates(const at::Tensor& candidates, int64_t batch, int64_t num_gt);
-void check_candidate_like(const at::Tensor& t, const char* name, const at::Tensor& candidates,
-                          at::ScalarType dtype);
+void check_candidates(const Tensor& candidates, int64_t batch, int64_t num_gt);
+void check_candidate_like(const Tensor& t, const char* name, const Tensor& candidates,
+                          ScalarType dtype);
 void check_num_anchors(int64_t num_anchors);
 
 // Every structural check of one op, in the order both backends run them (and
 // the order of the fake kernels in atss_ops/ops.py).
-void check_center_distance_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                                const std::optional<at::Tensor>& gt_counts);
-void check_topk_per_level_args(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
-                               int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                               const std::optional<at::Tensor>& anchor_valid,
-                               const std::optional<at::Tensor>& anchor_ignore);
-void check_iou_statistics_args(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                               const at::Tensor& candidates,
-                               const std::optional<at::Tensor>& gt_counts,
+void check_center_distance_args(const Tensor& anchors, const Tensor& gt_boxes,
+                                const OptionalTensor& gt_counts);
+void check_topk_per_level_args(const Tensor& distances, IntArrayRef num_anchors_per_level,
+                               int64_t topk, const OptionalTensor& gt_counts,
+                               const OptionalTensor& anchor_valid,
+                               const OptionalTensor& anchor_ignore);
+void check_iou_statistics_args(const Tensor& anchors, const Tensor& gt_boxes,
+                               const Tensor& candidates,
+                               const OptionalTensor& gt_counts,
                                std::optional<double> center_eps);
-void check_resolve_multi_gt_args(const at::Tensor& candidates, const at::Tensor& candidate_iou,
-                                 const at::Tensor& is_positive, int64_t num_anchors,
-                                 const std::optional<at::Tensor>& anchor_ignore);
-void check_atss_assign_args(const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level,
-                            const at::Tensor& gt_boxes, const std::optional<at::Tensor>& gt_counts,
-                            int64_t topk, const std::optional<at::Tensor>& anchor_valid,
+void check_resolve_multi_gt_args(const Tensor& candidates, const Tensor& candidate_iou,
+                                 const Tensor& is_positive, int64_t num_anchors,
+                                 const OptionalTensor& anchor_ignore);
+void check_atss_assign_args(const Tensor& anchors, IntArrayRef num_anchors_per_level,
+                            const Tensor& gt_boxes, const OptionalTensor& gt_counts,
+                            int64_t topk, const OptionalTensor& anchor_valid,
                             std::optional<double> center_eps,
-                            const std::optional<at::Tensor>& anchor_ignore);
+                            const OptionalTensor& anchor_ignore);
 
 // Value checks: read tensor data (contiguous CPU tensors).
-void check_gt_counts_values(const std::optional<at::Tensor>& gt_counts, int64_t num_gt);
-void check_box_values(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                      const std::optional<at::Tensor>& gt_counts);
-void check_candidate_values(const at::Tensor& candidates, int64_t num_anchors);
+void check_gt_counts_values(const OptionalTensor& gt_counts, int64_t num_gt);
+void check_box_values(const Tensor& anchors, const Tensor& gt_boxes,
+                      const OptionalTensor& gt_counts);
+void check_candidate_values(const Tensor& candidates, int64_t num_anchors);
 
 // atss_assign's outputs when B, G or A is 0, on the anchors' device: every
 // anchor background (-1) or, where anchor_ignore says so, ignored (-2), IoU 0,
 // thresholds NaN, num_positive 0. Shared by the CPU and CUDA kernels.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> background_assignment(
-    int64_t batch, int64_t num_gt, int64_t num_anchors, const at::TensorOptions& float_options,
-    const std::optional<at::Tensor>& anchor_ignore);
+std::tuple<Tensor, Tensor, Tensor, Tensor> background_assignment(int64_t batch, int64_t num_gt,
+                                                                 int64_t num_anchors,
+                                                                 const Tensor& anchors,
+                                                                 const OptionalTensor& anchor_ignore);
+
+// gt_index [B, A] int64 of a call that assigns nothing, on `like`'s device: -1,
+// or -2 where anchor_ignore ([B, A] bool) is set.
+Tensor unassigned_gt_index(const Tensor& like, int64_t batch, int64_t num_anchors,
+                           const OptionalTensor& anchor_ignore);
 
 // Number of candidate slots per GT: sum over levels of min(topk, N_l).
-int64_t num_candidate_slots(at::IntArrayRef num_anchors_per_level, int64_t topk);
+int64_t num_candidate_slots(IntArrayRef num_anchors_per_level, int64_t topk);
 
 }  // namespace atss

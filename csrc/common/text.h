@@ -1,17 +1,18 @@
 // Error messages without iostreams. The messages of the input checks are built
-// from strings alone (numbers through num()) and thrown as c10::ValueError
-// directly. Why: on a toolchain that links parts of libstdc++ statically into
-// the extension while torch uses the shared one (seen with the GPU machine's
-// compiler), formatting a number through an ostream in the extension reads the
-// other library's locale facets and crashes; c10::str (TORCH_CHECK's message
-// builder) does exactly that for every number. ATSS_CHECK_VALUE takes only
-// text, so a number passed without num() does not compile.
+// from strings alone (numbers through num()) and thrown as std::invalid_argument,
+// which torch turns into Python's ValueError with the message as it is (the
+// stable ABI has no c10::ValueError; torch maps std::invalid_argument to
+// ValueError, std::runtime_error to RuntimeError). Why no iostreams: on a
+// toolchain that links parts of libstdc++ statically into the extension while
+// torch uses the shared one (seen with the GPU machine's compiler), formatting
+// a number through an ostream in the extension reads the other library's
+// locale facets and crashes. ATSS_CHECK_VALUE takes only text, so a number
+// passed without num() does not compile.
 #pragma once
-
-#include <c10/util/Exception.h>
 
 #include <cstdio>
 #include <initializer_list>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -36,18 +37,19 @@ inline std::string text(std::initializer_list<std::string_view> parts) {
   return out;
 }
 
-[[noreturn]] inline void fail_value(const std::string& message, const char* func, const char* file,
-                                    uint32_t line) {
-  throw c10::ValueError({func, file, line}, message);
+[[noreturn]] inline void fail_value(const std::string& message) {
+  throw std::invalid_argument(message);
+}
+
+// A failure that is not the caller's input (a CUDA error): RuntimeError in Python.
+[[noreturn]] inline void fail_runtime(const std::string& message) {
+  throw std::runtime_error(message);
 }
 
 }  // namespace atss
 
 // ValueError(message) unless `cond`; the message parts are strings (num() for numbers).
-#define ATSS_CHECK_VALUE(cond, ...)                                       \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      ::atss::fail_value(::atss::text({__VA_ARGS__}), __func__, __FILE__, \
-                         static_cast<uint32_t>(__LINE__));                \
-    }                                                                     \
+#define ATSS_CHECK_VALUE(cond, ...)                          \
+  do {                                                       \
+    if (!(cond)) ::atss::fail_value(::atss::text({__VA_ARGS__})); \
   } while (0)

@@ -12,9 +12,7 @@
 //   "index"          the grid on every level it can handle, however small
 //   "index:N"        the same with about N anchors per cell (N >= 1)
 //   "scan"           the scan everywhere
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -27,6 +25,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/text.h"
 #include "spatial_index.h"
 #include "steps.h"
 
@@ -52,10 +51,10 @@ SelectOptions select_options_from_env() {
     opts.anchors_per_cell = std::stoll(v.substr(6));
     if (opts.anchors_per_cell >= 1) return opts;
   }
-  TORCH_CHECK_VALUE(false,
-                    "ATSS_CPU_SELECT must be auto, index, index:N (N >= 1 anchors per cell) or "
-                    "scan, got '",
-                    v, "'");
+  ATSS_CHECK_VALUE(false,
+                   "ATSS_CPU_SELECT must be auto, index, index:N (N >= 1 anchors per cell) or "
+                   "scan, got '",
+                   v, "'");
   return opts;
 }
 
@@ -114,7 +113,7 @@ class AnchorGrids {
     // there is enough of them to pay for a second thread.
     const int64_t num_levels = static_cast<int64_t>(levels.size());
     const int64_t levels_per_thread = num_anchors >= (int64_t{1} << 16) ? 1 : num_levels;
-    at::parallel_for(0, num_levels, levels_per_thread, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, num_levels, levels_per_thread, [&](int64_t begin, int64_t end) {
       for (int64_t l = begin; l < end; ++l)
         grids[l].build(axes, start[l], levels[l], opts.anchors_per_cell, wanted[l]);
     });
@@ -164,7 +163,7 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
   // pay a wake-up and join it cannot amortise (or, on a loaded machine, wait
   // for a descheduled worker).
   const int64_t grain = any_grid ? 64 : 1;
-  at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> d2, best_dist(held);  // d2: only when a level is scanned
     std::vector<uint32_t> best_keys(held);
     std::vector<uint64_t> best(held);
@@ -205,39 +204,37 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
-    const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
-    const std::optional<at::Tensor>& gt_counts, int64_t topk,
-    const std::optional<at::Tensor>& anchor_valid, std::optional<double> center_eps,
-    const std::optional<at::Tensor>& anchor_ignore, bool ensure_positive) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cpu(
+    const Tensor& anchors, IntArrayRef num_anchors_per_level, const Tensor& gt_boxes,
+    const OptionalTensor& gt_counts, int64_t topk,
+    const OptionalTensor& anchor_valid, std::optional<double> center_eps,
+    const OptionalTensor& anchor_ignore, bool ensure_positive) {
   check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
                          center_eps, anchor_ignore);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
   check_box_values(anchors, gt_boxes, gt_counts);
 
-  const auto f32 = anchors.options();
-  if (B * G * A == 0) return background_assignment(B, G, A, f32, anchor_ignore);
+  if (B * G * A == 0) return background_assignment(B, G, A, anchors, anchor_ignore);
   // gt_index and iou ([B, A]) are filled image by image in the resolution
   // pass below, in the same parallel region, rather than by a separate
   // parallel fill.
-  at::Tensor gt_index = at::empty({B, A}, f32.dtype(at::kLong));
-  at::Tensor iou = at::empty({B, A}, f32);
-  at::Tensor threshold = at::full({B, G}, std::numeric_limits<float>::quiet_NaN(), f32);
-  at::Tensor num_positive = at::zeros({B, G}, f32.dtype(at::kLong));
+  Tensor gt_index = new_empty(anchors, {B, A}, dtype::kLong);
+  Tensor iou = new_empty(anchors, {B, A}, dtype::kFloat);
+  Tensor threshold =
+      new_full(anchors, {B, G}, dtype::kFloat, std::numeric_limits<float>::quiet_NaN());
+  Tensor num_positive = new_full(anchors, {B, G}, dtype::kLong, 0.0);
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
 
-  const at::Tensor a = anchors.contiguous();
-  const at::Tensor g = gt_boxes.contiguous();
-  std::optional<at::Tensor> counts, valid, ignore;
-  if (gt_counts) counts = gt_counts->contiguous();
-  if (anchor_valid) valid = anchor_valid->contiguous();
-  if (anchor_ignore) ignore = anchor_ignore->contiguous();
-  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
-  const bool* ig = ignore ? ignore->data_ptr<bool>() : nullptr;
-  const UsableAnchors usable(valid ? valid->data_ptr<bool>() : nullptr, ig, B * A);
+  const Tensor a = as_contiguous(anchors);
+  const Tensor g = as_contiguous(gt_boxes);
+  const OptionalTensor counts = as_contiguous(gt_counts), valid = as_contiguous(anchor_valid),
+                       ignore = as_contiguous(anchor_ignore);
+  const int64_t* cp = data<int64_t>(counts);
+  const bool* ig = data<bool>(ignore);
+  const UsableAnchors usable(data<bool>(valid), ig, B * A);
   const bool* up = usable.get();
-  const float* ap = a.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
+  const float* ap = data<float>(a);
+  const float* gp = data<float>(g);
   const bool center_test = center_eps.has_value();
   const float eps = center_test ? static_cast<float>(*center_eps) : 0.0f;
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
@@ -246,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   std::vector<int64_t> candidates(B * G * C, -1);
   std::vector<float> cand_iou(B * G * C, 0.0f);
   std::unique_ptr<bool[]> positive(new bool[B * G * C]());
-  float* thr_p = threshold.data_ptr<float>();
+  float* thr_p = data<float>(threshold);
   if (a.size(1) == 4) {
     select_and_score<2>(ap, A, gp, B, G, cp, up, levels, topk, C, center_test, eps, candidates,
                         cand_iou, positive.get(), thr_p);
@@ -255,12 +252,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
                         cand_iou, positive.get(), thr_p);
   }
 
-  int64_t* gi = gt_index.data_ptr<int64_t>();
-  float* io = iou.data_ptr<float>();
-  int64_t* np = num_positive.data_ptr<int64_t>();
+  int64_t* gi = data<int64_t>(gt_index);
+  float* io = data<float>(iou);
+  int64_t* np = data<int64_t>(num_positive);
   // An image costs O(A + G * C): small images share a thread.
   const int64_t images_per_thread = std::max<int64_t>(1, (int64_t{1} << 16) / (A + G * C));
-  at::parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});  // resolve_image's starting state
@@ -274,8 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
   return {gt_index, iou, threshold, num_positive};
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
-  m.impl("atss_assign", &atss_assign_cpu);
+STABLE_TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("atss_assign", TORCH_BOX(&atss_assign_cpu));
 }
 
 }  // namespace atss::cpu

@@ -1,6 +1,4 @@
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <limits>
 
@@ -9,25 +7,24 @@
 
 namespace atss::cpu {
 
-at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                               const std::optional<at::Tensor>& gt_counts) {
+Tensor center_distance_cpu(const Tensor& anchors, const Tensor& gt_boxes,
+                               const OptionalTensor& gt_counts) {
   check_center_distance_args(anchors, gt_boxes, gt_counts);
   check_box_values(anchors, gt_boxes, gt_counts);
 
-  const at::Tensor a = anchors.contiguous();
-  const at::Tensor g = gt_boxes.contiguous();
+  const Tensor a = as_contiguous(anchors);
+  const Tensor g = as_contiguous(gt_boxes);
   const int64_t B = g.size(0), G = g.size(1), A = a.size(0);
-  at::Tensor out = at::empty({B, G, A}, a.options());
+  Tensor out = new_empty(a, {B, G, A}, dtype::kFloat);
   if (out.numel() == 0) return out;
-  std::optional<at::Tensor> counts;
-  if (gt_counts) counts = gt_counts->contiguous();
-  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
+  const OptionalTensor counts = as_contiguous(gt_counts);
+  const int64_t* cp = data<int64_t>(counts);
   const int dims = static_cast<int>(a.size(1) / 2);
-  const AnchorCenters centers(a.data_ptr<float>(), A, dims);
-  const float* gp = g.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  const AnchorCenters centers(data<float>(a), A, dims);
+  const float* gp = data<float>(g);
+  float* op = data<float>(out);
 
-  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       float* row = op + bg * A;
       if (bg % G >= valid_gt_count(cp, bg / G, G)) {
@@ -48,8 +45,8 @@ at::Tensor center_distance_cpu(const at::Tensor& anchors, const at::Tensor& gt_b
   return out;
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
-  m.impl("center_distance", &center_distance_cpu);
+STABLE_TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("center_distance", TORCH_BOX(&center_distance_cpu));
 }
 
 }  // namespace atss::cpu

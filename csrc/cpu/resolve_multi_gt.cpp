@@ -1,7 +1,5 @@
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 #include <vector>
 
 #include "../common/checks.h"
@@ -9,35 +7,33 @@
 
 namespace atss::cpu {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
-    const at::Tensor& candidates, const at::Tensor& candidate_iou, const at::Tensor& is_positive,
-    int64_t num_anchors, const std::optional<at::Tensor>& anchor_ignore, bool ensure_positive) {
+std::tuple<Tensor, Tensor, Tensor> resolve_multi_gt_cpu(
+    const Tensor& candidates, const Tensor& candidate_iou, const Tensor& is_positive,
+    int64_t num_anchors, const OptionalTensor& anchor_ignore, bool ensure_positive) {
   check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors, anchor_ignore);
   const int64_t B = candidates.size(0), G = candidates.size(1);
   check_candidate_values(candidates, num_anchors);
 
   const int64_t A = num_anchors, C = candidates.size(2);
-  at::Tensor gt_index = at::full({B, A}, -1, candidates.options());
-  at::Tensor iou = at::zeros({B, A}, candidate_iou.options());
-  at::Tensor num_positive = at::zeros({B, G}, candidates.options());
+  Tensor iou = new_full(candidate_iou, {B, A}, dtype::kFloat, 0.0);
+  Tensor num_positive = new_full(candidates, {B, G}, dtype::kLong, 0.0);
   if (B * G * A == 0) {
-    if (anchor_ignore && B * A > 0) gt_index.masked_fill_(*anchor_ignore, -2);
-    return {gt_index, iou, num_positive};
+    return {unassigned_gt_index(candidates, B, A, anchor_ignore), iou, num_positive};
   }
-  std::optional<at::Tensor> ignore;
-  if (anchor_ignore) ignore = anchor_ignore->contiguous();
-  const bool* ig = ignore ? ignore->data_ptr<bool>() : nullptr;
-  const at::Tensor cand = candidates.contiguous();
-  const at::Tensor ciou = candidate_iou.contiguous();
-  const at::Tensor pos = is_positive.contiguous();
-  const int64_t* kp = cand.data_ptr<int64_t>();
-  const float* cip = ciou.data_ptr<float>();
-  const bool* pp = pos.data_ptr<bool>();
-  int64_t* gi = gt_index.data_ptr<int64_t>();
-  float* io = iou.data_ptr<float>();
-  int64_t* np = num_positive.data_ptr<int64_t>();
+  Tensor gt_index = new_full(candidates, {B, A}, dtype::kLong, -1.0);
+  const OptionalTensor ignore = as_contiguous(anchor_ignore);
+  const bool* ig = data<bool>(ignore);
+  const Tensor cand = as_contiguous(candidates);
+  const Tensor ciou = as_contiguous(candidate_iou);
+  const Tensor pos = as_contiguous(is_positive);
+  const int64_t* kp = data<int64_t>(cand);
+  const float* cip = data<float>(ciou);
+  const bool* pp = data<bool>(pos);
+  int64_t* gi = data<int64_t>(gt_index);
+  float* io = data<float>(iou);
+  int64_t* np = data<int64_t>(num_positive);
 
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t off = b * G * C;
@@ -48,8 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resolve_multi_gt_cpu(
   return {gt_index, iou, num_positive};
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
-  m.impl("resolve_multi_gt", &resolve_multi_gt_cpu);
+STABLE_TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("resolve_multi_gt", TORCH_BOX(&resolve_multi_gt_cpu));
 }
 
 }  // namespace atss::cpu

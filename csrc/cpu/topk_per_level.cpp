@@ -1,6 +1,4 @@
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -10,37 +8,35 @@
 
 namespace atss::cpu {
 
-at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
-                              int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                              const std::optional<at::Tensor>& anchor_valid,
-                              const std::optional<at::Tensor>& anchor_ignore) {
+Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_level,
+                              int64_t topk, const OptionalTensor& gt_counts,
+                              const OptionalTensor& anchor_valid,
+                              const OptionalTensor& anchor_ignore) {
   check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid,
                             anchor_ignore);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
   check_gt_counts_values(gt_counts, G);
 
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
-  at::Tensor out = at::empty({B, G, C}, distances.options().dtype(at::kLong));
+  Tensor out = new_empty(distances, {B, G, C}, dtype::kLong);
   if (out.numel() == 0) return out;
-  const at::Tensor d = distances.contiguous();
-  std::optional<at::Tensor> counts, valid, ignore;
-  if (gt_counts) counts = gt_counts->contiguous();
-  if (anchor_valid) valid = anchor_valid->contiguous();
-  if (anchor_ignore) ignore = anchor_ignore->contiguous();
-  const int64_t* cp = counts ? counts->data_ptr<int64_t>() : nullptr;
+  const Tensor d = as_contiguous(distances);
+  const OptionalTensor counts = as_contiguous(gt_counts), valid = as_contiguous(anchor_valid),
+                       ignore = as_contiguous(anchor_ignore);
+  const int64_t* cp = data<int64_t>(counts);
   // Candidates come from the usable anchors: valid and not ignored.
-  const UsableAnchors usable(valid ? valid->data_ptr<bool>() : nullptr,
-                             ignore ? ignore->data_ptr<bool>() : nullptr, B * A);
+  const UsableAnchors usable(data<bool>(valid),
+                             data<bool>(ignore), B * A);
   const bool* vp = usable.get();
-  const float* dp = d.data_ptr<float>();
-  int64_t* op = out.data_ptr<int64_t>();
+  const float* dp = data<float>(d);
+  int64_t* op = data<int64_t>(out);
   const std::vector<int64_t> levels(num_anchors_per_level.begin(), num_anchors_per_level.end());
 
   // Scratch of min(topk, largest level) entries: topk itself may be huge.
   const int64_t max_level = levels.empty() ? 0 : *std::max_element(levels.begin(), levels.end());
   const int64_t held = std::min(topk, max_level);
 
-  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> best_keys(held);
     std::vector<float> best_dist(held);
     for (int64_t bg = begin; bg < end; ++bg) {
@@ -66,8 +62,8 @@ at::Tensor topk_per_level_cpu(const at::Tensor& distances, at::IntArrayRef num_a
   return out;
 }
 
-TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
-  m.impl("topk_per_level", &topk_per_level_cpu);
+STABLE_TORCH_LIBRARY_IMPL(atss_ops, CPU, m) {
+  m.impl("topk_per_level", TORCH_BOX(&topk_per_level_cpu));
 }
 
 }  // namespace atss::cpu

@@ -31,42 +31,40 @@
 namespace atss::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
-    const at::Tensor& anchors, at::IntArrayRef num_anchors_per_level, const at::Tensor& gt_boxes,
-    const std::optional<at::Tensor>& gt_counts, int64_t topk,
-    const std::optional<at::Tensor>& anchor_valid, std::optional<double> center_eps,
-    const std::optional<at::Tensor>& anchor_ignore, bool ensure_positive) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
+    const Tensor& anchors, IntArrayRef num_anchors_per_level, const Tensor& gt_boxes,
+    const OptionalTensor& gt_counts, int64_t topk,
+    const OptionalTensor& anchor_valid, std::optional<double> center_eps,
+    const OptionalTensor& anchor_ignore, bool ensure_positive) {
   // The structural checks every backend runs; no value check (no sync).
   check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
                          center_eps, anchor_ignore);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
   check_cuda_num_gt(G);
 
-  const DeviceGuard guard(anchors.device());
-  const auto f32 = anchors.options();
-  const auto i64 = f32.dtype(at::kLong);
-  if (B * G * A == 0) return background_assignment(B, G, A, f32, anchor_ignore);
+  const DeviceGuard guard(anchors);
+  if (B * G * A == 0) return background_assignment(B, G, A, anchors, anchor_ignore);
 
-  const at::Tensor a = anchors.contiguous();
-  const at::Tensor g = gt_boxes.contiguous();
-  std::optional<at::Tensor> counts, valid, ignore;
-  if (gt_counts) counts = gt_counts->contiguous();
-  if (const auto usable = usable_mask(anchor_valid, anchor_ignore)) valid = usable->contiguous();
-  if (anchor_ignore) ignore = anchor_ignore->contiguous();
+  const Tensor a = as_contiguous(anchors);
+  const Tensor g = as_contiguous(gt_boxes);
+  const Stream stream = current_stream();
+  const OptionalTensor counts = as_contiguous(gt_counts);
+  const OptionalTensor valid = usable_mask(anchor_valid, anchor_ignore, stream);
+  const OptionalTensor ignore = as_contiguous(anchor_ignore);
   const int64_t rows = B * G;
   const LevelTable lt = make_level_table(num_anchors_per_level, topk, rows);
   const int64_t C = lt.num_cand;
 
-  at::Tensor gt_index = at::empty({B, A}, i64);
-  at::Tensor iou = at::empty({B, A}, f32);
-  at::Tensor threshold = at::empty({B, G}, f32);
-  at::Tensor num_positive = at::empty({B, G}, i64);
+  Tensor gt_index = new_empty(anchors, {B, A}, dtype::kLong);
+  Tensor iou = new_empty(anchors, {B, A}, dtype::kFloat);
+  Tensor threshold = new_empty(anchors, {B, G}, dtype::kFloat);
+  Tensor num_positive = new_empty(anchors, {B, G}, dtype::kLong);
 
   SelectArgs p{};
-  p.anchors = a.data_ptr<float>();
-  p.gt_boxes = g.data_ptr<float>();
-  p.gt_counts = optional_ptr<int64_t>(counts);
-  p.anchor_valid = optional_ptr<bool>(valid);
+  p.anchors = data<float>(a);
+  p.gt_boxes = data<float>(g);
+  p.gt_counts = data<int64_t>(counts);
+  p.anchor_valid = data<bool>(valid);
   p.num_gt = G;
   p.num_anchors = A;
   p.rows = rows;
@@ -76,8 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.center_test = center_eps.has_value();
   p.center_eps = center_eps ? static_cast<float>(*center_eps) : 0.0f;
   p.nan_bits = host_default_nan_bits();
-  p.threshold = threshold.data_ptr<float>();
-  p.num_positive = num_positive.data_ptr<int64_t>();
+  p.threshold = data<float>(threshold);
+  p.num_positive = data<int64_t>(num_positive);
 
   // One scratch allocation; the zeroed part (claims, counters) comes first.
   ScratchPlan plan;
@@ -88,8 +86,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   const int64_t cand_at = plan.take(rows * C * static_cast<int64_t>(sizeof(int64_t)));
   const int64_t iou_at = plan.take(rows * C * static_cast<int64_t>(sizeof(float)));
   const int64_t pos_at = plan.take(rows * C * static_cast<int64_t>(sizeof(bool)));
-  at::Tensor scratch = at::empty({plan.total()}, f32.dtype(at::kByte));
-  uint8_t* base = scratch.data_ptr<uint8_t>();
+  Tensor scratch = new_empty(anchors, {plan.total()}, dtype::kByte);
+  uint8_t* base = data<uint8_t>(scratch);
   p.claims = reinterpret_cast<u64*>(base + claims_at);
   p.tile_done = reinterpret_cast<unsigned*>(base + done_at);
   p.partial = reinterpret_cast<u64*>(base + part_at);
@@ -97,17 +95,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   p.cand_iou = reinterpret_cast<float*>(base + iou_at);
   p.cand_positive = reinterpret_cast<bool*>(base + pos_at);
 
-  const Stream stream = current_stream();
   memset_async(base, 0, zeroed_bytes, stream);
   const int dims = static_cast<int>(a.size(1) / 2);
   launch_select<Mode::kFused>(p, lt, valid.has_value(), dims, fused_smem_bytes(C, dims), stream);
   launch_decode_claims(p.claims, B, G, A, C, p.candidates, p.cand_iou, p.cand_positive,
-                       optional_ptr<bool>(ignore), gt_index.data_ptr<int64_t>(),
-                       iou.data_ptr<float>(), num_positive.data_ptr<int64_t>(), stream);
+                       data<bool>(ignore), data<int64_t>(gt_index),
+                       data<float>(iou), data<int64_t>(num_positive), stream);
   if (ensure_positive) {
     launch_ensure_positive(p.candidates, p.cand_iou, p.gt_counts, B, G, C, A, p.claims,
-                           gt_index.data_ptr<int64_t>(), iou.data_ptr<float>(),
-                           num_positive.data_ptr<int64_t>(), stream);
+                           data<int64_t>(gt_index), data<float>(iou),
+                           data<int64_t>(num_positive), stream);
   }
   return {gt_index, iou, threshold, num_positive};
 }
@@ -115,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
 }  // namespace
 
 ATSS_DEVICE_LIBRARY_IMPL(m) {
-  m.impl("atss_assign", &atss_assign_cuda);
+  m.impl("atss_assign", TORCH_BOX(&atss_assign_cuda));
 }
 
 }  // namespace atss::cuda

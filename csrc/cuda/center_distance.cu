@@ -38,19 +38,18 @@ __global__ void __launch_bounds__(kDistanceThreads)
   }
 }
 
-at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_boxes,
-                                const std::optional<at::Tensor>& gt_counts) {
+Tensor center_distance_cuda(const Tensor& anchors, const Tensor& gt_boxes,
+                                const OptionalTensor& gt_counts) {
   // The structural checks every backend runs; no value check (no sync).
   check_center_distance_args(anchors, gt_boxes, gt_counts);
 
-  const DeviceGuard guard(anchors.device());
-  const at::Tensor a = anchors.contiguous();
-  const at::Tensor g = gt_boxes.contiguous();
+  const DeviceGuard guard(anchors);
+  const Tensor a = as_contiguous(anchors);
+  const Tensor g = as_contiguous(gt_boxes);
   const int64_t B = g.size(0), G = g.size(1), A = a.size(0);
-  at::Tensor out = at::empty({B, G, A}, a.options());
+  Tensor out = new_empty(a, {B, G, A}, dtype::kFloat);
   if (out.numel() == 0) return out;
-  std::optional<at::Tensor> counts;
-  if (gt_counts) counts = gt_counts->contiguous();
+  const OptionalTensor counts = as_contiguous(gt_counts);
 
   const int64_t rows = B * G;
   const unsigned blocks_x = grid_for(A, kDistanceThreads, 1024);
@@ -58,12 +57,12 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
   const dim3 grid(blocks_x, blocks_y);
   if (a.size(1) == 4) {
     ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel<2>)(
-        a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
-        host_default_nan_bits(), out.data_ptr<float>());
+        data<float>(a), data<float>(g), data<int64_t>(counts), G, A, rows,
+        host_default_nan_bits(), data<float>(out));
   } else {
     ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel<3>)(
-        a.data_ptr<float>(), g.data_ptr<float>(), optional_ptr<int64_t>(counts), G, A, rows,
-        host_default_nan_bits(), out.data_ptr<float>());
+        data<float>(a), data<float>(g), data<int64_t>(counts), G, A, rows,
+        host_default_nan_bits(), data<float>(out));
   }
   launch_check();
   return out;
@@ -72,7 +71,7 @@ at::Tensor center_distance_cuda(const at::Tensor& anchors, const at::Tensor& gt_
 }  // namespace
 
 ATSS_DEVICE_LIBRARY_IMPL(m) {
-  m.impl("center_distance", &center_distance_cuda);
+  m.impl("center_distance", TORCH_BOX(&center_distance_cuda));
 }
 
 }  // namespace atss::cuda

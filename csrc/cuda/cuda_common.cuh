@@ -107,9 +107,32 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks) {
 }
 
 // Data pointer of an optional tensor, or null.
-template <class T>
-const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
+// The usable anchors (contract: valid and not ignored) as one [B, A] bool
+// tensor for the selection kernels: `anchor_valid` itself when nothing is
+// ignored (or nullopt when neither mask is given), else one elementwise kernel.
+static __global__ void usable_mask_kernel(const bool* valid, const bool* ignore, int64_t count,
+                                   bool* usable) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    usable[i] = (valid == nullptr || valid[i]) && !ignore[i];
+  }
+}
+
+static OptionalTensor usable_mask(const OptionalTensor& anchor_valid,
+                                  const OptionalTensor& anchor_ignore, Stream stream) {
+  if (!anchor_ignore.has_value()) return as_contiguous(anchor_valid);
+  const Tensor ignore = as_contiguous(*anchor_ignore);
+  const OptionalTensor valid = as_contiguous(anchor_valid);
+  const int64_t count = ignore.numel();
+  Tensor usable = new_empty(ignore, {ignore.size(0), ignore.size(1)}, dtype::kBool);
+  if (count == 0) return usable;
+  constexpr int kMaskThreads = 256;
+  ATSS_LAUNCH(max_grid_blocks((count + kMaskThreads - 1) / kMaskThreads, 4096), kMaskThreads, 0,
+              stream, usable_mask_kernel)(data<bool>(valid), data<bool>(ignore), count,
+                                          data<bool>(usable));
+  launch_check();
+  return usable;
 }
 
 // The structural limits of the CUDA kernels beyond the shared checks.

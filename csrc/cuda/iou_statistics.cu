@@ -70,32 +70,31 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
-    const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& candidates,
-    const std::optional<at::Tensor>& gt_counts, std::optional<double> center_eps) {
+std::tuple<Tensor, Tensor, Tensor> iou_statistics_cuda(
+    const Tensor& anchors, const Tensor& gt_boxes, const Tensor& candidates,
+    const OptionalTensor& gt_counts, std::optional<double> center_eps) {
   // The structural checks every backend runs; no value check (no sync).
   check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
 
-  const DeviceGuard guard(anchors.device());
+  const DeviceGuard guard(anchors);
   const int64_t C = candidates.size(2);
-  at::Tensor cand_iou = at::empty({B, G, C}, anchors.options());
-  at::Tensor threshold = at::empty({B, G}, anchors.options());
-  at::Tensor is_positive = at::empty({B, G, C}, anchors.options().dtype(at::kBool));
+  Tensor cand_iou = new_empty(anchors, {B, G, C}, dtype::kFloat);
+  Tensor threshold = new_empty(anchors, {B, G}, dtype::kFloat);
+  Tensor is_positive = new_empty(anchors, {B, G, C}, dtype::kBool);
   if (B * G == 0) return {cand_iou, threshold, is_positive};
 
-  const at::Tensor a = anchors.contiguous();
-  const at::Tensor g = gt_boxes.contiguous();
-  const at::Tensor cand = candidates.contiguous();
-  std::optional<at::Tensor> counts;
-  if (gt_counts) counts = gt_counts->contiguous();
+  const Tensor a = as_contiguous(anchors);
+  const Tensor g = as_contiguous(gt_boxes);
+  const Tensor cand = as_contiguous(candidates);
+  const OptionalTensor counts = as_contiguous(gt_counts);
   const int64_t rows = B * G;
 
   IouArgs p{};
-  p.anchors = a.data_ptr<float>();
-  p.gt_boxes = g.data_ptr<float>();
-  p.candidates = cand.data_ptr<int64_t>();
-  p.gt_counts = optional_ptr<int64_t>(counts);
+  p.anchors = data<float>(a);
+  p.gt_boxes = data<float>(g);
+  p.candidates = data<int64_t>(cand);
+  p.gt_counts = data<int64_t>(counts);
   p.num_gt = G;
   p.num_anchors = A;
   p.num_slots = C;
@@ -105,14 +104,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
   p.center_eps = center_eps ? static_cast<float>(*center_eps) : 0.0f;
   p.nan_bits = host_default_nan_bits();
   p.in_smem = ScoreSmem::fits(C);
-  at::Tensor cand_buf;
+  Tensor cand_buf;
   if (!p.in_smem) {
-    cand_buf = at::empty({rows * C}, cand.options());
-    p.cand_buf = cand_buf.data_ptr<int64_t>();
+    cand_buf = new_empty(cand, {rows * C}, dtype::kLong);
+    p.cand_buf = data<int64_t>(cand_buf);
   }
-  p.cand_iou = cand_iou.data_ptr<float>();
-  p.threshold = threshold.data_ptr<float>();
-  p.is_positive = is_positive.data_ptr<bool>();
+  p.cand_iou = data<float>(cand_iou);
+  p.threshold = data<float>(threshold);
+  p.is_positive = data<bool>(is_positive);
 
   const unsigned blocks = max_grid_blocks(p.num_tiles, int64_t{1} << 20);  // then grid-stride
   const size_t dynamic_smem = p.in_smem ? static_cast<size_t>(ScoreSmem::bytes(C)) : 0;
@@ -128,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_statistics_cuda(
 }  // namespace
 
 ATSS_DEVICE_LIBRARY_IMPL(m) {
-  m.impl("iou_statistics", &iou_statistics_cuda);
+  m.impl("iou_statistics", TORCH_BOX(&iou_statistics_cuda));
 }
 
 }  // namespace atss::cuda

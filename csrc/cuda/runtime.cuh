@@ -4,14 +4,17 @@
 // registers the same ops under the namespace atss_ops_emu for CPU tensors).
 //
 // Kernel side: ATSS_LAUNCH(grid, block, smem, stream, kernel)(args...) for the
-// triple-chevron launch (each followed by launch_check(), which is
-// C10_CUDA_KERNEL_LAUNCH_CHECK() on the GPU); ATSS_DYNAMIC_SMEM(type, name)
+// triple-chevron launch (each followed by launch_check(), which turns
+// cudaGetLastError() into a RuntimeError on the GPU); ATSS_DYNAMIC_SMEM(type, name)
 // for `extern __shared__ type name[]`; ATSS_SHARED(type, name) for a static
 // `__shared__ type name`; ATSS_ARCH, the architecture the device code is
 // compiled for (the emulation models sm_90).
 //
 // Host side: DeviceGuard, Stream / current_stream(), memset_async(),
-// launch_check(), sm_count() and max_grid_blocks().
+// launch_check(), sm_count() and max_grid_blocks(). On the GPU these use the
+// LibTorch stable ABI alone: torch::stable::accelerator::DeviceGuard and the
+// C shim's current CUDA stream (aoti_torch_get_current_cuda_stream, in
+// libtorch_cuda), the CUDA runtime for the rest.
 //
 // Knobs (environment variables, read at every call, on the GPU and in the
 // emulation alike): ATSS_MAX_BLOCKS caps every grid (so grid-stride loops and
@@ -20,24 +23,22 @@
 // an H100's 132).
 #pragma once
 
-#include <ATen/ATen.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
+#include "../common/tensor.h"
 #include "../common/text.h"
 
 #if defined(ATSS_EMU)
 #include "emu/cuda_emu.h"
 #else
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
 #endif
 
 #if defined(ATSS_EMU)
@@ -53,12 +54,12 @@
 #define ATSS_DYNAMIC_SMEM(type, name) ATSS_EMU_DYNAMIC_SMEM(type, name)
 #define ATSS_SHARED(type, name) ATSS_EMU_SHARED(type, name)
 // The emulated kernels take CPU tensors, under their own namespace.
-#define ATSS_DEVICE_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(atss_ops_emu, CPU, m)
+#define ATSS_DEVICE_LIBRARY_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(atss_ops_emu, CPU, m)
 #else
 #define ATSS_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #define ATSS_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) type name[]
 #define ATSS_SHARED(type, name) __shared__ type name
-#define ATSS_DEVICE_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(atss_ops, CUDA, m)
+#define ATSS_DEVICE_LIBRARY_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(atss_ops, CUDA, m)
 #endif
 
 namespace atss::cuda {
@@ -77,7 +78,7 @@ inline int64_t env_positive(const char* name) {
 #if defined(ATSS_EMU)
 
 struct DeviceGuard {
-  explicit DeviceGuard(const at::Device&) {}
+  explicit DeviceGuard(const Tensor&) {}
 };
 using Stream = int;
 inline Stream current_stream() {
@@ -96,16 +97,38 @@ inline int sm_count() {
 
 #else
 
-using DeviceGuard = c10::cuda::CUDAGuard;
+// A CUDA error as a RuntimeError naming the call and the error.
+inline void cuda_check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    fail_runtime(text({"CUDA error in ", what, ": ", cudaGetErrorName(status), " (",
+                       cudaGetErrorString(status), ")"}));
+  }
+}
+
+// The device of the op's tensors made current for the call.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(const Tensor& t) : guard_(t.get_device_index()) {}
+
+ private:
+  torch::stable::accelerator::DeviceGuard guard_;
+};
+
 using Stream = cudaStream_t;
+// torch's current stream on the current device (set by DeviceGuard).
 inline Stream current_stream() {
-  return c10::cuda::getCurrentCUDAStream();
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(
+      static_cast<int32_t>(torch::stable::accelerator::getCurrentDeviceIndex()), &stream));
+  return static_cast<Stream>(stream);
 }
 inline void memset_async(void* ptr, int value, int64_t bytes, Stream stream) {
-  if (bytes > 0) C10_CUDA_CHECK(cudaMemsetAsync(ptr, value, static_cast<size_t>(bytes), stream));
+  if (bytes > 0) {
+    cuda_check(cudaMemsetAsync(ptr, value, static_cast<size_t>(bytes), stream), "cudaMemsetAsync");
+  }
 }
 inline void launch_check() {
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda_check(cudaGetLastError(), "a kernel launch");
 }
 
 // Multiprocessor count of the current device (cached per device; a plain
@@ -115,13 +138,15 @@ inline int sm_count() {
   if (forced > 0) return static_cast<int>(forced);
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices] = {};
-  const int device = c10::cuda::current_device();
+  int device = 0;
+  cuda_check(cudaGetDevice(&device), "cudaGetDevice");
   if (device >= 0 && device < kMaxDevices) {
     const int cached = cache[device].load(std::memory_order_relaxed);
     if (cached > 0) return cached;
   }
   int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  cuda_check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device),
+             "cudaDeviceGetAttribute");
   if (n < 1) n = 1;
   if (device >= 0 && device < kMaxDevices) cache[device].store(n, std::memory_order_relaxed);
   return n;

@@ -42,7 +42,7 @@ namespace atss::cuda {
 
 // The chunk length: the largest of 8192 .. 1024 anchors that still gives the
 // grid about 4 work items per multiprocessor.
-inline int64_t pick_chunk_len(at::IntArrayRef levels, int64_t rows) {
+inline int64_t pick_chunk_len(IntArrayRef levels, int64_t rows) {
   const int64_t tiles = num_row_tiles(rows);
   const int64_t target = 4 * static_cast<int64_t>(sm_count());
   for (int64_t len : {8192, 4096, 2048}) {
@@ -55,7 +55,7 @@ inline int64_t pick_chunk_len(at::IntArrayRef levels, int64_t rows) {
 
 // The level table for `levels` (which check_levels has accepted: entries >= 0,
 // sum A < 2^31) and topk >= 1.
-inline LevelTable make_level_table(at::IntArrayRef levels, int64_t topk, int64_t rows) {
+inline LevelTable make_level_table(IntArrayRef levels, int64_t topk, int64_t rows) {
   int64_t non_empty = 0;
   for (int64_t n : levels) non_empty += n > 0;
   ATSS_CHECK_VALUE(non_empty <= kMaxLevels, "num_anchors_per_level: the CUDA kernels take at most ",

@@ -9,49 +9,47 @@
 namespace atss::cuda {
 namespace {
 
-at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_anchors_per_level,
-                               int64_t topk, const std::optional<at::Tensor>& gt_counts,
-                               const std::optional<at::Tensor>& anchor_valid,
-                               const std::optional<at::Tensor>& anchor_ignore) {
+Tensor topk_per_level_cuda(const Tensor& distances, IntArrayRef num_anchors_per_level,
+                               int64_t topk, const OptionalTensor& gt_counts,
+                               const OptionalTensor& anchor_valid,
+                               const OptionalTensor& anchor_ignore) {
   // The structural checks every backend runs; no value check (no sync).
   check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid,
                             anchor_ignore);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
 
-  const DeviceGuard guard(distances.device());
+  const DeviceGuard guard(distances);
   const int64_t C = num_candidate_slots(num_anchors_per_level, topk);
-  at::Tensor out = at::empty({B, G, C}, distances.options().dtype(at::kLong));
+  Tensor out = new_empty(distances, {B, G, C}, dtype::kLong);
   if (out.numel() == 0) return out;  // B * G == 0 or A == 0
 
-  const at::Tensor d = distances.contiguous();
-  std::optional<at::Tensor> counts, valid;
-  if (gt_counts) counts = gt_counts->contiguous();
+  const Tensor d = as_contiguous(distances);
+  const Stream stream = current_stream();
+  const OptionalTensor counts = as_contiguous(gt_counts);
   // Candidates come from the usable anchors: valid and not ignored (one
   // elementwise kernel when anchor_ignore is given).
-  if (const auto usable = usable_mask(anchor_valid, anchor_ignore)) valid = usable->contiguous();
+  const OptionalTensor valid = usable_mask(anchor_valid, anchor_ignore, stream);
   const int64_t rows = B * G;
   const LevelTable lt = make_level_table(num_anchors_per_level, topk, rows);
-  TORCH_INTERNAL_ASSERT(lt.num_cand == C);
 
   SelectArgs p{};
-  p.distances = d.data_ptr<float>();
-  p.gt_counts = optional_ptr<int64_t>(counts);
-  p.anchor_valid = optional_ptr<bool>(valid);
+  p.distances = data<float>(d);
+  p.gt_counts = data<int64_t>(counts);
+  p.anchor_valid = data<bool>(valid);
   p.num_gt = G;
   p.num_anchors = A;
   p.rows = rows;
   p.num_tiles = num_row_tiles(rows);
-  p.candidates = out.data_ptr<int64_t>();
+  p.candidates = data<int64_t>(out);
 
   ScratchPlan plan;
   const int64_t done_at = plan.take(p.num_tiles * static_cast<int64_t>(sizeof(unsigned)));
   const int64_t part_at = plan.take(rows * lt.num_part * static_cast<int64_t>(sizeof(u64)));
-  at::Tensor scratch = at::empty({plan.total()}, distances.options().dtype(at::kByte));
-  uint8_t* base = scratch.data_ptr<uint8_t>();
+  Tensor scratch = new_empty(distances, {plan.total()}, dtype::kByte);
+  uint8_t* base = data<uint8_t>(scratch);
   p.tile_done = reinterpret_cast<unsigned*>(base + done_at);
   p.partial = reinterpret_cast<u64*>(base + part_at);
 
-  const Stream stream = current_stream();
   memset_async(p.tile_done, 0, p.num_tiles * static_cast<int64_t>(sizeof(unsigned)), stream);
   launch_select<Mode::kTopk>(p, lt, valid.has_value(), 2, 0, stream);
   return out;
@@ -60,7 +58,7 @@ at::Tensor topk_per_level_cuda(const at::Tensor& distances, at::IntArrayRef num_
 }  // namespace
 
 ATSS_DEVICE_LIBRARY_IMPL(m) {
-  m.impl("topk_per_level", &topk_per_level_cuda);
+  m.impl("topk_per_level", TORCH_BOX(&topk_per_level_cuda));
 }
 
 }  // namespace atss::cuda

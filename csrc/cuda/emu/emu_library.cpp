@@ -5,6 +5,6 @@
 // torch.ops.load_library after `import atss_ops`; never shipped in the wheel.
 #include "../../schemas.h"
 
-TORCH_LIBRARY(atss_ops_emu, m) {
+STABLE_TORCH_LIBRARY(atss_ops_emu, m) {
   atss::define_schemas(m);
 }

@@ -2,7 +2,7 @@
 // tests/test_emulated_cuda.py: correct collectives, and each misuse it must
 // turn into a failed launch instead of a hang or a silent result. Part of the
 // test-only library atss_ops_emu only: torch.ops.atss_ops_emu._selftest(name).
-#include <string>
+#include <string_view>
 
 #include "../cuda_common.cuh"
 
@@ -93,16 +93,23 @@ __global__ void smem_kernel(int* out) {
   out[threadIdx.x] = buf[blockDim.x - 1 - threadIdx.x];
 }
 
-at::Tensor selftest(const std::string& name) {
-  at::Tensor out = at::zeros({4096}, at::kLong);
-  at::Tensor ints = at::zeros({4096}, at::kInt);
-  int* ip = ints.data_ptr<int>();
+Tensor cpu_zeros(int64_t n, ScalarType scalar_type) {
+  Tensor t = torch::stable::empty({n}, scalar_type, std::nullopt,
+                                  torch::stable::Device(torch::headeronly::DeviceType::CPU));
+  torch::stable::zero_(t);
+  return t;
+}
+
+Tensor selftest(std::string_view name) {
+  Tensor out = cpu_zeros(4096, dtype::kLong);
+  Tensor ints = cpu_zeros(4096, dtype::kInt);
+  int* ip = data<int>(ints);
   const Stream s = current_stream();
   if (name == "collectives") {
-    at::Tensor counter = at::zeros({1}, at::kInt);
+    Tensor counter = cpu_zeros(1, dtype::kInt);
     ATSS_LAUNCH(8, 64, 0, s, collectives_kernel)(
-        out.data_ptr<int64_t>(), reinterpret_cast<unsigned*>(counter.data_ptr<int>()));
-    return out.narrow(0, 0, 48).view({8, 6});
+        data<int64_t>(out), reinterpret_cast<unsigned*>(data<int>(counter)));
+    return torch::stable::view(torch::stable::narrow(out, 0, 0, 48), {8, 6});
   } else if (name == "divergent_barrier") {
     ATSS_LAUNCH(2, 64, 0, s, divergent_barrier_kernel)();
   } else if (name == "divergent_sites") {
@@ -119,7 +126,7 @@ at::Tensor selftest(const std::string& name) {
     ATSS_LAUNCH(1, 32, 0, s, different_collectives_kernel)(ip);
   } else if (name == "smem") {
     ATSS_LAUNCH(3, 128, 128 * sizeof(int), s, smem_kernel)(ip);
-    return ints.narrow(0, 0, 128).to(at::kLong);
+    return torch::stable::to(torch::stable::narrow(ints, 0, 0, 128), dtype::kLong);
   } else if (name == "block_too_large") {
     ATSS_LAUNCH(1, 1025, 0, s, smem_kernel)(ip);
   } else if (name == "block_z_too_large") {
@@ -133,7 +140,7 @@ at::Tensor selftest(const std::string& name) {
   } else if (name == "smem_opt_in") {
     cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024);
     ATSS_LAUNCH(1, 32, 100 * 1024, s, smem_kernel)(ip);
-    return ints.narrow(0, 0, 32).to(at::kLong);
+    return torch::stable::to(torch::stable::narrow(ints, 0, 0, 32), dtype::kLong);
   } else if (name == "smem_opt_in_over_device_limit") {
     cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024);
   } else {
@@ -144,11 +151,11 @@ at::Tensor selftest(const std::string& name) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(atss_ops_emu, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(atss_ops_emu, m) {
   m.def("_selftest(str name) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(atss_ops_emu, CompositeExplicitAutograd, m) {
-  m.impl("_selftest", &selftest);
+STABLE_TORCH_LIBRARY_IMPL(atss_ops_emu, CompositeExplicitAutograd, m) {
+  m.impl("_selftest", TORCH_BOX(&selftest));
 }
 
 }  // namespace atss::cuda
