@@ -5,6 +5,7 @@
 # Knobs: PYTHON (the interpreter that creates the venv), VENV, TORCH_SPEC.
 # CUDA kernels: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 CUDA_HOME=/usr/local/cuda make build
 # (built automatically when the CUDA toolkit, a CUDA build of torch and a GPU are present).
+# The release wheel: `make wheel` (WHEEL_ARCHS), checked by `make wheel-check` (WHEEL_TORCH).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +20,7 @@ export CUDA_HOME ?= /usr/local/cuda
 endif
 
 .PHONY: venv build install test demo bench bench-gpu gpu-extra cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize \
-	lint format clean
+	wheel wheel-check lint format clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -60,6 +61,31 @@ emu-tsan: venv
 # any report fails.
 emu-sanitize: emu-asan emu-tsan
 	bash scripts/emu_sanitize.sh
+
+# The binary wheel: dist/atss_ops-<version>-cp310-abi3-manylinux_2_28_x86_64.whl, CPU and
+# CUDA kernels (WHEEL_ARCHS: SASS for each, PTX of the newest; CUDA toolkit from CUDA_HOME),
+# on the LibTorch stable ABI (every torch from pyproject.toml's minimum on) and CPython's
+# limited API (every Python >= 3.10). auditwheel gives it the manylinux tag after checking
+# its symbols; torch's own libraries and the CUDA runtime torch brings stay external.
+WHEEL_ARCHS ?= $(shell $(PYTHON) -c 'import build_config; print(build_config.WHEEL_CUDA_ARCHS)')
+WHEEL_PLAT := manylinux_2_28_x86_64
+wheel: venv
+	rm -rf dist/raw && mkdir -p dist
+	@start=$$(date +%s); \
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" $(PY) -m pip wheel --quiet --disable-pip-version-check \
+	  --no-build-isolation --no-deps -w dist/raw . && \
+	$(VENV)/bin/auditwheel repair --plat $(WHEEL_PLAT) --exclude libtorch_cpu.so --exclude libtorch_cuda.so \
+	  --exclude 'libcudart.so.*' -w dist dist/raw/atss_ops-*.whl && \
+	$(VENV)/bin/auditwheel show dist/atss_ops-*$(WHEEL_PLAT).whl && \
+	ls -l dist/atss_ops-*$(WHEEL_PLAT).whl && \
+	echo "make wheel: archs $(WHEEL_ARCHS), $$(( $$(date +%s) - start )) s"
+
+# The wheel installed with no compiler into fresh venvs of several torch releases, and the
+# op tests run against the installed package (scripts/wheel_check.py).
+WHEEL_TORCH ?= 2.10.0 2.12.0 2.15.0
+WHEEL_TESTS ?= full
+wheel-check: venv
+	$(PY) scripts/wheel_check.py --torch $(WHEEL_TORCH) --tests $(WHEEL_TESTS)
 
 demo: install
 	$(PY) -m benchmarks.bench_cpu --check
@@ -103,4 +129,5 @@ format: venv
 	find csrc \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 $(VENV)/bin/clang-format -i
 
 clean:
-	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results .gpu-extra
+	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results .gpu-extra \
+	  dist .wheel-check

@@ -5,9 +5,9 @@ lives in pyproject.toml; shared build facts in build_config.py):
                             module (one binary for every Python >= 3.10)
   atss_ops/_C_cudaN.abi3.so the CUDA kernels (when built) for CUDA major version N,
                             loaded by atss_ops with torch.ops.load_library under a
-                            CUDA build of torch of the same major version; the CUDA
-                            runtime is linked statically, so it needs only torch and
-                            a driver
+                            CUDA build of torch of the same major version; it links
+                            the CUDA runtime libcudart.so.N that such a torch brings
+                            (and has loaded), so it needs only that torch and a driver
 
 Both are compiled against the stable ABI of the oldest supported torch
 (TORCH_TARGET_VERSION, from pyproject.toml's ``torch>=X.Y``) and link only
@@ -81,14 +81,24 @@ def _nvcc_version():
 
 
 class BuildExt(BuildExtension.with_options(use_ninja=True)):
-    """Keeps object files in ``build/`` whoever runs the build: pip's editable
-    install would otherwise compile in a fresh temporary folder, so ninja could
-    not reuse what ``setup.py build_ext --inplace`` (``make build``) compiled."""
+    """Keeps object files in ``build/`` whoever runs the build (one folder per
+    library): pip's editable install would otherwise compile in a fresh temporary
+    folder, so ninja could not reuse what ``setup.py build_ext --inplace``
+    (``make build``) compiled."""
 
     def finalize_options(self):
         super().finalize_options()
         plat = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
         self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}")
+
+    def build_extension(self, ext):
+        # One folder (and ninja file) per library: both compile csrc/common/ with their flags.
+        base = self.build_temp
+        self.build_temp = os.path.join(base, ext.name.split(".")[-1])
+        try:
+            super().build_extension(ext)
+        finally:
+            self.build_temp = base
 
 
 def _stable(ext, libraries):
@@ -131,9 +141,9 @@ def _extensions():
                     extra_compile_args={"cxx": [*cxx, "-DUSE_CUDA"], "nvcc": nvcc},
                     py_limited_api=True,
                 ),
-                # The CUDA runtime statically: the library needs no CUDA toolkit, only the
-                # driver (and torch's own libtorch_cuda for the current stream).
-                ["torch_cpu", "torch_cuda", "cudart_static", "rt", "dl", "pthread"],
+                # The CUDA runtime of torch's own CUDA major version (libcudart.so.N, which
+                # torch's CUDA build brings and loads): no CUDA toolkit needed, only the driver.
+                ["torch_cpu", "torch_cuda", "cudart"],
             )
         )
     else:

@@ -38,7 +38,7 @@ from .ops import (
 from .targets import AssignTargets, assign_targets
 from .types import AssignResult, num_candidates
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AssignResult",

@@ -5,7 +5,7 @@
 // docs/contract.md.
 #pragma once
 
-#include <torch/csrc/stable/library.h>
+#include "common/stable.h"
 
 namespace atss {
 

@@ -10,13 +10,7 @@
 // path would cost a few percent of that.
 #pragma once
 
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/device.h>
-#include <torch/csrc/stable/macros.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/ScalarType.h>
-#include <torch/headeronly/util/HeaderOnlyArrayRef.h>
+#include "stable.h"  // first: before any torch header
 
 #include <cstdint>
 #include <initializer_list>

@@ -12,7 +12,8 @@
 //   "index"          the grid on every level it can handle, however small
 //   "index:N"        the same with about N anchors per cell (N >= 1)
 //   "scan"           the scan everywhere
-#include <torch/csrc/stable/library.h>
+
+#include "../common/checks.h"  // first: the stable-ABI headers (common/stable.h)
 
 #include <algorithm>
 #include <cstdlib>
@@ -24,7 +25,6 @@
 #include <utility>
 #include <vector>
 
-#include "../common/checks.h"
 #include "../common/text.h"
 #include "spatial_index.h"
 #include "steps.h"

@@ -1,8 +1,7 @@
-#include <torch/csrc/stable/library.h>
+#include "../common/checks.h"  // first: the stable-ABI headers (common/stable.h)
 
 #include <limits>
 
-#include "../common/checks.h"
 #include "steps.h"
 
 namespace atss::cpu {

@@ -1,8 +1,7 @@
+#include "../common/checks.h"  // first: the stable-ABI headers (common/stable.h)
 
-#include <torch/csrc/stable/library.h>
 #include <vector>
 
-#include "../common/checks.h"
 #include "steps.h"
 
 namespace atss::cpu {

@@ -199,8 +199,14 @@ class LevelGrid {
         ++spread;
       }
     }
-    const double side =
-        spread > 0 ? std::pow(volume / static_cast<double>(budget), 1.0 / spread) : 1.0;
+    // The side of a cube (square, segment) of the cell volume: the spread-th root.
+    // (sqrt and cbrt rather than pow: the glibc of the wheel's manylinux_2_28 tag
+    // predates pow's current symbol version.)
+    const double cell_volume = volume / static_cast<double>(budget);
+    const double side = spread == 3   ? std::cbrt(cell_volume)
+                        : spread == 2 ? std::sqrt(cell_volume)
+                        : spread == 1 ? cell_volume
+                                      : 1.0;
     num_cells_ = 1;
     for (int t = 0; t < D; ++t) {
       int64_t dim = 1;

@@ -1,9 +1,8 @@
-#include <torch/csrc/stable/library.h>
+#include "../common/checks.h"  // first: the stable-ABI headers (common/stable.h)
 
 #include <algorithm>
 #include <vector>
 
-#include "../common/checks.h"
 #include "steps.h"
 
 namespace atss::cpu {

@@ -23,14 +23,12 @@
 // an H100's 132).
 #pragma once
 
-#include <torch/csrc/stable/library.h>
-
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
-#include "../common/tensor.h"
+#include "../common/tensor.h"  // first: the stable-ABI headers (common/stable.h)
 #include "../common/text.h"
 
 #if defined(ATSS_EMU)

@@ -1,0 +1,224 @@
+"""``make wheel-check``: the built wheel, installed with no compiler, against several torch
+releases, each in a fresh virtual environment.
+
+For each torch version (default: the minimum the wheel supports, one in the middle,
+the newest on the registry) this
+
+1. creates ``.wheel-check/venv-<version>`` (reused when it already has that torch) and
+   installs that torch from the registry, plus pytest, hypothesis and expecttest (pip's
+   cache makes the second run cheap);
+2. installs the wheel and nothing else (``--no-deps --no-build-isolation``) with the
+   compilers disabled: ``CC``/``CXX`` set to ``false`` and no ``nvcc`` on ``PATH``, so a
+   source build could not happen unnoticed;
+3. runs the op test suite against the INSTALLED package from a folder outside the
+   source tree (a copy of the op tests and their helpers only), after asserting that
+   ``atss_ops`` comes from site-packages and that the compiled CPU kernels, and the CUDA
+   kernels where the wheel has them for torch's CUDA major version, are registered (not
+   the fallback); where they do not fit, the one-line reason is checked instead.
+
+Prints a table (torch, its CUDA, kernels, tests passed/skipped/failed, seconds) and writes
+``benchmarks/results/wheel_check.json``. Exit status 1 if any version fails.
+
+    python scripts/wheel_check.py dist/atss_ops-0.2.0-cp310-abi3-manylinux_2_28_x86_64.whl
+    python scripts/wheel_check.py WHEEL --torch 2.10.0 2.15.0 --tests quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The minimum (pyproject.toml's torch>=), one in the middle, the newest on the registry.
+DEFAULT_TORCH = ("2.10.0", "2.12.0", "2.15.0")
+
+# The op tests: everything about the ops and the public API, nothing about the build,
+# the emulated CUDA library, the detector or MONAI.
+OP_TESTS = {
+    "full": [
+        "test_equivalence.py",
+        "test_errors.py",
+        "test_error_parity.py",
+        "test_api_inputs.py",
+        "test_opcheck_compile.py",
+        "test_properties.py",
+        "test_reference_by_hand.py",
+        "test_spatial_index.py",
+        "test_targets.py",
+        "test_ignore_mask.py",
+        "test_determinism.py",
+        "test_cuda.py",
+        "test_stable_abi.py",
+    ],
+}
+OP_TESTS["quick"] = ["test_equivalence.py", "test_errors.py", "test_error_parity.py", "test_stable_abi.py"]
+
+PROBE = r"""
+import json, os, site, sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import torch, atss_ops
+    from atss_ops import _extension
+site_dirs = [os.path.realpath(p) for p in site.getsitepackages()]
+print(json.dumps({
+    "torch": torch.__version__,
+    "cuda": torch.version.cuda,
+    "file": os.path.realpath(atss_ops.__file__),
+    "in_site_packages": any(os.path.realpath(atss_ops.__file__).startswith(p) for p in site_dirs),
+    "extension_error": _extension.EXTENSION_ERROR,
+    "cuda_error": _extension.CUDA_ERROR,
+    "cpu_kernels": all(atss_ops.has_kernel(op, "cpu") for op in _extension.OPS),
+    "cuda_kernels": all(atss_ops.has_kernel(op, "cuda") for op in _extension.OPS),
+    "cuda_libraries": sorted(_extension.cuda_libraries()),
+    "import_warnings": [str(w.message) for w in caught],
+}))
+"""
+
+
+def run(cmd, env=None, cwd=None, check=True, capture=False):
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, env=env, cwd=cwd, check=check, text=True, capture_output=capture)
+
+
+def no_compiler_env() -> dict:
+    """The environment with the compilers disabled: CC/CXX fail, no nvcc on PATH."""
+    env = dict(os.environ)
+    env["CC"] = "false"
+    env["CXX"] = "false"
+    env.pop("CUDA_HOME", None)
+    env.pop("CUDA_PATH", None)
+    keep = []
+    for d in env.get("PATH", "").split(os.pathsep):
+        if d and not os.path.exists(os.path.join(d, "nvcc")):
+            keep.append(d)
+    env["PATH"] = os.pathsep.join(keep)
+    # pip's global configuration here caps torch's version; the registry serves the rest.
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def make_venv(version: str, base: str, python: str, env: dict) -> str:
+    venv = os.path.join(base, f"venv-{version}")
+    py = os.path.join(venv, "bin", "python")
+    have = None
+    if os.path.exists(py):
+        probe = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+        have = probe.stdout.strip().split("+")[0] if probe.returncode == 0 else None
+    if have != version:
+        shutil.rmtree(venv, ignore_errors=True)
+        run([python, "-m", "venv", venv])
+        run([py, "-m", "pip", "install", "-q", f"torch=={version}", "pytest", "hypothesis", "expecttest"], env=env)
+    return py
+
+
+def copy_tests(dest: str, files: list) -> None:
+    """The op tests and their helpers, outside the source tree, with a pytest
+    configuration of their own (the repository's would put the sources on the path)."""
+    tests = os.path.join(dest, "tests")
+    os.makedirs(tests)
+    for name in files + ["conftest.py", "cases.py"]:
+        shutil.copy2(os.path.join(ROOT, "tests", name), tests)
+    os.makedirs(os.path.join(dest, "benchmarks"))
+    for name in ("__init__.py", "cases.py"):
+        shutil.copy2(os.path.join(ROOT, "benchmarks", name), os.path.join(dest, "benchmarks"))
+    with open(os.path.join(dest, "pytest.ini"), "w") as f:
+        f.write(
+            "[pytest]\n"
+            "pythonpath = . tests\n"
+            "markers =\n"
+            "    cuda: needs a CUDA GPU and the atss_ops CUDA kernels\n"
+            "    emu: runs the emulated CUDA kernels\n"
+            "    slow: takes more than a few seconds\n"
+        )
+
+
+def check_version(version: str, wheel: str, args, env: dict) -> dict:
+    start = time.time()
+    row = {"torch_requested": version}
+    py = make_venv(version, args.venvs, args.python, env)
+    run([py, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", "--no-build-isolation", wheel], env=env)
+    with tempfile.TemporaryDirectory(prefix="atss-wheel-check-") as work:
+        probe = run([py, "-c", PROBE], env=env, cwd=work, capture=True)
+        info = json.loads(probe.stdout.strip().splitlines()[-1])
+        row.update(info)
+        problems = []
+        if not info["in_site_packages"]:
+            problems.append(f"atss_ops imported from {info['file']}, not site-packages")
+        if info["extension_error"] is not None or not info["cpu_kernels"]:
+            problems.append(f"CPU kernels not registered: {info['extension_error']}")
+        major = int(info["cuda"].split(".")[0]) if info["cuda"] else None
+        if major is not None and major in info["cuda_libraries"]:
+            if info["cuda_error"] is not None or not info["cuda_kernels"]:
+                problems.append(f"CUDA kernels not registered: {info['cuda_error']}")
+        elif major is not None and info["cuda_libraries"]:
+            # Another CUDA major version: the one-line reason at import, and the fallback.
+            expected = f"is built for CUDA {info['cuda']}"
+            if info["cuda_kernels"] or not any(expected in w for w in info["import_warnings"]):
+                problems.append(f"CUDA {info['cuda']} mismatch not reported in one line: {info['import_warnings']}")
+        copy_tests(work, OP_TESTS[args.tests])
+        test_env = dict(env, ATSS_CHECK_INSTALLED="1")
+        proc = run(
+            [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+            env=test_env,
+            cwd=work,
+            check=False,
+            capture=True,
+        )
+        tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n", flush=True)
+        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail)}
+        row["tests"] = counts
+        row["pytest_summary"] = tail
+        if proc.returncode != 0:
+            problems.append(f"tests failed: {tail}")
+    row["problems"] = problems
+    row["seconds"] = round(time.time() - start, 1)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("wheel", nargs="?", help="the wheel (default: the newest dist/atss_ops-*.whl)")
+    parser.add_argument("--torch", nargs="+", default=list(DEFAULT_TORCH), help="torch versions to check")
+    parser.add_argument("--tests", choices=sorted(OP_TESTS), default="full", help="which op tests to run")
+    parser.add_argument("--venvs", default=os.path.join(ROOT, ".wheel-check"), help="where the venvs live")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter that creates the venvs")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "wheel_check.json"))
+    args = parser.parse_args()
+    wheel = args.wheel or max(glob.glob(os.path.join(ROOT, "dist", "atss_ops-*.whl")), key=os.path.getmtime, default=None)
+    if wheel is None or not os.path.exists(wheel):
+        parser.error("no wheel: run `make wheel` first, or name one")
+    wheel = os.path.abspath(wheel)
+    env = no_compiler_env()
+    os.makedirs(args.venvs, exist_ok=True)
+    rows = [check_version(v, wheel, args, env) for v in args.torch]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"wheel": os.path.basename(wheel), "results": rows}, f, indent=2)
+    print(f"\nwheel: {os.path.basename(wheel)}")
+    print("| torch | CUDA | CPU kernels | CUDA kernels | tests | seconds | problems |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        cuda_state = "registered" if r.get("cuda_kernels") else (r.get("cuda_error") or "-")
+        t = r.get("tests", {})
+        tests = f"{t.get('passed', 0)} passed, {t.get('skipped', 0)} skipped, {t.get('failed', 0)} failed"
+        print(
+            f"| {r.get('torch')} | {r.get('cuda')} | {'registered' if r.get('cpu_kernels') else 'NO'} "
+            f"| {cuda_state} | {tests} | {r['seconds']} | {'; '.join(r['problems']) or 'none'} |"
+        )
+    print(f"wrote {args.out}")
+    return 1 if any(r["problems"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

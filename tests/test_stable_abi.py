@@ -1,0 +1,195 @@
+"""The compiled libraries stay on the LibTorch stable ABI and within the wheel's
+manylinux_2_28 / cp310-abi3 promises, and atss_ops says in one line why a library
+that does not fit the installed torch is not used.
+
+The symbol checks read the built libraries with binutils' ``nm`` and ``readelf``
+(skipped without them, or without a built library)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import atss_ops
+from atss_ops import _extension
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.dirname(atss_ops.__file__)
+
+# What a library of the wheel may ask of the system (manylinux_2_28's whitelist) and of torch.
+ALLOWED_NEEDED = re.compile(
+    r"^(libtorch_cpu\.so|libtorch_cuda\.so|libcudart\.so\.\d+|libstdc\+\+\.so\.6|libm\.so\.6|libgcc_s\.so\.1"
+    r"|libc\.so\.6|ld-linux-x86-64\.so\.2)$"
+)
+MANYLINUX_2_28 = {"GLIBC": (2, 28), "GLIBCXX": (3, 4, 25), "CXXABI": (1, 3, 11), "GCC": (7, 0, 0)}
+IOSTREAM = re.compile(r"basic_ostream|basic_istream|basic_[io]?stringstream|basic_stringbuf|ios_base|\bcerr\b|\bcout\b")
+
+
+def libraries():
+    return sorted(
+        os.path.join(PACKAGE, f) for f in os.listdir(PACKAGE) if f.startswith("_C") and f.endswith(".so")
+    )
+
+
+def tool(name):
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"needs binutils' {name}")
+    return path
+
+
+def undefined_symbols(lib):
+    out = subprocess.run(
+        [tool("nm"), "-D", "--undefined-only", lib], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split()[-1] for line in out.splitlines() if line.split()]
+
+
+@pytest.fixture(params=libraries() or [None], ids=lambda p: os.path.basename(p) if p else "none")
+def library(request):
+    if request.param is None:
+        pytest.skip("atss_ops is not built")
+    return request.param
+
+
+def test_torch_minimum_has_one_value():
+    if not os.path.exists(os.path.join(ROOT, "build_config.py")):
+        pytest.skip("runs in the source tree (build_config.py)")
+    sys.path.insert(0, ROOT)
+    try:
+        import build_config
+    finally:
+        sys.path.pop(0)
+    assert _extension.TORCH_MINIMUM == build_config.torch_minimum()
+    if atss_ops.extension_available():
+        assert atss_ops._C.torch_target == build_config.torch_target()
+
+
+def test_library_uses_the_stable_abi_only(library):
+    """Only C symbols of torch's shim (aoti_torch_*, torch_*), CPython's limited API, the
+    CUDA runtime and the C/C++ runtimes: no mangled ATen, c10 or torch C++ symbol."""
+    symbols = undefined_symbols(library)
+    cxx_torch = [s for s in symbols if re.match(r"_ZN?K?(2at|3c10|5torch|8pybind11)", s)]
+    assert not cxx_torch, cxx_torch
+    python = [s.split("@")[0] for s in symbols if re.match(r"_?Py", s)]
+    assert not python or os.path.basename(library).startswith("_C.abi3"), python
+    needed = subprocess.run([tool("readelf"), "-d", library], capture_output=True, text=True, check=True).stdout
+    libs = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", needed)
+    assert all(ALLOWED_NEEDED.match(n) for n in libs), libs
+    assert "libc10.so" not in libs and "libtorch_python.so" not in libs and "libgomp.so.1" not in libs
+
+
+def test_library_has_no_iostreams(library):
+    """No iostream code in the library: its messages are built from strings (text.h),
+    and torch's header-only error paths are redirected (common/stable.h)."""
+    symbols = subprocess.run(
+        [tool("nm"), "-D", "-C", library], capture_output=True, text=True, check=True
+    ).stdout
+    found = sorted({line for line in symbols.splitlines() if IOSTREAM.search(line)})
+    assert not found, found
+
+
+def test_library_fits_manylinux_2_28(library):
+    """Every versioned symbol the library asks the system for exists in glibc 2.28 and
+    GCC 8's libstdc++ (the manylinux_2_28 baseline)."""
+    too_new = []
+    for sym in undefined_symbols(library):
+        m = re.search(r"@(GLIBC|GLIBCXX|CXXABI|GCC)_([\d.]+)$", sym)
+        if m is None:
+            continue
+        version = tuple(int(x) for x in m.group(2).split("."))
+        if version > MANYLINUX_2_28[m.group(1)]:
+            too_new.append(sym)
+    assert not too_new, too_new
+
+
+def run_import(script: str, package_dir: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    preamble = (
+        # An editable install's finder (pip install -e) would import the built package instead.
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", preamble + script],
+        cwd=package_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=package_dir, **(env_extra or {})),
+    )
+
+
+def test_an_older_torch_is_refused_in_one_line(tmp_path):
+    """Under a torch older than the stable-ABI target the library is not loaded (its
+    symbols would be missing): one warning line at import, then the reference serves
+    without a second warning."""
+    if not atss_ops.extension_available():
+        pytest.skip("needs the compiled extension")
+    script = (
+        "import warnings, torch\n"
+        "torch.__version__ = '2.9.1+cu128'\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import atss_ops\n"
+        "    assert not atss_ops.extension_available()\n"
+        "    anchors, levels = atss_ops.grid_anchors(32, 32, strides=(8,))\n"
+        "    atss_ops.atss_assign(anchors, levels, torch.tensor([[[0.0, 0.0, 9.0, 9.0]]]))\n"
+        "print(len(w))\n"
+        "print(w[0].message)\n"
+    )
+    proc = run_import(script, ROOT)
+    assert proc.returncode == 0, proc.stderr
+    count, message = proc.stdout.splitlines()[:2]
+    assert count == "1", proc.stdout
+    minimum = ".".join(map(str, _extension.TORCH_MINIMUM))
+    assert message == (
+        f"atss_ops: the compiled extension atss_ops._C needs torch >= {minimum} (it is built on the LibTorch "
+        f"stable ABI of torch {minimum}), but torch 2.9.1+cu128 is installed: upgrade torch; the pure-PyTorch "
+        "reference serves cpu and cuda tensors (identical results, slower)."
+    ), message
+
+
+def test_cuda_kernels_of_another_cuda_major_are_refused_in_one_line(tmp_path):
+    """A CUDA kernel library built for another CUDA major version than torch's is never
+    loaded: one warning line at import names both versions; CPU kernels still serve."""
+    if not atss_ops.extension_available():
+        pytest.skip("needs the compiled extension")
+    shutil.copytree(PACKAGE, tmp_path / "atss_ops", ignore=shutil.ignore_patterns("_C_cuda*.so", "__pycache__"))
+    # Never loaded: only its name (the CUDA major version) is read.
+    (tmp_path / "atss_ops" / "_C_cuda99.abi3.so").write_bytes(b"")
+    script = (
+        "import warnings, torch\n"
+        "torch.version.cuda = '13.0'\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import atss_ops\n"
+        "print(atss_ops.extension_available(), atss_ops.has_kernel('atss_assign', 'cpu'),"
+        " atss_ops.has_kernel('atss_assign', 'cuda'), len(w))\n"
+        "print(w[0].message)\n"
+    )
+    proc = run_import(script, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    flags, message = proc.stdout.splitlines()[:2]
+    assert flags == "True True False 1", proc.stdout
+    assert message.startswith(
+        "atss_ops: the CUDA kernels of atss_ops are built for CUDA 99, but torch "
+    ) and message.endswith(
+        "is built for CUDA 13.0: install a torch built for CUDA 99; the pure-PyTorch reference serves cuda "
+        "tensors (identical results, slower)."
+    ), message
+
+
+def test_cuda_library_names_its_major_version():
+    for major, path in _extension.cuda_libraries().items():
+        assert os.path.basename(path).startswith(f"_C_cuda{major}.")
+    if torch.version.cuda is not None and _extension.cuda_libraries():
+        major = int(torch.version.cuda.split(".")[0])
+        if major in _extension.cuda_libraries():
+            assert _extension.CUDA_ERROR is None
+            assert all(atss_ops.has_kernel(op, "cuda") for op in _extension.OPS)
