@@ -19,11 +19,11 @@ readable pure-PyTorch implementation. MONAI's detectors switch over with
 Needs torch alone.
 """
 
-from . import reference
+from . import _fake, reference
 from ._extension import extension_available, has_kernel
 
 if extension_available():
-    from . import _fake  # noqa: F401  (registers the fake kernels of the ops)
+    _fake.register()  # the ops' fake kernels (torch.compile, torch.export, opcheck)
 
 from .anchors import grid_anchors
 from .masks import ignore_mask
