@@ -197,18 +197,23 @@ def pad_gt_boxes(boxes: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
 
     Padding rows are zeros; they are never read for assignment.
     """
+    return pad_boxes(boxes, "gt_boxes")
+
+
+def pad_boxes(boxes: Sequence[Tensor], name: str) -> Tuple[Tensor, Tensor]:
+    """:func:`pad_gt_boxes` for the list argument ``name`` (named in the errors)."""
     boxes = [_as_float32(b) for b in boxes]
     for i, b in enumerate(boxes):
         if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] not in (4, 6):
             shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
-            raise ValueError(f"gt_boxes[{i}] must be a Tensor[G_i, 4] or Tensor[G_i, 6], got {shape}")
+            raise ValueError(f"{name}[{i}] must be a Tensor[G_i, 4] or Tensor[G_i, 6], got {shape}")
         if b.shape[-1] != boxes[0].shape[-1]:
             raise ValueError(
-                f"gt_boxes[{i}] has {b.shape[-1]} coordinates per box but gt_boxes[0] has {boxes[0].shape[-1]}: "
+                f"{name}[{i}] has {b.shape[-1]} coordinates per box but {name}[0] has {boxes[0].shape[-1]}: "
                 "every image must use the same layout"
             )
     if not boxes:
-        raise ValueError("gt_boxes is an empty list: pass a Tensor[0, G, 4] for an empty batch")
+        raise ValueError(f"{name} is an empty list: pass a Tensor[0, G, 4] for an empty batch")
     device = boxes[0].device
     counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
     G = max(b.shape[0] for b in boxes)
