@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from .config import PRESETS, Config, preset
 
@@ -329,22 +329,16 @@ def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
     return os.path.join(output_dir, CHECKPOINT)
 
 
-def check_data(parser: argparse.ArgumentParser, cfg: Config) -> None:
-    """A COCO-format folder in a layout the loader reads (an argparse error that
-    names the expected layouts otherwise); ``--ignore-crowd`` only with COCO data."""
-    if cfg.data.data == "synthetic":
-        if cfg.data.ignore_crowd:
-            parser.error("--ignore-crowd needs COCO data (--data FOLDER): synthetic images have no crowd boxes")
-        return
-    from .coco import find_split
+def check_data(parser: argparse.ArgumentParser, cfg: Config, splits: Optional[Sequence[str]] = None) -> None:
+    """The data of ``splits`` (default train and val) checked whole before anything starts
+    (:func:`atss_detector.data.check_data`): an argparse error, one line naming the folder,
+    or the file and the entry, otherwise."""
+    from .data import check_data as check
 
-    if not os.path.isdir(cfg.data.data):
-        parser.error(f"--data {cfg.data.data}: no such folder ('synthetic' or a COCO-format folder)")
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        try:
-            find_split(cfg.data.data, split)
-        except FileNotFoundError as exc:
-            parser.error(f"--data {cfg.data.data}: {exc}")
+    try:
+        check(cfg.data, splits)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
@@ -379,7 +373,7 @@ def run_train(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser
         engine.dist.shutdown()
 
 
-def run_eval(args: argparse.Namespace) -> None:
+def run_eval(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
     from . import engine
     from .data import build_dataset
     from .evaluation import format_table
@@ -392,6 +386,8 @@ def run_eval(args: argparse.Namespace) -> None:
         if args.data:
             cfg.data.data = args.data
         split = args.split or cfg.data.val_split
+        cfg.data.ignore_crowd = False  # training's setting: evaluation reads crowd boxes through pycocotools
+        check_data(parser or build_parser(), cfg, [split])
         dataset = build_dataset(cfg.data, split, train=False)
         if tuple(dataset.classes) != tuple(checkpoint["classes"]):
             raise SystemExit(f"the dataset's classes {dataset.classes} differ from the model's {checkpoint['classes']}")
@@ -441,6 +437,50 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
 
 
+def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:
+    """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the ``ablate`` flags applied."""
+    name = "ablate-smoke" if args.smoke else "ablate"
+    cfg = preset(name)
+    if args.data is not None:
+        cfg.data.data = args.data
+    for flag, section, field in (
+        ("train_split", "data", "train_split"),
+        ("val_split", "data", "val_split"),
+        ("image_size", "data", "image_size"),
+        ("iterations", "train", "iterations"),
+        ("threads", "train", "threads"),
+        ("device", "train", "device"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(cfg, section), field, value)
+    return cfg, name
+
+
+def run_ablate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    """The ``ablate`` subcommand: the sweep of :mod:`atss_detector.ablate` with this command's flags."""
+    from . import ablate
+
+    if args.report_only:
+        results = ablate.load_results(os.path.join(args.output_dir, ablate.RESULTS_JSON))
+        ablate.write_report(results, args.output_dir)
+        print(f"redrew results.md and the plots in {args.output_dir} from {len(results['runs'])} runs")
+        return
+    cfg, name = ablate_config(args)
+    runs_dir = args.runs_dir or os.path.join("runs", name)
+    settings = list(ablate.SMOKE) if args.smoke else ablate.grid(args.tables)
+    if args.positives:
+        rows = ablate.positive_statistics(cfg, settings, args.positives)
+        text = ablate.positives_markdown(rows)
+        print(text)
+        ablate.write_json_atomically(os.path.join(args.output_dir, ablate.POSITIVES_JSON), rows)
+        with open(os.path.join(args.output_dir, ablate.POSITIVES_MD), "w") as f:
+            f.write(text)
+        return
+    check_data(parser or build_parser(), cfg)
+    ablate.sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)
+
+
 # The `detector` extra of pyproject.toml (import names).
 DEPENDENCIES = ("torchvision", "numpy", "tqdm", "matplotlib", "PIL", "pycocotools")
 
@@ -467,13 +507,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.command == "train":
         run_train(args, parser)
     elif args.command == "ablate":
-        from .ablate import run_ablate
         from .engine import restart_with_passive_openmp
 
         restart_with_passive_openmp("atss_detector.cli")
         run_ablate(args, parser)
+    elif args.command == "eval":
+        run_eval(args, parser)
     else:
-        {"eval": run_eval, "predict": run_predict}[args.command](args)
+        run_predict(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
-* ``config.json``: the full :class:`~atss_detector.config.Config`;
+* ``config.json``: the full :class:`~atss_detector.config.Config`, as run
+  (with ``iterations`` set, ``epochs`` is the number of epochs those take);
 * ``checkpoint.pt``: model, optimiser, schedule, epoch and iteration, rewritten
   after every epoch (what ``--resume`` reads);
 * ``train_log.jsonl``: one JSON record appended per logging step (losses, lr)
@@ -13,6 +14,7 @@ A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -350,6 +352,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: Optional[str] = None):
         cfg = cfg.resolved()  # written to config.json and the checkpoints as trained
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train))  # ours to fill in, not the caller's
         tc = self.tc = cfg.train
         self.cfg = cfg
         self.device = select_device(tc.device)
@@ -363,11 +366,9 @@ class Trainer:
         self.main = dist.is_main()
         self.out = tc.output_dir
         self.log_path = os.path.join(self.out, LOG)
-        if self.main:
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, CONFIG), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
 
+        # Everything that can fail on bad data or settings runs before the run directory is
+        # made: a failed start leaves no half-made folder behind.
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
@@ -398,6 +399,8 @@ class Trainer:
                 f"nothing to train: {self.total} iterations (epochs={tc.epochs}, iterations={tc.iterations})"
             )
         self.epochs = math.ceil(self.total / self.iters_per_epoch)
+        if tc.iterations is not None:
+            tc.epochs = self.epochs  # what runs (iterations decide), not the preset's unused epoch count
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(tc, self.total))
         self.start_epoch, self.iteration = 0, 0
         self.resumed_from = resume
@@ -407,6 +410,10 @@ class Trainer:
         if dist.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, CONFIG), "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
 
     def _restore(self, path: str) -> None:
         checkpoint = load_checkpoint(path)
