@@ -227,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--threads", type=_positive, default=None)
 
-    predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
+    predict = commands.add_parser(
+        "predict",
+        help="draw a checkpoint's detections on images; also OUTPUT_DIR/detections.json (COCO results)",
+        description="Draws each image's detections into OUTPUT_DIR, mirroring the input tree (pics/sub/a.jpg "
+        "-> OUTPUT_DIR/sub/a.png when pics is given), and writes every detection to OUTPUT_DIR/detections.json "
+        "in COCO's results format (image_id, file_name, category_id, bbox x, y, w, h, score).",
+    )
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--recursive", action="store_true", help="look for images in subfolders too")
     predict.add_argument("--checkpoint", required=True)
@@ -413,8 +419,11 @@ def run_eval(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser]
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    import json
+
     from . import engine
     from .data import build_transform
+    from .evaluation import to_coco_results
     from .visualize import draw_detections
 
     device = engine.select_device(args.device)
@@ -424,17 +433,31 @@ def run_predict(args: argparse.Namespace) -> None:
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
         print(f"found {len(files)} image(s) in {', '.join(folders)}" + (" and subfolders" if args.recursive else ""))
+    targets = engine.output_paths(files, args.images, args.output_dir)
     detections = engine.predict_files(
         model, files, build_transform(cfg.data, train=False), device, args.batch_size, cfg.data.size_divisible
     )
-    os.makedirs(args.output_dir, exist_ok=True)
-    for path, det in zip(files, detections):
-        target = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-        draw_detections(engine.load_image(path), det, checkpoint["classes"], score_threshold=args.score_threshold).save(
-            target
-        )
+    classes = checkpoint["classes"]
+    category_ids = checkpoint.get("category_ids") or list(range(1, len(classes) + 1))
+    records = []
+    for image_id, (path, target, det) in enumerate(zip(files, targets, detections), start=1):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        draw_detections(engine.load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
         shown = int((det["scores"] >= args.score_threshold).sum())
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
+        for record in to_coco_results([image_id], [det], category_ids):
+            records.append({"image_id": image_id, "file_name": path, **record})
+    results = os.path.join(args.output_dir, DETECTIONS_JSON)
+    with open(results, "w") as f:
+        json.dump(records, f)
+    print(
+        f"wrote {len(targets)} picture(s) and {results}: {len(records)} detections of every score "
+        "(COCO results format: image_id, file_name, category_id, bbox x, y, w, h, score)"
+    )
+
+
+# What `predict` writes beside its pictures: every detection, in COCO's results format.
+DETECTIONS_JSON = "detections.json"
 
 
 def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:

@@ -262,7 +262,7 @@ def evaluate(
 def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
     """The image files among ``paths``: files as given, folders listed (sorted; with
     ``recursive``, their subfolders too)."""
-    files = []
+    files: List[str] = []
     for path in paths:
         if os.path.isdir(path):
             if recursive:
@@ -274,10 +274,35 @@ def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
             files.append(path)
         else:
             raise FileNotFoundError(f"no image or folder at {path}")
+    seen: set = set()  # a file given twice, or also found in a given folder: once
+    files = [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
     if not files:
         where = "or their subfolders" if recursive else "(--recursive looks into subfolders too)"
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)} {where}")
     return files
+
+
+def output_paths(files: Sequence[str], inputs: Sequence[str], output_dir: str, suffix: str = ".png") -> List[str]:
+    """Where the pictures of ``files`` go: ``output_dir`` mirrors the input tree, so no two
+    outputs share a path.
+
+    Each file keeps its path relative to the deepest folder that holds every input
+    (the folder given, a given file's folder, or their common parent): ``predict pics
+    --recursive`` maps ``pics/a.jpg`` to ``OUT/a.png`` and ``pics/sub/a.jpg`` to
+    ``OUT/sub/a.png``. Two files of one folder that differ only in their image suffix
+    (``a.jpg``, ``a.png``) keep it: ``OUT/a.jpg.png``, ``OUT/a.png.png``.
+    """
+    roots = [os.path.abspath(p) if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) for p in inputs]
+    root = os.path.commonpath(roots) if roots else os.getcwd()
+    relative = [os.path.relpath(os.path.abspath(f), root) for f in files]
+    stems = [os.path.splitext(r)[0] for r in relative]
+    counts: Dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names = [(stem if counts[stem] == 1 else rel) + suffix for rel, stem in zip(relative, stems)]
+    if len(set(names)) < len(names):  # e.g. a.jpg, a.png and a.png.jpg: whole names are always distinct
+        names = [rel + suffix for rel in relative]
+    return [os.path.join(output_dir, name) for name in names]
 
 
 def load_image(path: str) -> np.ndarray:

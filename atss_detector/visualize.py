@@ -35,7 +35,8 @@ def plot_curves(records: Sequence[Dict], path: str) -> None:
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.set_title("training losses")
-    ax_loss.legend()
+    if ax_loss.lines:
+        ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     for key in ("AP", "AP50", "AP75"):
         points = [(r["iteration"], 100 * r[key]) for r in evals if key in r]
