@@ -10,7 +10,7 @@ Examples::
     atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
     atss-detector eval --checkpoint runs/x/checkpoint.pt
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
-    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (CPU, about 80 min)
+    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (see ablate --help)
     atss-detector ablate --data /data/mycoco --image-size 512 --output-dir runs/ablate-mycoco
 
 Every ``train`` flag left out keeps the value of ``--preset`` (or, with
@@ -243,12 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=DEVICES, default="auto")
     predict.add_argument("--threads", type=_positive, default=None)
 
+    from .ablate_grid import RECORD_MINUTES
+
     ablate = commands.add_parser(
         "ablate",
-        help="the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs",
+        help=f"the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs "
+        f"(about {RECORD_MINUTES} min on one CPU thread)",
         description="Trains the grid of the paper's Tables 2, 4 and 7 (see atss_detector.ablate) with "
         "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
-        "results.md and the plots there.",
+        f"results.md and the plots there. The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
+        "on one thread of a 2-core CPU (docs/experiments.md).",
     )
     ablate.add_argument(
         "--output-dir", default="docs/experiments", help="results.json, results.md, PNGs (default docs/experiments)"

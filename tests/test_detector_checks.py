@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("numpy", reason="needs the detector extra")
 pytest.importorskip("PIL", reason="needs the detector extra")
@@ -211,3 +212,55 @@ def test_config_json_records_the_epochs_that_run(tmp_path, iterations, epochs):
     assert (written["epochs"], written["iterations"]) == (epochs, iterations) == (trainer.epochs, iterations)
     assert cfg.to_dict() == before
     assert os.listdir(tmp_path) == ["config.json"]
+
+
+# --------------------------------------------------------------------------- one duration for ablate
+
+
+def test_ablate_duration_has_one_source(capsys):
+    """``ablate --help``, the README and docs/experiments.md quote the sweep of record's minutes
+    (``ablate_grid.RECORD_MINUTES``), and nothing quotes the 80-minute estimate as its duration."""
+    from atss_detector.ablate_grid import RECORD_MINUTES
+
+    repo = PACKAGE.parent
+    with pytest.raises(SystemExit):
+        cli.main(["ablate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"took {RECORD_MINUTES} minutes on one thread" in help_text
+    top_help = cli.build_parser().format_help()
+    assert f"about {RECORD_MINUTES} min on one CPU thread" in " ".join(top_help.split())
+    assert "80 min" not in top_help and "80 min" not in help_text
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert f"the 24 runs took {RECORD_MINUTES} minutes on one thread" in readme
+    experiments = " ".join((repo / "docs" / "experiments.md").read_text().split())
+    assert f"**{RECORD_MINUTES}.0 minutes** wall time for 24 runs" in experiments
+
+
+# --------------------------------------------------------------------------- predictions.png
+
+
+def test_predictions_png_explains_its_colours(tmp_path):
+    """The demo's grid has a legend strip below the images: a swatch in every colour it draws with
+    (white ground truth, one colour per class) beside its meaning."""
+    import numpy as np
+    from PIL import Image
+
+    from atss_detector.demo import SHOWN_SCORE, write_predictions_png
+    from atss_detector.visualize import LEGEND_ROW, detection_legend, draw_legend
+
+    cfg = preset("tiny")
+    cfg.train.output_dir, cfg.train.threads = str(tmp_path / "run"), 1
+    engine.Trainer(cfg)._end_epoch(0)  # an untrained checkpoint is enough to draw
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    write_predictions_png(str(checkpoint), str(tmp_path / "predictions.png"), num_images=2)
+    picture = np.asarray(Image.open(tmp_path / "predictions.png").convert("RGB"))
+    classes = torch.load(checkpoint, weights_only=False)["classes"]
+    entries = detection_legend(classes, SHOWN_SCORE)
+    assert entries[0][1].startswith("thin white box: ground truth") and len(entries) == len(classes) + 1
+    assert all(name in text for (_, text), name in zip(entries[1:], classes))
+    height = draw_legend(entries, picture.shape[1]).height
+    strip = picture[-height:]  # the last rows: below the tiles
+    assert height >= LEGEND_ROW and picture.shape[0] >= 256 + height  # tiles are at least 256 px (min_side)
+    colours = {tuple(int(c) for c in px) for px in strip.reshape(-1, 3)}
+    for colour, text in entries:
+        assert tuple(colour) in colours, f"no swatch for {text!r}"
