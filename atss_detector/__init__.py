@@ -8,14 +8,18 @@ Modules:
 
 * :mod:`~atss_detector.config`: settings and presets (``full``, ``demo``, ``tiny``);
 * :mod:`~atss_detector.synthetic`: the built-in synthetic shapes dataset;
-* :mod:`~atss_detector.coco`: COCO-format datasets;
+* :mod:`~atss_detector.coco`: COCO-format datasets and the whole-split check of their files;
 * :mod:`~atss_detector.data`: transforms, padded batches, loaders;
 * :mod:`~atss_detector.anchors`: anchors, their validity, box coding;
 * :mod:`~atss_detector.loss`: assignment targets and the losses;
 * :mod:`~atss_detector.model`: backbone, FPN, head, inference;
 * :mod:`~atss_detector.engine`: training, evaluation, prediction, checkpoints;
 * :mod:`~atss_detector.evaluation`, :mod:`~atss_detector.visualize`: metrics, PNGs;
-* :mod:`~atss_detector.cli` (``atss-detector``) and :mod:`~atss_detector.demo`.
+* :mod:`~atss_detector.ablate` (the paper's ablation sweep), over
+  :mod:`~atss_detector.ablate_report` (its tables and plots) and
+  :mod:`~atss_detector.ablate_grid` (the grid both read);
+* :mod:`~atss_detector.cli` (``atss-detector``) and :mod:`~atss_detector.demo`: the commands,
+  which call the modules above and are called by none of them.
 """
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig, preset

@@ -18,6 +18,10 @@ stopped; the run directories (checkpoints, logs) go under ``--runs-dir``. After
 every run ``results.md`` (the tables) and the plots are redrawn from the JSON
 (see :mod:`~atss_detector.ablate_report`).
 
+Imports run one way: the command (:mod:`atss_detector.cli`) calls this module,
+which calls :mod:`~atss_detector.ablate_report`; both take the grid from
+:mod:`~atss_detector.ablate_grid`.
+
 A run counts as done only for the same settings: its record keeps a fingerprint
 of the full configuration, and a record from other settings (another preset,
 ``--iterations``, data) is run again and replaced.
@@ -31,57 +35,30 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from .config import Config, preset
+from .ablate_grid import OCTAVE_SCALES, RATIOS, SMOKE, TABLES, Setting, grid, tables_of
+from .ablate_report import write_report
+from .config import Config
+
+__all__ = [
+    "OCTAVE_SCALES",
+    "RATIOS",
+    "SMOKE",
+    "TABLES",
+    "Setting",
+    "configure",
+    "fingerprint",
+    "grid",
+    "positive_statistics",
+    "positives_markdown",
+    "sweep",
+    "tables_of",
+]
 
 RESULTS_JSON = "results.json"
 POSITIVES_JSON, POSITIVES_MD = "positives.json", "positives.md"  # ablate --positives
 RUN_OUTPUT = "output.log"  # a run's own output, in its run directory
-# The octave scales and ratios of RetinaNet's #A = 9 (times the preset's one anchor scale).
-OCTAVE_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-RATIOS = (0.5, 1.0, 2.0)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One configuration of the grid (the seed apart)."""
-
-    assigner: str
-    regression: str = "box"
-    topk: int = 9  # ATSS's k; the assignment gets k x anchors_per_location candidates per level
-    anchors_per_location: int = 1  # 1, or 9 (3 octave scales x 3 ratios)
-
-    @property
-    def name(self) -> str:
-        return f"{self.assigner}-{self.regression}-k{self.topk}-A{self.anchors_per_location}"
-
-    def label(self) -> str:
-        return f"{self.assigner} {self.regression} k={self.topk} #A={self.anchors_per_location}"
-
-
-TABLES: Dict[str, Tuple[Setting, ...]] = {
-    "table2": tuple(Setting(a, r) for a in ("max_iou", "fcos", "atss") for r in ("box", "point")),
-    "table4": tuple(Setting("atss", "box", k) for k in (3, 5, 9, 13, 19)),
-    "table7": tuple(Setting(a, "box", 9, n) for a in ("max_iou", "atss") for n in (1, 9)),
-}
-# --smoke: two configurations that between them use every new piece (fcos, point, atss, box).
-SMOKE = (Setting("atss", "box"), Setting("fcos", "point"))
-
-
-def grid(tables: Sequence[str] = tuple(TABLES)) -> List[Setting]:
-    """The distinct settings of ``tables``, in table order (a shared one once)."""
-    settings: List[Setting] = []
-    for table in tables:
-        for setting in TABLES[table]:
-            if setting not in settings:
-                settings.append(setting)
-    return settings
-
-
-def tables_of(setting: Setting) -> List[str]:
-    return [table for table, settings in TABLES.items() if setting in settings]
 
 
 def configure(base: Config, setting: Setting, seed: int, run_dir: str) -> Config:
@@ -190,7 +167,6 @@ def sweep(
     so a sweep stopped early still covers the whole grid.
     """
     from . import engine
-    from .ablate_report import write_report
 
     path = os.path.join(output_dir, RESULTS_JSON)
     results = load_results(path)
@@ -350,50 +326,3 @@ def positives_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     gts = [b["gts"] for b in rows[0]["by_size"]] if rows else []
     lines += ["", "GTs per size bin: " + ", ".join(f"{b} {n}" for b, n in zip(bins, gts)) + "."]
     return "\n".join(lines) + "\n"
-
-
-def base_config(args) -> Tuple[Config, str]:
-    """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the command's flags applied."""
-    name = "ablate-smoke" if args.smoke else "ablate"
-    cfg = preset(name)
-    if args.data is not None:
-        cfg.data.data = args.data
-    for flag, section, field in (
-        ("train_split", "data", "train_split"),
-        ("val_split", "data", "val_split"),
-        ("image_size", "data", "image_size"),
-        ("iterations", "train", "iterations"),
-        ("threads", "train", "threads"),
-        ("device", "train", "device"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(getattr(cfg, section), field, value)
-    return cfg, name
-
-
-def run_ablate(args, parser=None) -> None:
-    """The ``ablate`` subcommand (arguments from :func:`atss_detector.cli.build_parser`)."""
-    from .ablate_report import write_report
-
-    if args.report_only:
-        results = load_results(os.path.join(args.output_dir, RESULTS_JSON))
-        write_report(results, args.output_dir)
-        print(f"redrew results.md and the plots in {args.output_dir} from {len(results['runs'])} runs")
-        return
-    cfg, name = base_config(args)
-    runs_dir = args.runs_dir or os.path.join("runs", name)
-    settings = list(SMOKE) if args.smoke else grid(args.tables)
-    if args.positives:
-        rows = positive_statistics(cfg, settings, args.positives)
-        text = positives_markdown(rows)
-        print(text)
-        write_json_atomically(os.path.join(args.output_dir, POSITIVES_JSON), rows)
-        with open(os.path.join(args.output_dir, POSITIVES_MD), "w") as f:
-            f.write(text)
-        return
-    if parser is not None:
-        from .cli import check_data
-
-        check_data(parser, cfg)
-    sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .ablate import TABLES, Setting
+from .ablate_grid import TABLES, Setting
 from .evaluation import METRICS
 
 RESULTS_MD = "results.md"

@@ -10,7 +10,7 @@ Examples::
     atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
     atss-detector eval --checkpoint runs/x/checkpoint.pt
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
-    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (CPU, about 80 min)
+    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (see ablate --help)
     atss-detector ablate --data /data/mycoco --image-size 512 --output-dir runs/ablate-mycoco
 
 Every ``train`` flag left out keeps the value of ``--preset`` (or, with
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from .config import PRESETS, Config, preset
 
@@ -227,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--threads", type=_positive, default=None)
 
-    predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
+    predict = commands.add_parser(
+        "predict",
+        help="draw a checkpoint's detections on images; also OUTPUT_DIR/detections.json (COCO results)",
+        description="Draws each image's detections into OUTPUT_DIR, mirroring the input tree (pics/sub/a.jpg "
+        "-> OUTPUT_DIR/sub/a.png when pics is given), and writes every detection to OUTPUT_DIR/detections.json "
+        "in COCO's results format (image_id, file_name, category_id, bbox x, y, w, h, score).",
+    )
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--recursive", action="store_true", help="look for images in subfolders too")
     predict.add_argument("--checkpoint", required=True)
@@ -237,12 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=DEVICES, default="auto")
     predict.add_argument("--threads", type=_positive, default=None)
 
+    from .ablate_grid import RECORD_MINUTES
+
     ablate = commands.add_parser(
         "ablate",
-        help="the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs",
+        help=f"the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs "
+        f"(about {RECORD_MINUTES} min on one CPU thread)",
         description="Trains the grid of the paper's Tables 2, 4 and 7 (see atss_detector.ablate) with "
         "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
-        "results.md and the plots there.",
+        f"results.md and the plots there. The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
+        "on one thread of a 2-core CPU (docs/experiments.md).",
     )
     ablate.add_argument(
         "--output-dir", default="docs/experiments", help="results.json, results.md, PNGs (default docs/experiments)"
@@ -329,22 +339,16 @@ def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
     return os.path.join(output_dir, CHECKPOINT)
 
 
-def check_data(parser: argparse.ArgumentParser, cfg: Config) -> None:
-    """A COCO-format folder in a layout the loader reads (an argparse error that
-    names the expected layouts otherwise); ``--ignore-crowd`` only with COCO data."""
-    if cfg.data.data == "synthetic":
-        if cfg.data.ignore_crowd:
-            parser.error("--ignore-crowd needs COCO data (--data FOLDER): synthetic images have no crowd boxes")
-        return
-    from .coco import find_split
+def check_data(parser: argparse.ArgumentParser, cfg: Config, splits: Optional[Sequence[str]] = None) -> None:
+    """The data of ``splits`` (default train and val) checked whole before anything starts
+    (:func:`atss_detector.data.check_data`): an argparse error, one line naming the folder,
+    or the file and the entry, otherwise."""
+    from .data import check_data as check
 
-    if not os.path.isdir(cfg.data.data):
-        parser.error(f"--data {cfg.data.data}: no such folder ('synthetic' or a COCO-format folder)")
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        try:
-            find_split(cfg.data.data, split)
-        except FileNotFoundError as exc:
-            parser.error(f"--data {cfg.data.data}: {exc}")
+    try:
+        check(cfg.data, splits)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
@@ -379,7 +383,7 @@ def run_train(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser
         engine.dist.shutdown()
 
 
-def run_eval(args: argparse.Namespace) -> None:
+def run_eval(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
     from . import engine
     from .data import build_dataset
     from .evaluation import format_table
@@ -392,6 +396,8 @@ def run_eval(args: argparse.Namespace) -> None:
         if args.data:
             cfg.data.data = args.data
         split = args.split or cfg.data.val_split
+        cfg.data.ignore_crowd = False  # training's setting: evaluation reads crowd boxes through pycocotools
+        check_data(parser or build_parser(), cfg, [split])
         dataset = build_dataset(cfg.data, split, train=False)
         if tuple(dataset.classes) != tuple(checkpoint["classes"]):
             raise SystemExit(f"the dataset's classes {dataset.classes} differ from the model's {checkpoint['classes']}")
@@ -417,8 +423,11 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    import json
+
     from . import engine
     from .data import build_transform
+    from .evaluation import to_coco_results
     from .visualize import draw_detections
 
     device = engine.select_device(args.device)
@@ -428,17 +437,75 @@ def run_predict(args: argparse.Namespace) -> None:
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
         print(f"found {len(files)} image(s) in {', '.join(folders)}" + (" and subfolders" if args.recursive else ""))
+    targets = engine.output_paths(files, args.images, args.output_dir)
     detections = engine.predict_files(
         model, files, build_transform(cfg.data, train=False), device, args.batch_size, cfg.data.size_divisible
     )
-    os.makedirs(args.output_dir, exist_ok=True)
-    for path, det in zip(files, detections):
-        target = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-        draw_detections(engine.load_image(path), det, checkpoint["classes"], score_threshold=args.score_threshold).save(
-            target
-        )
+    classes = checkpoint["classes"]
+    category_ids = checkpoint.get("category_ids") or list(range(1, len(classes) + 1))
+    records = []
+    for image_id, (path, target, det) in enumerate(zip(files, targets, detections), start=1):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        draw_detections(engine.load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
         shown = int((det["scores"] >= args.score_threshold).sum())
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
+        for record in to_coco_results([image_id], [det], category_ids):
+            records.append({"image_id": image_id, "file_name": path, **record})
+    results = os.path.join(args.output_dir, DETECTIONS_JSON)
+    with open(results, "w") as f:
+        json.dump(records, f)
+    print(
+        f"wrote {len(targets)} picture(s) and {results}: {len(records)} detections of every score "
+        "(COCO results format: image_id, file_name, category_id, bbox x, y, w, h, score)"
+    )
+
+
+# What `predict` writes beside its pictures: every detection, in COCO's results format.
+DETECTIONS_JSON = "detections.json"
+
+
+def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:
+    """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the ``ablate`` flags applied."""
+    name = "ablate-smoke" if args.smoke else "ablate"
+    cfg = preset(name)
+    if args.data is not None:
+        cfg.data.data = args.data
+    for flag, section, field in (
+        ("train_split", "data", "train_split"),
+        ("val_split", "data", "val_split"),
+        ("image_size", "data", "image_size"),
+        ("iterations", "train", "iterations"),
+        ("threads", "train", "threads"),
+        ("device", "train", "device"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(cfg, section), field, value)
+    return cfg, name
+
+
+def run_ablate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    """The ``ablate`` subcommand: the sweep of :mod:`atss_detector.ablate` with this command's flags."""
+    from . import ablate
+
+    if args.report_only:
+        results = ablate.load_results(os.path.join(args.output_dir, ablate.RESULTS_JSON))
+        ablate.write_report(results, args.output_dir)
+        print(f"redrew results.md and the plots in {args.output_dir} from {len(results['runs'])} runs")
+        return
+    cfg, name = ablate_config(args)
+    runs_dir = args.runs_dir or os.path.join("runs", name)
+    settings = list(ablate.SMOKE) if args.smoke else ablate.grid(args.tables)
+    if args.positives:
+        rows = ablate.positive_statistics(cfg, settings, args.positives)
+        text = ablate.positives_markdown(rows)
+        print(text)
+        ablate.write_json_atomically(os.path.join(args.output_dir, ablate.POSITIVES_JSON), rows)
+        with open(os.path.join(args.output_dir, ablate.POSITIVES_MD), "w") as f:
+            f.write(text)
+        return
+    check_data(parser or build_parser(), cfg)
+    ablate.sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)
 
 
 # The `detector` extra of pyproject.toml (import names).
@@ -467,13 +534,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.command == "train":
         run_train(args, parser)
     elif args.command == "ablate":
-        from .ablate import run_ablate
         from .engine import restart_with_passive_openmp
 
         restart_with_passive_openmp("atss_detector.cli")
         run_ablate(args, parser)
+    elif args.command == "eval":
+        run_eval(args, parser)
     else:
-        {"eval": run_eval, "predict": run_predict}[args.command](args)
+        run_predict(args)
 
 
 if __name__ == "__main__":

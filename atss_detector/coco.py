@@ -11,11 +11,20 @@ Crowd annotations (``iscrowd: 1``) never become training targets: they are
 dropped, or with ``ignore_crowd=True`` (``train --ignore-crowd``) kept as the
 item's ``ignore_boxes``, regions whose anchors take no loss. Evaluation reads
 them from the json through pycocotools, which treats them as "ignore".
+
+Bad files fail early and in one line that names the file and the entry:
+:func:`load_annotations` (the json itself: unreadable, truncated, not COCO),
+the entry checks of :class:`CocoDetection` (a ``bbox`` without 4 numbers, an
+unknown ``category_id``, an annotation of an image that is not listed) and
+:func:`check_split` (those, plus every listed image file: present and readable
+as an image, from its header alone), which ``atss-detector train`` and ``eval``
+run on their splits before the first step.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Tuple
@@ -44,6 +53,125 @@ def find_split(root: str, split: str) -> Tuple[str, str]:
     )
 
 
+class DataError(ValueError):
+    """A data file that cannot be used: the message names the file and the entry, in one line."""
+
+
+def load_annotations(annotation_file: str) -> Dict[str, Any]:
+    """The COCO json of ``annotation_file``, with the three keys a detection file needs.
+
+    Raises:
+        DataError: the file cannot be read or parsed (a truncated file says so), or
+            its top level is not an object with ``images``, ``annotations`` and
+            ``categories`` lists.
+    """
+    try:
+        with open(annotation_file, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"{annotation_file}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{annotation_file}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}: {exc.msg}"
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):  # the text stops mid-way
+            where += "; the file ends early: truncated?"
+        raise DataError(f"{annotation_file}: not valid JSON ({where})") from None
+    if not isinstance(data, dict):
+        raise DataError(
+            f"{annotation_file}: not COCO format: the top level is a JSON {type(data).__name__}, expected an object "
+            "with 'images', 'annotations' and 'categories'"
+        )
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            found = ", ".join(repr(k) for k in list(data)[:8]) or "none"
+            raise DataError(f"{annotation_file}: not COCO format: no {key!r} key (keys found: {found})")
+        if not isinstance(data[key], list):
+            raise DataError(
+                f"{annotation_file}: not COCO format: {key!r} is a JSON {type(data[key]).__name__}, expected a list"
+            )
+    return data
+
+
+def _entry(key: str, index: int, entry: Any) -> str:
+    """How an entry is named in errors: ``annotations[3] (id 17)``."""
+    ident = entry.get("id") if isinstance(entry, dict) else None
+    return f"{key}[{index}]" + (f" (id {ident!r})" if ident is not None else "")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_entries(annotation_file: str, data: Dict[str, Any]) -> None:
+    """Every category, image and annotation entry has what the loader reads, of the right kind."""
+    for key, needed in (("categories", ("id", "name")), ("images", ("id", "file_name"))):
+        seen = set()
+        for i, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise DataError(f"{annotation_file}: {key}[{i}] is a JSON {type(entry).__name__}, expected an object")
+            for field in needed:
+                if field not in entry:
+                    raise DataError(f"{annotation_file}: {_entry(key, i, entry)} has no {field!r}")
+            if entry["id"] in seen:
+                raise DataError(f"{annotation_file}: {_entry(key, i, entry)} repeats the id of an earlier entry")
+            seen.add(entry["id"])
+    category_ids = {c["id"] for c in data["categories"]}
+    image_ids = {im["id"] for im in data["images"]}
+    for i, ann in enumerate(data["annotations"]):
+        name = _entry("annotations", i, ann)
+        if not isinstance(ann, dict):
+            raise DataError(f"{annotation_file}: {name} is a JSON {type(ann).__name__}, expected an object")
+        for field in ("image_id", "bbox", "category_id"):
+            if field not in ann:
+                raise DataError(f"{annotation_file}: {name} has no {field!r}")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise DataError(f"{annotation_file}: {name} has bbox {bbox!r}: expected 4 finite numbers x, y, w, h")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise DataError(f"{annotation_file}: {name} has bbox {bbox!r}: a negative width or height")
+        if ann["category_id"] not in category_ids:
+            known = sorted(category_ids)
+            shown = ", ".join(map(str, known[:10])) + (", ..." if len(known) > 10 else "")
+            raise DataError(
+                f"{annotation_file}: {name} has unknown category_id {ann['category_id']!r} "
+                f"(the categories' ids: {shown or 'none'})"
+            )
+        if ann["image_id"] not in image_ids:
+            raise DataError(f"{annotation_file}: {name} is for image_id {ann['image_id']!r}, which 'images' lacks")
+
+
+def check_split(annotation_file: str, image_dir: str) -> int:
+    """Checks a whole split before any training: the json (:func:`load_annotations`), every
+    entry, and every listed image file (it exists and PIL reads its header; no pixels are
+    decoded, so this costs well under a millisecond per image). Returns the number of images.
+
+    Raises:
+        DataError: one line naming ``annotation_file`` and the first bad entry.
+    """
+    data = load_annotations(annotation_file)
+    _check_entries(annotation_file, data)
+    for i, info in enumerate(data["images"]):
+        path = os.path.join(image_dir, info["file_name"])
+        name = _entry("images", i, info)
+        if not os.path.isfile(path):
+            raise DataError(f"{annotation_file}: {name} lists file_name {info['file_name']!r}, but {path} is missing")
+        try:
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+        except Exception as exc:  # PIL raises several kinds for unreadable files
+            raise DataError(f"{annotation_file}: {name}: {path} is not an image PIL can read ({exc})") from None
+        if width < 1 or height < 1:
+            raise DataError(f"{annotation_file}: {name}: {path} has size {width} x {height}")
+    return len(data["images"])
+
+
 def _clipped(bbox: List[float], W: int, H: int) -> Optional[List[float]]:
     """A COCO ``[x, y, w, h]`` as ``[x1, y1, x2, y2]`` clipped to the image; None when empty."""
     x, y, w, h = bbox
@@ -70,11 +198,8 @@ class CocoDetection:
     """
 
     def __init__(self, annotation_file: str, image_dir: str, *, skip_empty: bool = False, ignore_crowd: bool = False):
-        with open(annotation_file) as f:
-            data = json.load(f)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{annotation_file} is not COCO format: no {key!r} key")
+        data = load_annotations(annotation_file)
+        _check_entries(annotation_file, data)
         self.annotation_file = annotation_file
         self.image_dir = image_dir
         self.ignore_crowd = ignore_crowd
@@ -88,8 +213,6 @@ class CocoDetection:
             if ann.get("iscrowd", 0):
                 crowd[ann["image_id"]].append(ann["bbox"])
                 continue
-            if ann["category_id"] not in label_of:
-                raise ValueError(f"annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
             per_image[ann["image_id"]].append((ann["bbox"], label_of[ann["category_id"]]))
         self._annotations = per_image
         self._crowd = crowd
@@ -97,7 +220,7 @@ class CocoDetection:
         if skip_empty:
             images = [im for im in images if any(w > 0 and h > 0 for (_, _, w, h), _ in per_image[im["id"]])]
         if not images:
-            raise ValueError(f"{annotation_file} has no usable images")
+            raise DataError(f"{annotation_file}: no usable images (none listed, or none with a box)")
         self.images: List[Dict[str, Any]] = images
 
     def __len__(self) -> int:

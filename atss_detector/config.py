@@ -198,8 +198,9 @@ def _tiny() -> Config:
 
 def _ablate() -> Config:
     # One run of the ablation grid (24 runs: 12 configurations x 2 seeds) on one
-    # thread of the 2-core CPU, so that the whole sweep takes about 80 minutes while
-    # other jobs share the machine: the demo's model and data, 300 steps of 16 images
+    # thread of the 2-core CPU, sized beforehand for a sweep of about 80 minutes while
+    # other jobs share the machine (it took ablate_grid.RECORD_MINUTES, the number
+    # to quote): the demo's model and data, 300 steps of 16 images
     # (1.5 epochs), evaluated once at the end. Measured per step, data included:
     # 0.39 s on an idle core, 0.6-0.77 s with other jobs' builds and tests running
     # (a run then takes 3-4.5 min, an idle one about 2.2 min; #A=9 costs ~5% more).

@@ -12,6 +12,7 @@ pycocotools). This module turns items into :class:`Batch` objects.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -180,6 +181,33 @@ def build_transform(cfg: DataConfig, *, train: bool) -> DetectionTransform:
         return DetectionTransform(flip_prob=flip)
     max_size = cfg.max_size or int(round(cfg.image_size * 1333 / 800))
     return DetectionTransform(cfg.image_size, max_size, flip_prob=flip)
+
+
+def check_data(cfg: DataConfig, splits: Optional[Sequence[str]] = None) -> None:
+    """Checks the data of ``splits`` (default: the train and val splits) before anything is built.
+
+    Synthetic data need nothing (but cannot be used with ``ignore_crowd``). A
+    COCO-format folder must be in one of the layouts of :func:`~atss_detector.coco.find_split`,
+    and each split must pass :func:`~atss_detector.coco.check_split`: the json,
+    every entry, and every listed image file (from its header: fast).
+
+    Raises:
+        DataError (a ``ValueError``): one line naming the folder, or the file and the entry.
+    """
+    from .coco import DataError, check_split, find_split
+
+    if cfg.data == "synthetic":
+        if cfg.ignore_crowd:
+            raise DataError("--ignore-crowd needs COCO data (--data FOLDER): synthetic images have no crowd boxes")
+        return
+    if not os.path.isdir(cfg.data):
+        raise DataError(f"--data {cfg.data}: no such folder ('synthetic' or a COCO-format folder)")
+    for split in splits if splits is not None else (cfg.train_split, cfg.val_split):
+        try:
+            annotation_file, image_dir = find_split(cfg.data, split)
+        except FileNotFoundError as exc:
+            raise DataError(f"--data {cfg.data}: {exc}") from None
+        check_split(annotation_file, image_dir)
 
 
 def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> TransformedDataset:

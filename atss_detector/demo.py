@@ -4,7 +4,7 @@ Trains with the ``demo`` preset (see :mod:`atss_detector.config`), evaluates
 on the synthetic val split and writes into ``--out`` (default ``runs/demo``):
 ``metrics.json`` / ``metrics.txt`` (the COCO table), ``curves.png`` (losses and
 AP), ``predictions.png`` (val images with their detections, ground truth in
-white), plus the checkpoint and logs of any training run. Prints the metrics
+white, and a legend of the colours), plus the checkpoint and logs of any training run. Prints the metrics
 table and the wall time at the end.
 """
 
@@ -28,7 +28,7 @@ SHOWN_SCORE = 0.4  # detections drawn in predictions.png score at least this
 def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOWN) -> None:
     """A grid of the first ``num_images`` val images with the checkpoint's detections."""
     from . import engine
-    from .visualize import draw_detections, save_grid
+    from .visualize import detection_legend, draw_detections, save_grid
 
     device = torch.device("cpu")
     model, cfg, ckpt = engine.model_from_checkpoint(checkpoint, device)
@@ -41,7 +41,7 @@ def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOW
         tiles.append(
             draw_detections(image, det, ckpt["classes"], score_threshold=SHOWN_SCORE, ground_truth=boxes, min_side=256)
         )
-    save_grid(tiles, path)
+    save_grid(tiles, path, legend=detection_legend(ckpt["classes"], SHOWN_SCORE))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -2,7 +2,8 @@
 
 A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
-* ``config.json``: the full :class:`~atss_detector.config.Config`;
+* ``config.json``: the full :class:`~atss_detector.config.Config`, as run
+  (with ``iterations`` set, ``epochs`` is the number of epochs those take);
 * ``checkpoint.pt``: model, optimiser, schedule, epoch and iteration, rewritten
   after every epoch (what ``--resume`` reads);
 * ``train_log.jsonl``: one JSON record appended per logging step (losses, lr)
@@ -13,6 +14,7 @@ A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -260,7 +262,7 @@ def evaluate(
 def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
     """The image files among ``paths``: files as given, folders listed (sorted; with
     ``recursive``, their subfolders too)."""
-    files = []
+    files: List[str] = []
     for path in paths:
         if os.path.isdir(path):
             if recursive:
@@ -272,10 +274,35 @@ def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
             files.append(path)
         else:
             raise FileNotFoundError(f"no image or folder at {path}")
+    seen: set = set()  # a file given twice, or also found in a given folder: once
+    files = [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
     if not files:
         where = "or their subfolders" if recursive else "(--recursive looks into subfolders too)"
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)} {where}")
     return files
+
+
+def output_paths(files: Sequence[str], inputs: Sequence[str], output_dir: str, suffix: str = ".png") -> List[str]:
+    """Where the pictures of ``files`` go: ``output_dir`` mirrors the input tree, so no two
+    outputs share a path.
+
+    Each file keeps its path relative to the deepest folder that holds every input
+    (the folder given, a given file's folder, or their common parent): ``predict pics
+    --recursive`` maps ``pics/a.jpg`` to ``OUT/a.png`` and ``pics/sub/a.jpg`` to
+    ``OUT/sub/a.png``. Two files of one folder that differ only in their image suffix
+    (``a.jpg``, ``a.png``) keep it: ``OUT/a.jpg.png``, ``OUT/a.png.png``.
+    """
+    roots = [os.path.abspath(p) if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) for p in inputs]
+    root = os.path.commonpath(roots) if roots else os.getcwd()
+    relative = [os.path.relpath(os.path.abspath(f), root) for f in files]
+    stems = [os.path.splitext(r)[0] for r in relative]
+    counts: Dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names = [(stem if counts[stem] == 1 else rel) + suffix for rel, stem in zip(relative, stems)]
+    if len(set(names)) < len(names):  # e.g. a.jpg, a.png and a.png.jpg: whole names are always distinct
+        names = [rel + suffix for rel in relative]
+    return [os.path.join(output_dir, name) for name in names]
 
 
 def load_image(path: str) -> np.ndarray:
@@ -350,6 +377,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: Optional[str] = None):
         cfg = cfg.resolved()  # written to config.json and the checkpoints as trained
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train))  # ours to fill in, not the caller's
         tc = self.tc = cfg.train
         self.cfg = cfg
         self.device = select_device(tc.device)
@@ -363,11 +391,9 @@ class Trainer:
         self.main = dist.is_main()
         self.out = tc.output_dir
         self.log_path = os.path.join(self.out, LOG)
-        if self.main:
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, CONFIG), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
 
+        # Everything that can fail on bad data or settings runs before the run directory is
+        # made: a failed start leaves no half-made folder behind.
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
@@ -398,6 +424,8 @@ class Trainer:
                 f"nothing to train: {self.total} iterations (epochs={tc.epochs}, iterations={tc.iterations})"
             )
         self.epochs = math.ceil(self.total / self.iters_per_epoch)
+        if tc.iterations is not None:
+            tc.epochs = self.epochs  # what runs (iterations decide), not the preset's unused epoch count
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(tc, self.total))
         self.start_epoch, self.iteration = 0, 0
         self.resumed_from = resume
@@ -407,6 +435,10 @@ class Trainer:
         if dist.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, CONFIG), "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
 
     def _restore(self, path: str) -> None:
         checkpoint = load_checkpoint(path)

@@ -42,7 +42,7 @@ class HeadTargets(NamedTuple):
     """Per-anchor targets of a batch."""
 
     assignment: atss_ops.AssignResult  # what atss_assign returned
-    labels: Tensor  # [B, A] int64 class of the assigned GT, -1 for background
+    labels: Tensor  # [B, A] int64 class of the assigned GT, -1 for background, -2 for anchors under an ignore box
     boxes: Tensor  # [B, A, 4] float32 assigned GT box, 0 for background
     positive: Tensor  # [B, A] bool
     centerness: Tensor  # [B, A] float32 centerness of the anchor centre in its GT, 0 for background

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import colorsys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,7 +35,8 @@ def plot_curves(records: Sequence[Dict], path: str) -> None:
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.set_title("training losses")
-    ax_loss.legend()
+    if ax_loss.lines:
+        ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     for key in ("AP", "AP50", "AP75"):
         points = [(r["iteration"], 100 * r[key]) for r in evals if key in r]
@@ -75,7 +76,7 @@ def draw_detections(
     draw = ImageDraw.Draw(canvas)
     if ground_truth is not None:
         for box in np.asarray(ground_truth).reshape(-1, 4) * zoom:
-            draw.rectangle(box.tolist(), outline=(255, 255, 255), width=1)
+            draw.rectangle(box.tolist(), outline=GROUND_TRUTH_COLOUR, width=1)
     keep = detections["scores"] >= score_threshold
     for box, score, label in zip(
         (detections["boxes"][keep] * zoom).tolist(),
@@ -91,13 +92,50 @@ def draw_detections(
     return canvas
 
 
-def save_grid(tiles: List[Image.Image], path: str, columns: int = 4) -> None:
-    """Pastes images into a grid PNG (cells sized by the largest tile)."""
+GROUND_TRUTH_COLOUR = (255, 255, 255)
+LEGEND_ROW = 16  # pixels per legend line
+
+
+def detection_legend(classes: Sequence[str], score_threshold: float) -> List[Tuple[tuple, str]]:
+    """The ``(colour, text)`` entries that explain :func:`draw_detections`' colours."""
+    entries = [(GROUND_TRUTH_COLOUR, "thin white box: ground truth")]
+    entries += [
+        (class_colour(label), f"{name}: detection (score >= {score_threshold:g})") for label, name in enumerate(classes)
+    ]
+    return entries
+
+
+def draw_legend(entries: Sequence[Tuple[tuple, str]], width: int) -> Image.Image:
+    """A strip ``width`` px wide: one swatch and its text per entry, as many per line as fit."""
+    cell = max(6 * len(text) + 28 for _, text in entries) if entries else width
+    per_line = max(1, width // cell)
+    lines = (len(entries) + per_line - 1) // per_line
+    strip = Image.new("RGB", (width, LEGEND_ROW * lines + 4), (32, 32, 32))
+    draw = ImageDraw.Draw(strip)
+    for i, (colour, text) in enumerate(entries):
+        x, y = 4 + (i % per_line) * cell, 2 + (i // per_line) * LEGEND_ROW
+        draw.rectangle([x, y + 2, x + 16, y + 12], outline=colour, width=2)
+        draw.text((x + 22, y + 1), text, fill=(235, 235, 235))
+    return strip
+
+
+def save_grid(
+    tiles: List[Image.Image],
+    path: str,
+    columns: int = 4,
+    legend: Optional[Sequence[Tuple[tuple, str]]] = None,
+) -> None:
+    """Pastes images into a grid PNG (cells sized by the largest tile), with ``legend``
+    (``(colour, text)`` entries, e.g. :func:`detection_legend`) in a strip below it."""
     if not tiles:
         raise ValueError("no images to put in the grid")
     cw, ch = max(t.width for t in tiles), max(t.height for t in tiles)
     rows = (len(tiles) + columns - 1) // columns
-    grid = Image.new("RGB", (cw * min(columns, len(tiles)), ch * rows), (32, 32, 32))
+    width = cw * min(columns, len(tiles))
+    strip = draw_legend(legend, width) if legend else None
+    grid = Image.new("RGB", (width, ch * rows + (strip.height if strip else 0)), (32, 32, 32))
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % columns) * cw, (i // columns) * ch))
+    if strip is not None:
+        grid.paste(strip, (0, ch * rows))
     grid.save(path)

@@ -3,11 +3,12 @@
 Public API::
 
     anchors, levels = atss_ops.grid_anchors(height, width)      # or your own anchors
+    anchors, levels = atss_ops.grid_anchors((S0, S1, S2), strides=(4, 8))   # 3-D, [A, 6]
     res = atss_ops.atss_assign(anchors, levels, gt_boxes, gt_counts=None,
                                *, topk=9, anchor_valid=None, anchor_ignore=None,
                                center_eps=0.01, ensure_positive=False)
     res.gt_index, res.iou, res.threshold, res.num_positive
-    targets = atss_ops.assign_targets(res, gt_boxes, gt_labels)
+    targets = atss_ops.assign_targets(res, gt_boxes, gt_labels)   # .weight: 0 for ignored anchors
     anchor_ignore = atss_ops.ignore_mask(anchors, ignore_boxes)   # crowd / don't-care regions
 
 Boxes are 2-D (``[..., 4]``) or 3-D (``[..., 6]``, ``x1, y1, z1, x2, y2, z2``).
@@ -19,11 +20,11 @@ readable pure-PyTorch implementation. MONAI's detectors switch over with
 Needs torch alone.
 """
 
-from . import reference
+from . import _fake, reference
 from ._extension import extension_available, has_kernel
 
 if extension_available():
-    from . import _fake  # noqa: F401  (registers the fake kernels of the ops)
+    _fake.register()  # the ops' fake kernels (torch.compile, torch.export, opcheck)
 
 from .anchors import grid_anchors
 from .masks import ignore_mask

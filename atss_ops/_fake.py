@@ -1,10 +1,14 @@
 """Fake (meta) kernels of the ``atss_ops`` ops, for ``torch.compile``,
-``torch.export`` and ``torch.library.opcheck``: output shapes and dtypes, after
-the same structural checks as the compiled kernels (which read no data).
+``torch.export``, ``torch.library.opcheck`` and meta tensors: output shapes and
+dtypes, after the same structural checks as the compiled kernels (which read
+no data).
 
-The fake kernels double as Meta kernels: a 'meta' tensor among CPU ones lands
-here, so the device checks run here too. Imported by :mod:`atss_ops` when the
-extension is loaded (the ops must exist to be given a fake kernel).
+When the extension is loaded, :func:`register` makes these functions the ops'
+fake kernels (``torch.library.register_fake``). A fake kernel doubles as the
+op's Meta kernel, so a 'meta' tensor among CPU ones lands here and the device
+checks run here too. The public wrappers (:mod:`atss_ops.ops`) also call these
+functions directly for meta inputs, so shape inference on meta tensors works
+with or without the compiled extension, and never touches tensor data.
 """
 
 from __future__ import annotations
@@ -15,21 +19,18 @@ from . import _validation as V
 from .types import num_candidates
 
 
-@torch.library.register_fake("atss_ops::center_distance")
-def _center_distance_fake(anchors, gt_boxes, gt_counts=None):
+def center_distance(anchors, gt_boxes, gt_counts=None):
     V.check_center_distance_args(anchors, gt_boxes, gt_counts)
     return anchors.new_empty(gt_boxes.shape[0], gt_boxes.shape[1], anchors.shape[0])
 
 
-@torch.library.register_fake("atss_ops::topk_per_level")
-def _topk_per_level_fake(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None, anchor_ignore=None):
+def topk_per_level(distances, num_anchors_per_level, topk, gt_counts=None, anchor_valid=None, anchor_ignore=None):
     V.check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid, anchor_ignore)
     B, G, _ = distances.shape
     return distances.new_empty(B, G, num_candidates(num_anchors_per_level, topk), dtype=torch.int64)
 
 
-@torch.library.register_fake("atss_ops::iou_statistics")
-def _iou_statistics_fake(anchors, gt_boxes, candidates, gt_counts=None, center_eps=0.01):
+def iou_statistics(anchors, gt_boxes, candidates, gt_counts=None, center_eps=0.01):
     V.check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps)
     B, G = gt_boxes.shape[:2]
     return (
@@ -39,10 +40,7 @@ def _iou_statistics_fake(anchors, gt_boxes, candidates, gt_counts=None, center_e
     )
 
 
-@torch.library.register_fake("atss_ops::resolve_multi_gt")
-def _resolve_multi_gt_fake(
-    candidates, candidate_iou, is_positive, num_anchors, anchor_ignore=None, ensure_positive=False
-):
+def resolve_multi_gt(candidates, candidate_iou, is_positive, num_anchors, anchor_ignore=None, ensure_positive=False):
     V.check_resolve_multi_gt_args(candidates, candidate_iou, is_positive, num_anchors, anchor_ignore)
     B, G = candidates.shape[:2]
     return (
@@ -52,8 +50,7 @@ def _resolve_multi_gt_fake(
     )
 
 
-@torch.library.register_fake("atss_ops::atss_assign")
-def _atss_assign_fake(
+def atss_assign(
     anchors,
     num_anchors_per_level,
     gt_boxes,
@@ -75,3 +72,18 @@ def _atss_assign_fake(
         anchors.new_empty(B, G),
         anchors.new_empty(B, G, dtype=torch.int64),
     )
+
+
+KERNELS = {
+    "center_distance": center_distance,
+    "topk_per_level": topk_per_level,
+    "iou_statistics": iou_statistics,
+    "resolve_multi_gt": resolve_multi_gt,
+    "atss_assign": atss_assign,
+}
+
+
+def register() -> None:
+    """Registers every function above as its op's fake kernel (the ops must exist: the extension is loaded)."""
+    for op, kernel in KERNELS.items():
+        torch.library.register_fake(f"atss_ops::{op}")(kernel)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -43,7 +43,7 @@ def _check_box_values(name: str, boxes: Tensor, dims: int) -> None:
 
 def ignore_mask(
     anchors: Tensor,
-    ignore_boxes: Tensor,
+    ignore_boxes: Union[Tensor, Sequence[Tensor]],
     ignore_counts: Optional[Tensor] = None,
     iof_threshold: float = 0.5,
 ) -> Tensor:
@@ -66,7 +66,9 @@ def ignore_mask(
             (``x1, y1, z1, x2, y2, z2``), float32 (other floating dtypes are
             converted). The same anchors as given to ``atss_assign``.
         ignore_boxes: ``Tensor[B, M, 4 or 6]`` (same layout and D as the anchors),
-            padded to M per image.
+            padded to M per image, or a list of ``Tensor[M_i, 4 or 6]``, one per
+            image (padded here, as ``atss_assign`` pads a list of GT boxes; then
+            ``ignore_counts`` must be None).
         ignore_counts: optional ``Tensor[B]`` of integers: image b uses
             ``ignore_boxes[b, :ignore_counts[b]]``; the rest is padding, never read
             (NaN is fine). ``None``: all M boxes are valid.
@@ -86,6 +88,12 @@ def ignore_mask(
     ``[B, M, A]`` tensor). The value checks read the data: on CUDA they cost one
     device-to-host sync.
     """
+    if not isinstance(ignore_boxes, Tensor) and isinstance(ignore_boxes, (list, tuple)):
+        if ignore_counts is not None:
+            raise ValueError("ignore_counts must be None when ignore_boxes is a list: the counts come from the list")
+        from .ops import pad_boxes
+
+        ignore_boxes, ignore_counts = pad_boxes(ignore_boxes, "ignore_boxes")
     anchors = _as_float32("anchors", anchors)
     ignore_boxes = _as_float32("ignore_boxes", ignore_boxes)
     if anchors.dim() != 2 or anchors.shape[1] not in (4, 6):

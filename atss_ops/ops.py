@@ -10,6 +10,11 @@ wrappers fall back to :mod:`atss_ops.reference`, which computes the same bits
 The wrappers accept float64, float16 and bfloat16 boxes and convert them to
 float32: the assignment is always computed in float32 (the ops themselves, and
 the reference, take float32 only).
+
+Meta tensors (``device="meta"``) give shape inference: every wrapper sends them
+to the ops' fake kernels (:mod:`atss_ops._fake`), which check the structure of
+the inputs and return empty outputs of the right shapes and dtypes, read no
+data, and work with or without the compiled extension.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import _fake, reference
 from . import _validation as V
-from . import reference
 from ._extension import use_kernel
 from .types import AssignResult
 
@@ -42,6 +47,11 @@ def _as_float32(boxes):
     if isinstance(boxes, Tensor) and boxes.dtype in _CONVERTED:
         return boxes.to(torch.float32)
     return boxes
+
+
+def _on_meta(*args) -> bool:
+    """True when a tensor argument is a meta tensor: the call is shape inference, served by the fake kernels."""
+    return any(isinstance(a, Tensor) and a.device.type == "meta" for a in args)
 
 
 # --------------------------------------------------------------------------- stage ops
@@ -65,6 +75,8 @@ def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tenso
     """
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
     V.check_gt_counts_type(gt_counts)
+    if _on_meta(anchors, gt_boxes, gt_counts):
+        return _fake.center_distance(anchors, gt_boxes, gt_counts)
     if isinstance(anchors, Tensor) and use_kernel("center_distance", anchors.device):
         return torch.ops.atss_ops.center_distance(anchors, gt_boxes, gt_counts)
     return reference.center_distance(anchors, gt_boxes, gt_counts)
@@ -97,6 +109,8 @@ def topk_per_level(
     levels = _levels(num_anchors_per_level)
     V.check_gt_counts_type(gt_counts)
     V.check_topk_type(topk)
+    if _on_meta(distances, gt_counts, anchor_valid, anchor_ignore):
+        return _fake.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
     if use_kernel("topk_per_level", distances.device):
         return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
     return reference.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
@@ -124,6 +138,8 @@ def iou_statistics(
     """
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
     V.check_gt_counts_type(gt_counts)
+    if _on_meta(anchors, gt_boxes, candidates, gt_counts):
+        return _fake.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
     if isinstance(anchors, Tensor) and use_kernel("iou_statistics", anchors.device):
         return tuple(torch.ops.atss_ops.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps))
     return reference.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
@@ -157,6 +173,10 @@ def resolve_multi_gt(
         highest IoU, then the lowest GT index; entries whose IoU is NaN or
         negative never claim an anchor.
     """
+    if _on_meta(candidates, candidate_iou, is_positive, anchor_ignore):
+        return _fake.resolve_multi_gt(
+            candidates, candidate_iou, is_positive, num_anchors, anchor_ignore, ensure_positive
+        )
     if use_kernel("resolve_multi_gt", candidates.device):
         return tuple(
             torch.ops.atss_ops.resolve_multi_gt(
@@ -177,18 +197,23 @@ def pad_gt_boxes(boxes: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
 
     Padding rows are zeros; they are never read for assignment.
     """
+    return pad_boxes(boxes, "gt_boxes")
+
+
+def pad_boxes(boxes: Sequence[Tensor], name: str) -> Tuple[Tensor, Tensor]:
+    """:func:`pad_gt_boxes` for the list argument ``name`` (named in the errors)."""
     boxes = [_as_float32(b) for b in boxes]
     for i, b in enumerate(boxes):
         if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] not in (4, 6):
             shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
-            raise ValueError(f"gt_boxes[{i}] must be a Tensor[G_i, 4] or Tensor[G_i, 6], got {shape}")
+            raise ValueError(f"{name}[{i}] must be a Tensor[G_i, 4] or Tensor[G_i, 6], got {shape}")
         if b.shape[-1] != boxes[0].shape[-1]:
             raise ValueError(
-                f"gt_boxes[{i}] has {b.shape[-1]} coordinates per box but gt_boxes[0] has {boxes[0].shape[-1]}: "
+                f"{name}[{i}] has {b.shape[-1]} coordinates per box but {name}[0] has {boxes[0].shape[-1]}: "
                 "every image must use the same layout"
             )
     if not boxes:
-        raise ValueError("gt_boxes is an empty list: pass a Tensor[0, G, 4] for an empty batch")
+        raise ValueError(f"{name} is an empty list: pass a Tensor[0, G, 4] for an empty batch")
     device = boxes[0].device
     counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
     G = max(b.shape[0] for b in boxes)
@@ -200,6 +225,11 @@ def pad_gt_boxes(boxes: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
 
 def _levels(num_anchors_per_level) -> List[int]:
     if isinstance(num_anchors_per_level, Tensor):
+        if num_anchors_per_level.device.type == "meta":
+            raise ValueError(
+                "num_anchors_per_level must be a list of ints or a tensor with values, got a meta tensor "
+                f"of shape {list(num_anchors_per_level.shape)}: the level sizes decide the output shapes"
+            )
         return [int(n) for n in num_anchors_per_level.tolist()]
     return [int(n) for n in num_anchors_per_level]
 
@@ -291,6 +321,9 @@ def atss_assign(
     the same bits on every run, thread count and device. No host sync on CUDA
     unless ``check_inputs=True``; runs under ``torch.compile(fullgraph=True)``
     and CUDA graph capture.
+    Meta tensors give shape inference: empty meta outputs of the right shapes
+    and dtypes after the structural checks (``num_anchors_per_level`` must then
+    be a list of ints).
 
     Differences from MMDetection's ``ATSSAssigner`` (and the original code):
     0-based GT indices with -1 for background and -2 for ignored anchors
@@ -324,6 +357,8 @@ def atss_assign(
     if center_eps is not None:
         center_eps = float(center_eps)
     args = (anchors, levels, gt_boxes, gt_counts, topk, anchor_valid, center_eps, anchor_ignore, ensure_positive)
+    if _on_meta(anchors, gt_boxes, gt_counts, anchor_valid, anchor_ignore):
+        return AssignResult(*_fake.atss_assign(*args))
     if not (isinstance(anchors, Tensor) and use_kernel("atss_assign", anchors.device)):
         return reference.atss_assign(*args)
     if check_inputs and anchors.device.type != "cpu" and not torch.compiler.is_compiling():

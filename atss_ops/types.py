@@ -13,8 +13,8 @@ class AssignResult(NamedTuple):
     """Result of :func:`atss_ops.atss_assign` (one row per image of the batch).
 
     - ``gt_index`` ``Tensor[B, A]`` int64: index into ``gt_boxes[b]`` of the GT the
-      anchor is assigned to; -1 for background.
-    - ``iou`` ``Tensor[B, A]`` float32: IoU with the assigned GT; 0 for background.
+      anchor is assigned to; -1 for background, -2 for ignored anchors (``anchor_ignore``).
+    - ``iou`` ``Tensor[B, A]`` float32: IoU with the assigned GT; 0 for background and ignored anchors.
     - ``threshold`` ``Tensor[B, G]`` float32: each GT's mean + std of its candidate
       IoUs; NaN for padding slots and GTs without candidates.
     - ``num_positive`` ``Tensor[B, G]`` int64: anchors finally assigned to each GT;

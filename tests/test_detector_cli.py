@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,8 +81,9 @@ def test_train_checkpoint_resume_eval_predict(tmp_path):
         "--threads",
         "1",
     )
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["000001.png", "000002.png", "000003.png"]
-    assert printed.count("detections") == 3
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert written == ["000001.png", "000002.png", "000003.png", "detections.json"]
+    assert printed.count(" -> ") == 3
 
 
 def test_train_on_a_coco_folder(tmp_path):
@@ -186,6 +188,77 @@ def test_image_files_in_folders_and_subfolders(tmp_path):
     assert engine.image_files([str(tmp_path / "empty")], recursive=True) == [
         str(tmp_path / "empty" / "deeper" / "d.png")
     ]
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path):
+    """A tiny model's checkpoint, without training (the trainer's end-of-epoch save)."""
+    from atss_detector.config import preset
+
+    cfg = preset("tiny")
+    cfg.train.output_dir, cfg.train.threads = str(tmp_path / "run"), 1
+    engine.Trainer(cfg)._end_epoch(0)
+    return tmp_path / "run" / "checkpoint.pt"
+
+
+def test_predict_mirrors_the_input_tree_and_writes_coco_results(tmp_path, untrained_checkpoint, monkeypatch, capsys):
+    """``--recursive`` never overwrites: equal names in subfolders and equal stems get their own pictures,
+    and detections.json holds every detection in COCO's results format."""
+    from PIL import Image
+
+    pics = tmp_path / "pics"
+    names = ["img_000.jpg", "sub/img_000.jpg", "sub/deeper/img_000.png", "img_001.jpg", "img_001.png"]
+    for i, name in enumerate(names):
+        (pics / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40 + 8 * i, 32), (10 * i, 80, 160)).save(pics / name)
+    real = engine.predict_files
+
+    def with_a_known_detection(model, files, *args, **kwargs):
+        """The model's own detections, plus one known box per image (an untrained model finds little)."""
+        out = real(model, files, *args, **kwargs)
+        known = dict(boxes=torch.tensor([[1.0, 2.0, 11.0, 22.0]]), scores=torch.tensor([0.9]), labels=torch.tensor([1]))
+        return [{k: torch.cat([d[k], known[k]]) for k in d} for d in out]
+
+    monkeypatch.setattr(engine, "predict_files", with_a_known_detection)
+    out = tmp_path / "preds"
+    args = ["predict", str(pics), "--recursive", "--checkpoint", str(untrained_checkpoint), "--threads", "1"]
+    cli.main([*args, "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert f"found 5 image(s) in {pics} and subfolders" in printed
+    pictures = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert pictures == [
+        "img_000.png",
+        "img_001.jpg.png",
+        "img_001.png.png",
+        "sub/deeper/img_000.png",
+        "sub/img_000.png",
+    ]
+    records = json.loads((out / "detections.json").read_text())
+    checkpoint = torch.load(untrained_checkpoint, weights_only=False)
+    files = sorted({r["file_name"] for r in records})
+    assert files == sorted(str(pics / n) for n in names)
+    for record in records:
+        assert set(record) == {"image_id", "file_name", "category_id", "bbox", "score"}
+        assert record["category_id"] in checkpoint["category_ids"] and 0 <= record["score"] <= 1
+        assert len(record["bbox"]) == 4 and record["bbox"][2] >= 0 and record["bbox"][3] >= 0
+    known = [r for r in records if r["score"] == pytest.approx(0.9) and r["bbox"] == [1.0, 2.0, 10.0, 20.0]]
+    assert sorted(r["image_id"] for r in known) == [1, 2, 3, 4, 5]
+    assert all(r["category_id"] == checkpoint["category_ids"][1] for r in known)
+    assert len({(r["image_id"], r["file_name"]) for r in records}) == 5
+
+
+def test_output_paths_never_collide(tmp_path):
+    """Files given one by one, or from two folders, or stems that differ only in suffix: distinct paths."""
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    files = [str(tmp_path / n) for n in ("a/p.jpg", "a/p.png", "a/p.png.jpg", "a/x/p.jpg", "b/p.jpg")]
+    for f in files:
+        Path(f).write_bytes(b"")
+    found = engine.image_files([str(tmp_path / "a"), str(tmp_path / "b"), files[0]], recursive=True)
+    assert sorted(found) == sorted(files)  # the file given again is listed once
+    outputs = engine.output_paths(found, [str(tmp_path / "a"), str(tmp_path / "b")], "OUT")
+    assert len(set(outputs)) == len(found) and all(o.startswith("OUT/") for o in outputs)
+    assert engine.output_paths([files[3]], [files[3]], "OUT") == ["OUT/p.png"]
 
 
 def free_port() -> int:

@@ -152,7 +152,7 @@ def test_anchors_under_an_ignore_box_are_neither_positive_nor_negative(assigner)
     assert ignored[0].any() and not ignored[1].any()
     assert torch.equal(targets.assignment.gt_index == -2, ignored)
     assert not (targets.positive & ignored).any() and not (targets.valid & ignored).any()
-    assert (targets.labels[ignored] == -1).all() and (targets.centerness[ignored] == 0).all()
+    assert (targets.labels[ignored] == -2).all() and (targets.centerness[ignored] == 0).all()  # assign_targets
     _, _, _, _, _, _, plain = tiny_targets(assigner, None)
     if assigner == "atss":
         gt_boxes, gt_counts = atss_ops.pad_gt_boxes(batch.boxes)

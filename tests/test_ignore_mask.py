@@ -108,6 +108,34 @@ def test_padding_is_never_read_and_empty_sizes():
     assert ignore_mask(torch.zeros(0, 6), torch.zeros(2, 1, 6)).shape == (2, 0)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_list_of_per_image_boxes_equals_padded(dims):
+    """A list of ``Tensor[M_i, 2D]`` (as ``atss_assign`` takes GT boxes) gives the padded call's mask."""
+    g = torch.Generator().manual_seed(dims)
+    anchors = _random_boxes(g, (40,), dims)
+    per_image = [_random_boxes(g, (30,), dims), torch.zeros(0, 2 * dims), _random_boxes(g, (1,), dims)]
+    padded, counts = atss_ops.pad_gt_boxes(per_image)
+    mask = ignore_mask(anchors, per_image)
+    assert mask[0].any() and not mask[1].any()
+    assert torch.equal(mask, ignore_mask(anchors, padded, counts))
+    assert torch.equal(
+        ignore_mask(anchors, tuple(per_image), iof_threshold=0.2), ignore_mask(anchors, padded, counts, 0.2)
+    )
+
+
+@pytest.mark.parametrize(
+    "boxes, counts, match",
+    [
+        ([torch.zeros(1, 4)], torch.tensor([1]), "ignore_counts must be None when ignore_boxes is a list"),
+        ([torch.zeros(1, 4), torch.zeros(2, 5)], None, r"ignore_boxes\[1\] must be a Tensor\[G_i, 4\] or"),
+        ([torch.zeros(1, 4), torch.zeros(1, 6)], None, r"ignore_boxes\[1\] has 6 coordinates per box but"),
+    ],
+)
+def test_list_errors_name_the_argument(boxes, counts, match):
+    with pytest.raises(ValueError, match=match):
+        ignore_mask(ANCHORS_2D, boxes, counts)
+
+
 def test_dtypes_are_converted():
     ignore = torch.tensor([[[0.0, 0.0, 12.0, 10.0]]])
     want = ignore_mask(ANCHORS_2D, ignore)

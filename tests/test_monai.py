@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import re
 import sys
 from collections import Counter
 
@@ -221,6 +222,18 @@ def test_constructor_checks():
         ATSSMatcher(4, lambda a, b: box_iou(a, b))
     with pytest.raises(ValueError, match="num_candidates must be an int >= 1, got 0"):
         ATSSMatcher(0)
+
+
+@pytest.mark.parametrize("second", [False, True, 0.5, "box_iou"])
+def test_a_value_in_similarity_fns_place_says_which_argument_it_is(second):
+    """``ATSSMatcher(4, False)`` (center_in_gt meant) names ``similarity_fn`` and says what to write."""
+    message = (
+        r"ATSSMatcher's second positional argument is similarity_fn \(MONAI's order: num_candidates, "
+        rf"similarity_fn, center_in_gt, debug\), got {re.escape(repr(second))}: leave it out .* "
+        rf"ATSSMatcher\(4, center_in_gt={re.escape(repr(second))}\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        ATSSMatcher(4, second)
 
 
 def test_call_shapes_debug_and_errors(capsys):

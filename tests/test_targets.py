@@ -112,3 +112,130 @@ def test_labels_shape_checked():
     res = _assign(case)
     with pytest.raises(ValueError, match=r"gt_labels must have shape \[B, G\] with B = 2, got shape \[3, 7\]"):
         atss_ops.assign_targets(res, case["gt_boxes"], torch.zeros(3, 7, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------- ignored anchors (contract v2)
+
+IGNORE_CASES = [
+    "ignore_random_with_valid",
+    "ignore_every_anchor_of_an_image",
+    "ignore_regions_boxes",
+    "d3_random_masks",
+    "d3_everything",
+    "d3_g0_ignore",
+]
+
+
+def _assign_v2(case: dict) -> atss_ops.AssignResult:
+    return atss_ops.atss_assign(
+        case["anchors"],
+        case["num_anchors_per_level"],
+        case["gt_boxes"],
+        case["gt_counts"],
+        topk=case["topk"],
+        anchor_valid=case["anchor_valid"],
+        anchor_ignore=case["anchor_ignore"],
+        center_eps=case["center_eps"],
+        ensure_positive=case["ensure_positive"],
+    )
+
+
+@pytest.mark.parametrize("background, ignore_label", [(-1, -2), (80, -100)])
+@pytest.mark.parametrize("name", IGNORE_CASES)
+def test_ignored_anchors_are_neither_positive_nor_background(name, background, ignore_label):
+    """``gt_index == -2`` becomes ``ignored``, label ``ignore_label``, weight 0, an all-zero box."""
+    case = make_case(name)
+    res = _assign_v2(case)
+    ignored = res.gt_index == -2
+    assert ignored.any()
+    t = atss_ops.assign_targets(res, case["gt_boxes"], _labels(case), background=background, ignore_label=ignore_label)
+    assert torch.equal(t.ignored, ignored) and not (t.positive & t.ignored).any()
+    assert (t.labels[ignored] == ignore_label).all()
+    assert (t.labels[~ignored & ~t.positive] == background).all()
+    assert t.weight.dtype == torch.float32 and torch.equal(t.weight, (~ignored).float())
+    assert (t.boxes[ignored] == 0).all()
+
+
+def _logits(shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+@pytest.mark.parametrize("name", IGNORE_CASES)
+def test_focal_loss_as_documented_leaves_ignored_anchors_out(name):
+    """The README's sigmoid focal loss (``one_hot`` weighted by ``weight``) equals the loss over the
+    anchors that are not ignored, and ignored anchors' logits get no gradient."""
+    focal = pytest.importorskip("torchvision.ops").sigmoid_focal_loss
+    case = make_case(name)
+    res = _assign_v2(case)
+    t = atss_ops.assign_targets(res, case["gt_boxes"], _labels(case) % 5)
+    logits = _logits((*t.labels.shape, 5), seed=1)
+    per_class = focal(logits, t.one_hot(5), reduction="none")
+    loss = (per_class * t.weight[..., None]).sum() / t.positive.sum().clamp(min=1)
+    loss.backward()
+    kept = ~t.ignored
+    selected = focal(logits[kept], t.one_hot(5)[kept], reduction="sum") / t.positive.sum().clamp(min=1)
+    torch.testing.assert_close(loss, selected)
+    assert (logits.grad[t.ignored] == 0).all()
+    assert (logits.grad[kept] != 0).any()
+
+
+@pytest.mark.parametrize("name", IGNORE_CASES)
+def test_cross_entropy_with_ignore_index_leaves_ignored_anchors_out(name):
+    """Softmax path: background as class C, ``ignore_label`` as ``cross_entropy``'s ``ignore_index``."""
+    case = make_case(name)
+    res = _assign_v2(case)
+    t = atss_ops.assign_targets(res, case["gt_boxes"], _labels(case) % 5, background=5, ignore_label=-100)
+    logits = _logits((*t.labels.shape, 6), seed=2)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 6), t.labels.reshape(-1), ignore_index=-100)
+    loss.backward()
+    assert (logits.grad[t.ignored] == 0).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(background=-2), "ignore_label must differ from background")])
+def test_ignore_label_must_differ_from_background(kwargs, match):
+    case = make_case("ignore_random_with_valid")
+    with pytest.raises(ValueError, match=match):
+        atss_ops.assign_targets(_assign_v2(case), case["gt_boxes"], _labels(case), **kwargs)
+
+
+# --------------------------------------------------------------------------- 3-D boxes (contract v2)
+
+CASES_3D = ["d3_random_b2_g6", "d3_random_counts_b3_g9", "d3_everything", "d3_g0_ignore"]
+
+
+@pytest.mark.parametrize("name", CASES_3D)
+def test_3d_targets_follow_assignment(name):
+    """``[B, G, 6]`` boxes: ``boxes [B, A, 6]``, the assigned GT's box for positives, zeros elsewhere."""
+    case = make_case(name)
+    res = _assign_v2(case)
+    labels = _labels(case)
+    t = atss_ops.assign_targets(res, case["gt_boxes"], labels)
+    B, A = res.gt_index.shape
+    assert t.boxes.shape == (B, A, 6) and t.boxes.dtype == torch.float32
+    pos = res.gt_index >= 0
+    b, a = pos.nonzero(as_tuple=True)
+    g = res.gt_index[b, a]
+    assert bits_equal(t.boxes[b, a], case["gt_boxes"][b, g]) and torch.equal(t.labels[b, a], labels[b, g])
+    assert bits_equal(t.boxes[~pos], torch.zeros(int((~pos).sum()), 6))
+    counts = case["gt_counts"].tolist() if case["gt_counts"] is not None else [case["gt_boxes"].shape[1]] * B
+    listed = atss_ops.assign_targets(
+        res, [case["gt_boxes"][i, :n] for i, n in enumerate(counts)], [labels[i, :n] for i, n in enumerate(counts)]
+    )
+    assert_bits_equal(tuple(listed), tuple(t), "3-D list vs padded")
+
+
+def test_3d_end_to_end_with_ignore_regions():
+    """``grid_anchors`` 3-D -> ``ignore_mask`` (a list per image) -> ``atss_assign`` -> ``assign_targets``
+    -> a focal loss in which the ignored anchors take no part."""
+    focal = pytest.importorskip("torchvision.ops").sigmoid_focal_loss
+    anchors, levels = atss_ops.grid_anchors((32, 32, 16), strides=(4, 8), scales=(2.0,))
+    gt_boxes = [torch.tensor([[4.0, 4.0, 2.0, 14.0, 12.0, 9.0]]), torch.tensor([[16.0, 18.0, 4.0, 28.0, 30.0, 12.0]])]
+    ignore = atss_ops.ignore_mask(anchors, [torch.tensor([[20.0, 0.0, 0.0, 32.0, 12.0, 16.0]]), torch.zeros(0, 6)])
+    res = atss_ops.atss_assign(anchors, levels, gt_boxes, topk=4, anchor_ignore=ignore, ensure_positive=True)
+    t = atss_ops.assign_targets(res, gt_boxes, [torch.tensor([1]), torch.tensor([0])])
+    assert t.boxes.shape == (2, anchors.shape[0], 6)
+    assert t.ignored[0].any() and not t.ignored[1].any() and (res.num_positive > 0).all()
+    logits = _logits((2, anchors.shape[0], 2), seed=3)
+    loss = (focal(logits, t.one_hot(2), reduction="none") * t.weight[..., None]).sum()
+    loss.backward()
+    assert (logits.grad[t.ignored] == 0).all()

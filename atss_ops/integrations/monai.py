@@ -97,7 +97,10 @@ class ATSSMatcher(_MonaiATSSMatcher):
     Args:
         num_candidates: candidate locations per level (MONAI's k), >= 1.
         similarity_fn: must be MONAI's ``box_iou`` (the default): atss_ops computes
-            the IoU itself, so any other function is refused with a ValueError.
+            the IoU itself, so any other function is refused with a ValueError. It is
+            the *second* positional argument, as in MONAI: ``ATSSMatcher(4, False)``
+            is refused with a ValueError that says so; write
+            ``ATSSMatcher(4, center_in_gt=False)``.
         center_in_gt: the centre-inside-GT test, margin 0.01 (MONAI's default here
             is True; its detector's ``set_atss_matcher`` default is False).
         debug: print each GT's threshold and return the dense IoU matrix, as MONAI does.
@@ -110,6 +113,13 @@ class ATSSMatcher(_MonaiATSSMatcher):
         center_in_gt: bool = True,
         debug: bool = False,
     ):
+        if isinstance(similarity_fn, bool) or not callable(similarity_fn):
+            raise ValueError(
+                "ATSSMatcher's second positional argument is similarity_fn (MONAI's order: num_candidates, "
+                f"similarity_fn, center_in_gt, debug), got {similarity_fn!r}: leave it out (it must be "
+                "monai.data.box_utils.box_iou, the default) and pass the rest by keyword, e.g. "
+                f"ATSSMatcher({num_candidates!r}, center_in_gt={similarity_fn!r})"
+            )
         if similarity_fn is not box_iou:
             name = getattr(similarity_fn, "__qualname__", None) or type(similarity_fn).__name__
             raise ValueError(
