@@ -57,7 +57,7 @@ def _load() -> Optional[str]:
             f"upgrade torch"
         )
     try:
-        from . import _C  # (loading it registers torch.ops.atss_ops.*)
+        from . import _C  # noqa: F401  (loading it registers torch.ops.atss_ops.*)
     except ImportError as exc:
         return f"the compiled extension atss_ops._C failed to load ({exc}): rebuild it, or {BUILD_HINT}"
     # A library built from older sources (contract version 1: no anchor_ignore,
@@ -109,6 +109,7 @@ def _load_cuda() -> Optional[str]:
 
 
 CUDA_ERROR: Optional[str] = _load_cuda()
+
 
 def extension_available() -> bool:
     """True when the compiled library is loaded (``atss_ops._C``)."""

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, in one call, on a machine with a CUDA GPU: builds the CUDA
-# kernels, runs the CUDA tests of the op test files, checks that errors raised
+# The GPU check, in one call, on a machine with a CUDA GPU: installs the wheel
+# built elsewhere (dist/atss_ops-*-abi3-*.whl, carried by the device tool; or
+# WHEEL=path) or, without one, builds the CUDA kernels from source; runs the CUDA
+# tests of the op test files, checks that errors raised
 # by the kernels' host code reach Python, runs the sanitizer workload (every
 # CUDA op and path, a capped grid included) under compute-sanitizer memcheck,
 # racecheck and synccheck, and runs the GPU benchmark. Made to finish within
@@ -23,7 +25,9 @@
 # test, errors, sanitizers), the benchmark JSON, log and plot (7 files) go to
 # $OUT when set (the device tool's output folder), else /tmp/atss-gpu-check/.
 #
-# Knobs: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default 9.0),
+# Knobs: PYTHON (default python3), WHEEL (the wheel to install; default the newest
+# dist/atss_ops-*-abi3-*.whl; FORCE_REBUILD=1 builds from source instead),
+# TORCH_CUDA_ARCH_LIST (default 9.0, for a source build),
 # BUDGET_S (default 520: the whole run's time budget), BENCH_ARGS (extra
 # arguments of benchmarks.bench_gpu; the default run skips torch.compile),
 # PYTEST_ARGS, FORCE_REBUILD=1, CAPPED_BLOCKS (default 4: the grid cap of the
@@ -45,7 +49,18 @@ PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-/tmp/atss-gpu-check}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the sanitizer workload imports tests/cases.py
+WHEEL=${WHEEL:-$(ls -t dist/atss_ops-*-abi3-*.whl 2>/dev/null | head -1)}
+[ "${FORCE_REBUILD:-0}" = 1 ] && WHEEL=""
+# The installed wheel comes before the source tree (whose atss_ops has no compiled library there).
+WHEEL_DIR=/tmp/atss-gpu-check-wheel
+export PYTHONPATH="${WHEEL:+$WHEEL_DIR:}$PWD:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the sanitizer workload imports tests/cases.py
+# With a wheel, nothing may put the source tree before it: no current directory on
+# sys.path (Python >= 3.11), and pytest without pyproject's pythonpath "." entry.
+PYTEST_PATH_ARGS=""
+if [ -n "$WHEEL" ]; then
+  export PYTHONSAFEPATH=1
+  PYTEST_PATH_ARGS="-o pythonpath=tests"
+fi
 [ -d .gpu-extra ] && export PYTHONPATH="$PYTHONPATH:$PWD/.gpu-extra"  # MONAI, carried (make gpu-extra)
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
@@ -110,22 +125,28 @@ extension_current() {  # the in-place extension has CUDA kernels and is newer th
 }
 
 step_build() {
-  if extension_current; then
+  if [ -n "$WHEEL" ]; then
+    echo "installing the wheel $WHEEL (no build)"
+    rm -rf "$WHEEL_DIR"
+    "$PY" -m pip install -q --no-deps --no-index --target "$WHEEL_DIR" "$WHEEL" > "$OUT_DIR/build.log" 2>&1 ||
+      { tail -20 "$OUT_DIR/build.log"; return 1; }
+  elif extension_current; then
     echo "atss_ops extension is up to date and has CUDA kernels: not rebuilt"
-    return 0
-  fi
-  FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT_DIR/build.log" 2>&1
-  local st=$?
-  grep -E "atss_ops: building|error" "$OUT_DIR/build.log" | tail -30
-  if [ $st -ne 0 ]; then
-    tail -40 "$OUT_DIR/build.log"
-    return $st
+  else
+    FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT_DIR/build.log" 2>&1
+    local st=$?
+    grep -E "atss_ops: building|error" "$OUT_DIR/build.log" | tail -30
+    if [ $st -ne 0 ]; then
+      tail -40 "$OUT_DIR/build.log"
+      return $st
+    fi
   fi
   "$PY" - <<'EOF'
 import sys, atss_ops
-ok = atss_ops.extension_available() and all(atss_ops.has_kernel(op, "cuda") for op in
-         ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign"))
-print("CUDA kernels registered:", ok)
+from atss_ops import _extension
+ok = atss_ops.extension_available() and all(atss_ops.has_kernel(op, "cuda") for op in _extension.OPS)
+print("atss_ops", atss_ops.__version__, "from", atss_ops.__file__)
+print("CUDA kernels registered:", ok, _extension.EXTENSION_ERROR or _extension.CUDA_ERROR or "")
 sys.exit(0 if ok else 1)
 EOF
 }
@@ -140,8 +161,9 @@ step_test() {
   local marker=cuda extra=""
   [ $DRY_RUN = 1 ] && marker="not cuda and not emu and not slow" && extra="-x"
   # shellcheck disable=SC2086
-  "$PY" -m pytest -q -rfE -p no:cacheprovider -m "$marker" $extra $(pytest_parallel_args) ${PYTEST_ARGS:-} \
-    $OP_TESTS > "$OUT_DIR/test.log" 2>&1
+  "$PY" -c "import atss_ops; print('testing atss_ops from', atss_ops.__file__)"
+  "$PY" -m pytest -q -rfE -p no:cacheprovider $PYTEST_PATH_ARGS -m "$marker" $extra $(pytest_parallel_args) \
+    ${PYTEST_ARGS:-} $OP_TESTS > "$OUT_DIR/test.log" 2>&1
   local st=$?
   grep -E "^(FAILED|ERROR)|passed|failed|error" "$OUT_DIR/test.log" | tail -30
   return $st
@@ -149,7 +171,8 @@ step_test() {
 
 step_test_all() {
   # shellcheck disable=SC2086
-  "$PY" -m pytest -q -rfE -p no:cacheprovider $(pytest_parallel_args) ${PYTEST_ARGS:-} tests > "$OUT_DIR/test_all.log" 2>&1
+  "$PY" -m pytest -q -rfE -p no:cacheprovider $PYTEST_PATH_ARGS $(pytest_parallel_args) ${PYTEST_ARGS:-} tests \
+    > "$OUT_DIR/test_all.log" 2>&1
   local st=$?
   grep -E "^(FAILED|ERROR)|passed|failed|error" "$OUT_DIR/test_all.log" | tail -30
   return $st
@@ -245,7 +268,7 @@ step_monai() {
 
 export -f step_env extension_current step_build pytest_parallel_args step_test step_test_all step_errors \
   sanitizer step_bench step_monai
-export PY OUT_DIR DRY_RUN OP_TESTS
+export PY OUT_DIR DRY_RUN OP_TESTS WHEEL WHEEL_DIR PYTEST_PATH_ARGS
 
 [ $DRY_RUN = 1 ] && echo "DRY RUN: the CPU stands in for the GPU; nothing here proves the CUDA kernels"
 for step in "${STEPS[@]}"; do

@@ -195,7 +195,8 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="the interpreter that creates the venvs")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "wheel_check.json"))
     args = parser.parse_args()
-    wheel = args.wheel or max(glob.glob(os.path.join(ROOT, "dist", "atss_ops-*.whl")), key=os.path.getmtime, default=None)
+    built = glob.glob(os.path.join(ROOT, "dist", "atss_ops-*.whl"))
+    wheel = args.wheel or max(built, key=os.path.getmtime, default=None)
     if wheel is None or not os.path.exists(wheel):
         parser.error("no wheel: run `make wheel` first, or name one")
     wheel = os.path.abspath(wheel)

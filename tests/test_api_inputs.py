@@ -102,7 +102,9 @@ def test_warning_without_the_extension_says_how_to_build_it(tmp_path):
     """A copy of the package without the compiled library: the reference serves, and the
     warning says the extension is not built and how to build it (no 'circular import')."""
     shutil.copytree(
-        os.path.dirname(atss_ops.__file__), tmp_path / "atss_ops", ignore=shutil.ignore_patterns("_C*.so", "__pycache__")
+        os.path.dirname(atss_ops.__file__),
+        tmp_path / "atss_ops",
+        ignore=shutil.ignore_patterns("_C*.so", "__pycache__"),
     )
     script = (
         # An editable install's finder (pip install -e) would import the built package instead.

@@ -32,9 +32,7 @@ IOSTREAM = re.compile(r"basic_ostream|basic_istream|basic_[io]?stringstream|basi
 
 
 def libraries():
-    return sorted(
-        os.path.join(PACKAGE, f) for f in os.listdir(PACKAGE) if f.startswith("_C") and f.endswith(".so")
-    )
+    return sorted(os.path.join(PACKAGE, f) for f in os.listdir(PACKAGE) if f.startswith("_C") and f.endswith(".so"))
 
 
 def tool(name):
@@ -45,9 +43,7 @@ def tool(name):
 
 
 def undefined_symbols(lib):
-    out = subprocess.run(
-        [tool("nm"), "-D", "--undefined-only", lib], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([tool("nm"), "-D", "--undefined-only", lib], capture_output=True, text=True, check=True).stdout
     return [line.split()[-1] for line in out.splitlines() if line.split()]
 
 
@@ -88,9 +84,7 @@ def test_library_uses_the_stable_abi_only(library):
 def test_library_has_no_iostreams(library):
     """No iostream code in the library: its messages are built from strings (text.h),
     and torch's header-only error paths are redirected (common/stable.h)."""
-    symbols = subprocess.run(
-        [tool("nm"), "-D", "-C", library], capture_output=True, text=True, check=True
-    ).stdout
+    symbols = subprocess.run([tool("nm"), "-D", "-C", library], capture_output=True, text=True, check=True).stdout
     found = sorted({line for line in symbols.splitlines() if IOSTREAM.search(line)})
     assert not found, found
 

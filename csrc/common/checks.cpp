@@ -212,13 +212,11 @@ void check_anchor_mask(const OptionalTensor& mask, const char* name, int64_t bat
   check_dtype(t, name, ScalarType::Bool);
 }
 
-void check_anchor_valid(const OptionalTensor& anchor_valid, int64_t batch,
-                        int64_t num_anchors) {
+void check_anchor_valid(const OptionalTensor& anchor_valid, int64_t batch, int64_t num_anchors) {
   check_anchor_mask(anchor_valid, "anchor_valid", batch, num_anchors);
 }
 
-void check_anchor_ignore(const OptionalTensor& anchor_ignore, int64_t batch,
-                         int64_t num_anchors) {
+void check_anchor_ignore(const OptionalTensor& anchor_ignore, int64_t batch, int64_t num_anchors) {
   check_anchor_mask(anchor_ignore, "anchor_ignore", batch, num_anchors);
 }
 
@@ -232,8 +230,9 @@ void check_candidates(const Tensor& candidates, int64_t batch, int64_t num_gt) {
 
 void check_candidate_like(const Tensor& t, const char* name, const Tensor& candidates,
                           ScalarType dtype) {
-  ATSS_CHECK_VALUE(same_sizes(t.sizes(), candidates.sizes()), name, " must have the shape of candidates ",
-                   sizes_str(candidates.sizes()), ", got shape ", sizes_str(t.sizes()));
+  ATSS_CHECK_VALUE(same_sizes(t.sizes(), candidates.sizes()), name,
+                   " must have the shape of candidates ", sizes_str(candidates.sizes()),
+                   ", got shape ", sizes_str(t.sizes()));
   check_dtype(t, name, dtype);
 }
 
@@ -335,8 +334,7 @@ void check_topk_per_level_args(const Tensor& distances, IntArrayRef num_anchors_
 }
 
 void check_iou_statistics_args(const Tensor& anchors, const Tensor& gt_boxes,
-                               const Tensor& candidates,
-                               const OptionalTensor& gt_counts,
+                               const Tensor& candidates, const OptionalTensor& gt_counts,
                                std::optional<double> center_eps) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
@@ -368,9 +366,8 @@ void check_resolve_multi_gt_args(const Tensor& candidates, const Tensor& candida
 }
 
 void check_atss_assign_args(const Tensor& anchors, IntArrayRef num_anchors_per_level,
-                            const Tensor& gt_boxes, const OptionalTensor& gt_counts,
-                            int64_t topk, const OptionalTensor& anchor_valid,
-                            std::optional<double> center_eps,
+                            const Tensor& gt_boxes, const OptionalTensor& gt_counts, int64_t topk,
+                            const OptionalTensor& anchor_valid, std::optional<double> center_eps,
                             const OptionalTensor& anchor_ignore) {
   check_anchors(anchors);
   check_gt_boxes(gt_boxes);
@@ -402,10 +399,9 @@ Tensor unassigned_gt_index(const Tensor& like, int64_t batch, int64_t num_anchor
       ScalarType::Long);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> background_assignment(int64_t batch, int64_t num_gt,
-                                                                 int64_t num_anchors,
-                                                                 const Tensor& anchors,
-                                                                 const OptionalTensor& anchor_ignore) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> background_assignment(
+    int64_t batch, int64_t num_gt, int64_t num_anchors, const Tensor& anchors,
+    const OptionalTensor& anchor_ignore) {
   return {unassigned_gt_index(anchors, batch, num_anchors, anchor_ignore),
           new_full(anchors, {batch, num_anchors}, ScalarType::Float, 0.0),
           new_full(anchors, {batch, num_gt}, ScalarType::Float,

@@ -26,10 +26,8 @@ void check_levels(IntArrayRef num_anchors_per_level, int64_t num_anchors);
 void check_topk(int64_t topk);
 void check_center_eps(std::optional<double> center_eps);
 void check_gt_counts(const OptionalTensor& gt_counts, int64_t batch);
-void check_anchor_valid(const OptionalTensor& anchor_valid, int64_t batch,
-                        int64_t num_anchors);
-void check_anchor_ignore(const OptionalTensor& anchor_ignore, int64_t batch,
-                         int64_t num_anchors);
+void check_anchor_valid(const OptionalTensor& anchor_valid, int64_t batch, int64_t num_anchors);
+void check_anchor_ignore(const OptionalTensor& anchor_ignore, int64_t batch, int64_t num_anchors);
 void check_candidates(const Tensor& candidates, int64_t batch, int64_t num_gt);
 void check_candidate_like(const Tensor& t, const char* name, const Tensor& candidates,
                           ScalarType dtype);
@@ -44,16 +42,14 @@ void check_topk_per_level_args(const Tensor& distances, IntArrayRef num_anchors_
                                const OptionalTensor& anchor_valid,
                                const OptionalTensor& anchor_ignore);
 void check_iou_statistics_args(const Tensor& anchors, const Tensor& gt_boxes,
-                               const Tensor& candidates,
-                               const OptionalTensor& gt_counts,
+                               const Tensor& candidates, const OptionalTensor& gt_counts,
                                std::optional<double> center_eps);
 void check_resolve_multi_gt_args(const Tensor& candidates, const Tensor& candidate_iou,
                                  const Tensor& is_positive, int64_t num_anchors,
                                  const OptionalTensor& anchor_ignore);
 void check_atss_assign_args(const Tensor& anchors, IntArrayRef num_anchors_per_level,
-                            const Tensor& gt_boxes, const OptionalTensor& gt_counts,
-                            int64_t topk, const OptionalTensor& anchor_valid,
-                            std::optional<double> center_eps,
+                            const Tensor& gt_boxes, const OptionalTensor& gt_counts, int64_t topk,
+                            const OptionalTensor& anchor_valid, std::optional<double> center_eps,
                             const OptionalTensor& anchor_ignore);
 
 // Value checks: read tensor data (contiguous CPU tensors).
@@ -65,10 +61,9 @@ void check_candidate_values(const Tensor& candidates, int64_t num_anchors);
 // atss_assign's outputs when B, G or A is 0, on the anchors' device: every
 // anchor background (-1) or, where anchor_ignore says so, ignored (-2), IoU 0,
 // thresholds NaN, num_positive 0. Shared by the CPU and CUDA kernels.
-std::tuple<Tensor, Tensor, Tensor, Tensor> background_assignment(int64_t batch, int64_t num_gt,
-                                                                 int64_t num_anchors,
-                                                                 const Tensor& anchors,
-                                                                 const OptionalTensor& anchor_ignore);
+std::tuple<Tensor, Tensor, Tensor, Tensor> background_assignment(
+    int64_t batch, int64_t num_gt, int64_t num_anchors, const Tensor& anchors,
+    const OptionalTensor& anchor_ignore);
 
 // gt_index [B, A] int64 of a call that assigns nothing, on `like`'s device: -1,
 // or -2 where anchor_ignore ([B, A] bool) is set.

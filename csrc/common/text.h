@@ -49,7 +49,7 @@ inline std::string text(std::initializer_list<std::string_view> parts) {
 }  // namespace atss
 
 // ValueError(message) unless `cond`; the message parts are strings (num() for numbers).
-#define ATSS_CHECK_VALUE(cond, ...)                          \
-  do {                                                       \
+#define ATSS_CHECK_VALUE(cond, ...)                               \
+  do {                                                            \
     if (!(cond)) ::atss::fail_value(::atss::text({__VA_ARGS__})); \
   } while (0)

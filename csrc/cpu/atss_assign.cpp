@@ -206,9 +206,8 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cpu(
     const Tensor& anchors, IntArrayRef num_anchors_per_level, const Tensor& gt_boxes,
-    const OptionalTensor& gt_counts, int64_t topk,
-    const OptionalTensor& anchor_valid, std::optional<double> center_eps,
-    const OptionalTensor& anchor_ignore, bool ensure_positive) {
+    const OptionalTensor& gt_counts, int64_t topk, const OptionalTensor& anchor_valid,
+    std::optional<double> center_eps, const OptionalTensor& anchor_ignore, bool ensure_positive) {
   check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
                          center_eps, anchor_ignore);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);

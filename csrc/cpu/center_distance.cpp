@@ -7,7 +7,7 @@
 namespace atss::cpu {
 
 Tensor center_distance_cpu(const Tensor& anchors, const Tensor& gt_boxes,
-                               const OptionalTensor& gt_counts) {
+                           const OptionalTensor& gt_counts) {
   check_center_distance_args(anchors, gt_boxes, gt_counts);
   check_box_values(anchors, gt_boxes, gt_counts);
 

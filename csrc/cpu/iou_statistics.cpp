@@ -6,9 +6,10 @@
 
 namespace atss::cpu {
 
-std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(
-    const Tensor& anchors, const Tensor& gt_boxes, const Tensor& candidates,
-    const OptionalTensor& gt_counts, std::optional<double> center_eps) {
+std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, const Tensor& gt_boxes,
+                                                      const Tensor& candidates,
+                                                      const OptionalTensor& gt_counts,
+                                                      std::optional<double> center_eps) {
   check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
   check_box_values(anchors, gt_boxes, gt_counts);

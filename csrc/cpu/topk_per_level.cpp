@@ -7,10 +7,9 @@
 
 namespace atss::cpu {
 
-Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_level,
-                              int64_t topk, const OptionalTensor& gt_counts,
-                              const OptionalTensor& anchor_valid,
-                              const OptionalTensor& anchor_ignore) {
+Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_level, int64_t topk,
+                          const OptionalTensor& gt_counts, const OptionalTensor& anchor_valid,
+                          const OptionalTensor& anchor_ignore) {
   check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid,
                             anchor_ignore);
   const int64_t B = distances.size(0), G = distances.size(1), A = distances.size(2);
@@ -24,8 +23,7 @@ Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_l
                        ignore = as_contiguous(anchor_ignore);
   const int64_t* cp = data<int64_t>(counts);
   // Candidates come from the usable anchors: valid and not ignored.
-  const UsableAnchors usable(data<bool>(valid),
-                             data<bool>(ignore), B * A);
+  const UsableAnchors usable(data<bool>(valid), data<bool>(ignore), B * A);
   const bool* vp = usable.get();
   const float* dp = data<float>(d);
   int64_t* op = data<int64_t>(out);

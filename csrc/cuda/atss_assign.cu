@@ -33,9 +33,8 @@ namespace {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
     const Tensor& anchors, IntArrayRef num_anchors_per_level, const Tensor& gt_boxes,
-    const OptionalTensor& gt_counts, int64_t topk,
-    const OptionalTensor& anchor_valid, std::optional<double> center_eps,
-    const OptionalTensor& anchor_ignore, bool ensure_positive) {
+    const OptionalTensor& gt_counts, int64_t topk, const OptionalTensor& anchor_valid,
+    std::optional<double> center_eps, const OptionalTensor& anchor_ignore, bool ensure_positive) {
   // The structural checks every backend runs; no value check (no sync).
   check_atss_assign_args(anchors, num_anchors_per_level, gt_boxes, gt_counts, topk, anchor_valid,
                          center_eps, anchor_ignore);
@@ -99,12 +98,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
   const int dims = static_cast<int>(a.size(1) / 2);
   launch_select<Mode::kFused>(p, lt, valid.has_value(), dims, fused_smem_bytes(C, dims), stream);
   launch_decode_claims(p.claims, B, G, A, C, p.candidates, p.cand_iou, p.cand_positive,
-                       data<bool>(ignore), data<int64_t>(gt_index),
-                       data<float>(iou), data<int64_t>(num_positive), stream);
+                       data<bool>(ignore), data<int64_t>(gt_index), data<float>(iou),
+                       data<int64_t>(num_positive), stream);
   if (ensure_positive) {
     launch_ensure_positive(p.candidates, p.cand_iou, p.gt_counts, B, G, C, A, p.claims,
-                           data<int64_t>(gt_index), data<float>(iou),
-                           data<int64_t>(num_positive), stream);
+                           data<int64_t>(gt_index), data<float>(iou), data<int64_t>(num_positive),
+                           stream);
   }
   return {gt_index, iou, threshold, num_positive};
 }

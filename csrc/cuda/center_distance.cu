@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kDistanceThreads)
 }
 
 Tensor center_distance_cuda(const Tensor& anchors, const Tensor& gt_boxes,
-                                const OptionalTensor& gt_counts) {
+                            const OptionalTensor& gt_counts) {
   // The structural checks every backend runs; no value check (no sync).
   check_center_distance_args(anchors, gt_boxes, gt_counts);
 
@@ -57,12 +57,12 @@ Tensor center_distance_cuda(const Tensor& anchors, const Tensor& gt_boxes,
   const dim3 grid(blocks_x, blocks_y);
   if (a.size(1) == 4) {
     ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel<2>)(
-        data<float>(a), data<float>(g), data<int64_t>(counts), G, A, rows,
-        host_default_nan_bits(), data<float>(out));
+        data<float>(a), data<float>(g), data<int64_t>(counts), G, A, rows, host_default_nan_bits(),
+        data<float>(out));
   } else {
     ATSS_LAUNCH(grid, kDistanceThreads, 0, current_stream(), center_distance_kernel<3>)(
-        data<float>(a), data<float>(g), data<int64_t>(counts), G, A, rows,
-        host_default_nan_bits(), data<float>(out));
+        data<float>(a), data<float>(g), data<int64_t>(counts), G, A, rows, host_default_nan_bits(),
+        data<float>(out));
   }
   launch_check();
   return out;

@@ -111,7 +111,7 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks) {
 // tensor for the selection kernels: `anchor_valid` itself when nothing is
 // ignored (or nullopt when neither mask is given), else one elementwise kernel.
 static __global__ void usable_mask_kernel(const bool* valid, const bool* ignore, int64_t count,
-                                   bool* usable) {
+                                          bool* usable) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += stride) {
@@ -129,8 +129,8 @@ static OptionalTensor usable_mask(const OptionalTensor& anchor_valid,
   if (count == 0) return usable;
   constexpr int kMaskThreads = 256;
   ATSS_LAUNCH(max_grid_blocks((count + kMaskThreads - 1) / kMaskThreads, 4096), kMaskThreads, 0,
-              stream, usable_mask_kernel)(data<bool>(valid), data<bool>(ignore), count,
-                                          data<bool>(usable));
+              stream,
+              usable_mask_kernel)(data<bool>(valid), data<bool>(ignore), count, data<bool>(usable));
   launch_check();
   return usable;
 }

@@ -70,9 +70,11 @@ __global__ void __launch_bounds__(kThreads) iou_statistics_kernel(const IouArgs 
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> iou_statistics_cuda(
-    const Tensor& anchors, const Tensor& gt_boxes, const Tensor& candidates,
-    const OptionalTensor& gt_counts, std::optional<double> center_eps) {
+std::tuple<Tensor, Tensor, Tensor> iou_statistics_cuda(const Tensor& anchors,
+                                                       const Tensor& gt_boxes,
+                                                       const Tensor& candidates,
+                                                       const OptionalTensor& gt_counts,
+                                                       std::optional<double> center_eps) {
   // The structural checks every backend runs; no value check (no sync).
   check_iou_statistics_args(anchors, gt_boxes, candidates, gt_counts, center_eps);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);

@@ -35,15 +35,15 @@ std::tuple<Tensor, Tensor, Tensor> resolve_multi_gt_cuda(
   const Stream stream = current_stream();
   memset_async(claims_p, 0, B * A * static_cast<int64_t>(sizeof(u64)), stream);
   memset_async(num_positive.data_ptr(), 0, B * G * static_cast<int64_t>(sizeof(int64_t)), stream);
-  launch_claims(data<int64_t>(cand), data<float>(ciou), data<bool>(pos), ignore_p, B,
-                G, C, A, claims_p, stream);
+  launch_claims(data<int64_t>(cand), data<float>(ciou), data<bool>(pos), ignore_p, B, G, C, A,
+                claims_p, stream);
   launch_decode_claims(claims_p, B, G, A, C, data<int64_t>(cand), data<float>(ciou),
-                       data<bool>(pos), ignore_p, data<int64_t>(gt_index),
-                       data<float>(iou), data<int64_t>(num_positive), stream);
+                       data<bool>(pos), ignore_p, data<int64_t>(gt_index), data<float>(iou),
+                       data<int64_t>(num_positive), stream);
   if (ensure_positive) {
-    launch_ensure_positive(data<int64_t>(cand), data<float>(ciou), nullptr, B, G, C, A,
-                           claims_p, data<int64_t>(gt_index), data<float>(iou),
-                           data<int64_t>(num_positive), stream);
+    launch_ensure_positive(data<int64_t>(cand), data<float>(ciou), nullptr, B, G, C, A, claims_p,
+                           data<int64_t>(gt_index), data<float>(iou), data<int64_t>(num_positive),
+                           stream);
   }
   return {gt_index, iou, num_positive};
 }

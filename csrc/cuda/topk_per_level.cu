@@ -9,10 +9,9 @@
 namespace atss::cuda {
 namespace {
 
-Tensor topk_per_level_cuda(const Tensor& distances, IntArrayRef num_anchors_per_level,
-                               int64_t topk, const OptionalTensor& gt_counts,
-                               const OptionalTensor& anchor_valid,
-                               const OptionalTensor& anchor_ignore) {
+Tensor topk_per_level_cuda(const Tensor& distances, IntArrayRef num_anchors_per_level, int64_t topk,
+                           const OptionalTensor& gt_counts, const OptionalTensor& anchor_valid,
+                           const OptionalTensor& anchor_ignore) {
   // The structural checks every backend runs; no value check (no sync).
   check_topk_per_level_args(distances, num_anchors_per_level, topk, gt_counts, anchor_valid,
                             anchor_ignore);

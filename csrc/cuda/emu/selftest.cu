@@ -107,8 +107,8 @@ Tensor selftest(std::string_view name) {
   const Stream s = current_stream();
   if (name == "collectives") {
     Tensor counter = cpu_zeros(1, dtype::kInt);
-    ATSS_LAUNCH(8, 64, 0, s, collectives_kernel)(
-        data<int64_t>(out), reinterpret_cast<unsigned*>(data<int>(counter)));
+    ATSS_LAUNCH(8, 64, 0, s, collectives_kernel)(data<int64_t>(out),
+                                                 reinterpret_cast<unsigned*>(data<int>(counter)));
     return torch::stable::view(torch::stable::narrow(out, 0, 0, 48), {8, 6});
   } else if (name == "divergent_barrier") {
     ATSS_LAUNCH(2, 64, 0, s, divergent_barrier_kernel)();
