@@ -65,23 +65,28 @@ emu-sanitize: emu-asan emu-tsan
 # The binary wheel: dist/atss_ops-<version>-cp310-abi3-manylinux_2_28_x86_64.whl, CPU and
 # CUDA kernels (WHEEL_ARCHS: SASS for each, PTX of the newest; CUDA toolkit from CUDA_HOME),
 # on the LibTorch stable ABI (every torch from pyproject.toml's minimum on) and CPython's
-# limited API (every Python >= 3.10). auditwheel gives it the manylinux tag after checking
-# its symbols; torch's own libraries and the CUDA runtime torch brings stay external.
+# limited API (every Python >= 3.10). auditwheel checks its symbols against the manylinux
+# policy (it also fits the older manylinux_2_24; the file keeps the one tag
+# manylinux_2_28); torch's own libraries and the CUDA runtime torch brings stay external.
 WHEEL_ARCHS ?= $(shell $(PYTHON) -c 'import build_config; print(build_config.WHEEL_CUDA_ARCHS)')
 WHEEL_PLAT := manylinux_2_28_x86_64
 wheel: venv
-	rm -rf dist/raw && mkdir -p dist
+	rm -rf dist/raw dist/repaired build/lib.* build/bdist.* && mkdir -p dist
 	@start=$$(date +%s); \
 	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" $(PY) -m pip wheel --quiet --disable-pip-version-check \
 	  --no-build-isolation --no-deps -w dist/raw . && \
 	$(VENV)/bin/auditwheel repair --plat $(WHEEL_PLAT) --exclude libtorch_cpu.so --exclude libtorch_cuda.so \
-	  --exclude 'libcudart.so.*' -w dist dist/raw/atss_ops-*.whl && \
-	$(VENV)/bin/auditwheel show dist/atss_ops-*$(WHEEL_PLAT).whl && \
-	ls -l dist/atss_ops-*$(WHEEL_PLAT).whl && \
+	  --exclude 'libcudart.so.*' -w dist/repaired dist/raw/atss_ops-*.whl && \
+	rm -f dist/atss_ops-*.whl && \
+	$(PY) -m wheel tags --remove --platform-tag $(WHEEL_PLAT) dist/repaired/atss_ops-*.whl && \
+	mv dist/repaired/atss_ops-*.whl dist/ && rm -rf dist/repaired dist/raw && \
+	$(VENV)/bin/auditwheel show dist/atss_ops-*-$(WHEEL_PLAT).whl && \
+	ls -l dist/atss_ops-*-$(WHEEL_PLAT).whl && \
 	echo "make wheel: archs $(WHEEL_ARCHS), $$(( $$(date +%s) - start )) s"
 
-# The wheel installed with no compiler into fresh venvs of several torch releases, and the
-# op tests run against the installed package (scripts/wheel_check.py).
+# The wheel installed with no compiler into venvs of several torch releases (holding that
+# torch and the test tools only, kept in ~/.cache/atss-ops/wheel-check between runs), and
+# the op tests run against the installed package (scripts/wheel_check.py).
 WHEEL_TORCH ?= 2.10.0 2.12.0 2.15.0
 WHEEL_TESTS ?= full
 wheel-check: venv
@@ -130,4 +135,4 @@ format: venv
 
 clean:
 	rm -rf build build-cmake build-emu build-emu-asan build-emu-tsan atss_ops/_C*.so runs benchmarks/results .gpu-extra \
-	  dist .wheel-check
+	  dist

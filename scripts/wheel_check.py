@@ -4,9 +4,11 @@ releases, each in a fresh virtual environment.
 For each torch version (default: the minimum the wheel supports, one in the middle,
 the newest on the registry) this
 
-1. creates ``.wheel-check/venv-<version>`` (reused when it already has that torch) and
-   installs that torch from the registry, plus pytest, hypothesis and expecttest (pip's
-   cache makes the second run cheap);
+1. creates ``~/.cache/atss-ops/wheel-check/venv-<version>`` and installs that torch from
+   the registry, plus pytest, hypothesis and expecttest. The venvs hold nothing else and
+   are kept between runs (reused when they still have that torch; the wheel is removed
+   and installed anew every time): a CUDA build of torch is 3 to 5 GB to download, and
+   this registry marks its files uncacheable, so pip's own cache keeps nothing;
 2. installs the wheel and nothing else (``--no-deps --no-build-isolation``) with the
    compilers disabled: ``CC``/``CXX`` set to ``false`` and no ``nvcc`` on ``PATH``, so a
    source build could not happen unnoticed;
@@ -61,6 +63,9 @@ OP_TESTS = {
     ],
 }
 OP_TESTS["quick"] = ["test_equivalence.py", "test_errors.py", "test_error_parity.py", "test_stable_abi.py"]
+
+# What the op tests need besides torch (numpy: torch warns without it).
+TEST_TOOLS = ["pytest", "hypothesis", "expecttest", "numpy"]
 
 PROBE = r"""
 import json, os, site, sys, warnings
@@ -117,7 +122,11 @@ def make_venv(version: str, base: str, python: str, env: dict) -> str:
     if have != version:
         shutil.rmtree(venv, ignore_errors=True)
         run([python, "-m", "venv", venv])
-        run([py, "-m", "pip", "install", "-q", f"torch=={version}", "pytest", "hypothesis", "expecttest"], env=env)
+        run([py, "-m", "pip", "install", "-q", f"torch=={version}", *TEST_TOOLS], env=env)
+    else:
+        missing = subprocess.run([py, "-c", "import pytest, hypothesis, expecttest, numpy"], capture_output=True)
+        if missing.returncode != 0:
+            run([py, "-m", "pip", "install", "-q", *TEST_TOOLS], env=env)
     return py
 
 
@@ -146,7 +155,8 @@ def check_version(version: str, wheel: str, args, env: dict) -> dict:
     start = time.time()
     row = {"torch_requested": version}
     py = make_venv(version, args.venvs, args.python, env)
-    run([py, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", "--no-build-isolation", wheel], env=env)
+    run([py, "-m", "pip", "uninstall", "-q", "-y", "atss-ops"], env=env, check=False)
+    run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", wheel], env=env)
     with tempfile.TemporaryDirectory(prefix="atss-wheel-check-") as work:
         probe = run([py, "-c", PROBE], env=env, cwd=work, capture=True)
         info = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -191,7 +201,11 @@ def main() -> int:
     parser.add_argument("wheel", nargs="?", help="the wheel (default: the newest dist/atss_ops-*.whl)")
     parser.add_argument("--torch", nargs="+", default=list(DEFAULT_TORCH), help="torch versions to check")
     parser.add_argument("--tests", choices=sorted(OP_TESTS), default="full", help="which op tests to run")
-    parser.add_argument("--venvs", default=os.path.join(ROOT, ".wheel-check"), help="where the venvs live")
+    parser.add_argument(
+        "--venvs",
+        default=os.environ.get("ATSS_WHEEL_CHECK_VENVS", os.path.expanduser("~/.cache/atss-ops/wheel-check")),
+        help="where the venvs live (kept between runs; env ATSS_WHEEL_CHECK_VENVS)",
+    )
     parser.add_argument("--python", default=sys.executable, help="the interpreter that creates the venvs")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "wheel_check.json"))
     args = parser.parse_args()
