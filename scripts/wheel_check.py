@@ -90,7 +90,8 @@ print(json.dumps({
 
 
 def run(cmd, env=None, cwd=None, check=True, capture=False):
-    print("+", " ".join(cmd), flush=True)
+    shown = [c if "\n" not in c else "<script>" for c in cmd]
+    print("+", " ".join(shown), flush=True)
     return subprocess.run(cmd, env=env, cwd=cwd, check=check, text=True, capture_output=capture)
 
 

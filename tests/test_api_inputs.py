@@ -18,8 +18,6 @@ from test_errors import base_case, stage_inputs
 import atss_ops
 from atss_ops import reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def assign(case: dict, **changes):
     c = dict(case, **changes)

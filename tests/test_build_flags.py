@@ -62,3 +62,25 @@ def test_same_stable_abi_target():
     assert "stable_abi_define" in read("scripts/build_emu.py")
     cmake = read("CMakeLists.txt")
     assert "pyproject.toml" in cmake and "TORCH_TARGET_VERSION=${ATSS_TORCH_TARGET}" in cmake
+
+
+def test_isolated_build_refusal_says_why(tmp_path):
+    """An isolated build (plain `pip install .`) runs setup.py where torch cannot be
+    imported: the one-line refusal says that the isolated environment cannot see the
+    installed torch, and what to run instead (not just "install torch first")."""
+    import subprocess
+    import sys
+
+    (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "setup.py"), "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "isolated environment that cannot see the torch you installed" in message, message
+    assert "pip install --no-build-isolation ." in message and "make wheel" in message, message
