@@ -22,7 +22,7 @@ Prints a table (torch, its CUDA, kernels, tests passed/skipped/failed, seconds) 
 ``benchmarks/results/wheel_check.json``. Exit status 1 if any version fails.
 
     python scripts/wheel_check.py dist/atss_ops-0.2.0-cp310-abi3-manylinux_2_28_x86_64.whl
-    python scripts/wheel_check.py WHEEL --torch 2.10.0 2.15.0 --tests quick
+    python scripts/wheel_check.py WHEEL --torch 2.10.0@3.10 2.15.0 --tests quick
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The minimum (pyproject.toml's torch>=), one in the middle, the newest on the registry.
-DEFAULT_TORCH = ("2.10.0", "2.12.0", "2.15.0")
+# The minimum (pyproject.toml's torch>=) on the oldest Python the wheel supports, one in
+# the middle, the newest on the registry on a newer Python: "TORCH[@PYTHON]". A Python
+# that is not on this machine is replaced by the one running this script (and said).
+DEFAULT_TORCH = ("2.10.0@3.10", "2.12.0", "2.15.0@3.12")
 
 # The op tests: everything about the ops and the public API, nothing about the build,
 # the emulated CUDA library, the detector or MONAI.
@@ -68,13 +70,14 @@ OP_TESTS["quick"] = ["test_equivalence.py", "test_errors.py", "test_error_parity
 TEST_TOOLS = ["pytest", "hypothesis", "expecttest", "numpy"]
 
 PROBE = r"""
-import json, os, site, sys, warnings
+import json, os, platform, site, sys, warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import torch, atss_ops
     from atss_ops import _extension
 site_dirs = [os.path.realpath(p) for p in site.getsitepackages()]
 print(json.dumps({
+    "python": platform.python_version(),
     "torch": torch.__version__,
     "cuda": torch.version.cuda,
     "file": os.path.realpath(atss_ops.__file__),
@@ -113,8 +116,23 @@ def no_compiler_env() -> dict:
     return env
 
 
+def find_python(wanted: str, default: str) -> str:
+    """An interpreter of version ``wanted`` ("3.10"): on PATH, or in pyenv's versions;
+    else ``default``."""
+    candidates = [shutil.which(f"python{wanted}")]
+    candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{wanted}.*/bin/python{wanted}")))
+    for c in candidates:
+        if c and subprocess.run([c, "-c", "import venv"], capture_output=True).returncode == 0:
+            return c
+    print(f"wheel-check: no Python {wanted} here: using {default}", flush=True)
+    return default
+
+
 def make_venv(version: str, base: str, python: str, env: dict) -> str:
-    venv = os.path.join(base, f"venv-{version}")
+    pyver = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True
+    ).stdout.strip()
+    venv = os.path.join(base, f"venv-{version}-py{pyver}")
     py = os.path.join(venv, "bin", "python")
     have = None
     if os.path.exists(py):
@@ -152,10 +170,12 @@ def copy_tests(dest: str, files: list) -> None:
         )
 
 
-def check_version(version: str, wheel: str, args, env: dict) -> dict:
+def check_version(spec: str, wheel: str, args, env: dict) -> dict:
     start = time.time()
-    row = {"torch_requested": version}
-    py = make_venv(version, args.venvs, args.python, env)
+    version, _, wanted_python = spec.partition("@")
+    python = find_python(wanted_python, args.python) if wanted_python else args.python
+    row = {"torch_requested": version, "python_requested": wanted_python or None}
+    py = make_venv(version, args.venvs, python, env)
     run([py, "-m", "pip", "uninstall", "-q", "-y", "atss-ops"], env=env, check=False)
     run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", wheel], env=env)
     with tempfile.TemporaryDirectory(prefix="atss-wheel-check-") as work:
@@ -200,7 +220,9 @@ def check_version(version: str, wheel: str, args, env: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("wheel", nargs="?", help="the wheel (default: the newest dist/atss_ops-*.whl)")
-    parser.add_argument("--torch", nargs="+", default=list(DEFAULT_TORCH), help="torch versions to check")
+    parser.add_argument(
+        "--torch", nargs="+", default=list(DEFAULT_TORCH), help="torch versions to check, TORCH[@PYTHON]"
+    )
     parser.add_argument("--tests", choices=sorted(OP_TESTS), default="full", help="which op tests to run")
     parser.add_argument(
         "--venvs",
@@ -222,14 +244,15 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump({"wheel": os.path.basename(wheel), "results": rows}, f, indent=2)
     print(f"\nwheel: {os.path.basename(wheel)}")
-    print("| torch | CUDA | CPU kernels | CUDA kernels | tests | seconds | problems |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| torch | Python | CUDA | CPU kernels | CUDA kernels | tests | seconds | problems |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         cuda_state = "registered" if r.get("cuda_kernels") else (r.get("cuda_error") or "-")
         t = r.get("tests", {})
         tests = f"{t.get('passed', 0)} passed, {t.get('skipped', 0)} skipped, {t.get('failed', 0)} failed"
+        cpu_state = "registered" if r.get("cpu_kernels") else "NO"
         print(
-            f"| {r.get('torch')} | {r.get('cuda')} | {'registered' if r.get('cpu_kernels') else 'NO'} "
+            f"| {r.get('torch')} | {r.get('python')} | {r.get('cuda')} | {cpu_state} "
             f"| {cuda_state} | {tests} | {r['seconds']} | {'; '.join(r['problems']) or 'none'} |"
         )
     print(f"wrote {args.out}")
