@@ -83,9 +83,13 @@ def test_library_uses_the_stable_abi_only(library):
 
 def test_library_has_no_iostreams(library):
     """No iostream code in the library: its messages are built from strings (text.h),
-    and torch's header-only error paths are redirected (common/stable.h)."""
+    and torch's header-only error paths are redirected (common/stable.h). (torch's
+    stable headers include <iostream>, whose static std::ios_base::Init object is the
+    one stream symbol left: it formats nothing.)"""
     symbols = subprocess.run([tool("nm"), "-D", "-C", library], capture_output=True, text=True, check=True).stdout
-    found = sorted({line for line in symbols.splitlines() if IOSTREAM.search(line)})
+    found = sorted(
+        {line for line in symbols.splitlines() if IOSTREAM.search(line) and "std::ios_base::Init::" not in line}
+    )
     assert not found, found
 
 
