@@ -16,6 +16,7 @@ said in one line (:data:`EXTENSION_ERROR`, :data:`CUDA_ERROR`) and the reference
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import importlib.util
 import os
@@ -71,7 +72,37 @@ def _load() -> Optional[str]:
     return None
 
 
+# One reader per loaded library of its record of the last input error (checks.cpp).
+_INPUT_ERROR_RECORDS: list = []
+
+
+def _read_input_errors_of(path: str) -> None:
+    try:
+        reader = ctypes.CDLL(path).atss_ops_last_input_error  # the loaded library itself
+    except (OSError, AttributeError):
+        return
+    reader.restype = ctypes.c_char_p
+    reader.argtypes = []
+    _INPUT_ERROR_RECORDS.append(reader)
+
+
 EXTENSION_ERROR: Optional[str] = _load()
+if EXTENSION_ERROR is None:
+    from . import _C as _library
+
+    _read_input_errors_of(_library.__file__)
+
+
+def input_error(exc: BaseException) -> Optional[str]:
+    """The message when ``exc`` is an input error raised by the compiled kernels (which
+    throw ``std::invalid_argument``): torch 2.10 to 2.14 deliver it as ``ValueError``,
+    torch 2.15 as ``RuntimeError`` with the same message. None for any other error."""
+    text = str(exc)
+    for reader in _INPUT_ERROR_RECORDS:
+        last = reader()
+        if last and text.startswith(last.decode("utf-8", "replace")):
+            return last.decode("utf-8", "replace")
+    return None
 
 
 def cuda_libraries() -> dict:
@@ -105,6 +136,7 @@ def _load_cuda() -> Optional[str]:
         torch.ops.load_library(libraries[major])
     except OSError as exc:
         return f"the CUDA kernels of atss_ops failed to load ({exc.__cause__ or exc})"
+    _read_input_errors_of(libraries[major])
     return None
 
 

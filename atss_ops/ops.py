@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _fake, reference
 from . import _validation as V
-from ._extension import use_kernel
+from ._extension import input_error, use_kernel
 from .types import AssignResult
 
 __all__ = [
@@ -47,6 +47,22 @@ def _as_float32(boxes):
     if isinstance(boxes, Tensor) and boxes.dtype in _CONVERTED:
         return boxes.to(torch.float32)
     return boxes
+
+
+def _kernel(op: str, *args):
+    """``torch.ops.atss_ops.<op>(*args)`` with the kernels' input errors as ``ValueError``
+    whatever torch's version (torch 2.15 delivers the C++ ``std::invalid_argument`` of
+    the stable ABI as ``RuntimeError``; earlier versions as ``ValueError``)."""
+    fn = getattr(torch.ops.atss_ops, op)
+    if torch.compiler.is_compiling():
+        return fn(*args)
+    try:
+        return fn(*args)
+    except RuntimeError as exc:
+        message = input_error(exc)
+        if message is None:
+            raise
+        raise ValueError(message) from None
 
 
 def _on_meta(*args) -> bool:
@@ -78,7 +94,7 @@ def center_distance(anchors: Tensor, gt_boxes: Tensor, gt_counts: Optional[Tenso
     if _on_meta(anchors, gt_boxes, gt_counts):
         return _fake.center_distance(anchors, gt_boxes, gt_counts)
     if isinstance(anchors, Tensor) and use_kernel("center_distance", anchors.device):
-        return torch.ops.atss_ops.center_distance(anchors, gt_boxes, gt_counts)
+        return _kernel("center_distance", anchors, gt_boxes, gt_counts)
     return reference.center_distance(anchors, gt_boxes, gt_counts)
 
 
@@ -112,7 +128,7 @@ def topk_per_level(
     if _on_meta(distances, gt_counts, anchor_valid, anchor_ignore):
         return _fake.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
     if use_kernel("topk_per_level", distances.device):
-        return torch.ops.atss_ops.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
+        return _kernel("topk_per_level", distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
     return reference.topk_per_level(distances, levels, topk, gt_counts, anchor_valid, anchor_ignore)
 
 
@@ -141,7 +157,7 @@ def iou_statistics(
     if _on_meta(anchors, gt_boxes, candidates, gt_counts):
         return _fake.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
     if isinstance(anchors, Tensor) and use_kernel("iou_statistics", anchors.device):
-        return tuple(torch.ops.atss_ops.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps))
+        return tuple(_kernel("iou_statistics", anchors, gt_boxes, candidates, gt_counts, center_eps))
     return reference.iou_statistics(anchors, gt_boxes, candidates, gt_counts, center_eps)
 
 
@@ -179,8 +195,8 @@ def resolve_multi_gt(
         )
     if use_kernel("resolve_multi_gt", candidates.device):
         return tuple(
-            torch.ops.atss_ops.resolve_multi_gt(
-                candidates, candidate_iou, is_positive, num_anchors, anchor_ignore, ensure_positive
+            _kernel(
+                "resolve_multi_gt", candidates, candidate_iou, is_positive, num_anchors, anchor_ignore, ensure_positive
             )
         )
     return reference.resolve_multi_gt(
@@ -363,4 +379,4 @@ def atss_assign(
         return reference.atss_assign(*args)
     if check_inputs and anchors.device.type != "cpu" and not torch.compiler.is_compiling():
         V.check_assign_inputs(*args[:8], values=True)
-    return AssignResult(*torch.ops.atss_ops.atss_assign(*args))
+    return AssignResult(*_kernel("atss_assign", *args))

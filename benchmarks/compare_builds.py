@@ -1,7 +1,9 @@
 """Two builds of the compiled library side by side: ``bench_cpu`` and ``bench_index``
-run once per build, alternating (A, B, A, B, ...) so that a change of the machine's
-load hits both, and the table gives each timed op's median per build (the median
-of the rounds' medians) and the ratio B / A.
+run once per build and round, alternating (A B, then B A, ...) so that a change of
+the machine's load hits both, on one thread (``OMP_NUM_THREADS``, ``--threads``: on
+a shared machine a parallel region waits for a descheduled worker). The table gives
+each timed op's time per build, the smallest of the rounds' medians (the round the
+machine's other load disturbed least), and the ratio B / A.
 
     python -m benchmarks.compare_builds --a /tmp/before --b atss_ops --rounds 2 \\
         --label-a "ATen build" --label-b "stable-ABI build"
@@ -20,12 +22,12 @@ import glob
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREADS = 1
 
 RUNNER = r"""
 import runpy, sys
@@ -54,7 +56,8 @@ def package_with(library_dir: str, dest: str) -> str:
 
 def run_bench(path: str, module: str, args: list, out: str) -> dict:
     cmd = [sys.executable, "-c", RUNNER, path, module, *args, "--out", out]
-    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(THREADS))
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     name = "cpu.json" if module.endswith("bench_cpu") else "index.json"
     with open(os.path.join(out, name)) as f:
         return json.load(f)
@@ -81,9 +84,11 @@ def main() -> int:
     p.add_argument("--label-a", default="A")
     p.add_argument("--label-b", default="B")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs per build")
-    p.add_argument("--threads", type=int, default=1, help="bench_index's torch threads")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of both benchmarks")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args()
+    global THREADS
+    THREADS = args.threads
     benches = [
         ("benchmarks.bench_cpu", []),
         ("benchmarks.bench_index", ["--no-growth", "--no-mmdet", "--threads", str(args.threads)]),
@@ -106,7 +111,7 @@ def main() -> int:
     for key in samples["a"]:
         if key not in samples["b"]:
             continue
-        a, b = statistics.median(samples["a"][key]), statistics.median(samples["b"][key])
+        a, b = min(samples["a"][key]), min(samples["b"][key])
         rows.append({"case": key[0], "op": key[1], "a_ms": a, "b_ms": b, "b_over_a": b / a})
     print(f"\n| case | op | {args.label_a} ms | {args.label_b} ms | {args.label_b} / {args.label_a} |")
     print("| --- | --- | --- | --- | --- |")
@@ -117,7 +122,9 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "compare_builds.json")
     with open(path, "w") as f:
-        json.dump({"a": args.label_a, "b": args.label_b, "rounds": args.rounds, "rows": rows}, f, indent=2)
+        runs = {side: {f"{case} | {op}": ms for (case, op), ms in by_key.items()} for side, by_key in samples.items()}
+        summary = {"a": args.label_a, "b": args.label_b, "rounds": args.rounds, "threads": args.threads}
+        json.dump({**summary, "rows": rows, "medians_per_round_ms": runs}, f, indent=2)
     print(f"wrote {path}")
     return 0
 

@@ -191,3 +191,39 @@ def test_cuda_library_names_its_major_version():
         if major in _extension.cuda_libraries():
             assert _extension.CUDA_ERROR is None
             assert all(atss_ops.has_kernel(op, "cuda") for op in _extension.OPS)
+
+
+def test_kernel_input_errors_are_value_errors_in_the_public_api(monkeypatch):
+    """The kernels' input errors (std::invalid_argument) reach Python as ValueError on
+    torch 2.10 to 2.14 and as RuntimeError on 2.15; the public functions raise ValueError
+    either way. Here (whatever torch): a real kernel error sets the library's record, a
+    RuntimeError with that message is recognised, any other RuntimeError passes through."""
+    if not atss_ops.has_kernel("center_distance", "cpu"):
+        pytest.skip("needs the compiled extension")
+    anchors, gt = torch.zeros(1, 4), torch.full((1, 1, 4), float("nan"))
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        torch.ops.atss_ops.center_distance(anchors, gt)
+    message = str(info.value)
+    assert _extension.input_error(RuntimeError(message)) == message
+    assert _extension.input_error(RuntimeError("CUDA error: out of memory")) is None
+
+    real_op = torch.ops.atss_ops.atss_assign.default
+
+    def as_torch_2_15(*args):  # what torch 2.15 makes of the kernel's std::invalid_argument
+        try:
+            return real_op(*args)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+
+    monkeypatch.setattr(torch.ops.atss_ops, "atss_assign", as_torch_2_15)
+    anchors, levels = atss_ops.grid_anchors(32, 32, strides=(8,))
+    monkeypatch.setenv("ATSS_CPU_SELECT", "grid")  # checked by the C++ kernel alone
+    with pytest.raises(ValueError, match="^ATSS_CPU_SELECT must be auto, index, index:N"):
+        atss_ops.atss_assign(anchors, levels, torch.tensor([[[0.0, 0.0, 9.0, 9.0]]]))
+
+    def other_failure(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.ops.atss_ops, "atss_assign", other_failure)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        atss_ops.atss_assign(anchors, levels, torch.tensor([[[0.0, 0.0, 9.0, 9.0]]]))

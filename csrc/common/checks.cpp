@@ -416,3 +416,10 @@ int64_t num_candidate_slots(IntArrayRef num_anchors_per_level, int64_t topk) {
 }
 
 }  // namespace atss
+
+// The record of text.h's fail_value, for atss_ops's Python wrappers (through
+// ctypes): the message of the last input error raised on the calling thread by
+// this library ("" if none).
+extern "C" __attribute__((visibility("default"))) const char* atss_ops_last_input_error() {
+  return atss::last_input_error.c_str();
+}

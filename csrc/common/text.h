@@ -37,7 +37,15 @@ inline std::string text(std::initializer_list<std::string_view> parts) {
   return out;
 }
 
+// The message of the last input error this library raised on the calling thread:
+// torch 2.10 to 2.14 carry std::invalid_argument across the stable ABI as Python's
+// ValueError, torch 2.15 as RuntimeError with the same message; atss_ops's Python
+// wrappers read this record (atss_ops_last_input_error, checks.cpp) to tell the
+// two apart and raise ValueError either way.
+inline thread_local std::string last_input_error;
+
 [[noreturn]] inline void fail_value(const std::string& message) {
+  last_input_error = message;
   throw std::invalid_argument(message);
 }
 
