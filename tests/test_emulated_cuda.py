@@ -295,3 +295,45 @@ def test_scan_caller_distances_of_every_sign(topk):
             with env_vars(ATSS_NUM_SMS=sms):
                 out = emu_ops().topk_per_level(d, levels, topk, counts, mask)
             assert_bits_equal(out, expected, f"caller distances, topk {topk}, mask {mask is not None}, {sms} SMs")
+
+
+# --------------------------------------------------------------------------- work counters
+
+# The emulated selection counts its work per GT row (csrc/cuda/work_counters.h, read with
+# torch.ops.atss_ops_emu._work_counters): what benchmarks/bench_gpu.py --work reports. The
+# figures must be exact counts, so their identities are checked here on the chunked scan of
+# topk_per_level (every anchor of every chunk, once per pass).
+
+
+def work(name: str) -> torch.Tensor:
+    return emu_ops()._work_counters(name)
+
+
+def test_work_counters_of_the_scan():
+    """distances_computed == A per row (one pass), zero on padding rows and per pass on topk > 32;
+    keys_inserted covers at least every candidate; rounds between inserts / 32 and inserts."""
+    B, G, levels = 2, 5, [2500, 1100, 7]
+    A = sum(levels)
+    d = caller_distances(9, B, G, A).abs()
+    counts = torch.tensor([G, 3])
+    out = emu_ops().topk_per_level(d, levels, 9, counts, None)
+    assert_bits_equal(out, torch.ops.atss_ops.topk_per_level(d, levels, 9, counts, None), "counters run")
+    active = torch.tensor([True] * G + [True] * 3 + [False] * (G - 3))
+    dist, keys, rounds = work("distances_computed"), work("keys_inserted"), work("insert_rounds")
+    assert dist.shape == (B * G,)
+    assert dist[active].eq(A).all() and dist[~active].eq(0).all()
+    C = sum(min(9, n) for n in levels)
+    assert keys[active].ge(C).all() and keys[~active].eq(0).all()
+    assert rounds[active].le(keys[active]).all() and (32 * rounds[active]).ge(keys[active]).all()
+    assert work("passes")[active].eq(work("chunks")[active]).all()  # one pass per chunk at topk 9
+    with pytest.raises(ValueError, match="unknown counter"):
+        work("no_such_counter")
+    # Two passes per chunk at topk 40 (> K = 32): every anchor's distance twice.
+    emu_ops().topk_per_level(d, levels, 40, counts, None)
+    assert work("distances_computed")[active].eq(2 * A - levels[2]).all()  # the 7-anchor level: one pass
+    # A row with no usable anchor inserts nothing, yet computes every distance.
+    valid = torch.ones(B, A, dtype=torch.bool)
+    valid[1] = False
+    emu_ops().topk_per_level(d, levels, 9, None, valid)
+    keys = work("keys_inserted")
+    assert keys[G:].eq(0).all() and keys[:G].ge(C).all() and work("distances_computed").eq(A).all()

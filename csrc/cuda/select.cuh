@@ -37,6 +37,7 @@
 
 #include "cuda_common.cuh"
 #include "score.cuh"
+#include "work_counters.h"
 
 namespace atss::cuda {
 
@@ -184,7 +185,10 @@ __device__ void finish_row(const SelectArgs& p, const LevelTable& lt, int64_t ro
       for (int i = begin + lane; i < end; i += kWarp) {
         // Written by other blocks: read from L2, past this SM's L1.
         const u64 key = __ldcg(reinterpret_cast<const u64*>(part + i));
-        if (key != kEmptyKey && key > lower && key < list.worst()) list.insert(key);
+        if (key != kEmptyKey && key > lower && key < list.worst()) {
+          list.insert(key);
+          ATSS_WORK(row, kMergeKeysInserted, 1);
+        }
       }
       const u64 last = warp_extract(list, want, [&](int r, u64 m) {
         if (lane == (r & (kWarp - 1))) out[written + r] = key_anchor(m);
@@ -267,6 +271,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
     }
     const bool* vrow = HAS_VALID ? p.anchor_valid + b * p.num_anchors : nullptr;
     u64* part = p.partial + (active ? row * lt.num_part + slot0 : 0);
+    if (active && lane == 0) ATSS_WORK(row, kChunks, 1);
 
     bool exhausted = !active;
     int written = 0;
@@ -276,6 +281,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
       const int want = kc - pass * K < K ? kc - pass * K : K;
       TopList<K> list;
       list.clear();
+      if (!exhausted && lane == 0) ATSS_WORK(row, kPasses, 1);
       // A key enters the list only when lower < key < limit, where limit =
       // min(bound, list.worst()) and bound is the warp-wide bound. The scan
       // takes kUnroll anchors per lane at a time: first each one's distance
@@ -293,6 +299,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
           __syncthreads();  // the previous tile is consumed
           load_centers<D>(p, chunk_start + t0, tlen, tile_centers);
           __syncthreads();
+          if (active && lane == 0) ATSS_WORK(row, kTilesStaged, 1);
         }
         if (!exhausted) {  // warp-uniform
           // The tile's first anchor index, on 32 bits (< A < 2^31).
@@ -313,6 +320,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
             const bool valid = !HAS_VALID || vtile[i];
             return valid & (raw_bits(distance_at(i)) <= raw_lim);
           };
+#if defined(ATSS_EMU)
+          int64_t distances = 0, inserts = 0;
+#endif
           for (int base = 0; base < tlen; base += kWarp * kUnroll) {
             // Bit u: anchor base + u * kWarp + lane may pass. A whole group
             // (warp-uniform test) needs no test against the tile's end.
@@ -329,14 +339,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
                 if (i < tlen && may_pass(i)) hits |= 1u << u;
               }
             }
+#if defined(ATSS_EMU)
+            int rounds = 0;
+            for (int u = 0; u < kUnroll; ++u) distances += base + u * kWarp + lane < tlen;
+#endif
             while (hits != 0) {  // divergent: each lane over its own hits
               const int u = lowest_bit(hits);
               hits &= hits - 1;
               const int i = base + u * kWarp + lane;
               const u64 key =
                   key_of(distance_bits(distance_at(i)), first + static_cast<uint32_t>(i));
+#if defined(ATSS_EMU)
+              ++rounds;
+#endif
               if (key > lower && key < limit) {
                 list.insert(key);
+#if defined(ATSS_EMU)
+                ++inserts;
+#endif
                 // bound is unchanged until the next update and worst()
                 // only falls: min(bound, worst()) is min(limit, worst()).
                 limit = list.worst() < limit ? list.worst() : limit;
@@ -344,6 +364,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
                 inserted = true;
               }
             }
+#if defined(ATSS_EMU)
+            rounds = static_cast<int>(__reduce_max_sync(kFullMask, static_cast<unsigned>(rounds)));
+            if (lane == 0) ATSS_WORK(row, kInsertRounds, rounds);
+#endif
             // The bound is a function of the lists: taken again only when
             // one of them changed.
             if (__any_sync(kFullMask, inserted)) {  // warp-uniform
@@ -351,8 +375,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
               limit = bound < list.worst() ? bound : list.worst();
               raw_lim = raw_limit(key_bits(limit));
               inserted = false;
+              if (lane == 0) ATSS_WORK(row, kBoundUpdates, 1);
             }
           }
+          ATSS_WORK(row, kDistancesComputed, distances);
+          ATSS_WORK(row, kKeysInserted, inserts);
         }
       }
       if (!exhausted) {
@@ -421,6 +448,7 @@ void launch_select(const SelectArgs& p, const LevelTable& lt, bool has_valid, in
                    int64_t smem_bytes, Stream stream) {
   const int64_t items = static_cast<int64_t>(lt.num_chunks) * p.num_tiles;
   const unsigned blocks = max_grid_blocks(items, int64_t{1} << 20);  // then grid-stride
+  ATSS_WORK_RESET(p.rows);
   switch (pick_list_size(lt.k_max)) {
     case 4:
       launch_select_k<4, MODE>(has_valid, dims, blocks, smem_bytes, stream, p, lt);
