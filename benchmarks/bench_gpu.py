@@ -84,6 +84,7 @@ WORK_COUNTERS = (
     "block_bounds",
     "blocks_visited",
     "blocks_skipped",
+    "keys_considered",
 )
 # The multiprocessor count of the GPU the launch heuristics plan for (an H100's).
 WORK_SMS = 132

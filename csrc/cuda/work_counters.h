@@ -28,7 +28,7 @@ namespace atss::cuda {
 
 enum WorkCounter : int {
   kDistancesComputed,  // anchor distances evaluated for the row (each pass counted)
-  kKeysInserted,       // keys inserted into a selection list by the scan
+  kKeysInserted,       // keys inserted into a selection list (a lane's, or the warp's)
   kInsertRounds,       // divergent insert rounds of the row's warp (the slowest lane's)
   kBoundUpdates,       // warp-wide recomputations of the row's threshold
   kTilesStaged,        // shared-memory centre tiles the row's warp waited for
@@ -38,13 +38,14 @@ enum WorkCounter : int {
   kBlockBounds,        // anchor-block lower bounds computed for the row (culling)
   kBlocksVisited,      // anchor blocks scanned for the row (culling)
   kBlocksSkipped,      // anchor blocks left out by their bound (culling)
+  kKeysConsidered,     // keys below the threshold when computed, compared by the warp (culling)
   kNumWorkCounters,
 };
 
 inline constexpr const char* kWorkCounterNames[kNumWorkCounters] = {
     "distances_computed", "keys_inserted",  "insert_rounds",  "bound_updates",
     "tiles_staged",       "passes",         "chunks",         "merge_keys_inserted",
-    "block_bounds",       "blocks_visited", "blocks_skipped",
+    "block_bounds",       "blocks_visited", "blocks_skipped", "keys_considered",
 };
 
 #if defined(ATSS_EMU)
