@@ -7,12 +7,14 @@ launch with a message naming the kernel, the block and the barrier, never a
 hang; launches the device rejects are rejected), and the kernel paths that only
 some launch shapes reach: a capped grid (a block serving many work items, shared
 memory reused across items), every per-lane list size K, several passes per
-chunk and per merge (topk > 32), score buffers in global memory, chunks staged
-through several shared-memory tiles, other multiprocessor counts (other chunk
-lengths), several concurrent blocks in other orders; and the scan's filters
-(a 32-bit prefilter on the distance bits, a bound taken only when a list
-changed) on layouts made to defeat them: ties on every distance, distances
-that fall at every anchor, and caller distances of every sign and kind.
+chunk and per merge (topk > 32), score buffers in global memory, chunks scanned
+in several tiles, other multiprocessor counts (other chunk lengths), several
+concurrent blocks in other orders; the scan's filters (a 32-bit prefilter on the
+distance bits, a bound taken only when a list changed) on layouts made to defeat
+them: ties on every distance, distances that fall at every anchor, and caller
+distances of every sign and kind; the work counters; and the fused kernel's block
+culling on layouts made to defeat it (jittered, shuffled, ties on block borders,
+masks, 3-D, infinite centres).
 """
 
 from __future__ import annotations
@@ -166,8 +168,8 @@ def test_other_multiprocessor_counts(sms):
 
 def test_chunk_staged_through_several_tiles():
     """A level of 3,072 anchors in one 8192-anchor chunk: with 1 SM seen and 3 tiles of rows
-    (B * G = 20), 8192-anchor chunks already give 4 work items per SM, so the fused kernel stages
-    the level through 2 shared-memory tiles (with fewer rows it would pick 1024-anchor chunks)."""
+    (B * G = 20), 8192-anchor chunks already give 4 work items per SM, so topk_per_level's scan
+    takes the level in 2 tiles of 2,048 anchors (with fewer rows it would pick 1024-anchor chunks)."""
     case = random_case(9, 2, 10, 384, 512, (8, 16), 9, counts=False, valid=0.9)
     assert case["num_anchors_per_level"][0] > 2048
     with env_vars(ATSS_NUM_SMS=1):

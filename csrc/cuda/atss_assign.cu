@@ -2,6 +2,7 @@
 // after one memset, never materialising [B, G, A]:
 //
 //   memset    claims [B, A] to 0.
+//   (launches 1 and 2 once per 128 non-empty levels)
 //   launch 1  anchor_blocks_kernel (select_culled.cuh): the anchor centres
 //             and the box of the centres of every block of 256 anchors.
 //   launch 2  culled_select_kernel (select_culled.cuh): one block per GT row,
@@ -53,8 +54,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
   const OptionalTensor valid = usable_mask(anchor_valid, anchor_ignore, stream);
   const OptionalTensor ignore = as_contiguous(anchor_ignore);
   const int64_t rows = B * G;
-  const LevelTable lt = make_culled_level_table(num_anchors_per_level, topk);
-  const int64_t C = lt.num_cand;
+  const std::vector<LevelTable> tables = make_culled_level_tables(num_anchors_per_level, topk);
+  const int64_t C = tables.front().num_cand;  // A > 0: at least one non-empty level
+  const int64_t num_blocks = tables.back().chunk_offset + tables.back().num_chunks;
   const int dims = static_cast<int>(a.size(1) / 2);
 
   Tensor gt_index = new_empty(anchors, {B, A}, dtype::kLong);
@@ -81,8 +83,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
   const int64_t claims_at = plan.take(B * A * static_cast<int64_t>(sizeof(u64)));
   const int64_t zeroed_bytes = B * A * static_cast<int64_t>(sizeof(u64));
   const int64_t centers_at = plan.take(A * dims * static_cast<int64_t>(sizeof(float)));
-  const int64_t boxes_at = plan.take(static_cast<int64_t>(lt.num_chunks) * 2 * dims *
-                                     static_cast<int64_t>(sizeof(float)));
+  const int64_t boxes_at = plan.take(num_blocks * 2 * dims * static_cast<int64_t>(sizeof(float)));
   const int64_t cand_at = plan.take(rows * C * static_cast<int64_t>(sizeof(int64_t)));
   const int64_t iou_at = plan.take(rows * C * static_cast<int64_t>(sizeof(float)));
   const int64_t pos_at = plan.take(rows * C * static_cast<int64_t>(sizeof(bool)));
@@ -96,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
   p.cand_positive = reinterpret_cast<bool*>(base + pos_at);
 
   memset_async(base, 0, zeroed_bytes, stream);
-  launch_culled_select(p, lt, valid.has_value(), dims, stream);
+  launch_culled_select(p, tables, valid.has_value(), dims, stream);
   launch_decode_claims(p.claims, B, G, A, C, p.candidates, p.cand_iou, p.cand_positive,
                        data<bool>(ignore), data<int64_t>(gt_index), data<float>(iou),
                        data<int64_t>(num_positive), stream);

@@ -78,13 +78,9 @@ constexpr int kNearestVisits = 8;
 // The most keys the warp holds at once: one per lane.
 constexpr int kMaxWant = kWarp;
 
-// The level table of the culled selection: the "chunks" are the culling blocks.
-inline LevelTable make_culled_level_table(IntArrayRef levels, int64_t topk) {
-  int64_t non_empty = 0;
-  for (int64_t n : levels) non_empty += n > 0;
-  ATSS_CHECK_VALUE(non_empty <= kMaxLevels, "num_anchors_per_level: the CUDA kernels take at most ",
-                   num(kMaxLevels), " non-empty levels, got ", num(non_empty));
-  return fill_level_table(levels.data(), levels.size(), topk, kCullBlock);
+// The level tables of the culled selection: the "chunks" are the culling blocks.
+inline std::vector<LevelTable> make_culled_level_tables(IntArrayRef levels, int64_t topk) {
+  return fill_level_tables(levels.data(), levels.size(), topk, kCullBlock);
 }
 
 struct CulledArgs {
@@ -98,9 +94,10 @@ struct CulledArgs {
   int center_test;
   float center_eps;
   uint32_t nan_bits;
+  int score;  // this launch's levels are the last: score the rows (steps 4-7)
   // Scratch written by anchor_blocks_kernel.
   float* centers;  // [A, D]
-  float* boxes;    // [num blocks, 2D]: lower corner, upper corner of the members' centres
+  float* boxes;    // [blocks of all levels, 2D]: lower corner, upper corner of the members' centres
   // Outputs (as SelectArgs' fused outputs).
   int64_t* candidates;  // [rows, C]
   float* cand_iou;      // [rows, C]
@@ -174,7 +171,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     finite = __all_sync(kFullMask, finite);
-    float* out = p.boxes + 2 * D * blk;
+    float* out = p.boxes + 2 * D * (lt.chunk_offset + blk);
     for (int t = 0; t < D; ++t) {
       // A block with a non-finite centre covers all space: its bound is +0.
       const float block_lo = finite ? warp_min_float(lo[t]) : -inf;
@@ -228,7 +225,8 @@ __device__ void select_level_culled(const CulledArgs& p, const LevelTable& lt, i
   const int64_t level_start = lt.start[l];
   const int level_size = lt.size[l];
   const int nb = (level_size + kCullBlock - 1) / kCullBlock;
-  const float* level_boxes = p.boxes + 2 * D * static_cast<int64_t>(lt.chunk_base[l]);
+  const float* level_boxes =
+      p.boxes + 2 * D * (static_cast<int64_t>(lt.chunk_offset) + lt.chunk_base[l]);
   if (lane == 0) ATSS_WORK(row, kChunks, 1);
 
   int written = 0;
@@ -408,7 +406,9 @@ __device__ void select_level_culled(const CulledArgs& p, const LevelTable& lt, i
   for (int s = written + lane; s < k; s += kWarp) out[s] = -1;
 }
 
-// One block per GT row (grid-stride), one warp per level, then warp 0 scores the row.
+// One block per GT row (grid-stride), one warp per level of the table, then
+// (the last table's launch) warp 0 scores the row. The other warps go on to
+// their next row: its slots are others.
 template <bool HAS_VALID, int D>
 __global__ void __launch_bounds__(kThreads)
     culled_select_kernel(const __grid_constant__ CulledArgs p,
@@ -421,7 +421,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t b = row / G;
     if (row - b * G >= valid_gt_count(p.gt_counts, b, G)) {
       // Padding GT: no candidate, NaN threshold, no positive.
-      if (threadIdx.x == 0) {
+      if (p.score && threadIdx.x == 0) {
         p.threshold[row] = quiet_nan();
         p.num_positive[row] = 0;
       }
@@ -440,7 +440,8 @@ __global__ void __launch_bounds__(kThreads)
       select_level_culled<HAS_VALID, D>(p, lt, l, gc, cull, vrow, row, lane,
                                         cand + lt.cand_base[l]);
     }
-    __syncthreads();  // every level's candidates are written
+    if (!p.score) continue;  // block-uniform: the last table's launch scores the rows
+    __syncthreads();         // every level's candidates are written
     if (warp == 0) {
       float gt[2 * D];
       load_box<D>(box, gt);
@@ -453,30 +454,36 @@ __global__ void __launch_bounds__(kThreads)
         p.num_positive[row] = 0;  // counted by the decoding kernel
       }
     }
-    __syncthreads();  // the row's slots are read before the next row's are written
   }
 }
 
 template <bool HAS_VALID, int D>
-void launch_culled_kernels(const CulledArgs& p, const LevelTable& lt, Stream stream) {
-  ATSS_LAUNCH(max_grid_blocks(ceil_div(lt.num_chunks, kRowsPerBlock), int64_t{1} << 20), kThreads,
-              0, stream, anchor_blocks_kernel<D>)(p, lt);
-  launch_check();
-  ATSS_LAUNCH(max_grid_blocks(p.rows, int64_t{1} << 20), kThreads, 0, stream,
-              culled_select_kernel<HAS_VALID, D>)(p, lt);
-  launch_check();
+void launch_culled_kernels(const CulledArgs& p, const std::vector<LevelTable>& tables,
+                           Stream stream) {
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const LevelTable& lt = tables[i];
+    CulledArgs q = p;
+    q.score = i + 1 == tables.size();
+    ATSS_LAUNCH(max_grid_blocks(ceil_div(lt.num_chunks, kRowsPerBlock), int64_t{1} << 20), kThreads,
+                0, stream, anchor_blocks_kernel<D>)(q, lt);
+    launch_check();
+    ATSS_LAUNCH(max_grid_blocks(p.rows, int64_t{1} << 20), kThreads, 0, stream,
+                culled_select_kernel<HAS_VALID, D>)(q, lt);
+    launch_check();
+  }
 }
 
-// The two launches of the culled selection (dims: the boxes' axes).
-inline void launch_culled_select(const CulledArgs& p, const LevelTable& lt, bool has_valid,
-                                 int dims, Stream stream) {
+// The launches of the culled selection, two per table of at most kMaxLevels
+// non-empty levels (dims: the boxes' axes).
+inline void launch_culled_select(const CulledArgs& p, const std::vector<LevelTable>& tables,
+                                 bool has_valid, int dims, Stream stream) {
   ATSS_WORK_RESET(p.rows);
   if (dims == 3) {
-    has_valid ? launch_culled_kernels<true, 3>(p, lt, stream)
-              : launch_culled_kernels<false, 3>(p, lt, stream);
+    has_valid ? launch_culled_kernels<true, 3>(p, tables, stream)
+              : launch_culled_kernels<false, 3>(p, tables, stream);
   } else {
-    has_valid ? launch_culled_kernels<true, 2>(p, lt, stream)
-              : launch_culled_kernels<false, 2>(p, lt, stream);
+    has_valid ? launch_culled_kernels<true, 2>(p, tables, stream)
+              : launch_culled_kernels<false, 2>(p, tables, stream);
   }
 }
 
