@@ -466,3 +466,13 @@ def test_culling_never_skips_non_finite_centres():
         assign_equal_cpu(case, f"non-finite centres, topk {topk}")
         skipped = work("blocks_skipped")
         assert skipped[0] > 0 and skipped[2] == 0  # GT 2's centre is +inf: it skips nothing
+
+
+@pytest.mark.parametrize("topk", [9, 40])
+def test_step8_proposals_tie_across_lanes(topk):
+    """Step 8 with a warp per row: no positive after step 7 (a centre margin nothing meets), so every
+    GT proposes; identical anchor boxes tie on IoU across lanes and slots (topk 40: two slots per
+    lane), and the earliest slot must win; GTs whose best anchors coincide compete for them."""
+    case = dict(tied_case(topk), center_eps=1e6, ensure_positive=True)
+    assign_equal_cpu(case, f"step 8 ties, topk {topk}")
+    assert emu_ops().atss_assign(*case_args(case))[3].sum() > 0  # proposals were made
