@@ -35,7 +35,7 @@ DEFECTS = {
         "the __syncthreads that lets every warp of the culled selection write its level's candidates before "
         "warp 0 scores the row",
         "csrc/cuda/select_culled.cuh",
-        "    __syncthreads();  // every level's candidates are written\n",
+        "    __syncthreads();         // every level's candidates are written\n",
         "",
     ),
     "shuffle_mask_leaves_lanes_out": (

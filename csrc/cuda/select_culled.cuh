@@ -98,12 +98,14 @@ struct CulledArgs {
   // Scratch written by anchor_blocks_kernel.
   float* centers;  // [A, D]
   float* boxes;    // [blocks of all levels, 2D]: lower corner, upper corner of the members' centres
-  // Outputs (as SelectArgs' fused outputs).
-  int64_t* candidates;  // [rows, C]
-  float* cand_iou;      // [rows, C]
-  bool* cand_positive;  // [rows, C]
-  u64* claims;          // [B, A]
-  float* threshold;     // [B, G]
+  // Outputs: candidates, cand_iou, cand_positive [rows, C] (scratch for the
+  // claim decoding), claims [B, A] (zeroed before the launches), threshold
+  // and num_positive [B, G].
+  int64_t* candidates;
+  float* cand_iou;
+  bool* cand_positive;
+  u64* claims;
+  float* threshold;
   int64_t* num_positive;
 };
 
@@ -258,7 +260,7 @@ __device__ void select_level_culled(const CulledArgs& p, const LevelTable& lt, i
           const bool usable = !HAS_VALID || vrow[a];
           // The prefilter on the distance's raw bits (select_core.h), then the full key.
           if (usable & (raw_bits(d) <= raw_lim)) {
-            const u64 key = key_of(distance_bits(d), static_cast<uint32_t>(a));
+            const u64 key = key_of(distance_bits(d), static_cast<uint32_t>(a));  // a < A < 2^31
             if (key > lower && key < threshold) {
               fresh[u] = key;
               ++count;
