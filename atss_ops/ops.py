@@ -325,7 +325,11 @@ def atss_assign(
 
     Complexity: memory O(B·A + B·G·C) with ``C = sum_l min(topk, N_l)``: no
     ``[B, G, A]`` tensor is ever built by the kernels (the pure-PyTorch
-    fallback does build them). Time: O(B·G·A) on CUDA. On the CPU, about
+    fallback does build them). Time on CUDA: O(A) once per call (the box of
+    each block of 256 anchor centres), then per GT and level the blocks
+    nearest first, each skipped when its exact distance bound is above the
+    k-th key found so far: about O(k) anchors per GT and level on spatially
+    ordered anchors (grids), O(A) per GT when the order is random. On the CPU, about
     O(A + B·G·L·k): a uniform grid over each level's anchor centres (built
     once per call, or reused when the calling thread's previous call had
     bit-for-bit the same anchors) finds each GT's candidates without scanning

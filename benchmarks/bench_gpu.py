@@ -21,6 +21,19 @@ driver versions are recorded with the numbers. Results: a table printed last,
 
     python -m benchmarks.bench_gpu                       # the GPU cases, on CUDA
     python -m benchmarks.bench_gpu --device cpu --quick  # small sizes on the CPU (exercises the code)
+    python -m benchmarks.bench_gpu --work                # work counters of the emulated kernels (no GPU)
+
+``--work`` needs no GPU: it runs the same cases through the CUDA kernel sources on the
+host execution model (the emulated library, ``make emu``; ``ATSS_EMU_LIBRARY`` points at
+another build), reads the selection's work counters (``csrc/cuda/work_counters.h``:
+distances computed, keys inserted, insert rounds, bound updates, tiles staged, passes, ...)
+and prints their mean per GT row, checks the bits against the CPU kernels, and writes
+``gpu_work.json`` (``{case: {counter: per-row mean}}``) in ``--out``. The emulation is slow,
+so each case runs with a smaller batch (``WORK_BATCH``); the multiprocessor count the launch
+heuristics see (``ATSS_NUM_SMS``) is scaled down with it so that the kernels plan the same
+chunk length as for the full batch (the ``chunks`` column shows it): per-row figures do not
+depend on the batch otherwise (every row is scanned alone). Images are drawn with the case's
+seed, so the smaller batch holds the full batch's first images.
 """
 
 from __future__ import annotations
@@ -55,6 +68,26 @@ QUICK_CASES = {
 
 TOPK = 9
 CENTER_EPS = 0.01
+
+# --work: images per case run through the emulated kernels (the full batch is GPU_CASES').
+WORK_BATCH = {"coco-g20": 4, "coco-g100": 1, "yolo-640": 4, "crowd": 1, "aerial": 1}
+# The counters --work reports, in table order (work_counters.h's names).
+WORK_COUNTERS = (
+    "distances_computed",
+    "keys_inserted",
+    "insert_rounds",
+    "bound_updates",
+    "tiles_staged",
+    "passes",
+    "chunks",
+    "merge_keys_inserted",
+    "block_bounds",
+    "blocks_visited",
+    "blocks_skipped",
+    "keys_considered",
+)
+# The multiprocessor count of the GPU the launch heuristics plan for (an H100's).
+WORK_SMS = 132
 
 
 # --------------------------------------------------------------------------- environment
@@ -418,6 +451,81 @@ def plot(rows: List[dict], env: dict, path: str) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- --work
+
+
+def emu_library_path() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("ATSS_EMU_LIBRARY") or os.path.join(root, "build-emu", "libatss_ops_emu.so")
+
+
+def work_case(name: str, params, batch: int) -> dict:
+    """Per-row means of the work counters of ``atss_assign`` on case ``name`` with ``batch`` images,
+    through the emulated kernels; also whether the bits equal the CPU kernels'."""
+    B, G, height, width, strides = params
+    anchors, levels = grid_anchors(height, width, strides)
+    gt = random_gt(B, G, height, width, seed=0)[:batch].contiguous()
+    # Same chunk length as the full batch: the launch heuristics aim at 4 work items per
+    # multiprocessor over ceil(rows / 8) tiles of rows, so scale the multiprocessors with the tiles.
+    tiles_full, tiles = math.ceil(B * G / 8), math.ceil(batch * G / 8)
+    sms = max(1, (WORK_SMS * tiles) // tiles_full)
+    previous = os.environ.get("ATSS_NUM_SMS")
+    os.environ["ATSS_NUM_SMS"] = str(sms)
+    try:
+        t0 = time.perf_counter()
+        out = torch.ops.atss_ops_emu.atss_assign(anchors, levels, gt, None, TOPK, None, CENTER_EPS)
+        seconds = time.perf_counter() - t0
+        counters = {c: torch.ops.atss_ops_emu._work_counters(c) for c in WORK_COUNTERS}
+    finally:
+        if previous is None:
+            os.environ.pop("ATSS_NUM_SMS")
+        else:
+            os.environ["ATSS_NUM_SMS"] = previous
+    expected = torch.ops.atss_ops.atss_assign(anchors, levels, gt, None, TOPK, None, CENTER_EPS)
+    row = {c: round(v.double().mean().item(), 2) for c, v in counters.items()}
+    row.update(anchors=anchors.shape[0], batch=batch, rows=batch * G, num_sms=sms)
+    return dict(figures=row, matches_cpu=outputs_equal(out, expected), seconds=seconds)
+
+
+def work_table(results: Dict[str, dict]) -> str:
+    head = ["case", "B run", "A", *WORK_COUNTERS, "bits"]
+    lines = []
+    for name, r in results.items():
+        f = r["figures"]
+        lines.append(
+            [name, str(f["batch"]), str(f["anchors"]), *(f"{f[c]:.1f}" for c in WORK_COUNTERS)]
+            + ["ok" if r["matches_cpu"] else "WRONG"]
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    out = ["atss_assign's selection, emulated CUDA kernels: work per GT row (mean)"]
+    out.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def run_work(args) -> int:
+    library = emu_library_path()
+    if not os.path.exists(library):
+        print(f"bench_gpu --work: no emulated library at {library} (build it with `make emu`)")
+        return 2
+    torch.ops.load_library(library)
+    cases = {c: GPU_CASES[c] for c in (args.cases or GPU_CASES)}
+    results = {}
+    for name, params in cases.items():
+        batch = args.work_batch or WORK_BATCH[name]
+        print(f"  {name}: {batch} image(s) through the emulated kernels ...", flush=True)
+        results[name] = work_case(name, params, batch)
+        print(f"    {results[name]['seconds']:.1f} s", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "gpu_work.json")
+    with open(path, "w") as f:
+        json.dump({name: r["figures"] for name, r in results.items()}, f, indent=1)
+    print(f"\nwrote {path}\n")
+    print(work_table(results))
+    return 0 if all(r["matches_cpu"] for r in results.values()) else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -434,7 +542,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--min-runs", type=int, default=None)
     parser.add_argument("--max-runs", type=int, default=None)
     parser.add_argument("--min-seconds", type=float, default=None)
+    parser.add_argument(
+        "--work", action="store_true", help="work counters of the emulated kernels (no GPU): gpu_work.json"
+    )
+    parser.add_argument("--work-batch", type=int, default=None, help="--work: images per case (default WORK_BATCH)")
     args = parser.parse_args(argv)
+    if args.work:
+        unknown = [c for c in args.cases or () if c not in GPU_CASES]
+        if unknown:
+            parser.error(f"unknown cases {unknown}; choose from {list(GPU_CASES)}")
+        return run_work(args)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

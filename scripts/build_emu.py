@@ -54,6 +54,7 @@ def sources() -> list:
         os.path.join("csrc", "cuda", "emu", "cuda_emu.cpp"),
         os.path.join("csrc", "cuda", "emu", "emu_library.cpp"),
         os.path.join("csrc", "cuda", "emu", "selftest.cu"),
+        os.path.join("csrc", "cuda", "emu", "work_counters.cpp"),
         os.path.join("csrc", "common", "checks.cpp"),
     ] + [os.path.join("csrc", "cuda", f) for f in cuda]
 

@@ -31,10 +31,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name: (description, file, old text, new text)
 DEFECTS = {
-    "missing_syncthreads_before_tile_reuse": (
-        "the __syncthreads that lets the fused kernel's warps finish the shared centre tile before it is reloaded",
-        "csrc/cuda/select.cuh",
-        "          __syncthreads();  // the previous tile is consumed\n",
+    "missing_syncthreads_before_scoring": (
+        "the __syncthreads that lets every warp of the culled selection write its level's candidates before "
+        "warp 0 scores the row",
+        "csrc/cuda/select_culled.cuh",
+        "    __syncthreads();         // every level's candidates are written\n",
         "",
     ),
     "shuffle_mask_leaves_lanes_out": (
@@ -56,10 +57,10 @@ DEFECTS = {
         "    __syncthreads();\n    if (threadIdx.x == 0) {",
     ),
     "dynamic_smem_one_element_short": (
-        "the fused kernel's dynamic shared memory one float2 short of the (2-D) centre tile",
-        "csrc/cuda/select.cuh",
-        "return score > tile_bytes(dims) ? score : tile_bytes(dims);",
-        "return score > tile_bytes(dims) ? score : tile_bytes(dims) - static_cast<int64_t>(sizeof(float2));",
+        "iou_statistics' dynamic shared memory one float short of its per-warp score buffers",
+        "csrc/cuda/iou_statistics.cu",
+        "p.in_smem ? static_cast<size_t>(ScoreSmem::bytes(C)) : 0;",
+        "p.in_smem ? static_cast<size_t>(ScoreSmem::bytes(C)) - sizeof(float) : 0;",
     ),
     "key_truncated_to_32_bits": (
         "warp_min's 64-bit (distance, index) key truncated to its low 32 bits",
@@ -67,10 +68,17 @@ DEFECTS = {
         "return (static_cast<u64>(min_hi) << 32) | min_lo;",
         "return static_cast<uint32_t>((static_cast<u64>(min_hi) << 32) | min_lo);",
     ),
+    "culling_skips_an_equal_bound": (
+        "the culled selection skips a block whose lower bound equals the k-th key's distance (>= for >): a member "
+        "at that distance with a lower anchor index is lost",
+        "csrc/cuda/select_culled.cuh",
+        "} else if (key_bits(next) > key_bits(threshold)) {",
+        "} else if (key_bits(next) >= key_bits(threshold)) {",
+    ),
 }
 
 CHECKS = ("tests", "workload", "asan", "tsan", "host_sim")
-SOURCES = ("csrc", "atss_ops", "tests", "scripts", "benchmarks", "setup.py", "pyproject.toml")
+SOURCES = ("csrc", "atss_ops", "tests", "scripts", "benchmarks", "setup.py", "build_config.py", "pyproject.toml")
 
 
 def run(cmd, cwd, env=None, timeout=1800):

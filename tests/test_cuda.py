@@ -318,13 +318,29 @@ def test_candidates_out_of_range_are_empty_slots(backend):
     assert_bits_equal(out, expected, "resolve_multi_gt")
 
 
+@pytest.mark.parametrize("topk", [9, 40])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_too_many_levels_raise_clearly(backend):
-    """More non-empty levels than the CUDA level table holds: a ValueError naming the argument."""
-    anchors = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(200, 1).to(tensor_device(backend))
-    gt = torch.tensor([[[0.0, 0.0, 2.0, 2.0]]]).to(tensor_device(backend))
-    with pytest.raises(ValueError, match="num_anchors_per_level"):
-        ops_of(backend).atss_assign(anchors, [1] * 200, gt, None, 9, None, 0.01)
+def test_more_levels_than_one_level_table(backend, topk):
+    """More non-empty levels than one CUDA level table holds (128; the contract has no limit):
+    several launches, one per table, give the CPU's answer (empty levels among them too)."""
+    g = generator(topk)
+    sizes = [0, 3] + torch.randint(1, 12, (140,), generator=g).tolist() + [0, 300]
+    assert sum(n > 0 for n in sizes) == 142  # two tables of levels
+    A = sum(sizes)
+    centres = torch.rand(A, 2, generator=g) * 200.0
+    anchors = torch.cat([centres - 6.0, centres + 6.0], dim=1)
+    lo = torch.rand(2, 5, 2, generator=g) * 150.0
+    gt = torch.cat([lo, lo + 10.0 + torch.rand(2, 5, 2, generator=g) * 40.0], dim=-1)
+    counts = torch.tensor([5, 3])
+    dev = tensor_device(backend)
+    args = (anchors, sizes, gt, counts, topk, None, 0.01, None, True)
+    assert_bits_equal(
+        ops_of(backend).atss_assign(*move(args, dev)), kernel("atss_assign")(*args), f"atss_assign, topk {topk}"
+    )
+    d = kernel("center_distance")(anchors, gt, counts)
+    expected = kernel("topk_per_level")(d, sizes, topk, counts, None, None)
+    out = ops_of(backend).topk_per_level(*move((d, sizes, topk, counts, None, None), dev))
+    assert_bits_equal(out, expected, f"topk_per_level, topk {topk}")
 
 
 @pytest.mark.cuda

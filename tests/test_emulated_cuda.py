@@ -7,12 +7,14 @@ launch with a message naming the kernel, the block and the barrier, never a
 hang; launches the device rejects are rejected), and the kernel paths that only
 some launch shapes reach: a capped grid (a block serving many work items, shared
 memory reused across items), every per-lane list size K, several passes per
-chunk and per merge (topk > 32), score buffers in global memory, chunks staged
-through several shared-memory tiles, other multiprocessor counts (other chunk
-lengths), several concurrent blocks in other orders; and the scan's filters
-(a 32-bit prefilter on the distance bits, a bound taken only when a list
-changed) on layouts made to defeat them: ties on every distance, distances
-that fall at every anchor, and caller distances of every sign and kind.
+chunk and per merge (topk > 32), score buffers in global memory, chunks scanned
+in several tiles, other multiprocessor counts (other chunk lengths), several
+concurrent blocks in other orders; the scan's filters (a 32-bit prefilter on the
+distance bits, a bound taken only when a list changed) on layouts made to defeat
+them: ties on every distance, distances that fall at every anchor, and caller
+distances of every sign and kind; the work counters; and the fused kernel's block
+culling on layouts made to defeat it (jittered, shuffled, ties on block borders,
+masks, 3-D, infinite centres).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cases import (
     OPS,
     assert_bits_equal,
     boxes_around,
+    case_args,
     case_of,
     compute_stages,
     emu_available,
@@ -32,6 +35,7 @@ from cases import (
     multi_scale_anchors,
     op_args,
     random_case,
+    random_case_3d,
 )
 
 pytestmark = pytest.mark.emu
@@ -164,8 +168,8 @@ def test_other_multiprocessor_counts(sms):
 
 def test_chunk_staged_through_several_tiles():
     """A level of 3,072 anchors in one 8192-anchor chunk: with 1 SM seen and 3 tiles of rows
-    (B * G = 20), 8192-anchor chunks already give 4 work items per SM, so the fused kernel stages
-    the level through 2 shared-memory tiles (with fewer rows it would pick 1024-anchor chunks)."""
+    (B * G = 20), 8192-anchor chunks already give 4 work items per SM, so topk_per_level's scan
+    takes the level in 2 tiles of 2,048 anchors (with fewer rows it would pick 1024-anchor chunks)."""
     case = random_case(9, 2, 10, 384, 512, (8, 16), 9, counts=False, valid=0.9)
     assert case["num_anchors_per_level"][0] > 2048
     with env_vars(ATSS_NUM_SMS=1):
@@ -295,3 +299,180 @@ def test_scan_caller_distances_of_every_sign(topk):
             with env_vars(ATSS_NUM_SMS=sms):
                 out = emu_ops().topk_per_level(d, levels, topk, counts, mask)
             assert_bits_equal(out, expected, f"caller distances, topk {topk}, mask {mask is not None}, {sms} SMs")
+
+
+# --------------------------------------------------------------------------- work counters
+
+# The emulated selection counts its work per GT row (csrc/cuda/work_counters.h, read with
+# torch.ops.atss_ops_emu._work_counters): what benchmarks/bench_gpu.py --work reports. The
+# figures must be exact counts, so their identities are checked here on the chunked scan of
+# topk_per_level (every anchor of every chunk, once per pass).
+
+
+def work(name: str) -> torch.Tensor:
+    return emu_ops()._work_counters(name)
+
+
+def test_work_counters_of_the_scan():
+    """distances_computed == A per row (one pass), zero on padding rows and per pass on topk > 32;
+    keys_inserted covers at least every candidate; rounds between inserts / 32 and inserts."""
+    B, G, levels = 2, 5, [2500, 1100, 7]
+    A = sum(levels)
+    d = caller_distances(9, B, G, A).abs()
+    counts = torch.tensor([G, 3])
+    out = emu_ops().topk_per_level(d, levels, 9, counts, None)
+    assert_bits_equal(out, torch.ops.atss_ops.topk_per_level(d, levels, 9, counts, None), "counters run")
+    active = torch.tensor([True] * G + [True] * 3 + [False] * (G - 3))
+    dist, keys, rounds = work("distances_computed"), work("keys_inserted"), work("insert_rounds")
+    assert dist.shape == (B * G,)
+    assert dist[active].eq(A).all() and dist[~active].eq(0).all()
+    C = sum(min(9, n) for n in levels)
+    assert keys[active].ge(C).all() and keys[~active].eq(0).all()
+    assert rounds[active].le(keys[active]).all() and (32 * rounds[active]).ge(keys[active]).all()
+    assert work("passes")[active].eq(work("chunks")[active]).all()  # one pass per chunk at topk 9
+    with pytest.raises(ValueError, match="unknown counter"):
+        work("no_such_counter")
+    # Two passes per chunk at topk 40 (> K = 32): every anchor's distance twice.
+    emu_ops().topk_per_level(d, levels, 40, counts, None)
+    assert work("distances_computed")[active].eq(2 * A - levels[2]).all()  # the 7-anchor level: one pass
+    # A row with no usable anchor inserts nothing, yet computes every distance.
+    valid = torch.ones(B, A, dtype=torch.bool)
+    valid[1] = False
+    emu_ops().topk_per_level(d, levels, 9, None, valid)
+    keys = work("keys_inserted")
+    assert keys[G:].eq(0).all() and keys[:G].ge(C).all() and work("distances_computed").eq(A).all()
+
+
+# --------------------------------------------------------------------------- the culled selection
+
+# The fused kernel visits blocks of 256 consecutive anchors nearest first and skips a block when
+# the float32 squared distance from the GT centre to the box of the block's centres is strictly
+# above the warp's k-th key (csrc/cuda/select_culled.cuh, with the proof). Layouts made to break
+# that: jittered and shuffled centres, centres repeated across block borders, ties that the
+# bound meets exactly, masks that hide the nearest anchors, 3-D, non-finite centres; each one's
+# bits against the CPU kernels, and the counters to show where the culling paid and where not.
+
+CULL_BLOCK = 256
+
+
+def grid_case(seed: int, B: int, G: int, size=(384, 512), strides=(8, 16, 32), **kw) -> dict:
+    h, w = size
+    return random_case(seed, B, G, h, w, strides, **kw)
+
+
+def assign_equal_cpu(case: dict, what: str) -> None:
+    expected = torch.ops.atss_ops.atss_assign(*case_args(case))
+    assert_bits_equal(emu_ops().atss_assign(*case_args(case)), expected, what)
+
+
+def per_level_permutation(levels, seed: int) -> torch.Tensor:
+    g, parts, start = generator(seed), [], 0
+    for n in levels:
+        parts.append(start + torch.randperm(n, generator=g))
+        start += n
+    return torch.cat(parts)
+
+
+def test_culling_skips_most_blocks_on_a_grid():
+    """Grid anchors: the counters show the culling at work (and the bits are the CPU's)."""
+    case = grid_case(21, 2, 12)
+    assign_equal_cpu(case, "grid")
+    A = case["anchors"].shape[0]
+    dist, skipped = work("distances_computed"), work("blocks_skipped")
+    assert dist.gt(0).all() and dist.float().mean() < A / 4, dist.tolist()
+    assert skipped.gt(0).all()
+    assert work("keys_inserted").le(work("keys_considered")).all()
+    total_blocks = sum(-(-n // CULL_BLOCK) for n in case["num_anchors_per_level"])
+    assert (work("blocks_visited") + work("blocks_skipped")).eq(total_blocks).all()
+
+
+@pytest.mark.parametrize("topk", [1, 9, 40])
+def test_culling_jittered_and_shuffled(topk):
+    """Centres jittered by up to a stride (boxes overlap), then each level shuffled: the culling
+    stops paying but the answer stays the CPU's."""
+    case = grid_case(22, 2, 8, topk=topk, valid=0.9)
+    anchors = case["anchors"].clone()
+    jitter = (torch.rand(anchors.shape[0], 2, generator=generator(23)) - 0.5) * 16.0
+    anchors += jitter.repeat(1, 2)
+    case = dict(case, anchors=anchors)
+    assign_equal_cpu(case, f"jittered, topk {topk}")
+    perm = per_level_permutation(case["num_anchors_per_level"], 24)
+    shuffled = dict(case, anchors=anchors[perm].contiguous(), anchor_valid=case["anchor_valid"][:, perm].contiguous())
+    assign_equal_cpu(shuffled, f"shuffled, topk {topk}")
+    A = anchors.shape[0]
+    assert work("distances_computed").float().mean() > A / 2  # culling does not pay here
+
+
+def line_level(xs: torch.Tensor) -> torch.Tensor:
+    return line_anchors(xs.float())
+
+
+def test_culling_ties_on_block_borders():
+    """The bound of a block equals the k-th key exactly: a block visited later (higher bound key)
+    holds anchors at that same distance with lower indices, which must win; skipping on an equal
+    bound would lose them. Also runs of one centre across block borders."""
+    n = 4 * CULL_BLOCK
+    xs = torch.full((n,), 1000.0)
+    xs[:CULL_BLOCK] = -10.0  # block 0: all at distance 10 from the GT, indices 0..255
+    xs[2 * CULL_BLOCK : 2 * CULL_BLOCK + 12] = 10.0  # block 2: 12 at distance 10 ...
+    xs[2 * CULL_BLOCK + 100] = 1.0  # ... and one near: block 2 is visited first
+    runs = (torch.arange(n) // 100).float() * 3.0  # a level of runs of 100 equal centres
+    anchors = torch.cat([line_level(xs), line_level(runs)])
+    cx = torch.tensor([[0.0, 0.0, 1.5, 4.5, 31.5]])
+    cy = torch.zeros_like(cx)
+    gt = boxes_around(cx, cy, torch.full_like(cx, 40.0), torch.full_like(cx, 8.0))
+    for topk in (1, 9, 40, 300):
+        case = case_of(anchors, [n, n], gt, topk=topk, center_eps=None)
+        assign_equal_cpu(case, f"ties on block borders, topk {topk}")
+        if topk == 9:
+            cand = torch.ops.atss_ops.topk_per_level(
+                torch.ops.atss_ops.center_distance(anchors, gt, None), [n, n], 9, None, None
+            )
+            assert cand[0, 0, :9].tolist() == [2 * CULL_BLOCK + 100] + list(range(8))
+
+
+def test_culling_under_masks():
+    """Masks that hide the nearest anchors (valid and ignore), so far blocks must be visited."""
+    case = grid_case(25, 2, 10, valid=0.15, ignore=0.3, topk=9)
+    assign_equal_cpu(case, "sparse masks")
+    valid = torch.ones(2, case["anchors"].shape[0], dtype=torch.bool)
+    valid[0, : case["num_anchors_per_level"][0] - 7] = False  # level 0: only its last 7 anchors
+    valid[1, case["num_anchors_per_level"][0] :] = False  # image 1: only level 0
+    assign_equal_cpu(dict(case, anchor_valid=valid, anchor_ignore=None), "one level nearly hidden")
+
+
+def test_culling_3d_jittered():
+    case = random_case_3d(26, 2, 7, size=(64, 48, 32), strides=(4, 8), topk=9)
+    assign_equal_cpu(case, "3-D grid")
+    assert work("blocks_skipped").float().mean() > 0
+    anchors = case["anchors"].clone()
+    anchors += ((torch.rand(anchors.shape[0], 3, generator=generator(27)) - 0.5) * 6.0).repeat(1, 2)
+    assign_equal_cpu(dict(case, anchors=anchors), "3-D jittered")
+
+
+def test_culling_never_skips_non_finite_centres():
+    """Blocks holding an infinite centre (finite boxes whose coordinate sum overflows) are never
+    skipped (the bound needs finite centres), nor is anything for a GT whose centre is not finite;
+    huge finite centres overflow d2 and bound alike."""
+    anchors, levels = multi_scale_anchors(256, 512, (8, 16), [8.0])
+    anchors = anchors.clone()
+    far = levels[0] - 5  # far from the GTs, in the level's last block
+    anchors[far] = torch.tensor([3e38, 0.0, 3.4e38, 4.0])  # centre x = +inf
+    anchors[far - 300] = torch.tensor([-3.4e38, 0.0, -3e38, 4.0])  # centre x = -inf
+    anchors[levels[0] + 3] = torch.tensor([3e38, 3e38, 3.4e38, 3.4e38])
+    gt = torch.tensor([[[0.0, 0.0, 30.0, 30.0], [200.0, 90.0, 250.0, 120.0], [3e38, 0.0, 3.4e38, 8.0]]])
+    for topk in (9, 300):
+        case = case_of(anchors, levels, gt, topk=topk, center_eps=None)
+        assign_equal_cpu(case, f"non-finite centres, topk {topk}")
+        skipped = work("blocks_skipped")
+        assert skipped[0] > 0 and skipped[2] == 0  # GT 2's centre is +inf: it skips nothing
+
+
+@pytest.mark.parametrize("topk", [9, 40])
+def test_step8_proposals_tie_across_lanes(topk):
+    """Step 8 with a warp per row: no positive after step 7 (a centre margin nothing meets), so every
+    GT proposes; identical anchor boxes tie on IoU across lanes and slots (topk 40: two slots per
+    lane), and the earliest slot must win; GTs whose best anchors coincide compete for them."""
+    case = dict(tied_case(topk), center_eps=1e6, ensure_positive=True)
+    assign_equal_cpu(case, f"step 8 ties, topk {topk}")
+    assert emu_ops().atss_assign(*case_args(case))[3].sum() > 0  # proposals were made

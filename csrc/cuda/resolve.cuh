@@ -91,15 +91,21 @@ __global__ void __launch_bounds__(kResolveThreads)
   }
 }
 
-// Step 8's proposals: one thread per row. A row of a padding GT (beyond
-// gt_counts, null: none) or with an anchor already proposes nothing.
+// Step 8's proposals: one warp per row, its lanes over the row's slots. A row
+// of a padding GT (beyond gt_counts, null: none) or with an anchor already
+// proposes nothing. The proposal is the free slot with the highest IoU > 0,
+// the earliest on equal IoU: each lane keeps its own best (slots in
+// increasing order, strict >), then the warp takes the largest
+// (IoU bits, ~slot) key: a positive float's bits order as the float.
 __global__ void __launch_bounds__(kResolveThreads)
     propose_kernel(const int64_t* cand, const float* cand_iou, const int64_t* gt_counts,
                    const int64_t* gt_index, const int64_t* num_positive, int64_t num_gt,
                    int64_t num_slots, int64_t num_anchors, int64_t rows, u64* claims) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
-       row += stride) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kResolveThreads / kWarp);
+  for (int64_t row =
+           static_cast<int64_t>(blockIdx.x) * (kResolveThreads / kWarp) + threadIdx.x / kWarp;
+       row < rows; row += warps) {  // warp-uniform
     const int64_t b = row / num_gt;
     const int64_t g = row - b * num_gt;
     if (g >= valid_gt_count(gt_counts, b, num_gt) || num_positive[row] != 0) continue;
@@ -107,17 +113,30 @@ __global__ void __launch_bounds__(kResolveThreads)
     const float* row_iou = cand_iou + row * num_slots;
     const int64_t* image_index = gt_index + b * num_anchors;
     float best = 0.0f;
-    int64_t best_anchor = -1;
-    for (int64_t c = 0; c < num_slots; ++c) {
+    int64_t best_slot = -1;
+    for (int64_t c = lane; c < num_slots; c += kWarp) {
       const int64_t a = row_cand[c];
       // Free: unassigned after step 7 (an ignored anchor is -2, an empty slot < 0).
       if (a < 0 || a >= num_anchors || image_index[a] != -1) continue;
       if (row_iou[c] > best) {  // > 0 (never NaN); the earliest slot on equal IoU
         best = row_iou[c];
-        best_anchor = a;
+        best_slot = c;
       }
     }
-    if (best_anchor >= 0) atomicMax(claims + b * num_anchors + best_anchor, claim_key(best, g));
+    // Slots < C < 2^31 (a row's candidates): ~slot fits the low half.
+    u64 key = best_slot < 0 ? u64{0}
+                            : (static_cast<u64>(float_bits(best)) << 32) |
+                                  static_cast<uint32_t>(~static_cast<uint32_t>(best_slot));
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const u64 other = __shfl_xor_sync(kFullMask, key, offset);
+      key = other > key ? other : key;
+    }
+    if (lane == 0 && key != 0) {
+      const int64_t slot = ~static_cast<uint32_t>(key);
+      const float v = bits_float(static_cast<uint32_t>(key >> 32));
+      atomicMax(claims + b * num_anchors + row_cand[slot], claim_key(v, g));
+    }
   }
 }
 
@@ -160,7 +179,8 @@ inline void launch_ensure_positive(const int64_t* cand, const float* cand_iou,
                                    Stream stream) {
   const int64_t rows = batch * num_gt;
   if (rows == 0 || num_anchors == 0) return;
-  const unsigned row_blocks = grid_for(rows, kResolveThreads, int64_t{32} * sm_count());
+  const unsigned row_blocks =
+      grid_for(rows * kWarp, kResolveThreads, int64_t{32} * sm_count());  // a warp per row
   ATSS_LAUNCH(row_blocks, kResolveThreads, 0, stream, propose_kernel)(
       cand, cand_iou, gt_counts, gt_index, num_positive, num_gt, num_slots, num_anchors, rows,
       claims);

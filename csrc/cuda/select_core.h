@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "../common/box_math.h"
 
@@ -80,9 +81,10 @@ ATSS_HD int lowest_bit(unsigned h) {
 
 // Rows (GTs) per block of the selection kernels: one warp per row.
 constexpr int kRowsPerBlock = 8;
-// Non-empty levels the kernels take (the level table is a kernel parameter).
+// Non-empty levels one level table holds (it is a kernel parameter, at most
+// 4 KB): more levels are served by several tables, one launch each.
 constexpr int kMaxLevels = 128;
-// Anchor centres per shared-memory tile in the fused kernel (16 KB).
+// Anchors per tile of the chunked scan (select.cuh).
 constexpr int kTile = 2048;
 // Keys per lane between two looks at the warp-wide bound (it is recomputed
 // only when a lane's list changed).
@@ -96,39 +98,50 @@ inline int64_t num_row_tiles(int64_t rows) {
   return ceil_div(rows, kRowsPerBlock);
 }
 
-// The level layout, with empty levels dropped (they have no candidate slot).
+// The level layout, with empty levels dropped (they have no candidate slot),
+// in tables of at most kMaxLevels non-empty levels: a launch per table. Slots
+// (candidates, partial lists) and chunk indices are numbered over all levels,
+// so the tables of one call share the row layout.
 // 32 bits suffice for every field: each is at most A (< 2^31, check_num_anchors).
 struct LevelTable {
-  int32_t num_levels;         // non-empty levels
-  int32_t num_chunks;         // over all levels
-  int32_t chunk_len;          // anchors per chunk (the last chunk of a level may be shorter)
-  int32_t num_cand;           // C = sum_l min(topk, N_l)
-  int32_t num_part;           // partial slots per row = sum over chunks of min(k_l, chunk size)
-  int32_t k_max;              // max_l min(topk, N_l)
-  int32_t start[kMaxLevels];  // first anchor of the level
-  int32_t size[kMaxLevels];   // N_l
-  int32_t k[kMaxLevels];      // min(topk, N_l)
-  int32_t chunk_base[kMaxLevels];  // first chunk of the level
+  int32_t num_levels;    // non-empty levels of this table
+  int32_t num_chunks;    // chunks of this table's levels
+  int32_t chunk_offset;  // chunks of the tables before this one
+  int32_t chunk_len;     // anchors per chunk (the last chunk of a level may be shorter)
+  int32_t num_cand;      // C = sum_l min(topk, N_l) over all levels: a row's candidate slots
+  int32_t
+      num_part;  // partial slots per row over all levels (sum over chunks of min(k_l, chunk size))
+  int32_t part_end;                // the end of this table's last level's partial slots
+  int32_t k_max;                   // max_l min(topk, N_l) over this table's levels
+  int32_t start[kMaxLevels];       // first anchor of the level
+  int32_t size[kMaxLevels];        // N_l
+  int32_t k[kMaxLevels];           // min(topk, N_l)
+  int32_t chunk_base[kMaxLevels];  // first chunk of the level, from this table's first chunk
   int32_t cand_base[kMaxLevels];   // first candidate slot of the level in a row
   int32_t part_base[kMaxLevels];   // first partial slot of the level in a row
 };
 
-// The table of levels[0, num_levels) (entries >= 0, sum < 2^31, at most
-// kMaxLevels non-empty: the caller checks), topk >= 1, chunk_len >= 1.
-inline LevelTable fill_level_table(const int64_t* levels, size_t num_levels, int64_t topk,
-                                   int64_t chunk_len) {
-  LevelTable t{};
-  t.chunk_len = static_cast<int32_t>(chunk_len);
-  int64_t start = 0, chunks = 0, cand = 0, part = 0, k_max = 0;
-  int l = 0;
+// The tables of levels[0, num_levels) (entries >= 0, sum < 2^31: the caller
+// checks), topk >= 1, chunk_len >= 1. No table when every level is empty.
+inline std::vector<LevelTable> fill_level_tables(const int64_t* levels, size_t num_levels,
+                                                 int64_t topk, int64_t chunk_len) {
+  std::vector<LevelTable> tables;
+  int64_t start = 0, chunks = 0, cand = 0, part = 0;
   for (size_t i = 0; i < num_levels; ++i) {
     const int64_t n = levels[i];
     if (n > 0) {
+      if (tables.empty() || tables.back().num_levels == kMaxLevels) {
+        tables.push_back(LevelTable{});
+        tables.back().chunk_len = static_cast<int32_t>(chunk_len);
+        tables.back().chunk_offset = static_cast<int32_t>(chunks);
+      }
+      LevelTable& t = tables.back();
+      const int l = t.num_levels;
       const int64_t k = topk < n ? topk : n;
       t.start[l] = static_cast<int32_t>(start);
       t.size[l] = static_cast<int32_t>(n);
       t.k[l] = static_cast<int32_t>(k);
-      t.chunk_base[l] = static_cast<int32_t>(chunks);
+      t.chunk_base[l] = static_cast<int32_t>(chunks - t.chunk_offset);
       t.cand_base[l] = static_cast<int32_t>(cand);
       t.part_base[l] = static_cast<int32_t>(part);
       const int64_t level_chunks = ceil_div(n, chunk_len);
@@ -136,17 +149,18 @@ inline LevelTable fill_level_table(const int64_t* levels, size_t num_levels, int
       part += (level_chunks - 1) * (k < chunk_len ? k : chunk_len) + (k < last_len ? k : last_len);
       chunks += level_chunks;
       cand += k;
-      k_max = k > k_max ? k : k_max;
-      ++l;
+      t.k_max = static_cast<int32_t>(k > t.k_max ? k : t.k_max);
+      t.num_levels = l + 1;
+      t.num_chunks = static_cast<int32_t>(chunks - t.chunk_offset);
+      t.part_end = static_cast<int32_t>(part);
     }
     start += n;
   }
-  t.num_levels = l;
-  t.num_chunks = static_cast<int32_t>(chunks);
-  t.num_cand = static_cast<int32_t>(cand);
-  t.num_part = static_cast<int32_t>(part);
-  t.k_max = static_cast<int32_t>(k_max);
-  return t;
+  for (LevelTable& t : tables) {
+    t.num_cand = static_cast<int32_t>(cand);
+    t.num_part = static_cast<int32_t>(part);
+  }
+  return tables;
 }
 
 // The K smallest keys one lane has seen, ascending, padded with kEmptyKey.

@@ -1,9 +1,9 @@
 // topk_per_level on CUDA (contract step 3) for caller-given distances
-// [B, G, A]: one launch of the chunked selection kernel (select.cuh) after one
-// memset of its per-tile counters. Keys are distance_key(distances[b, g, a], a):
-// the CPU's (distance_bits, index) order, NaN last, -0 == +0, negative values
-// allowed. gt_counts out of [0, G] is clamped (the CPU rejects it; without a
-// value check there is no sync here).
+// [B, G, A]: one launch of the chunked selection kernel (select.cuh) per 128
+// non-empty levels after one memset of its per-tile counters. Keys are distance_key(distances[b, g,
+// a], a): the CPU's (distance_bits, index) order, NaN last, -0 == +0, negative values allowed.
+// gt_counts out of [0, G] is clamped (the CPU rejects it; without a value check there is no sync
+// here).
 #include "select.cuh"
 
 namespace atss::cuda {
@@ -29,7 +29,8 @@ Tensor topk_per_level_cuda(const Tensor& distances, IntArrayRef num_anchors_per_
   // elementwise kernel when anchor_ignore is given).
   const OptionalTensor valid = usable_mask(anchor_valid, anchor_ignore, stream);
   const int64_t rows = B * G;
-  const LevelTable lt = make_level_table(num_anchors_per_level, topk, rows);
+  const std::vector<LevelTable> tables = make_level_tables(num_anchors_per_level, topk, rows);
+  const int64_t counters = static_cast<int64_t>(tables.size()) * num_row_tiles(rows);
 
   SelectArgs p{};
   p.distances = data<float>(d);
@@ -42,15 +43,16 @@ Tensor topk_per_level_cuda(const Tensor& distances, IntArrayRef num_anchors_per_
   p.candidates = data<int64_t>(out);
 
   ScratchPlan plan;
-  const int64_t done_at = plan.take(p.num_tiles * static_cast<int64_t>(sizeof(unsigned)));
-  const int64_t part_at = plan.take(rows * lt.num_part * static_cast<int64_t>(sizeof(u64)));
+  const int64_t done_at = plan.take(counters * static_cast<int64_t>(sizeof(unsigned)));
+  const int64_t part_at =
+      plan.take(rows * tables.front().num_part * static_cast<int64_t>(sizeof(u64)));
   Tensor scratch = new_empty(distances, {plan.total()}, dtype::kByte);
   uint8_t* base = data<uint8_t>(scratch);
   p.tile_done = reinterpret_cast<unsigned*>(base + done_at);
   p.partial = reinterpret_cast<u64*>(base + part_at);
 
-  memset_async(p.tile_done, 0, p.num_tiles * static_cast<int64_t>(sizeof(unsigned)), stream);
-  launch_select<Mode::kTopk>(p, lt, valid.has_value(), 2, 0, stream);
+  memset_async(p.tile_done, 0, counters * static_cast<int64_t>(sizeof(unsigned)), stream);
+  launch_select(p, tables, valid.has_value(), stream);
   return out;
 }
 
