@@ -10,7 +10,9 @@
 // a single-threaded process (shared_ptr, inside torch::stable::Tensor). 0 ("other
 // threads may exist") always takes the atomic path: correct, and what the
 // library did before glibc 2.32.
-extern "C" __attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
+extern "C" {
+__attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
+}
 
 namespace std {
 // GLIBCXX_3.4.29: what an array `new` or an allocator throws for an impossible
