@@ -272,8 +272,7 @@ __device__ void select_level_culled(const CulledArgs& p, const LevelTable& lt, i
       ++visited;
       if (lane == 0) ATSS_WORK(row, kDistancesComputed, len);
 #endif
-      const int total =
-          static_cast<int>(__reduce_add_sync(kFullMask, static_cast<unsigned>(count)));
+      const int total = warp_sum(count);
       if (total == 0) return;  // warp-uniform
 #if defined(ATSS_EMU)
       considered += total;
