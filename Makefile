@@ -88,7 +88,7 @@ wheel: venv
 # torch and the test tools only, kept in ~/.cache/atss-ops/wheel-check between runs), and
 # the op tests run against the installed package (scripts/wheel_check.py).
 WHEEL_TORCH ?= 2.10.0@3.10 2.12.0 2.15.0@3.12
-WHEEL_TESTS ?= full
+WHEEL_TESTS ?= auto
 wheel-check: venv
 	$(PY) scripts/wheel_check.py --torch $(WHEEL_TORCH) --tests $(WHEEL_TESTS)
 

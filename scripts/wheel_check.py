@@ -170,7 +170,7 @@ def copy_tests(dest: str, files: list) -> None:
         )
 
 
-def check_version(spec: str, wheel: str, args, env: dict) -> dict:
+def check_version(spec: str, wheel: str, args, env: dict, tests: str) -> dict:
     start = time.time()
     version, _, wanted_python = spec.partition("@")
     python = find_python(wanted_python, args.python) if wanted_python else args.python
@@ -196,7 +196,8 @@ def check_version(spec: str, wheel: str, args, env: dict) -> dict:
             expected = f"is built for CUDA {info['cuda']}"
             if info["cuda_kernels"] or not any(expected in w for w in info["import_warnings"]):
                 problems.append(f"CUDA {info['cuda']} mismatch not reported in one line: {info['import_warnings']}")
-        copy_tests(work, OP_TESTS[args.tests])
+        copy_tests(work, OP_TESTS[tests])
+        row["test_set"] = tests
         test_env = dict(env, ATSS_CHECK_INSTALLED="1")
         proc = run(
             [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
@@ -223,7 +224,13 @@ def main() -> int:
     parser.add_argument(
         "--torch", nargs="+", default=list(DEFAULT_TORCH), help="torch versions to check, TORCH[@PYTHON]"
     )
-    parser.add_argument("--tests", choices=sorted(OP_TESTS), default="full", help="which op tests to run")
+    parser.add_argument(
+        "--tests",
+        choices=["auto", *sorted(OP_TESTS)],
+        default="auto",
+        help="which op tests to run: auto (default) runs the full set on the first torch (the minimum), "
+        "the quick set (bit-exactness on every case, every error and its type, the library checks) on the others",
+    )
     parser.add_argument(
         "--venvs",
         default=os.environ.get("ATSS_WHEEL_CHECK_VENVS", os.path.expanduser("~/.cache/atss-ops/wheel-check")),
@@ -239,13 +246,16 @@ def main() -> int:
     wheel = os.path.abspath(wheel)
     env = no_compiler_env()
     os.makedirs(args.venvs, exist_ok=True)
-    rows = [check_version(v, wheel, args, env) for v in args.torch]
+    rows = []
+    for i, spec in enumerate(args.torch):
+        tests = args.tests if args.tests != "auto" else ("full" if i == 0 else "quick")
+        rows.append(check_version(spec, wheel, args, env, tests))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"wheel": os.path.basename(wheel), "results": rows}, f, indent=2)
     print(f"\nwheel: {os.path.basename(wheel)}")
-    print("| torch | Python | CUDA | CPU kernels | CUDA kernels | tests | seconds | problems |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| torch | Python | CUDA | CPU kernels | CUDA kernels | test set | tests | seconds | problems |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         cuda_state = "registered" if r.get("cuda_kernels") else (r.get("cuda_error") or "-")
         t = r.get("tests", {})
@@ -253,7 +263,7 @@ def main() -> int:
         cpu_state = "registered" if r.get("cpu_kernels") else "NO"
         print(
             f"| {r.get('torch')} | {r.get('python')} | {r.get('cuda')} | {cpu_state} "
-            f"| {cuda_state} | {tests} | {r['seconds']} | {'; '.join(r['problems']) or 'none'} |"
+            f"| {cuda_state} | {r.get('test_set')} | {tests} | {r['seconds']} | {'; '.join(r['problems']) or 'none'} |"
         )
     print(f"wrote {args.out}")
     return 1 if any(r["problems"] for r in rows) else 0
