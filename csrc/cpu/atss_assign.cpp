@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../common/text.h"
+#include "parallel.h"
 #include "spatial_index.h"
 #include "steps.h"
 
@@ -113,7 +114,7 @@ class AnchorGrids {
     // there is enough of them to pay for a second thread.
     const int64_t num_levels = static_cast<int64_t>(levels.size());
     const int64_t levels_per_thread = num_anchors >= (int64_t{1} << 16) ? 1 : num_levels;
-    torch::stable::parallel_for(0, num_levels, levels_per_thread, [&](int64_t begin, int64_t end) {
+    parallel_for(0, num_levels, levels_per_thread, [&](int64_t begin, int64_t end) {
       for (int64_t l = begin; l < end; ++l)
         grids[l].build(axes, start[l], levels[l], opts.anchors_per_cell, wanted[l]);
     });
@@ -163,7 +164,7 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
   // pay a wake-up and join it cannot amortise (or, on a loaded machine, wait
   // for a descheduled worker).
   const int64_t grain = any_grid ? 64 : 1;
-  torch::stable::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> d2, best_dist(held);  // d2: only when a level is scanned
     std::vector<uint32_t> best_keys(held);
     std::vector<uint64_t> best(held);
@@ -256,7 +257,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cpu(
   int64_t* np = data<int64_t>(num_positive);
   // An image costs O(A + G * C): small images share a thread.
   const int64_t images_per_thread = std::max<int64_t>(1, (int64_t{1} << 16) / (A + G * C));
-  torch::stable::parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B, images_per_thread, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});  // resolve_image's starting state

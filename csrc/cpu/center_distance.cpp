@@ -2,6 +2,7 @@
 
 #include <limits>
 
+#include "parallel.h"
 #include "steps.h"
 
 namespace atss::cpu {
@@ -23,7 +24,7 @@ Tensor center_distance_cpu(const Tensor& anchors, const Tensor& gt_boxes,
   const float* gp = data<float>(g);
   float* op = data<float>(out);
 
-  torch::stable::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       float* row = op + bg * A;
       if (bg % G >= valid_gt_count(cp, bg / G, G)) {

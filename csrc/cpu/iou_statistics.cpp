@@ -2,6 +2,7 @@
 
 #include <limits>
 
+#include "parallel.h"
 #include "steps.h"
 
 namespace atss::cpu {
@@ -37,7 +38,7 @@ std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, con
   float* thr_p = data<float>(threshold);
   bool* pos_p = data<bool>(is_positive);
 
-  torch::stable::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       if (bg % G >= valid_gt_count(cp, bg / G, G)) continue;  // padding: IoU 0, NaN, false
       const float* box = gp + 2 * dims * bg;

@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "parallel.h"
 #include "steps.h"
 
 namespace atss::cpu {
@@ -32,7 +33,7 @@ std::tuple<Tensor, Tensor, Tensor> resolve_multi_gt_cpu(
   float* io = data<float>(iou);
   int64_t* np = data<int64_t>(num_positive);
 
-  torch::stable::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t off = b * G * C;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "parallel.h"
 #include "steps.h"
 
 namespace atss::cpu {
@@ -33,7 +34,7 @@ Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_l
   const int64_t max_level = levels.empty() ? 0 : *std::max_element(levels.begin(), levels.end());
   const int64_t held = std::min(topk, max_level);
 
-  torch::stable::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> best_keys(held);
     std::vector<float> best_dist(held);
     for (int64_t bg = begin; bg < end; ++bg) {
