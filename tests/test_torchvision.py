@@ -66,6 +66,13 @@ def make_model(kind: str, seed: int = 0, **kwargs):
 KINDS = ("retinanet", "fcos")
 
 
+@pytest.fixture(autouse=True)
+def one_thread(restore_threads):
+    """These models are tiny: one intra-op thread runs them fastest, and on a shared
+    machine a second thread spinning for a busy core makes each step 50x slower."""
+    torch.set_num_threads(1)
+
+
 def random_boxes(generator, count, height, width, min_side=4.0):
     if count == 0:
         return torch.zeros(0, 4)
