@@ -22,7 +22,6 @@ pytest.importorskip("torchvision")
 
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet  # noqa: E402
 from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
-from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
 import atss_ops  # noqa: E402
 from atss_ops.integrations.torchvision import ATSSComputeLoss, fcos_assign_anchors, use_atss_ops  # noqa: E402
@@ -207,16 +206,33 @@ def test_one_atss_assign_call_per_step(monkeypatch):
     assert calls == [torch.Size([3, 4, 4])]  # the whole padded batch at once
 
 
-def test_images_with_different_anchors_get_one_call_each():
-    model = use_atss_ops(make_model("retinanet"))
+class ShiftedAnchors(AnchorGenerator):
+    """A generator of another class: image b's anchors moved by ``shifts[b]`` pixels."""
+
+    def __init__(self, shifts, *args):
+        super().__init__(*args)
+        self.shifts = shifts
+
+    def forward(self, image_list, feature_maps):
+        return [a + shift for a, shift in zip(super().forward(image_list, feature_maps), self.shifts)]
+
+
+@pytest.mark.parametrize("shifts, calls", [((0.0, 2.0, 0.0), 3), ((0.0, 0.0, 0.0), 1)])
+def test_another_generator_is_compared_image_by_image(monkeypatch, shifts, calls):
+    """Anchors that differ between images get one atss_assign call each; equal ones share one."""
+    model = make_model("retinanet")
+    own = model.anchor_generator
+    model.anchor_generator = ShiftedAnchors(shifts, own.sizes, own.aspect_ratios)
+    use_atss_ops(model).train()
+    seen = []
+    real = atss_ops.atss_assign
+    monkeypatch.setattr(atss_ops, "atss_assign", lambda *a, **k: seen.append(1) or real(*a, **k))
+    spy = Spy(model)
     images, targets = make_batch("random")
-    batch = torch.zeros(3, 3, 64, 64)
-    base = model.anchor_generator(ImageList(batch, [(64, 64)] * 3), list(model.backbone(batch).values()))
-    anchors = [base[0], base[1] + 2.0, base[2]]  # image 1's anchors shifted
-    levels = [8 * 8 * 9, 4 * 4 * 9]
-    got = model.compute_loss.matched_idxs(targets, anchors, levels, [(64, 64)] * 3)
-    want = expected_matches("retinanet", anchors, [torch.zeros(3, 64, 64)] * 3, targets)
-    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    model(images, targets)
+    assert len(seen) == calls
+    want = expected_matches("retinanet", spy.anchors, images, targets)
+    assert all(torch.equal(g, w) for g, w in zip(spy.matched_idxs, want))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -52,6 +52,7 @@ import atss_ops
 try:
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection._utils import Matcher
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
 except ImportError as error:  # tests/test_torchvision.py hides torchvision to check this message
     raise ImportError(
         "atss_ops.integrations.torchvision needs torchvision, which could not be imported "
@@ -169,15 +170,18 @@ class ATSSComputeLoss:
         a GT index, -1 background, -2 ignored (``Matcher``'s sentinels).
 
         ``anchors`` is the anchor generator's output (one ``Tensor[A, 4]`` per image,
-        the same for every image with torchvision's generator: then ONE
-        ``atss_assign`` call covers the batch; images whose anchors differ get one
-        call each), ``num_anchors_per_level`` anchors (not locations) per level,
+        the same for every image with torchvision's ``AnchorGenerator``: then ONE
+        ``atss_assign`` call covers the batch; with another generator, images whose
+        anchors differ get one call each), ``num_anchors_per_level`` anchors (not locations) per level,
         ``image_sizes`` each image's unpadded ``(h, w)`` after the transform.
         """
         if not anchors:
             return []
         shared = anchors[0]
-        if all(a is shared or torch.equal(a, shared) for a in anchors[1:]):
+        # torchvision's own generator gives every image the same anchors (one padded size);
+        # comparing them would cost a device-to-host sync per image on CUDA.
+        same_by_construction = type(self.model.anchor_generator) is AnchorGenerator
+        if same_by_construction or all(a is shared or torch.equal(a, shared) for a in anchors[1:]):
             groups = [(shared, list(range(len(targets))))]
         else:
             groups = [(a, [b]) for b, a in enumerate(anchors)]
