@@ -271,8 +271,10 @@ def use_atss_ops(
         model: a ``torchvision.models.detection.RetinaNet`` or ``FCOS`` (or subclass).
         topk: the paper's k, candidates per level per GT (>= 1); RetinaNet passes
             ``k * anchors per location`` to ``atss_assign``, FCOS ``k``.
-        center_eps: margin of the centre-inside-GT test in pixels (>= 0), or None for no test.
-        ensure_positive: contract step 8: a GT left without positives takes its best free candidate.
+        center_eps: margin of the centre-inside-GT test in pixels (>= 0), or None for no
+            test (RetinaNet only).
+        ensure_positive: contract step 8: a GT left without positives takes its best free
+            candidate, whatever its centre (RetinaNet only).
         ignore_box_key: optional key of ``Tensor[M, 4]`` ignore boxes (crowd regions)
             in the targets; anchors whose intersection over their own area with one
             exceeds ``iof_threshold`` (:func:`atss_ops.ignore_mask`, on the model's own
@@ -287,8 +289,10 @@ def use_atss_ops(
 
     Raises:
         TypeError: ``model`` is neither a ``RetinaNet`` nor an ``FCOS``.
-        ValueError: a bad argument (named, with its value), or an anchor generator
-            with different anchor counts per location on different levels.
+        ValueError: a bad argument (named, with its value); for FCOS, ``center_eps=None``
+            or ``ensure_positive=True``, which can make a positive of a point outside its
+            box, where torchvision's FCOS head computes a NaN centreness target; an
+            anchor generator with different anchor counts per location on different levels.
     """
     if not isinstance(model, (RetinaNet, FCOS)):
         raise TypeError(f"model must be a torchvision.models.detection.RetinaNet or FCOS, got {type(model).__name__}")
@@ -304,6 +308,13 @@ def use_atss_ops(
         center_eps = float(center_eps)
     if not isinstance(ensure_positive, bool):
         raise ValueError(f"ensure_positive must be a bool, got {type(ensure_positive).__name__} {ensure_positive!r}")
+    if isinstance(model, FCOS) and (center_eps is None or ensure_positive):
+        raise ValueError(
+            "FCOS needs center_eps >= 0 and ensure_positive=False: torchvision's FCOS head regresses distances "
+            "from each positive's point to its box and takes the square root of their ratios (centreness), which "
+            "is NaN for a point outside the box; without the centre test, or with ensure_positive, a positive's "
+            f"point may lie outside its box (got center_eps={center_eps!r}, ensure_positive={ensure_positive!r})"
+        )
     if ignore_box_key is not None and not isinstance(ignore_box_key, str):
         raise ValueError(
             f"ignore_box_key must be a str or None, got {type(ignore_box_key).__name__} {ignore_box_key!r}"
