@@ -5,7 +5,7 @@
     from torchvision.models.detection import retinanet_resnet50_fpn
     from atss_ops.integrations.torchvision import use_atss_ops
 
-    model = retinanet_resnet50_fpn(num_classes=91)
+    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     use_atss_ops(model)  # training now assigns anchors with ATSS, one atss_assign call per step
 
 torchvision matches each image in a Python loop: RetinaNet builds the dense
@@ -23,7 +23,8 @@ head receives as ``matched_idxs`` is, per image, the contract's ``gt_index``
 - FCOS (anchor-free): on one anchor per location 8 times the anchor generator's
   anchor, centred on the same point (the paper's 8S square anchor; torchvision's
   FCOS generator gives squares of side S = stride), with ``topk = k``. The head
-  still regresses from torchvision's points.
+  still regresses from torchvision's points, so every positive's point must lie
+  inside its box: FCOS refuses ``center_eps=None`` and ``ensure_positive=True``.
 
 -1 is background (``Matcher.BELOW_LOW_THRESHOLD``); -2, an anchor covered by an
 ignore box (``ignore_box_key``), is ``Matcher.BETWEEN_THRESHOLDS``: RetinaNet's
@@ -70,7 +71,7 @@ def fcos_assign_anchors(anchors: Tensor, scale: float = FCOS_ANCHOR_SCALE) -> Te
     """The anchors ATSS assigns on for FCOS: each of torchvision's FCOS anchors
     (``Tensor[A, 4]``, ``x1, y1, x2, y2``, a square of side S = stride centred on
     the location's point) scaled by ``scale`` about its centre, in float32:
-    ``centre -/+ (side * scale) / 2`` per axis. Same centres, so the same distance
+    ``centre -/+ side * (scale / 2)`` per axis. Same centres, so the same distance
     order; sides 8S, the paper's anchor."""
     anchors = anchors.to(torch.float32)
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
