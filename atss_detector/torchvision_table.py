@@ -6,8 +6,9 @@ One command trains torchvision's ``RetinaNet`` (#A = 9: 3 scales x 3 ratios) and
 shapes, with two seeds: 8 runs, the same schedule for all, evaluated with
 pycocotools::
 
-    python -m atss_detector.torchvision_table            # docs/experiments/torchvision.json
-    python -m atss_detector.torchvision_table --smoke    # seconds: what CI runs
+    python -m atss_detector.torchvision_table                     # docs/experiments/torchvision.json
+    python -m atss_detector.torchvision_table --rows diagnostics  # FCOS + ATSS on 4S anchors
+    python -m atss_detector.torchvision_table --smoke             # seconds: what CI runs
 
 The model: a torchvision ResNet-18 from scratch (BatchNorm) with an FPN on its
 stride-8 and stride-16 stages (P3, P4: the images are 128 px, objects 8-100 px),
