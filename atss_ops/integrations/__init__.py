@@ -4,4 +4,5 @@ Each submodule imports its library only when it is itself imported, so
 ``atss_ops`` keeps needing torch alone:
 
 - :mod:`atss_ops.integrations.monai`: MONAI's ``ATSSMatcher`` and ``RetinaNetDetector``.
+- :mod:`atss_ops.integrations.torchvision`: torchvision's ``RetinaNet`` and ``FCOS``.
 """
