@@ -68,7 +68,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> atss_assign_cuda(
   p.anchors = data<float>(a);
   p.gt_boxes = data<float>(g);
   p.gt_counts = data<int64_t>(counts);
-  p.anchor_valid = data<bool>(valid);
+  p.anchor_usable = reinterpret_cast<const uint32_t*>(data<int32_t>(valid));
   p.num_gt = G;
   p.num_anchors = A;
   p.rows = rows;

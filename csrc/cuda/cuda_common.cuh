@@ -107,30 +107,53 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks) {
 }
 
 // Data pointer of an optional tensor, or null.
-// The usable anchors (contract: valid and not ignored) as one [B, A] bool
-// tensor for the selection kernels: `anchor_valid` itself when nothing is
-// ignored (or nullopt when neither mask is given), else one elementwise kernel.
-static __global__ void usable_mask_kernel(const bool* valid, const bool* ignore, int64_t count,
-                                          bool* usable) {
+// The usable anchors (contract: valid and not ignored), packed to bits once per
+// call for the selection kernels: row b of the image's anchors is
+// usable_words(A) 32-bit words, anchor a at bit a % 32 of word a / 32 (a word
+// past A's end holds zeros). B * A / 8 bytes for the kernels to read instead of
+// B * A; nullopt when neither mask is given (every anchor usable).
+__host__ __device__ inline int64_t usable_words(int64_t num_anchors) {
+  return (num_anchors + 31) / 32;
+}
+
+__device__ __forceinline__ bool usable_bit(const uint32_t* row_words, int64_t a) {
+  return (row_words[a >> 5] >> (a & 31)) & 1u;
+}
+
+// One thread per word.
+static __global__ void usable_bits_kernel(const bool* valid, const bool* ignore, int64_t batch,
+                                          int64_t num_anchors, uint32_t* usable) {
+  const int64_t words = usable_words(num_anchors);
+  const int64_t count = batch * words;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += stride) {
-    usable[i] = (valid == nullptr || valid[i]) && !ignore[i];
+    const int64_t b = i / words, first = (i - b * words) * 32;
+    const int64_t n = num_anchors - first < 32 ? num_anchors - first : 32;
+    const int64_t at = b * num_anchors + first;
+    uint32_t word = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const bool ok = (valid == nullptr || valid[at + j]) && (ignore == nullptr || !ignore[at + j]);
+      word |= static_cast<uint32_t>(ok) << j;
+    }
+    usable[i] = word;
   }
 }
 
 static OptionalTensor usable_mask(const OptionalTensor& anchor_valid,
                                   const OptionalTensor& anchor_ignore, Stream stream) {
-  if (!anchor_ignore.has_value()) return as_contiguous(anchor_valid);
-  const Tensor ignore = as_contiguous(*anchor_ignore);
+  if (!anchor_valid.has_value() && !anchor_ignore.has_value()) return std::nullopt;
   const OptionalTensor valid = as_contiguous(anchor_valid);
-  const int64_t count = ignore.numel();
-  Tensor usable = new_empty(ignore, {ignore.size(0), ignore.size(1)}, dtype::kBool);
+  const OptionalTensor ignore = as_contiguous(anchor_ignore);
+  const Tensor& like = valid.has_value() ? *valid : *ignore;
+  const int64_t batch = like.size(0), num_anchors = like.size(1);
+  const int64_t count = batch * usable_words(num_anchors);
+  Tensor usable = new_empty(like, {count}, dtype::kInt);
   if (count == 0) return usable;
   constexpr int kMaskThreads = 256;
   ATSS_LAUNCH(max_grid_blocks((count + kMaskThreads - 1) / kMaskThreads, 4096), kMaskThreads, 0,
-              stream,
-              usable_mask_kernel)(data<bool>(valid), data<bool>(ignore), count, data<bool>(usable));
+              stream, usable_bits_kernel)(data<bool>(valid), data<bool>(ignore), batch, num_anchors,
+                                          reinterpret_cast<uint32_t*>(data<int32_t>(usable)));
   launch_check();
   return usable;
 }

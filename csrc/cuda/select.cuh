@@ -61,9 +61,9 @@ inline std::vector<LevelTable> make_level_tables(IntArrayRef levels, int64_t top
 
 struct SelectArgs {
   // Inputs (contiguous).
-  const float* distances;    // [B, G, A]
-  const int64_t* gt_counts;  // [B] or null (all G valid)
-  const bool* anchor_valid;  // [B, A] (used when HAS_VALID)
+  const float* distances;         // [B, G, A]
+  const int64_t* gt_counts;       // [B] or null (all G valid)
+  const uint32_t* anchor_usable;  // [B, usable_words(A)] bits (used when HAS_VALID)
   int64_t num_gt;
   int64_t num_anchors;
   int64_t rows;       // B * G
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
       active = row - b * G < valid_gt_count(p.gt_counts, b, G);
     }
     const float* drow = active ? p.distances + row * p.num_anchors : nullptr;
-    const bool* vrow = HAS_VALID ? p.anchor_valid + b * p.num_anchors : nullptr;
+    const uint32_t* vrow = HAS_VALID ? p.anchor_usable + b * usable_words(p.num_anchors) : nullptr;
     u64* part = p.partial + (active ? row * lt.num_part + slot0 : 0);
     if (active && lane == 0) ATSS_WORK(row, kChunks, 1);
 
@@ -192,13 +192,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<K>)
           // The tile's first anchor index, on 32 bits (< A < 2^31).
           const uint32_t first = static_cast<uint32_t>(chunk_start + t0);
           const float* dtile = drow + chunk_start + t0;
-          const bool* vtile = HAS_VALID ? vrow + chunk_start + t0 : nullptr;
+          const int64_t vfirst = chunk_start + t0;
           // The distance of the tile's anchor i (i < tlen).
           auto distance_at = [&](int i) -> float { return dtile[i]; };
           // Whether the tile's anchor i (i < tlen) may pass: valid, and
           // through the prefilter (no short circuit: no branch).
           auto may_pass = [&](int i) -> bool {
-            const bool valid = !HAS_VALID || vtile[i];
+            const bool valid = !HAS_VALID || usable_bit(vrow, vfirst + i);
             return valid & (raw_bits(distance_at(i)) <= raw_lim);
           };
 #if defined(ATSS_EMU)

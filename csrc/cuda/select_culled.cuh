@@ -84,10 +84,10 @@ inline std::vector<LevelTable> make_culled_level_tables(IntArrayRef levels, int6
 }
 
 struct CulledArgs {
-  const float* anchors;      // [A, 2D]
-  const float* gt_boxes;     // [B, G, 2D]
-  const int64_t* gt_counts;  // [B] or null (all G valid)
-  const bool* anchor_valid;  // [B, A] (used when HAS_VALID)
+  const float* anchors;           // [A, 2D]
+  const float* gt_boxes;          // [B, G, 2D]
+  const int64_t* gt_counts;       // [B] or null (all G valid)
+  const uint32_t* anchor_usable;  // [B, usable_words(A)] bits (used when HAS_VALID)
   int64_t num_gt;
   int64_t num_anchors;
   int64_t rows;  // B * G
@@ -221,7 +221,7 @@ __device__ __forceinline__ float center_distance_at(const float* centers, int64_
 // candidates (nearest first, -1 past the usable anchors) to out[0, k).
 template <bool HAS_VALID, int D>
 __device__ void select_level_culled(const CulledArgs& p, const LevelTable& lt, int l,
-                                    const float* gc, bool cull, const bool* vrow, int64_t row,
+                                    const float* gc, bool cull, const uint32_t* vrow, int64_t row,
                                     int lane, int64_t* out) {
   const int k = lt.k[l];
   const int64_t level_start = lt.start[l];
@@ -257,7 +257,7 @@ __device__ void select_level_culled(const CulledArgs& p, const LevelTable& lt, i
         if (i < len) {
           const int64_t a = level_start + first + i;
           const float d = center_distance_at<D>(p.centers, a, gc);
-          const bool usable = !HAS_VALID || vrow[a];
+          const bool usable = !HAS_VALID || usable_bit(vrow, a);
           // The prefilter on the distance's raw bits (select_core.h), then the full key.
           if (usable & (raw_bits(d) <= raw_lim)) {
             const u64 key = key_of(distance_bits(d), static_cast<uint32_t>(a));  // a < A < 2^31
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(kThreads)
       gc[t] = center_of(box[t], box[t + D]);
       cull &= (gc[t] - gc[t]) == 0.0f;  // finite
     }
-    const bool* vrow = HAS_VALID ? p.anchor_valid + b * p.num_anchors : nullptr;
+    const uint32_t* vrow = HAS_VALID ? p.anchor_usable + b * usable_words(p.num_anchors) : nullptr;
     int64_t* cand = p.candidates + row * C;
     for (int l = warp; l < lt.num_levels; l += kRowsPerBlock) {  // warp-uniform
       select_level_culled<HAS_VALID, D>(p, lt, l, gc, cull, vrow, row, lane,

@@ -35,7 +35,7 @@ Tensor topk_per_level_cuda(const Tensor& distances, IntArrayRef num_anchors_per_
   SelectArgs p{};
   p.distances = data<float>(d);
   p.gt_counts = data<int64_t>(counts);
-  p.anchor_valid = data<bool>(valid);
+  p.anchor_usable = reinterpret_cast<const uint32_t*>(data<int32_t>(valid));
   p.num_gt = G;
   p.num_anchors = A;
   p.rows = rows;
