@@ -915,11 +915,14 @@ def reference_op(op: str):
     return getattr(reference, op)
 
 
-def _raw_op_error() -> type:
+@functools.lru_cache(maxsize=None)
+def raw_op_error() -> type:
     """The exception type of the compiled kernels' input errors when an op is called raw
     (``torch.ops.atss_ops.*``): the kernels throw ``std::invalid_argument``, which torch
     2.10 to 2.14 deliver as ``ValueError`` and torch 2.15 as ``RuntimeError`` (same
-    message). The public functions raise ``ValueError`` on every version."""
+    message). The public functions raise ``ValueError`` on every version. Probed on
+    first use, not at import: the sanitizer workload imports this module, and an
+    exception thrown under AddressSanitizer before libstdc++ is loaded aborts it."""
     if not atss_ops.has_kernel("center_distance", "cpu"):
         return ValueError
     try:
@@ -930,15 +933,11 @@ def _raw_op_error() -> type:
     raise AssertionError("center_distance accepted a NaN box")
 
 
-# What raw ops raise for invalid input under this torch (see _raw_op_error).
-RAW_OP_ERROR = _raw_op_error()
-
-
 def raw_op_error_for(path: str) -> type:
     """The exception type invalid input raises through entry point ``path``: raw ops
-    ("op", "emu": the compiled kernels) give RAW_OP_ERROR, the public functions and the
+    ("op", "emu": the compiled kernels) give raw_op_error(), the public functions and the
     reference ValueError."""
-    return RAW_OP_ERROR if path in ("op", "emu") else ValueError
+    return raw_op_error() if path in ("op", "emu") else ValueError
 
 
 def has_cuda_kernels() -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import RAW_OP_ERROR
+from cases import raw_op_error
 from test_errors import ANCHOR_COUNT, ASSIGN_ARGS, INVALID, OP_ARGS, STAGE_INVALID, base_case, stage_inputs
 
 import atss_ops
@@ -20,10 +20,10 @@ pytestmark = pytest.mark.skipif(not atss_ops.has_kernel("atss_assign", "cpu"), r
 def message(fn, *args) -> str:
     """The message of the error ``fn`` raises: ValueError from the reference and from a raw
     op on meta tensors (the Python fake kernel), the type torch gives the compiled kernels'
-    errors from a raw op on real tensors (cases.RAW_OP_ERROR)."""
+    errors from a raw op on real tensors (cases.raw_op_error)."""
     raw = isinstance(fn, (torch._ops.OpOverloadPacket, torch._ops.OpOverload))
     meta = any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in args)
-    with pytest.raises(RAW_OP_ERROR if raw and not meta else ValueError) as info:
+    with pytest.raises(raw_op_error() if raw and not meta else ValueError) as info:
         fn(*args)
     return str(info.value)
 
