@@ -1,5 +1,6 @@
 #include "../common/checks.h"  // first: the stable-ABI headers (common/stable.h)
 
+#include <algorithm>
 #include <limits>
 
 #include "parallel.h"
@@ -17,10 +18,11 @@ std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, con
   check_candidate_values(candidates, A);
 
   const int64_t C = candidates.size(2);
-  Tensor cand_iou = new_full(anchors, {B, G, C}, dtype::kFloat, 0.0);
-  Tensor threshold =
-      new_full(anchors, {B, G}, dtype::kFloat, std::numeric_limits<float>::quiet_NaN());
-  Tensor is_positive = new_full(anchors, {B, G, C}, dtype::kBool, 0.0);
+  // Uninitialised: every row is written below (a fill through the C shim per
+  // output would cost more than this op takes on a small batch).
+  Tensor cand_iou = new_empty(anchors, {B, G, C}, dtype::kFloat);
+  Tensor threshold = new_empty(anchors, {B, G}, dtype::kFloat);
+  Tensor is_positive = new_empty(anchors, {B, G, C}, dtype::kBool);
   if (B * G == 0) return {cand_iou, threshold, is_positive};
   const Tensor a = as_contiguous(anchors);
   const Tensor g = as_contiguous(gt_boxes);
@@ -40,7 +42,12 @@ std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, con
 
   parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
-      if (bg % G >= valid_gt_count(cp, bg / G, G)) continue;  // padding: IoU 0, NaN, false
+      if (bg % G >= valid_gt_count(cp, bg / G, G)) {  // padding: IoU 0, NaN, false
+        std::fill(iou_p + bg * C, iou_p + (bg + 1) * C, 0.0f);
+        std::fill(pos_p + bg * C, pos_p + (bg + 1) * C, false);
+        thr_p[bg] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       const float* box = gp + 2 * dims * bg;
       thr_p[bg] = dims == 2 ? score_candidates<2>(ap, centers, box, kp + bg * C, C, center_test,
                                                   eps, iou_p + bg * C, pos_p + bg * C)

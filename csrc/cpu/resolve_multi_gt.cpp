@@ -1,5 +1,6 @@
 #include "../common/checks.h"  // first: the stable-ABI headers (common/stable.h)
 
+#include <algorithm>
 #include <vector>
 
 #include "parallel.h"
@@ -15,12 +16,16 @@ std::tuple<Tensor, Tensor, Tensor> resolve_multi_gt_cpu(
   check_candidate_values(candidates, num_anchors);
 
   const int64_t A = num_anchors, C = candidates.size(2);
-  Tensor iou = new_full(candidate_iou, {B, A}, dtype::kFloat, 0.0);
-  Tensor num_positive = new_full(candidates, {B, G}, dtype::kLong, 0.0);
   if (B * G * A == 0) {
-    return {unassigned_gt_index(candidates, B, A, anchor_ignore), iou, num_positive};
+    return {unassigned_gt_index(candidates, B, A, anchor_ignore),
+            new_full(candidate_iou, {B, A}, dtype::kFloat, 0.0),
+            new_full(candidates, {B, G}, dtype::kLong, 0.0)};
   }
-  Tensor gt_index = new_full(candidates, {B, A}, dtype::kLong, -1.0);
+  // Filled image by image below, in the resolution's parallel region (resolve_image
+  // zeroes num_positive itself), rather than by fills through the C shim.
+  Tensor gt_index = new_empty(candidates, {B, A}, dtype::kLong);
+  Tensor iou = new_empty(candidate_iou, {B, A}, dtype::kFloat);
+  Tensor num_positive = new_empty(candidates, {B, G}, dtype::kLong);
   const OptionalTensor ignore = as_contiguous(anchor_ignore);
   const bool* ig = data<bool>(ignore);
   const Tensor cand = as_contiguous(candidates);
@@ -36,6 +41,8 @@ std::tuple<Tensor, Tensor, Tensor> resolve_multi_gt_cpu(
   parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> proposal(ensure_positive ? G : 0);
     for (int64_t b = begin; b < end; ++b) {
+      std::fill(gi + b * A, gi + (b + 1) * A, int64_t{-1});  // resolve_image's starting state
+      std::fill(io + b * A, io + (b + 1) * A, 0.0f);
       const int64_t off = b * G * C;
       resolve_image(kp + off, cip + off, pp + off, ig ? ig + b * A : nullptr, ensure_positive, G, C,
                     A, gi + b * A, io + b * A, np + b * G, proposal.data());
