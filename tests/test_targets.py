@@ -17,6 +17,7 @@ def _labels(case: dict, seed: int = 0) -> torch.Tensor:
 
 
 def _assign(case: dict) -> atss_ops.AssignResult:
+    """atss_assign on a registered case, every argument of the case passed on."""
     return atss_ops.atss_assign(
         case["anchors"],
         case["num_anchors_per_level"],
@@ -24,7 +25,9 @@ def _assign(case: dict) -> atss_ops.AssignResult:
         case["gt_counts"],
         topk=case["topk"],
         anchor_valid=case["anchor_valid"],
+        anchor_ignore=case["anchor_ignore"],
         center_eps=case["center_eps"],
+        ensure_positive=case["ensure_positive"],
     )
 
 
@@ -126,26 +129,12 @@ IGNORE_CASES = [
 ]
 
 
-def _assign_v2(case: dict) -> atss_ops.AssignResult:
-    return atss_ops.atss_assign(
-        case["anchors"],
-        case["num_anchors_per_level"],
-        case["gt_boxes"],
-        case["gt_counts"],
-        topk=case["topk"],
-        anchor_valid=case["anchor_valid"],
-        anchor_ignore=case["anchor_ignore"],
-        center_eps=case["center_eps"],
-        ensure_positive=case["ensure_positive"],
-    )
-
-
 @pytest.mark.parametrize("background, ignore_label", [(-1, -2), (80, -100)])
 @pytest.mark.parametrize("name", IGNORE_CASES)
 def test_ignored_anchors_are_neither_positive_nor_background(name, background, ignore_label):
     """``gt_index == -2`` becomes ``ignored``, label ``ignore_label``, weight 0, an all-zero box."""
     case = make_case(name)
-    res = _assign_v2(case)
+    res = _assign(case)
     ignored = res.gt_index == -2
     assert ignored.any()
     t = atss_ops.assign_targets(res, case["gt_boxes"], _labels(case), background=background, ignore_label=ignore_label)
@@ -166,7 +155,7 @@ def test_focal_loss_as_documented_leaves_ignored_anchors_out(name):
     anchors that are not ignored, and ignored anchors' logits get no gradient."""
     focal = pytest.importorskip("torchvision.ops").sigmoid_focal_loss
     case = make_case(name)
-    res = _assign_v2(case)
+    res = _assign(case)
     t = atss_ops.assign_targets(res, case["gt_boxes"], _labels(case) % 5)
     logits = _logits((*t.labels.shape, 5), seed=1)
     per_class = focal(logits, t.one_hot(5), reduction="none")
@@ -183,7 +172,7 @@ def test_focal_loss_as_documented_leaves_ignored_anchors_out(name):
 def test_cross_entropy_with_ignore_index_leaves_ignored_anchors_out(name):
     """Softmax path: background as class C, ``ignore_label`` as ``cross_entropy``'s ``ignore_index``."""
     case = make_case(name)
-    res = _assign_v2(case)
+    res = _assign(case)
     t = atss_ops.assign_targets(res, case["gt_boxes"], _labels(case) % 5, background=5, ignore_label=-100)
     logits = _logits((*t.labels.shape, 6), seed=2)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 6), t.labels.reshape(-1), ignore_index=-100)
@@ -195,7 +184,7 @@ def test_cross_entropy_with_ignore_index_leaves_ignored_anchors_out(name):
 def test_ignore_label_must_differ_from_background(kwargs, match):
     case = make_case("ignore_random_with_valid")
     with pytest.raises(ValueError, match=match):
-        atss_ops.assign_targets(_assign_v2(case), case["gt_boxes"], _labels(case), **kwargs)
+        atss_ops.assign_targets(_assign(case), case["gt_boxes"], _labels(case), **kwargs)
 
 
 # --------------------------------------------------------------------------- 3-D boxes (contract v2)
@@ -207,7 +196,7 @@ CASES_3D = ["d3_random_b2_g6", "d3_random_counts_b3_g9", "d3_everything", "d3_g0
 def test_3d_targets_follow_assignment(name):
     """``[B, G, 6]`` boxes: ``boxes [B, A, 6]``, the assigned GT's box for positives, zeros elsewhere."""
     case = make_case(name)
-    res = _assign_v2(case)
+    res = _assign(case)
     labels = _labels(case)
     t = atss_ops.assign_targets(res, case["gt_boxes"], labels)
     B, A = res.gt_index.shape
