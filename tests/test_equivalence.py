@@ -258,6 +258,54 @@ def test_topk_per_level_arbitrary_distances(kind, masks, device):
         check_op("topk_per_level", args, device, reference_op("topk_per_level")(*args))
 
 
+def bounded_selection_distances(kind: str, seed: int = 0):
+    """``[B, G, A]`` distances on levels of 16 * k - 1 to 16 * k + 1 anchors and larger (topk k = 9),
+    aimed at the CPU selection's bound (the k-th smallest of the 16-anchor chunks' minima): every
+    chunk's minimum tied with the bound, the smallest distances on unusable anchors or NaN, chunks
+    of +inf only, a bound of -inf."""
+    g = generator(seed)
+    B, G, levels = 2, 3, [16 * 9 - 1, 16 * 9, 16 * 9 + 1, 16 * 9 * 3 + 5]
+    A = sum(levels)
+    if kind == "chunk_minima_tied":
+        d = torch.randint(1, 3, (B, G, A), generator=g).float()
+        d[..., ::16] = 1.0  # every chunk's minimum equals the bound, and so do half the others
+    elif kind == "few_finite_chunks":
+        d = torch.full((B, G, A), float("inf"))
+        finite = torch.rand(B, G, A, generator=g) < 0.03  # about 0.5 finite anchors per chunk
+        d[finite] = torch.randint(0, 3, (int(finite.sum()),), generator=g).float()
+    elif kind == "nan_minima":
+        d = torch.rand(B, G, A, generator=g) * 10
+        d[..., 1::16] = float("nan")
+        d[..., 5::16] = float("-inf") * (torch.rand(B, G, A, generator=g)[..., 5::16] < 0.2)
+    elif kind == "raster":  # a GT centre's squared distances, rows scanned towards it
+        y, x = torch.arange(A) // 40, torch.arange(A) % 40  # ties: columns 20 - j and 20 + j
+        d = ((y - 9.5) ** 2 + (x - 20.0) ** 2).float().expand(B, G, A).clone()
+        d[1, 1] = d[1, 1].flip(-1)
+    else:
+        raise KeyError(kind)
+    return d, levels
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("masks", ["none", "valid", "valid_nearest"])
+@pytest.mark.parametrize("kind", ["chunk_minima_tied", "few_finite_chunks", "nan_minima", "raster"])
+def test_topk_per_level_bounded_selection(kind, masks, device):
+    """The selection with a bound computed from chunk minima gives the same ``(d, index)`` order as a
+    full sort, whatever the minima are tied with and whichever anchors are unusable."""
+    d, levels = bounded_selection_distances(kind)
+    B, G, A = d.shape
+    valid = None
+    if masks == "valid":
+        valid = torch.rand(B, A, generator=generator(2)) < 0.6
+    elif masks == "valid_nearest":  # the nearest anchors of each row unusable: no chunk minimum is usable
+        valid = torch.ones(B, A, dtype=torch.bool)
+        valid[:, ::16] = False
+        valid[:, 1::16] = False
+    for topk in (1, 9, 30):
+        args = (d, levels, topk, None, valid)
+        check_op("topk_per_level", args, device, reference_op("topk_per_level")(*args))
+
+
 def arbitrary_candidates(seed: int, B=2, G=4, C=7, A=12):
     """Candidate lists in no particular order, with -1 slots and repeated anchors."""
     g = generator(seed)

@@ -4,7 +4,9 @@
 // so the fused path cannot drift from the stage ops.
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -82,22 +84,89 @@ inline void level_distances(const AnchorCenters& centers, int64_t start, int64_t
   }
 }
 
-// Step 3 for one GT and one level: the k valid anchors with the smallest
+// Step 3 for one GT and one level: the k usable anchors with the smallest
 // (distance_bits(d), index), nearest first, written to out[0, k); slots left
-// over (fewer than k valid anchors) get -1. `dist` covers the level; `valid`
-// is the level's anchor_valid row or null (all valid). `best_keys` and
-// `best_dist` are scratch of k entries.
+// over (fewer than k usable anchors) get -1. `dist` covers the level; `valid`
+// is the level's row of usable flags or null (all usable). Scratch:
+// `best_keys` and `best_dist` of k entries, `chunk_min` of
+// select_chunks(n) entries.
 //
-// Anchors are scanned in index order, so an anchor whose key equals the
-// current k-th key has a higher index and loses the tie: the test is a strict
-// `key < worst`, and an insertion shifts only strictly greater keys.
-//
-// Once k anchors are held, whole chunks are skipped when no distance in them
-// can beat the k-th: `!(d >= worst_dist)` is true for every d that beats it
-// (distance_bits is monotone in d, and -0.0 >= 0.0), and also for NaN on
-// either side, so the chunk test only ever lets extra anchors through to the
-// exact test, never keeps one out. It compiles to a few SIMD compares.
-// True when some d in dist[0, 16) has !(d >= worst_dist): it may beat the k-th.
+// Two passes, both in anchor order.
+//  1. A bound: the smallest distance of each chunk of 16 anchors (usable ones,
+//     NaN left out; +inf when none), and the k-th smallest of those minima.
+//     The k chunks it comes from hold k usable anchors no farther than it, so
+//     no anchor beyond the bound (nor a NaN) can be among the k nearest.
+//  2. The exact choice among the anchors within the bound, visited in index
+//     order: an anchor whose key equals the current k-th key has a higher
+//     index and loses the tie, so the test is a strict `key < worst`, and an
+//     insertion shifts only strictly greater keys.
+// Pass 2 looks at the few chunks whose minimum is within the bound, so the
+// insertions (the costly, branchy part) number about k, not one per anchor
+// that beats the k-th seen so far. Without a finite bound (fewer than k
+// chunks, or fewer than k chunks with a finite usable distance) every anchor
+// is visited as in pass 2, with chunks skipped once k anchors are held and no
+// distance in them can beat the k-th (select_level_all).
+inline constexpr int64_t kSelectChunk = 16;
+
+inline int64_t select_chunks(int64_t n) { return (n + kSelectChunk - 1) / kSelectChunk; }
+
+// The smallest of dist[0, 16), NaN left out (+inf when all are NaN).
+inline float chunk_min16(const float* dist) {
+#if defined(__SSE2__)
+  // minps returns its second operand when either is NaN: a NaN distance (the
+  // first operand) leaves the running minimum as it is.
+  __m128 m = _mm_min_ps(_mm_loadu_ps(dist), _mm_set1_ps(INFINITY));
+  m = _mm_min_ps(_mm_loadu_ps(dist + 4), m);
+  m = _mm_min_ps(_mm_loadu_ps(dist + 8), m);
+  m = _mm_min_ps(_mm_loadu_ps(dist + 12), m);
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ps(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+#else
+  float m = INFINITY;
+  for (int j = 0; j < 16; ++j) m = dist[j] < m ? dist[j] : m;
+  return m;
+#endif
+}
+
+// Pass 1's minima: chunk_min[c] for each chunk c of dist[0, n).
+inline void chunk_minima(const float* dist, const bool* valid, int64_t n, float* chunk_min) {
+  const int64_t full = n / kSelectChunk;
+  if (valid == nullptr) {
+    for (int64_t c = 0; c < full; ++c) chunk_min[c] = chunk_min16(dist + c * kSelectChunk);
+  }
+  for (int64_t c = valid == nullptr ? full : 0; c < select_chunks(n); ++c) {
+    const int64_t stop = std::min(n, (c + 1) * kSelectChunk);
+    float m = INFINITY;
+    for (int64_t i = c * kSelectChunk; i < stop; ++i) {
+      const float d = valid == nullptr || valid[i] ? dist[i] : INFINITY;
+      m = d < m ? d : m;
+    }
+    chunk_min[c] = m;
+  }
+}
+
+// The k-th smallest of v[0, m) (1 <= k <= m, no NaN), with `held` scratch of k.
+inline float kth_smallest(const float* v, int64_t m, int64_t k, float* held) {
+  int64_t filled = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const float x = v[i];
+    if (filled == k && !(x < held[k - 1])) continue;
+    int64_t pos = filled < k ? filled++ : k - 1;
+    while (pos > 0 && held[pos - 1] > x) {
+      held[pos] = held[pos - 1];
+      --pos;
+    }
+    held[pos] = x;
+  }
+  return held[k - 1];
+}
+
+// True when some d in dist[0, 16) has !(d >= worst_dist): it may beat the
+// k-th. `!(d >= worst_dist)` is true for every d that beats it (distance_bits
+// is monotone in d, and -0.0 >= 0.0), and also for NaN on either side, so the
+// test only ever lets extra anchors through to the exact test, never keeps
+// one out.
 inline bool chunk_may_beat(const float* dist, float worst_dist) {
 #if defined(__SSE2__)
   const __m128 w = _mm_set1_ps(worst_dist);
@@ -113,15 +182,16 @@ inline bool chunk_may_beat(const float* dist, float worst_dist) {
 #endif
 }
 
-inline void select_level(const float* dist, const bool* valid, int64_t start, int64_t n, int64_t k,
-                         uint32_t* best_keys, float* best_dist, int64_t* out) {
-  constexpr int64_t kChunk = 16;
+// Step 3 without a bound: every anchor of the level in index order.
+inline void select_level_all(const float* dist, const bool* valid, int64_t start, int64_t n,
+                             int64_t k, uint32_t* best_keys, float* best_dist, int64_t* out) {
   int64_t filled = 0;
   uint32_t worst = 0xffffffffu;
   float worst_dist = 0.0f;
-  for (int64_t base = 0; base < n; base += kChunk) {
-    const int64_t stop = base + kChunk < n ? base + kChunk : n;
-    if (filled == k && stop - base == kChunk && !chunk_may_beat(dist + base, worst_dist)) continue;
+  for (int64_t base = 0; base < n; base += kSelectChunk) {
+    const int64_t stop = base + kSelectChunk < n ? base + kSelectChunk : n;
+    if (filled == k && stop - base == kSelectChunk && !chunk_may_beat(dist + base, worst_dist))
+      continue;
     for (int64_t i = base; i < stop; ++i) {
       const uint32_t key = distance_bits(dist[i]);
       if (filled == k && key >= worst) continue;
@@ -143,6 +213,44 @@ inline void select_level(const float* dist, const bool* valid, int64_t start, in
     }
   }
   for (int64_t j = filled; j < k; ++j) out[j] = -1;
+}
+
+inline void select_level(const float* dist, const bool* valid, int64_t start, int64_t n, int64_t k,
+                         uint32_t* best_keys, float* best_dist, float* chunk_min, int64_t* out) {
+  const int64_t chunks = select_chunks(n);
+  if (chunks < k) {
+    select_level_all(dist, valid, start, n, k, best_keys, best_dist, out);
+    return;
+  }
+  chunk_minima(dist, valid, n, chunk_min);
+  const float bound = kth_smallest(chunk_min, chunks, k, best_dist);
+  if (!(bound < INFINITY)) {
+    select_level_all(dist, valid, start, n, k, best_keys, best_dist, out);
+    return;
+  }
+  // k usable anchors lie within the bound: all k slots get filled.
+  int64_t filled = 0;
+  uint32_t worst = 0xffffffffu;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (!(chunk_min[c] <= bound)) continue;
+    const int64_t stop = std::min(n, (c + 1) * kSelectChunk);
+    for (int64_t i = c * kSelectChunk; i < stop; ++i) {
+      const float d = dist[i];
+      if (!(d <= bound)) continue;  // beyond the bound, or NaN
+      if (valid != nullptr && !valid[i]) continue;
+      const uint32_t key = distance_bits(d);
+      if (filled == k && key >= worst) continue;
+      int64_t pos = filled < k ? filled++ : k - 1;
+      while (pos > 0 && best_keys[pos - 1] > key) {
+        best_keys[pos] = best_keys[pos - 1];
+        out[pos] = out[pos - 1];
+        --pos;
+      }
+      best_keys[pos] = key;
+      out[pos] = start + i;
+      if (filled == k) worst = best_keys[k - 1];
+    }
+  }
 }
 
 // Steps 4-6 for one GT: IoU of each present candidate, the threshold and the
