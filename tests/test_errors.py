@@ -493,6 +493,33 @@ d = reference.center_distance(anchors, gt)
 """
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("op", ["center_distance", "atss_assign"])
+def test_every_bad_anchor_coordinate_is_found(op, dims):
+    """The kernels check a call's anchors in one branch-free pass over blocks of 1,024 boxes first (a
+    fast path): a bad value in any coordinate of any box, at the blocks' edges too, still raises,
+    naming the first bad box."""
+    A = 2500
+    centre = torch.arange(A, dtype=torch.float32)[:, None].expand(A, dims) * 4
+    good = torch.cat([centre, centre + 8], dim=1)
+    gt = torch.cat([torch.zeros(1, 1, dims), torch.full((1, 1, dims), 8.0)], dim=-1)
+    args = (good, [A], gt) if op == "atss_assign" else (good, gt)
+    getattr(torch.ops.atss_ops, op)(*args)  # the good anchors pass
+    error = raw_op_error_for("op")
+    for box in (0, 1, 1023, 1024, 2047, A - 1):
+        for coord in range(2 * dims):
+            for value in (NAN, INF, -INF):
+                anchors = good.clone()
+                anchors[box, coord] = value
+                with pytest.raises(error, match=rf"^anchors\[{box}\] = \[.*\] is not finite"):
+                    getattr(torch.ops.atss_ops, op)(anchors, *args[1:])
+        for axis in range(dims):
+            anchors = good.clone()
+            anchors[box, dims + axis] = anchors[box, axis] - 1e-3  # upper below lower on one axis
+            with pytest.raises(error, match=rf"^anchors\[{box}\] = \[.*\] has x2 < x1"):
+                getattr(torch.ops.atss_ops, op)(anchors, *args[1:])
+
+
 def test_level_sizes_overflowing_int64():
     """Level sizes that are each >= 0 but whose int64 sum wraps around to A are rejected with a
     ValueError naming num_anchors_per_level, by the kernels too (never a crash or a bad_alloc).

@@ -4,8 +4,13 @@
 
 #include <torch/headeronly/core/DeviceType.h>
 
+#include <cmath>
 #include <limits>
 #include <string>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace atss {
 namespace {
@@ -90,6 +95,69 @@ bool box_ordered(const float* box, int dims) {
   for (int t = 0; t < dims; ++t)
     if (!(box[t + dims] >= box[t])) return false;
   return true;
+}
+
+// True when all n boxes ([n, 2 * D] floats) are finite and ordered (upper
+// corner >= lower corner on every axis): the common case, checked in one pass
+// without branches (blocks of boxes keep an early exit). Only when it is
+// false do the per-box checks below run, to name the first bad box as the
+// reference does. |x| <= FLT_MAX is false for inf and NaN.
+#if defined(__SSE2__)
+// A box's lower and upper corners as two vectors (the last lane repeated).
+template <int D>
+inline void box_corners(const float* box, __m128* lo, __m128* hi, __m128* all_lo, __m128* all_hi) {
+  if constexpr (D == 2) {
+    const __m128 v = _mm_loadu_ps(box);  // x1 y1 x2 y2
+    *lo = _mm_movelh_ps(v, v);           // x1 y1 x1 y1
+    *hi = _mm_movehl_ps(v, v);           // x2 y2 x2 y2
+    *all_lo = *all_hi = v;
+  } else {
+    const __m128 v0 = _mm_loadu_ps(box);      // x1 y1 z1 x2
+    const __m128 v1 = _mm_loadu_ps(box + 2);  // z1 x2 y2 z2
+    *lo = _mm_shuffle_ps(v0, v0, _MM_SHUFFLE(2, 2, 1, 0));
+    *hi = _mm_shuffle_ps(v1, v1, _MM_SHUFFLE(3, 3, 2, 1));
+    *all_lo = v0;
+    *all_hi = v1;
+  }
+}
+#endif
+
+template <int D>
+bool boxes_all_good(const float* p, int64_t n) {
+  constexpr int64_t kBlock = 1024;
+  for (int64_t first = 0; first < n; first += kBlock) {
+    const int64_t stop = first + kBlock < n ? first + kBlock : n;
+#if defined(__SSE2__)
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    const __m128 max = _mm_set1_ps(std::numeric_limits<float>::max());
+    __m128 good = _mm_castsi128_ps(_mm_set1_epi32(-1));
+    for (int64_t i = first; i < stop; ++i) {
+      __m128 lo, hi, a, b;
+      box_corners<D>(p + 2 * D * i, &lo, &hi, &a, &b);
+      good = _mm_and_ps(good, _mm_cmple_ps(_mm_and_ps(a, abs_mask), max));
+      good = _mm_and_ps(good, _mm_cmple_ps(_mm_and_ps(b, abs_mask), max));
+      good = _mm_and_ps(good, _mm_cmpge_ps(hi, lo));
+    }
+    if (_mm_movemask_ps(good) != 0xf) return false;
+#else
+    constexpr float kMax = std::numeric_limits<float>::max();
+    int good = 1;
+    for (int64_t i = first; i < stop; ++i) {
+      const float* box = p + 2 * D * i;
+      for (int t = 0; t < D; ++t) {
+        const float lo = box[t], hi = box[t + D];
+        good &= static_cast<int>(std::fabs(lo) <= kMax) & static_cast<int>(std::fabs(hi) <= kMax) &
+                static_cast<int>(hi >= lo);
+      }
+    }
+    if (!good) return false;
+#endif
+  }
+  return true;
+}
+
+bool boxes_all_good(const float* p, int64_t n, int dims) {
+  return dims == 2 ? boxes_all_good<2>(p, n) : boxes_all_good<3>(p, n);
 }
 
 // What a box whose upper corner lies below its lower one is told.
@@ -255,7 +323,7 @@ void check_box_values(const Tensor& anchors, const Tensor& gt_boxes,
   const Tensor a = as_contiguous(anchors);
   const float* ap = data<float>(a);
   const int64_t num_anchors = a.size(0);
-  for (int pass = 0; pass < 2; ++pass) {
+  for (int pass = boxes_all_good(ap, num_anchors, dims) ? 2 : 0; pass < 2; ++pass) {
     for (int64_t i = 0; i < num_anchors; ++i) {
       const float* box = ap + 2 * dims * i;
       if (pass == 0) {
