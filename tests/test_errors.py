@@ -426,6 +426,18 @@ STAGE_INVALID = {
         lambda s: dict(candidates=put(s["candidates"], (0, 2, 1), -2)),
         "candidates[0, 2, 1] = -2 is out of range [-1, A) with A = 5",
     ),
+    ("iou_statistics", "candidate_int64_max"): (
+        lambda s: dict(candidates=put(s["candidates"], (1, 2, 0), 2**63 - 1)),
+        f"candidates[1, 2, 0] = {2**63 - 1} is out of range [-1, A) with A = 5",
+    ),
+    ("iou_statistics", "candidate_int64_min"): (
+        lambda s: dict(candidates=put(s["candidates"], (1, 1, 1), -(2**63))),
+        f"candidates[1, 1, 1] = {-(2**63)} is out of range [-1, A) with A = 5",
+    ),
+    ("resolve_multi_gt", "candidate_int64_max"): (
+        lambda s: dict(candidates=put(s["candidates"], (0, 0, 0), 2**63 - 1)),
+        f"candidates[0, 0, 0] = {2**63 - 1} is out of range [-1, A) with A = 5",
+    ),
     ("iou_statistics", "candidates_shape"): (
         lambda s: dict(candidates=s["candidates"][:, :2]),
         "candidates must have shape [B, G, C] with B = 2, G = 3, got shape [2, 2, 3]",

@@ -308,7 +308,8 @@ void check_gt_counts_values(const OptionalTensor& gt_counts, int64_t num_gt) {
   if (!gt_counts.has_value()) return;
   const Tensor counts = as_contiguous(*gt_counts);
   const int64_t* p = data<int64_t>(counts);
-  for (int64_t b = 0; b < counts.numel(); ++b) {
+  const int64_t count = counts.numel();
+  for (int64_t b = 0; b < count; ++b) {
     ATSS_CHECK_VALUE(p[b] >= 0 && p[b] <= num_gt, "gt_counts[", num(b), "] = ", num(p[b]),
                      " is out of range [0, G = ", num(num_gt), "]");
   }
@@ -339,8 +340,9 @@ void check_box_values(const Tensor& anchors, const Tensor& gt_boxes,
   const float* gp = data<float>(g);
   const OptionalTensor counts = as_contiguous(gt_counts);
   const int64_t* cp = data<int64_t>(counts);
+  const int64_t batch = g.size(0);
   for (int pass = 0; pass < 2; ++pass) {
-    for (int64_t b = 0; b < g.size(0); ++b) {
+    for (int64_t b = 0; b < batch; ++b) {
       const int64_t valid = valid_gt_count(cp, b, num_gt);
       for (int64_t j = 0; j < valid; ++j) {
         const float* box = gp + 2 * dims * (b * num_gt + j);
@@ -359,8 +361,15 @@ void check_box_values(const Tensor& anchors, const Tensor& gt_boxes,
 void check_candidate_values(const Tensor& candidates, int64_t num_anchors) {
   const Tensor c = as_contiguous(candidates);
   const int64_t* p = data<int64_t>(c);
-  const int64_t G = c.size(1), C = c.size(2);
-  for (int64_t i = 0; i < c.numel(); ++i) {
+  const int64_t G = c.size(1), C = c.size(2), count = c.numel();
+  // Every value in [-1, A) exactly when value + 1 < A + 1 as unsigned: one
+  // branch-free pass first (values near INT64_MAX wrap past A + 1, and A + 1
+  // cannot overflow); the offender is looked for only when there is one.
+  bool bad = false;
+  const uint64_t limit = static_cast<uint64_t>(num_anchors) + 1;
+  for (int64_t i = 0; i < count; ++i) bad |= static_cast<uint64_t>(p[i]) + 1 >= limit;
+  if (!bad) return;
+  for (int64_t i = 0; i < count; ++i) {
     if (p[i] < -1 || p[i] >= num_anchors) {
       const int64_t b = i / (G * C), g = (i / C) % G, k = i % C;
       ATSS_CHECK_VALUE(false, "candidates[", num(b), ", ", num(g), ", ", num(k), "] = ", num(p[i]),

@@ -30,7 +30,6 @@ std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, con
   const OptionalTensor counts = as_contiguous(gt_counts);
   const int64_t* cp = data<int64_t>(counts);
   const int dims = static_cast<int>(a.size(1) / 2);
-  const AnchorCenters centers(data<float>(a), A, dims);
   const bool center_test = center_eps.has_value();
   const float eps = center_test ? static_cast<float>(*center_eps) : 0.0f;
   const float* ap = data<float>(a);
@@ -49,9 +48,9 @@ std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, con
         continue;
       }
       const float* box = gp + 2 * dims * bg;
-      thr_p[bg] = dims == 2 ? score_candidates<2>(ap, centers, box, kp + bg * C, C, center_test,
+      thr_p[bg] = dims == 2 ? score_candidates<2>(ap, box, kp + bg * C, C, center_test,
                                                   eps, iou_p + bg * C, pos_p + bg * C)
-                            : score_candidates<3>(ap, centers, box, kp + bg * C, C, center_test,
+                            : score_candidates<3>(ap, box, kp + bg * C, C, center_test,
                                                   eps, iou_p + bg * C, pos_p + bg * C);
     }
   });

@@ -258,7 +258,7 @@ inline void select_level(const float* dist, const bool* valid, int64_t start, in
 // center_test (center_eps=None) the centre test is skipped. Returns the
 // threshold rounded to float32 (NaN without candidates).
 template <int D>
-inline float score_candidates(const float* anchors, const AnchorCenters& centers, const float* gt,
+inline float score_candidates(const float* anchors, const float* gt,
                               const int64_t* candidates, int64_t num_slots, bool center_test,
                               float center_eps, float* iou, bool* positive) {
   for (int64_t c = 0; c < num_slots; ++c) {
@@ -271,8 +271,8 @@ inline float score_candidates(const float* anchors, const AnchorCenters& centers
     const int64_t a = candidates[c];
     bool pos = a >= 0 && static_cast<double>(iou[c]) >= thr;
     if (pos && center_test) {
-      float center[D];
-      centers.get(a, center);
+      float center[D];  // the anchor's centre, as step 1 computes it
+      box_center<D>(anchors + 2 * D * a, center);
       pos = center_inside_nd<D>(center, gt, center_eps);
     }
     positive[c] = pos;
