@@ -32,10 +32,6 @@ struct AnchorCenters {
         c[a] = center_of(anchors[2 * dims * a + t], anchors[2 * dims * a + dims + t]);
     }
   }
-  // The D coordinates of anchor a's centre.
-  void get(int64_t a, float* c) const {
-    for (int t = 0; t < dims; ++t) c[t] = axis[t][a];
-  }
 };
 
 // The usable anchors of a batch (contract: valid and not ignored), [B * A]
