@@ -290,6 +290,10 @@ inline void resolve_image(const int64_t* candidates, const float* cand_iou, cons
                           const bool* ignore, bool ensure_positive, int64_t num_gt,
                           int64_t num_slots, int64_t num_anchors, int64_t* gt_index, float* iou,
                           int64_t* num_positive, int64_t* proposal) {
+  // num_positive follows the claims as they are made (a claim taken over moves
+  // one anchor from its holder to the new GT), rather than by a count over
+  // all anchors afterwards.
+  for (int64_t g = 0; g < num_gt; ++g) num_positive[g] = 0;
   for (int64_t g = 0; g < num_gt; ++g) {
     for (int64_t c = 0; c < num_slots; ++c) {
       const int64_t i = g * num_slots + c;
@@ -297,15 +301,14 @@ inline void resolve_image(const int64_t* candidates, const float* cand_iou, cons
       // Only a real IoU (>= 0; never NaN) claims an anchor.
       if (!positive[i] || a < 0 || !(cand_iou[i] >= 0.0f)) continue;
       if (ignore != nullptr && ignore[a]) continue;
-      if (gt_index[a] < 0 || cand_iou[i] > iou[a]) {
+      const int64_t holder = gt_index[a];
+      if (holder < 0 || cand_iou[i] > iou[a]) {
+        if (holder >= 0) --num_positive[holder];
+        ++num_positive[g];
         gt_index[a] = g;
         iou[a] = cand_iou[i];
       }
     }
-  }
-  for (int64_t g = 0; g < num_gt; ++g) num_positive[g] = 0;
-  for (int64_t a = 0; a < num_anchors; ++a) {
-    if (gt_index[a] >= 0) ++num_positive[gt_index[a]];
   }
   if (ensure_positive) {
     // Every proposal is chosen against the state after step 7, then applied.
