@@ -5,7 +5,7 @@ a shared machine a parallel region waits for a descheduled worker). The table gi
 each timed op's time per build, the smallest of the rounds' medians (the round the
 machine's other load disturbed least), and the ratio B / A.
 
-    python -m benchmarks.compare_builds --a /tmp/before --b atss_ops --rounds 2 \\
+    python -m benchmarks.compare_builds --a /tmp/before --b atss_ops --rounds 3 \\
         --label-a "ATen build" --label-b "stable-ABI build"
 
 ``--a`` / ``--b`` are folders holding a compiled ``_C*.so`` of atss_ops (the package
