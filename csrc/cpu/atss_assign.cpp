@@ -200,8 +200,8 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
         }
         start += n;
       }
-      thr_p[bg] = score_candidates<D>(ap, box, candidates.data() + bg * C, C, center_test,
-                                      eps, cand_iou.data() + bg * C, positive + bg * C);
+      thr_p[bg] = score_candidates<D>(ap, box, candidates.data() + bg * C, C, center_test, eps,
+                                      cand_iou.data() + bg * C, positive + bg * C);
     }
   });
 }

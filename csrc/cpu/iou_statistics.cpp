@@ -48,10 +48,10 @@ std::tuple<Tensor, Tensor, Tensor> iou_statistics_cpu(const Tensor& anchors, con
         continue;
       }
       const float* box = gp + 2 * dims * bg;
-      thr_p[bg] = dims == 2 ? score_candidates<2>(ap, box, kp + bg * C, C, center_test,
-                                                  eps, iou_p + bg * C, pos_p + bg * C)
-                            : score_candidates<3>(ap, box, kp + bg * C, C, center_test,
-                                                  eps, iou_p + bg * C, pos_p + bg * C);
+      thr_p[bg] = dims == 2 ? score_candidates<2>(ap, box, kp + bg * C, C, center_test, eps,
+                                                  iou_p + bg * C, pos_p + bg * C)
+                            : score_candidates<3>(ap, box, kp + bg * C, C, center_test, eps,
+                                                  iou_p + bg * C, pos_p + bg * C);
     }
   });
   return {cand_iou, threshold, is_positive};

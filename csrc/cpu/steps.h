@@ -104,7 +104,9 @@ inline void level_distances(const AnchorCenters& centers, int64_t start, int64_t
 // distance in them can beat the k-th (select_level_all).
 inline constexpr int64_t kSelectChunk = 16;
 
-inline int64_t select_chunks(int64_t n) { return (n + kSelectChunk - 1) / kSelectChunk; }
+inline int64_t select_chunks(int64_t n) {
+  return (n + kSelectChunk - 1) / kSelectChunk;
+}
 
 // The smallest of dist[0, 16), NaN left out (+inf when all are NaN).
 inline float chunk_min16(const float* dist) {
@@ -254,9 +256,9 @@ inline void select_level(const float* dist, const bool* valid, int64_t start, in
 // center_test (center_eps=None) the centre test is skipped. Returns the
 // threshold rounded to float32 (NaN without candidates).
 template <int D>
-inline float score_candidates(const float* anchors, const float* gt,
-                              const int64_t* candidates, int64_t num_slots, bool center_test,
-                              float center_eps, float* iou, bool* positive) {
+inline float score_candidates(const float* anchors, const float* gt, const int64_t* candidates,
+                              int64_t num_slots, bool center_test, float center_eps, float* iou,
+                              bool* positive) {
   for (int64_t c = 0; c < num_slots; ++c) {
     const int64_t a = candidates[c];
     iou[c] = a >= 0 ? box_iou_nd<D>(anchors + 2 * D * a, gt) : 0.0f;
