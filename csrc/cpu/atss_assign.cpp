@@ -165,7 +165,7 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
   // for a descheduled worker).
   const int64_t grain = any_grid ? 64 : 1;
   parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> d2, chunk_min, best_dist(held);  // d2, chunk_min: when a level is scanned
+    std::vector<float> d2, chunk_min;  // when a level is scanned
     std::vector<uint32_t> best_keys(held);
     std::vector<uint64_t> best(held);
     std::vector<std::pair<uint32_t, int64_t>> ring;
@@ -191,11 +191,11 @@ void select_and_score(const float* ap, int64_t A, const float* gp, int64_t B, in
         } else if (k > 0) {
           if (d2.empty()) {
             d2.resize(max_level);
-            chunk_min.resize(select_chunks(max_level));
+            chunk_min.resize(select_chunks(max_level) + held);
           }
           level_distances<D>(centers, start, n, center, d2.data());
-          select_level(d2.data(), level_usable, start, n, k, best_keys.data(), best_dist.data(),
-                       chunk_min.data(), slots);
+          select_level(d2.data(), level_usable, start, n, k, best_keys.data(), chunk_min.data(),
+                       slots);
           slots += k;
         }
         start += n;

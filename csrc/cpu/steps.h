@@ -8,6 +8,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -84,28 +85,67 @@ inline void level_distances(const AnchorCenters& centers, int64_t start, int64_t
 // (distance_bits(d), index), nearest first, written to out[0, k); slots left
 // over (fewer than k usable anchors) get -1. `dist` covers the level; `valid`
 // is the level's row of usable flags or null (all usable). Scratch:
-// `best_keys` and `best_dist` of k entries, `chunk_min` of
-// select_chunks(n) entries.
+// `best_keys` of k entries, `chunk_min` of select_chunks(n) + k entries (the
+// minima, then the bound's scratch).
 //
 // Two passes, both in anchor order.
 //  1. A bound: the smallest distance of each chunk of 16 anchors (usable ones,
 //     NaN left out; +inf when none), and the k-th smallest of those minima.
 //     The k chunks it comes from hold k usable anchors no farther than it, so
 //     no anchor beyond the bound (nor a NaN) can be among the k nearest.
-//  2. The exact choice among the anchors within the bound, visited in index
-//     order: an anchor whose key equals the current k-th key has a higher
-//     index and loses the tie, so the test is a strict `key < worst`, and an
-//     insertion shifts only strictly greater keys.
+//  2. The exact choice among the anchors within the bound (SmallestK, offered
+//     in index order).
 // Pass 2 looks at the few chunks whose minimum is within the bound, so the
 // insertions (the costly, branchy part) number about k, not one per anchor
 // that beats the k-th seen so far. Without a finite bound (fewer than k
 // chunks, or fewer than k chunks with a finite usable distance) every anchor
-// is visited as in pass 2, with chunks skipped once k anchors are held and no
-// distance in them can beat the k-th (select_level_all).
+// is offered, with chunks skipped once k anchors are held and no distance in
+// them can beat the k-th (select_level_all).
 inline constexpr int64_t kSelectChunk = 16;
 
 inline int64_t select_chunks(int64_t n) {
   return (n + kSelectChunk - 1) / kSelectChunk;
+}
+
+// The k smallest keys offered so far, ascending, with their indices, in
+// caller scratch of k entries each. Offered in index order, an anchor whose
+// key equals the current k-th key has a higher index and loses the tie: the
+// test is a strict `key < worst`, and an insertion shifts only strictly
+// greater keys, so the order is (key, index).
+class SmallestK {
+ public:
+  SmallestK(uint32_t* keys, int64_t* index, int64_t k) : keys_(keys), index_(index), k_(k) {}
+  bool full() const { return filled_ == k_; }
+  int64_t size() const { return filled_; }
+  // The k-th key once full (0xffffffff before: every key may enter).
+  uint32_t worst() const { return worst_; }
+  void offer(uint32_t key, int64_t index) {
+    if (filled_ == k_ && key >= worst_) return;
+    int64_t pos = filled_ < k_ ? filled_++ : k_ - 1;
+    while (pos > 0 && keys_[pos - 1] > key) {
+      keys_[pos] = keys_[pos - 1];
+      index_[pos] = index_[pos - 1];
+      --pos;
+    }
+    keys_[pos] = key;
+    index_[pos] = index;
+    if (filled_ == k_) worst_ = keys_[k_ - 1];
+  }
+
+ private:
+  uint32_t* keys_;
+  int64_t* index_;
+  int64_t k_, filled_ = 0;
+  uint32_t worst_ = 0xffffffffu;
+};
+
+// The distance whose distance_bits is `key` (+0.0 for the key of both zeros,
+// NaN for NaN's).
+inline float distance_of_key(uint32_t key) {
+  const uint32_t bits = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float d;
+  std::memcpy(&d, &bits, sizeof(d));
+  return d;
 }
 
 // The smallest of dist[0, 16), NaN left out (+inf when all are NaN).
@@ -144,7 +184,9 @@ inline void chunk_minima(const float* dist, const bool* valid, int64_t n, float*
   }
 }
 
-// The k-th smallest of v[0, m) (1 <= k <= m, no NaN), with `held` scratch of k.
+// The k-th smallest of v[0, m) (1 <= k <= m, no NaN), with `held` scratch of
+// k. On floats rather than through SmallestK's keys: this runs over every
+// chunk of every scanned level.
 inline float kth_smallest(const float* v, int64_t m, int64_t k, float* held) {
   int64_t filled = 0;
   for (int64_t i = 0; i < m; ++i) {
@@ -180,55 +222,39 @@ inline bool chunk_may_beat(const float* dist, float worst_dist) {
 #endif
 }
 
-// Step 3 without a bound: every anchor of the level in index order.
+// Step 3 without a bound: every usable anchor of the level offered.
 inline void select_level_all(const float* dist, const bool* valid, int64_t start, int64_t n,
-                             int64_t k, uint32_t* best_keys, float* best_dist, int64_t* out) {
-  int64_t filled = 0;
-  uint32_t worst = 0xffffffffu;
-  float worst_dist = 0.0f;
+                             int64_t k, uint32_t* best_keys, int64_t* out) {
+  SmallestK best(best_keys, out, k);
   for (int64_t base = 0; base < n; base += kSelectChunk) {
     const int64_t stop = base + kSelectChunk < n ? base + kSelectChunk : n;
-    if (filled == k && stop - base == kSelectChunk && !chunk_may_beat(dist + base, worst_dist))
+    if (best.full() && stop - base == kSelectChunk &&
+        !chunk_may_beat(dist + base, distance_of_key(best.worst())))
       continue;
     for (int64_t i = base; i < stop; ++i) {
-      const uint32_t key = distance_bits(dist[i]);
-      if (filled == k && key >= worst) continue;
       if (valid != nullptr && !valid[i]) continue;
-      int64_t pos = filled < k ? filled++ : k - 1;
-      while (pos > 0 && best_keys[pos - 1] > key) {
-        best_keys[pos] = best_keys[pos - 1];
-        best_dist[pos] = best_dist[pos - 1];
-        out[pos] = out[pos - 1];
-        --pos;
-      }
-      best_keys[pos] = key;
-      best_dist[pos] = dist[i];
-      out[pos] = start + i;
-      if (filled == k) {
-        worst = best_keys[k - 1];
-        worst_dist = best_dist[k - 1];
-      }
+      best.offer(distance_bits(dist[i]), start + i);
     }
   }
-  for (int64_t j = filled; j < k; ++j) out[j] = -1;
+  for (int64_t j = best.size(); j < k; ++j) out[j] = -1;
 }
 
 inline void select_level(const float* dist, const bool* valid, int64_t start, int64_t n, int64_t k,
-                         uint32_t* best_keys, float* best_dist, float* chunk_min, int64_t* out) {
+                         uint32_t* best_keys, float* chunk_min, int64_t* out) {
   const int64_t chunks = select_chunks(n);
   if (chunks < k) {
-    select_level_all(dist, valid, start, n, k, best_keys, best_dist, out);
+    select_level_all(dist, valid, start, n, k, best_keys, out);
     return;
   }
   chunk_minima(dist, valid, n, chunk_min);
-  const float bound = kth_smallest(chunk_min, chunks, k, best_dist);
+  // The bound: the k-th smallest minimum (minima are never NaN).
+  const float bound = kth_smallest(chunk_min, chunks, k, chunk_min + chunks);
   if (!(bound < INFINITY)) {
-    select_level_all(dist, valid, start, n, k, best_keys, best_dist, out);
+    select_level_all(dist, valid, start, n, k, best_keys, out);
     return;
   }
   // k usable anchors lie within the bound: all k slots get filled.
-  int64_t filled = 0;
-  uint32_t worst = 0xffffffffu;
+  SmallestK best(best_keys, out, k);
   for (int64_t c = 0; c < chunks; ++c) {
     if (!(chunk_min[c] <= bound)) continue;
     const int64_t stop = std::min(n, (c + 1) * kSelectChunk);
@@ -236,17 +262,7 @@ inline void select_level(const float* dist, const bool* valid, int64_t start, in
       const float d = dist[i];
       if (!(d <= bound)) continue;  // beyond the bound, or NaN
       if (valid != nullptr && !valid[i]) continue;
-      const uint32_t key = distance_bits(d);
-      if (filled == k && key >= worst) continue;
-      int64_t pos = filled < k ? filled++ : k - 1;
-      while (pos > 0 && best_keys[pos - 1] > key) {
-        best_keys[pos] = best_keys[pos - 1];
-        out[pos] = out[pos - 1];
-        --pos;
-      }
-      best_keys[pos] = key;
-      out[pos] = start + i;
-      if (filled == k) worst = best_keys[k - 1];
+      best.offer(distance_bits(d), start + i);
     }
   }
 }

@@ -36,7 +36,7 @@ Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_l
 
   parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> best_keys(held);
-    std::vector<float> best_dist(held), chunk_min(select_chunks(max_level));
+    std::vector<float> chunk_min(select_chunks(max_level) + held);
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G;
       int64_t* slots = op + bg * C;
@@ -50,7 +50,7 @@ Tensor topk_per_level_cpu(const Tensor& distances, IntArrayRef num_anchors_per_l
         const int64_t k = std::min(topk, n);
         if (k > 0) {
           select_level(row + start, vp ? vp + b * A + start : nullptr, start, n, k,
-                       best_keys.data(), best_dist.data(), chunk_min.data(), slots);
+                       best_keys.data(), chunk_min.data(), slots);
           slots += k;
         }
         start += n;
