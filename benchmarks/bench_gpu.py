@@ -77,7 +77,6 @@ WORK_COUNTERS = (
     "keys_inserted",
     "insert_rounds",
     "bound_updates",
-    "tiles_staged",
     "passes",
     "chunks",
     "merge_keys_inserted",

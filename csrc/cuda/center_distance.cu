@@ -70,9 +70,9 @@ Tensor center_distance_cuda(const Tensor& anchors, const Tensor& gt_boxes,
   const OptionalTensor counts = as_contiguous(gt_counts);
 
   const int64_t rows = B * G;
-  const int64_t groups = (A + kAnchorsPerThread - 1) / kAnchorsPerThread;
+  const int64_t groups = ceil_div(A, kAnchorsPerThread);
   const unsigned blocks_x = grid_for(groups, kDistanceThreads, 1024);
-  const unsigned blocks_y = max_grid_blocks((rows + kRowsPerThread - 1) / kRowsPerThread, 65535);
+  const unsigned blocks_y = max_grid_blocks(ceil_div(rows, kRowsPerThread), 65535);
   const dim3 grid(blocks_x, blocks_y);
   // 16-byte stores: every row starts 16-byte aligned when A % 4 == 0 (and the
   // allocation is aligned).

@@ -106,7 +106,6 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks) {
   return max_grid_blocks((n + threads - 1) / threads, max_blocks);
 }
 
-// Data pointer of an optional tensor, or null.
 // The usable anchors (contract: valid and not ignored), packed to bits once per
 // call for the selection kernels: row b of the image's anchors is
 // usable_words(A) 32-bit words, anchor a at bit a % 32 of word a / 32 (a word
@@ -151,9 +150,9 @@ static OptionalTensor usable_mask(const OptionalTensor& anchor_valid,
   Tensor usable = new_empty(like, {count}, dtype::kInt);
   if (count == 0) return usable;
   constexpr int kMaskThreads = 256;
-  ATSS_LAUNCH(max_grid_blocks((count + kMaskThreads - 1) / kMaskThreads, 4096), kMaskThreads, 0,
-              stream, usable_bits_kernel)(data<bool>(valid), data<bool>(ignore), batch, num_anchors,
-                                          reinterpret_cast<uint32_t*>(data<int32_t>(usable)));
+  ATSS_LAUNCH(grid_for(count, kMaskThreads, 4096), kMaskThreads, 0, stream, usable_bits_kernel)(
+      data<bool>(valid), data<bool>(ignore), batch, num_anchors,
+      reinterpret_cast<uint32_t*>(data<int32_t>(usable)));
   launch_check();
   return usable;
 }

@@ -85,22 +85,20 @@ __device__ __forceinline__ float score_row(const int64_t* cand, float* iou_buf, 
 }
 
 // The fused kernel's steps 4-6 and step 7's claims for GT g's row, by one warp:
-// scores the row's candidates `cand` (score_row, with `iou_buf` as scratch),
-// keeps each slot's anchor, IoU and positive flag in the row's scratch
-// (row_cand, row_iou, row_positive: what the claim decoding reads back for a
-// zero IoU) and claims every positive anchor in `image_claims` ([A] keys of
-// the row's image) with an atomicMax. Returns the threshold.
+// scores the row's candidates `cand` into `row_iou` (score_row; the row's
+// scratch in global memory, which the claim decoding reads back with `cand`
+// and `row_positive` for a zero IoU), and claims every positive anchor in
+// `image_claims` ([A] keys of the row's image) with an atomicMax. Returns the
+// threshold.
 template <int D>
-__device__ __forceinline__ float score_and_claim_row(const int64_t* cand, float* iou_buf,
+__device__ __forceinline__ float score_and_claim_row(const int64_t* cand, float* row_iou,
                                                      int64_t num_slots, const float* anchors,
                                                      const float* gt, bool center_test,
                                                      float center_eps, uint32_t nan_bits, int lane,
-                                                     int64_t g, int64_t* row_cand, float* row_iou,
-                                                     bool* row_positive, u64* image_claims) {
-  return score_row<D>(cand, iou_buf, num_slots, anchors, gt, center_test, center_eps, nan_bits,
+                                                     int64_t g, bool* row_positive,
+                                                     u64* image_claims) {
+  return score_row<D>(cand, row_iou, num_slots, anchors, gt, center_test, center_eps, nan_bits,
                       lane, [&](int64_t c, int64_t a, float v, bool positive) {
-                        row_cand[c] = a;
-                        row_iou[c] = v;
                         row_positive[c] = positive;
                         // Only a real IoU (>= 0; never NaN) claims an anchor.
                         if (positive && v >= 0.0f) atomicMax(image_claims + a, claim_key(v, g));

@@ -198,11 +198,7 @@ __device__ __forceinline__ uint32_t block_bound_bits(const float* box, const flo
     const float lo = box[t], hi = box[t + D];
     q[t] = g[t] < lo ? lo : (g[t] > hi ? hi : g[t]);
   }
-  if constexpr (D == 2) {
-    return distance_bits(squared_distance(q[0], q[1], g[0], g[1]));
-  } else {
-    return distance_bits(squared_distance_nd<D>(q, g));
-  }
+  return distance_bits(squared_distance_nd<D>(q, g));
 }
 
 // Step 2 for anchor a and the GT centre g: the CPU's level_distances, bit for bit.
@@ -448,8 +444,7 @@ __global__ void __launch_bounds__(kThreads)
       load_box<D>(box, gt);
       const float thr = score_and_claim_row<D>(
           cand, p.cand_iou + row * C, C, p.anchors, gt, p.center_test != 0, p.center_eps,
-          p.nan_bits, lane, row - b * G, cand, p.cand_iou + row * C, p.cand_positive + row * C,
-          p.claims + b * p.num_anchors);
+          p.nan_bits, lane, row - b * G, p.cand_positive + row * C, p.claims + b * p.num_anchors);
       if (lane == 0) {
         p.threshold[row] = thr;
         p.num_positive[row] = 0;  // counted by the decoding kernel

@@ -31,7 +31,6 @@ enum WorkCounter : int {
   kKeysInserted,       // keys inserted into a selection list (a lane's, or the warp's)
   kInsertRounds,       // divergent insert rounds of the row's warp (the slowest lane's)
   kBoundUpdates,       // warp-wide recomputations of the row's threshold
-  kTilesStaged,        // shared-memory centre tiles the row's warp waited for
   kPasses,             // selection passes (of at most K keys) over a chunk or level
   kChunks,             // work items (chunk, or level) the row was scanned in
   kMergeKeysInserted,  // keys inserted while merging per-chunk partial lists
@@ -43,9 +42,10 @@ enum WorkCounter : int {
 };
 
 inline constexpr const char* kWorkCounterNames[kNumWorkCounters] = {
-    "distances_computed", "keys_inserted",  "insert_rounds",  "bound_updates",
-    "tiles_staged",       "passes",         "chunks",         "merge_keys_inserted",
-    "block_bounds",       "blocks_visited", "blocks_skipped", "keys_considered",
+    "distances_computed",  "keys_inserted",   "insert_rounds",
+    "bound_updates",       "passes",          "chunks",
+    "merge_keys_inserted", "block_bounds",    "blocks_visited",
+    "blocks_skipped",      "keys_considered",
 };
 
 #if defined(ATSS_EMU)
