@@ -45,6 +45,11 @@ def _version_tuple(version: str) -> tuple:
     return tuple(parts)
 
 
+# The device types whose compiled library is there but does not fit this torch
+# (too old a torch, another CUDA major version): said once, at import.
+_MISMATCHED: set = set()
+
+
 def _load() -> Optional[str]:
     """Loads ``atss_ops._C``; returns why it cannot be used, or None."""
     if importlib.util.find_spec("atss_ops._C") is None:
@@ -52,6 +57,7 @@ def _load() -> Optional[str]:
     minimum = ".".join(map(str, TORCH_MINIMUM))
     if _version_tuple(torch.__version__) < TORCH_MINIMUM:
         # Loading would fail on symbols the older torch lacks: say why instead.
+        _MISMATCHED.update(("cpu", "cuda"))
         return (
             f"the compiled extension atss_ops._C needs torch >= {minimum} (it is built on the "
             f"LibTorch stable ABI of torch {minimum}), but torch {torch.__version__} is installed: "
@@ -128,6 +134,7 @@ def _load_cuda() -> Optional[str]:
     major = int(torch.version.cuda.split(".")[0])
     if major not in libraries:
         built = ", ".join(f"CUDA {m}" for m in sorted(libraries))
+        _MISMATCHED.add("cuda")
         return (
             f"the CUDA kernels of atss_ops are built for {built}, but torch {torch.__version__} is "
             f"built for CUDA {torch.version.cuda}: install a torch built for {built}"
@@ -174,12 +181,10 @@ def _warn_mismatch_at_import() -> None:
     """A library that exists but does not fit this torch (too old a torch, another CUDA
     major version) is said once, at import, in one line; the per-device fallback
     warning then stays silent for what it already covers."""
-    if EXTENSION_ERROR is not None and "needs torch >=" in EXTENSION_ERROR:
-        why, devices = EXTENSION_ERROR, ("cpu", "cuda")
-    elif EXTENSION_ERROR is None and CUDA_ERROR is not None and "is built for CUDA" in CUDA_ERROR:
-        why, devices = CUDA_ERROR, ("cuda",)
-    else:
+    if not _MISMATCHED:
         return
+    devices = tuple(d for d in ("cpu", "cuda") if d in _MISMATCHED)
+    why = EXTENSION_ERROR if "cpu" in _MISMATCHED else CUDA_ERROR
     _warned_fallback.update(devices)
     warnings.warn(
         f"atss_ops: {why}; the pure-PyTorch reference serves {' and '.join(devices)} tensors "

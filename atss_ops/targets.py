@@ -45,7 +45,7 @@ class AssignTargets(NamedTuple):
         them out."""
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        labels = torch.where(self.positive, self.labels, 0).clamp(min=0, max=num_classes - 1)
+        labels = self.labels.clamp(min=0, max=num_classes - 1)  # non-positive rows: zeroed below
         hot = torch.nn.functional.one_hot(labels, num_classes).to(torch.float32)
         return hot * self.positive[..., None]
 
