@@ -124,12 +124,13 @@ class Config:
         return d
 
     def resolved(self) -> "Config":
-        """A copy with the settings that default to something data-dependent filled in
+        """A copy, every section copied too (the caller's config never changes through it),
+        with the settings that default to something data-dependent filled in
         (``model.fcos_range_scale``: ``data.image_size / 800``)."""
-        model = self.model
-        if model.fcos_range_scale is None:
-            model = dataclasses.replace(model, fcos_range_scale=self.data.image_size / 800)
-        return dataclasses.replace(self, model=model)
+        sections = {f.name: dataclasses.replace(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if sections["model"].fcos_range_scale is None:
+            sections["model"].fcos_range_scale = self.data.image_size / 800
+        return dataclasses.replace(self, **sections)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Config":

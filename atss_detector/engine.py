@@ -14,7 +14,6 @@ A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -376,8 +375,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: Optional[str] = None):
-        cfg = cfg.resolved()  # written to config.json and the checkpoints as trained
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train))  # ours to fill in, not the caller's
+        cfg = cfg.resolved()  # a copy, ours to fill in; written to config.json and the checkpoints as trained
         tc = self.tc = cfg.train
         self.cfg = cfg
         self.device = select_device(tc.device)
