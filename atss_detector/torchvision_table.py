@@ -47,15 +47,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ablate import write_json_atomically
+from .ablate_grid import OCTAVE_SCALES, RATIOS  # RetinaNet #A = 9: 3 octave scales x 3 ratios
 from .evaluation import METRICS, coco_evaluate, to_coco_results
 from .synthetic import SyntheticShapes, SyntheticSpec
 
 OUTPUT = os.path.join("docs", "experiments", "torchvision.json")
 MODELS = ("RetinaNet", "FCOS")
 SEEDS = (0, 1)
-# RetinaNet #A = 9: torchvision's octave scales and ratios on anchors of 4 strides.
-OCTAVE_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-RATIOS = (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -315,15 +314,6 @@ def _load(path: str) -> Dict[str, Any]:
     return {}
 
 
-def _save(path: str, data: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -377,6 +367,7 @@ def run_table(schedule: Schedule, output: str, seeds: Sequence[int], rows: Seque
     data = _Data(schedule)
     table_start = time.perf_counter()
     run_seconds: List[float] = []
+    matching: Dict[tuple, Dict[str, float]] = {}  # positives() depends on the row, not the seed
     for number, (model_name, variant, seed) in enumerate(todo, 1):
         label = f"[{number}/{len(todo)}] {row_name(model_name, variant)}, seed {seed}"
         every = max(1, schedule.iterations // 10)
@@ -396,14 +387,16 @@ def run_table(schedule: Schedule, output: str, seeds: Sequence[int], rows: Seque
 
         start = time.perf_counter()
         result = train_one(model_name, variant, seed, schedule, data, progress)
-        result["matching"] = positives(model_name, variant, schedule, data)
+        if (model_name, variant) not in matching:
+            matching[model_name, variant] = positives(model_name, variant, schedule, data)
+        result["matching"] = matching[model_name, variant]
         run_seconds.append(time.perf_counter() - start)
         result["wall_seconds"] = round(run_seconds[-1], 1)
         record["runs"] = [
             r for r in record["runs"] if (r["model"], r["variant"], r["seed"]) != (model_name, variant, seed)
         ] + [result]
         record["summary"] = summarise(record["runs"])
-        _save(output, record)
+        write_json_atomically(output, record)
         left = statistics.fmean(run_seconds) * (len(todo) - number)
         print(
             f"{label}: AP {100 * result['AP']:.1f} AP50 {100 * result['AP50']:.1f}, "
