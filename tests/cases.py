@@ -940,6 +940,24 @@ def raw_op_error_for(path: str) -> type:
     return raw_op_error() if path in ("op", "emu") else ValueError
 
 
+def run_import(script: str, package_dir: str) -> subprocess.CompletedProcess:
+    """Runs ``script`` in a fresh interpreter that imports ``atss_ops`` from ``package_dir``
+    (not this tree's editable install)."""
+    preamble = (
+        # An editable install's finder (pip install -e) would import the built package instead.
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", preamble + script],
+        cwd=package_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=package_dir),
+    )
+
+
 def has_cuda_kernels() -> bool:
     return torch.cuda.is_available() and atss_ops.has_kernel("atss_assign", "cuda")
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from cases import assert_bits_equal
+from cases import assert_bits_equal, run_import
 from test_errors import base_case, stage_inputs
 
 import atss_ops
@@ -105,9 +103,6 @@ def test_warning_without_the_extension_says_how_to_build_it(tmp_path):
         ignore=shutil.ignore_patterns("_C*.so", "__pycache__"),
     )
     script = (
-        # An editable install's finder (pip install -e) would import the built package instead.
-        "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]\n"
         "import warnings, torch, atss_ops\n"
         "assert not atss_ops.extension_available(), atss_ops.__file__\n"
         "anchors, levels = atss_ops.grid_anchors(32, 32, strides=(8,))\n"
@@ -116,14 +111,7 @@ def test_warning_without_the_extension_says_how_to_build_it(tmp_path):
         "    atss_ops.atss_assign(anchors, levels, torch.tensor([[[0.0, 0.0, 9.0, 9.0]]]))\n"
         "print(w[0].message)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
-        timeout=300,
-    )
+    proc = run_import(script, str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout
     assert "the compiled extension atss_ops._C is not built" in printed, printed

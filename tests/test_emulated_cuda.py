@@ -360,9 +360,12 @@ def grid_case(seed: int, B: int, G: int, size=(384, 512), strides=(8, 16, 32), *
     return random_case(seed, B, G, h, w, strides, **kw)
 
 
-def assign_equal_cpu(case: dict, what: str) -> None:
+def assign_equal_cpu(case: dict, what: str) -> tuple:
+    """The emulated atss_assign of ``case``, checked bit for bit against the CPU kernel."""
     expected = torch.ops.atss_ops.atss_assign(*case_args(case))
-    assert_bits_equal(emu_ops().atss_assign(*case_args(case)), expected, what)
+    out = emu_ops().atss_assign(*case_args(case))
+    assert_bits_equal(out, expected, what)
+    return out
 
 
 def per_level_permutation(levels, seed: int) -> torch.Tensor:
@@ -474,5 +477,4 @@ def test_step8_proposals_tie_across_lanes(topk):
     GT proposes; identical anchor boxes tie on IoU across lanes and slots (topk 40: two slots per
     lane), and the earliest slot must win; GTs whose best anchors coincide compete for them."""
     case = dict(tied_case(topk), center_eps=1e6, ensure_positive=True)
-    assign_equal_cpu(case, f"step 8 ties, topk {topk}")
-    assert emu_ops().atss_assign(*case_args(case))[3].sum() > 0  # proposals were made
+    assert assign_equal_cpu(case, f"step 8 ties, topk {topk}")[3].sum() > 0  # proposals were made

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from cases import run_import
 
 import atss_ops
 from atss_ops import _extension
@@ -105,22 +106,6 @@ def test_library_fits_manylinux_2_28(library):
         if version > MANYLINUX_2_28[m.group(1)]:
             too_new.append(sym)
     assert not too_new, too_new
-
-
-def run_import(script: str, package_dir: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    preamble = (
-        # An editable install's finder (pip install -e) would import the built package instead.
-        "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]\n"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", preamble + script],
-        cwd=package_dir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=package_dir, **(env_extra or {})),
-    )
 
 
 def test_an_older_torch_is_refused_in_one_line(tmp_path):
