@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 import atss_ops
+from benchmarks.bench_gpu import peak_extra_bytes, synchronize
 from benchmarks.cases import random_gt
 
 try:
@@ -110,11 +111,6 @@ def matchers(model, targets, anchors, locations, image_sizes):
     return {"torchvision": theirs, "atss_ops": ours}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_alternating(functions: Dict, device: torch.device, reps: int) -> Dict[str, List[float]]:
     samples: Dict[str, List[float]] = {name: [] for name in functions}
     for fn in functions.values():
@@ -167,17 +163,6 @@ def cpu_peak_memory(model_name: str, batch: int, num_gt: int, method: str, threa
     command += ["--memory-child", f"{model_name},{batch},{num_gt},{method}"]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1])
-
-
-def cuda_peak_memory(fn, device: torch.device) -> int:
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    result = fn()
-    synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    del result
-    return peak - before
 
 
 # --------------------------------------------------------------------------- the whole step
@@ -251,7 +236,7 @@ def bench(devices: List[torch.device], cases: List[tuple], reps: int, threads: i
                     "peak_extra_bytes": (
                         cpu_peak_memory(model_name, batch, num_gt, name, threads)
                         if device.type == "cpu"
-                        else cuda_peak_memory(functions[name], device)
+                        else peak_extra_bytes(functions[name], device)
                     ),
                 }
             row["speedup"] = row["torchvision"]["median_ms"] / row["atss_ops"]["median_ms"]
