@@ -35,11 +35,12 @@ import operator
 import warnings
 from typing import List, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 import atss_ops
 from atss_ops.types import AssignResult
+
+from ._common import ignore_mask_of, per_anchor_group, to_sentinels
 
 try:
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -166,18 +167,11 @@ class ATSSMatcher(_MonaiATSSMatcher):
     ):
         """One image (MONAI's ``Matcher.__call__`` has already answered images without boxes)."""
         result = self.assign(boxes.to(anchors.device)[None], anchors, num_anchors_per_level, num_anchors_per_loc)
-        matches = self._to_monai(result.gt_index)[0]
+        matches = to_sentinels(result.gt_index, self.BELOW_LOW_THRESHOLD, self.BETWEEN_THRESHOLDS)[0]
         if self.debug:
             print(f"Anchor matcher threshold: {result.threshold[0]}")
             return self.similarity_fn(boxes.to(anchors.device), anchors), matches
         return anchors.new_empty((0,)), matches
-
-    def _to_monai(self, gt_index: Tensor) -> Tensor:
-        """atss_ops' -1 (background) and -2 (ignored) in this matcher's sentinels (MONAI's are -1 and -2)."""
-        if self.BELOW_LOW_THRESHOLD == -1 and self.BETWEEN_THRESHOLDS == -2:
-            return gt_index
-        matches = torch.where(gt_index == -1, torch.full_like(gt_index, self.BELOW_LOW_THRESHOLD), gt_index)
-        return torch.where(gt_index == -2, torch.full_like(gt_index, self.BETWEEN_THRESHOLDS), matches)
 
 
 class _BatchedAnchorMatching:
@@ -199,30 +193,19 @@ class _BatchedAnchorMatching:
         matcher = det.proposal_matcher
         if not isinstance(matcher, ATSSMatcher) or not anchors:  # the matcher was replaced since
             return RetinaNetDetector.compute_anchor_matched_idxs(det, anchors, targets, num_anchor_locs_per_level)
-        shared = anchors[0]
-        if all(a is shared or torch.equal(a, shared) for a in anchors[1:]):
-            groups = [(shared, list(range(len(targets))))]  # MONAI's generator: one tensor for all images
-        else:
-            groups = [(a, [b]) for b, a in enumerate(anchors)]
-        matches: List[Tensor] = [shared] * len(targets)
-        for group_anchors, images in groups:
-            for b, match in zip(
-                images, self._match(group_anchors, [targets[b] for b in images], num_anchor_locs_per_level)
-            ):
-                matches[b] = match
-        return matches
+        # MONAI's generator: one tensor for all images.
+        return per_anchor_group(
+            anchors,
+            lambda group_anchors, images: self._match(
+                group_anchors, [targets[b] for b in images], num_anchor_locs_per_level
+            ),
+        )
 
     def _match(self, anchors: Tensor, targets: List[dict], num_anchor_locs_per_level: Sequence[int]) -> List[Tensor]:
         det, matcher = self.detector, self.detector.proposal_matcher
         boxes = [t[det.target_box_key].to(anchors.device) for t in targets]
         gt_boxes, gt_counts = atss_ops.pad_gt_boxes(boxes)
-        anchor_ignore = None
-        if self.ignore_box_key is not None:
-            empty = anchors.new_zeros(0, anchors.shape[1])
-            ignore_boxes, ignore_counts = atss_ops.pad_gt_boxes(
-                [t.get(self.ignore_box_key, empty).to(anchors.device) for t in targets]
-            )
-            anchor_ignore = atss_ops.ignore_mask(anchors, ignore_boxes, ignore_counts, self.iof_threshold)
+        anchor_ignore = ignore_mask_of(anchors, targets, self.ignore_box_key, self.iof_threshold)
         result = matcher.assign(
             gt_boxes, anchors, num_anchor_locs_per_level, det.num_anchors_per_loc, gt_counts, anchor_ignore
         )
@@ -241,7 +224,7 @@ class _BatchedAnchorMatching:
                 f"GT boxes are {boxes[b]}.",
                 stacklevel=3,
             )
-        return list(matcher._to_monai(result.gt_index).unbind(0))
+        return list(to_sentinels(result.gt_index, matcher.BELOW_LOW_THRESHOLD, matcher.BETWEEN_THRESHOLDS).unbind(0))
 
 
 def use_atss_ops(

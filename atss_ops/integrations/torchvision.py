@@ -50,6 +50,8 @@ from torch import Tensor
 
 import atss_ops
 
+from ._common import ignore_mask_of, per_anchor_group, to_sentinels
+
 try:
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection._utils import Matcher
@@ -178,22 +180,15 @@ class ATSSComputeLoss:
         """
         if not anchors:
             return []
-        shared = anchors[0]
         # torchvision's own generator gives every image the same anchors (one padded size);
         # comparing them would cost a device-to-host sync per image on CUDA.
-        same_by_construction = type(self.model.anchor_generator) is AnchorGenerator
-        if same_by_construction or all(a is shared or torch.equal(a, shared) for a in anchors[1:]):
-            groups = [(shared, list(range(len(targets))))]
-        else:
-            groups = [(a, [b]) for b, a in enumerate(anchors)]
-        matched: List[Tensor] = [shared] * len(targets)
-        for group_anchors, images in groups:
-            gt_index = self._assign(
+        return per_anchor_group(
+            anchors,
+            lambda group_anchors, images: self._assign(
                 group_anchors, [targets[b] for b in images], num_anchors_per_level, [image_sizes[b] for b in images]
-            )
-            for b, row in zip(images, gt_index.unbind(0)):
-                matched[b] = row
-        return matched
+            ).unbind(0),
+            same_by_construction=type(self.model.anchor_generator) is AnchorGenerator,
+        )
 
     def _assign(
         self,
@@ -205,13 +200,7 @@ class ATSSComputeLoss:
         device = anchors.device
         gt_boxes, gt_counts = atss_ops.pad_gt_boxes([t["boxes"].to(device) for t in targets])
         anchor_valid = _centres_inside(anchors, image_sizes)
-        anchor_ignore = None
-        if self.ignore_box_key is not None:
-            empty = anchors.new_zeros(0, 4)
-            ignore_boxes, ignore_counts = atss_ops.pad_gt_boxes(
-                [t.get(self.ignore_box_key, empty).to(device) for t in targets]
-            )
-            anchor_ignore = atss_ops.ignore_mask(anchors, ignore_boxes, ignore_counts, self.iof_threshold)
+        anchor_ignore = ignore_mask_of(anchors, targets, self.ignore_box_key, self.iof_threshold)
         assign_on = fcos_assign_anchors(anchors, self.fcos_anchor_scale) if isinstance(self.model, FCOS) else anchors
         result = atss_ops.atss_assign(
             assign_on,
@@ -224,15 +213,7 @@ class ATSSComputeLoss:
             center_eps=self.center_eps,
             ensure_positive=self.ensure_positive,
         )
-        return _to_matcher(result.gt_index)
-
-
-def _to_matcher(gt_index: Tensor) -> Tensor:
-    """atss_ops' -1 (background) and -2 (ignored) in torchvision ``Matcher``'s sentinels."""
-    if Matcher.BELOW_LOW_THRESHOLD == -1 and Matcher.BETWEEN_THRESHOLDS == -2:
-        return gt_index
-    matches = torch.where(gt_index == -1, torch.full_like(gt_index, Matcher.BELOW_LOW_THRESHOLD), gt_index)
-    return torch.where(gt_index == -2, torch.full_like(gt_index, Matcher.BETWEEN_THRESHOLDS), matches)
+        return to_sentinels(result.gt_index, Matcher.BELOW_LOW_THRESHOLD, Matcher.BETWEEN_THRESHOLDS)
 
 
 def _anchors_per_location(model) -> int:
