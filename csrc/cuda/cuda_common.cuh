@@ -68,6 +68,53 @@ __device__ __forceinline__ u64 warp_min(u64 v) {
 #endif
 }
 
+// Maximum of a u64 over the full warp; every lane gets it (warp_min's twin).
+__device__ __forceinline__ u64 warp_max(u64 v) {
+#if ATSS_ARCH >= 800
+  const uint32_t hi = static_cast<uint32_t>(v >> 32);
+  const uint32_t lo = static_cast<uint32_t>(v);
+  const uint32_t max_hi = __reduce_max_sync(kFullMask, hi);
+  const uint32_t max_lo = __reduce_max_sync(kFullMask, hi == max_hi ? lo : 0u);
+  return (static_cast<u64>(max_hi) << 32) | max_lo;
+#else
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const u64 other = __shfl_xor_sync(kFullMask, v, offset);
+    v = other > v ? other : v;
+  }
+  return v;
+#endif
+}
+
+// Minimum / maximum of a float over the full warp (finite values).
+__device__ __forceinline__ float warp_min_float(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_xor_sync(kFullMask, v, offset);
+    v = other < v ? other : v;
+  }
+  return v;
+}
+__device__ __forceinline__ float warp_max_float(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_xor_sync(kFullMask, v, offset);
+    v = other > v ? other : v;
+  }
+  return v;
+}
+
+// Sum of a non-negative int over the full warp; every lane gets it.
+__device__ __forceinline__ int warp_sum(int v) {
+#if ATSS_ARCH >= 800
+  return static_cast<int>(__reduce_add_sync(kFullMask, static_cast<unsigned>(v)));
+#else
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+#endif
+}
+
 // Takes the `count` smallest keys of the warp's lists, in increasing order:
 // out(r, key) is called by every lane for r = 0 .. count-1 (kEmptyKey once the
 // lists run dry). Returns the last key taken. Warp-uniform.

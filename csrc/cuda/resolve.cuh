@@ -124,14 +124,10 @@ __global__ void __launch_bounds__(kResolveThreads)
       }
     }
     // Slots < C < 2^31 (a row's candidates): ~slot fits the low half.
-    u64 key = best_slot < 0 ? u64{0}
-                            : (static_cast<u64>(float_bits(best)) << 32) |
-                                  static_cast<uint32_t>(~static_cast<uint32_t>(best_slot));
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const u64 other = __shfl_xor_sync(kFullMask, key, offset);
-      key = other > key ? other : key;
-    }
+    const u64 key =
+        warp_max(best_slot < 0 ? u64{0}
+                               : (static_cast<u64>(float_bits(best)) << 32) |
+                                     static_cast<uint32_t>(~static_cast<uint32_t>(best_slot)));
     if (lane == 0 && key != 0) {
       const int64_t slot = ~static_cast<uint32_t>(key);
       const float v = bits_float(static_cast<uint32_t>(key >> 32));

@@ -109,35 +109,6 @@ struct CulledArgs {
   int64_t* num_positive;
 };
 
-// Minimum / maximum of a float over the full warp (finite values).
-__device__ __forceinline__ float warp_min_float(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float other = __shfl_xor_sync(kFullMask, v, offset);
-    v = other < v ? other : v;
-  }
-  return v;
-}
-__device__ __forceinline__ float warp_max_float(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float other = __shfl_xor_sync(kFullMask, v, offset);
-    v = other > v ? other : v;
-  }
-  return v;
-}
-
-// Sum of a non-negative int over the full warp; every lane gets it.
-__device__ __forceinline__ int warp_sum(int v) {
-#if ATSS_ARCH >= 800
-  return static_cast<int>(__reduce_add_sync(kFullMask, static_cast<unsigned>(v)));
-#else
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-#endif
-}
-
 // One warp per culling block (grid-stride): its anchors' centres, and its box.
 template <int D>
 __global__ void __launch_bounds__(kThreads)
