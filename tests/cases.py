@@ -940,6 +940,14 @@ def raw_op_error_for(path: str) -> type:
     return raw_op_error() if path in ("op", "emu") else ValueError
 
 
+def api_op(op: str):
+    """The public ``atss_ops.<op>`` as a function of the op's positional arguments
+    (``op_args``): ``atss_assign``'s wrapper takes its options by keyword."""
+    if op == "atss_assign":
+        return lambda a, levels, g, n, *rest: atss_ops.atss_assign(a, levels, g, n, **dict(zip(ARG_NAMES[4:], rest)))
+    return getattr(atss_ops, op)
+
+
 def run_import(script: str, package_dir: str) -> subprocess.CompletedProcess:
     """Runs ``script`` in a fresh interpreter that imports ``atss_ops`` from ``package_dir``
     (not this tree's editable install)."""

@@ -11,6 +11,7 @@ import torch
 from cases import (
     ARG_NAMES,
     EMPTY_CASE_NAMES,
+    api_op,
     assert_bits_equal,
     bits_equal,
     emu_available,
@@ -78,9 +79,7 @@ def entry_point(path: str, op: str):
             assert emu_available()
         fn = getattr(torch.ops.atss_ops_emu if path == "emu" else torch.ops.atss_ops, op)
         return (lambda *a: atss_ops.AssignResult(*fn(*a))) if op == "atss_assign" else fn
-    if path == "api" and op == "atss_assign":
-        return lambda a, levels, g, n, *rest: atss_ops.atss_assign(a, levels, g, n, **dict(zip(ASSIGN_ARGS[4:], rest)))
-    return getattr(atss_ops if path == "api" else reference, op)
+    return api_op(op) if path == "api" else getattr(reference, op)
 
 
 ASSIGN_ARGS = ARG_NAMES  # atss_assign's arguments in schema order

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from cases import OPS, make_case, move, op_args, reference_stages
+from cases import OPS, api_op, make_case, move, op_args, reference_stages
 
 import atss_ops
 from atss_ops import _extension
@@ -44,28 +44,16 @@ def test_meta_inputs_give_the_real_shapes(name, op, kernels):
     args = op_args(op, case, stages)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the CPU call may fall back to the reference: not what is tested
-        expected = _shapes(getattr(atss_ops, op)(*_positional(op, args), **_options(op, args)))
+        expected = _shapes(api_op(op)(*args))
     meta_args = move(args, "meta")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "using the pure-PyTorch reference on meta"
-        out = getattr(atss_ops, op)(*_positional(op, meta_args), **_options(op, meta_args))
+        out = api_op(op)(*meta_args)
     outs = out if isinstance(out, tuple) else (out,)
     assert all(t.device.type == "meta" for t in outs)
     assert _shapes(out) == expected
     if op == "atss_assign":
         assert isinstance(out, atss_ops.AssignResult)
-
-
-def _positional(op: str, args: tuple) -> tuple:
-    """``op_args`` are the ops' positional arguments; ``atss_assign``'s wrapper takes its options by keyword."""
-    return args[:4] if op == "atss_assign" else args
-
-
-def _options(op: str, args: tuple) -> dict:
-    if op != "atss_assign":
-        return {}
-    names = ("topk", "anchor_valid", "center_eps", "anchor_ignore", "ensure_positive")
-    return dict(zip(names, args[4:]))
 
 
 def test_meta_atss_assign_with_options_and_lists(kernels):

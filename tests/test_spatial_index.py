@@ -27,6 +27,7 @@ import pytest
 import torch
 from cases import (
     CASE_NAMES,
+    api_op,
     assert_bits_equal,
     case_args,
     case_of,
@@ -131,9 +132,7 @@ def test_invalid_switch_names_the_variable(value, monkeypatch):
         torch.ops.atss_ops.atss_assign(*case_args(case))
     # The public function: ValueError on every torch (2.15 delivers the kernels' errors as RuntimeError).
     with pytest.raises(ValueError, match=pattern):
-        args = case_args(case)
-        keywords = ("topk", "anchor_valid", "center_eps", "anchor_ignore", "ensure_positive")
-        atss_ops.atss_assign(*args[:4], **dict(zip(keywords, args[4:])))
+        api_op("atss_assign")(*case_args(case))
 
 
 def test_grids_reused_only_for_identical_anchors(monkeypatch):
