@@ -56,3 +56,15 @@ def restore_threads():
     n = torch.get_num_threads()
     yield n
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path):
+    """A tiny model's checkpoint, without training (the trainer's end-of-epoch save)."""
+    from atss_detector import engine
+    from atss_detector.config import preset
+
+    cfg = preset("tiny")
+    cfg.train.output_dir, cfg.train.threads = str(tmp_path / "run"), 1
+    engine.Trainer(cfg)._end_epoch(0)
+    return tmp_path / "run" / "checkpoint.pt"

@@ -239,7 +239,7 @@ def test_ablate_duration_has_one_source(capsys):
 # --------------------------------------------------------------------------- predictions.png
 
 
-def test_predictions_png_explains_its_colours(tmp_path):
+def test_predictions_png_explains_its_colours(tmp_path, untrained_checkpoint):
     """The demo's grid has a legend strip below the images: a swatch in every colour it draws with
     (white ground truth, one colour per class) beside its meaning."""
     import numpy as np
@@ -248,10 +248,7 @@ def test_predictions_png_explains_its_colours(tmp_path):
     from atss_detector.demo import SHOWN_SCORE, write_predictions_png
     from atss_detector.visualize import LEGEND_ROW, detection_legend, draw_legend
 
-    cfg = preset("tiny")
-    cfg.train.output_dir, cfg.train.threads = str(tmp_path / "run"), 1
-    engine.Trainer(cfg)._end_epoch(0)  # an untrained checkpoint is enough to draw
-    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = untrained_checkpoint  # enough to draw
     write_predictions_png(str(checkpoint), str(tmp_path / "predictions.png"), num_images=2)
     picture = np.asarray(Image.open(tmp_path / "predictions.png").convert("RGB"))
     classes = torch.load(checkpoint, weights_only=False)["classes"]

@@ -190,17 +190,6 @@ def test_image_files_in_folders_and_subfolders(tmp_path):
     ]
 
 
-@pytest.fixture
-def untrained_checkpoint(tmp_path):
-    """A tiny model's checkpoint, without training (the trainer's end-of-epoch save)."""
-    from atss_detector.config import preset
-
-    cfg = preset("tiny")
-    cfg.train.output_dir, cfg.train.threads = str(tmp_path / "run"), 1
-    engine.Trainer(cfg)._end_epoch(0)
-    return tmp_path / "run" / "checkpoint.pt"
-
-
 def test_predict_mirrors_the_input_tree_and_writes_coco_results(tmp_path, untrained_checkpoint, monkeypatch, capsys):
     """``--recursive`` never overwrites: equal names in subfolders and equal stems get their own pictures,
     and detections.json holds every detection in COCO's results format."""
