@@ -3,11 +3,11 @@ lives in pyproject.toml; shared build facts in build_config.py):
 
   atss_ops/_C.abi3.so       the schemas and the CPU kernels, a CPython limited-API
                             module (one binary for every Python >= 3.10)
-  atss_ops/_C_cudaN.abi3.so the CUDA kernels (when built) for CUDA major version N,
-                            loaded by atss_ops with torch.ops.load_library under a
-                            CUDA build of torch of the same major version; it links
-                            the CUDA runtime libcudart.so.N that such a torch brings
-                            (and has loaded), so it needs only that torch and a driver
+  atss_ops/_C_cudaN.abi3.so the CUDA kernels (when built), compiled by a CUDA N.x
+                            toolkit, with that CUDA runtime linked in statically
+                            (libcudart_static.a, its symbols hidden): it needs no
+                            libcudart.so, so it loads under any CUDA build of torch,
+                            and runs where the driver supports CUDA N
 
 Both are compiled against the stable ABI of the oldest supported torch
 (TORCH_TARGET_VERSION, from pyproject.toml's ``torch>=X.Y``) and link only
@@ -16,12 +16,18 @@ libtorch_cpu (and libtorch_cuda), so one build serves every torch from X.Y on.
 CUDA sources are built when FORCE_CUDA=1, or when the CUDA toolkit, a CUDA build of
 torch and a visible GPU are all present; the architectures come from
 TORCH_CUDA_ARCH_LIST (``make wheel`` sets the release list of build_config.py).
+ATSS_EXTRA_CUDA_HOMES (toolkit folders, ':'-separated) adds one more CUDA library per
+toolkit of another major version, from the same sources and flags (``make wheel``
+passes the CUDA 12 toolkit of scripts/cuda12_toolkit.py), for the archs of
+TORCH_CUDA_ARCH_LIST that toolkit knows (PTX of the newest of them).
 The build prints what it built and never downloads anything (install with
 ``pip install --no-build-isolation``, or build the wheel with ``make wheel``).
 """
 
+import contextlib
 import glob
 import os
+import subprocess
 import sys
 import sysconfig
 
@@ -41,6 +47,7 @@ except ImportError:
         "`pip install --no-build-isolation .`, or install the prebuilt wheel (`make wheel` "
         "writes it to dist/)."
     )
+import torch.utils.cpp_extension as cpp_extension  # noqa: E402
 from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
@@ -69,15 +76,69 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def _nvcc_version():
-    """The CUDA toolkit's "major.minor", from its cuda_runtime_api.h (no subprocess)."""
-    header = os.path.join(CUDA_HOME, "include", "cuda_runtime_api.h")
+def _cuda_version(home):
+    """The CUDA toolkit's "major.minor" at ``home``, from its cuda_runtime_api.h (no subprocess)."""
+    header = os.path.join(home, "include", "cuda_runtime_api.h")
     with open(header) as f:
         for line in f:
             if line.startswith("#define CUDART_VERSION"):
                 v = int(line.split()[2])
                 return f"{v // 1000}.{v % 1000 // 10}"
     raise RuntimeError(f"no CUDART_VERSION in {header}")
+
+
+def _toolkit_archs(home, wanted):
+    """The architectures of ``wanted`` (TORCH_CUDA_ARCH_LIST syntax) that the nvcc at
+    ``home`` can compile for, with PTX of the newest of them when ``wanted`` asks for PTX."""
+    listed = subprocess.run(
+        [os.path.join(home, "bin", "nvcc"), "--list-gpu-arch"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    known = {a[len("compute_") :] for a in listed if a.startswith("compute_")}
+    names = [a.strip() for a in wanted.replace(";", " ").split() if a.strip()]
+    keep = [a.replace("+PTX", "") for a in names if a.replace("+PTX", "").replace(".", "") in known]
+    if not keep:
+        raise RuntimeError(f"the CUDA toolkit at {home} compiles none of TORCH_CUDA_ARCH_LIST={wanted}")
+    if any(a.endswith("+PTX") for a in names):
+        keep[-1] += "+PTX"
+    return ";".join(keep)
+
+
+@contextlib.contextmanager
+def _toolkit(home, archs):
+    """torch's extension builder reads the toolkit from a module global and the
+    architectures from the environment: both pointed at one toolkit for a while."""
+    saved_home, saved_archs = cpp_extension.CUDA_HOME, os.environ.get("TORCH_CUDA_ARCH_LIST")
+    cpp_extension.CUDA_HOME = home
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    try:
+        yield
+    finally:
+        cpp_extension.CUDA_HOME = saved_home
+        if saved_archs is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved_archs
+
+
+def _glibc_stubs(compiler, folder):
+    """Builds the stand-in libraries of build_config.GLIBC_2_28_STUBS in ``folder``;
+    returns their paths (link inputs ahead of libc)."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for soname, versions in build_config.GLIBC_2_28_STUBS.items():
+        base = os.path.join(folder, soname)
+        names = [n for symbols in versions.values() for n in symbols]
+        with open(base + ".c", "w") as f:
+            f.write("".join(f"void {n}(void) {{}}\n" for n in names))
+        with open(base + ".map", "w") as f:
+            f.write("".join(f"{v} {{ global: {'; '.join(symbols)}; }};\n" for v, symbols in versions.items()))
+        subprocess.run(
+            [compiler, "-shared", "-fPIC", "-nostdlib", f"-Wl,-soname,{soname}", f"-Wl,--version-script={base}.map"]
+            + ["-o", base, base + ".c"],
+            check=True,
+        )
+        paths.append(base)
+    return paths
 
 
 class BuildExt(BuildExtension.with_options(use_ninja=True)):
@@ -92,11 +153,17 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
         self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}")
 
     def build_extension(self, ext):
-        # One folder (and ninja file) per library: both compile csrc/common/ with their flags.
+        # One folder (and ninja file) per library: each compiles csrc/common/ with its flags.
         base = self.build_temp
         self.build_temp = os.path.join(base, ext.name.split(".")[-1])
         try:
-            super().build_extension(ext)
+            cuda_home = getattr(ext, "cuda_home", None)
+            if cuda_home is None:
+                return super().build_extension(ext)
+            stubs = _glibc_stubs(self.compiler.compiler_so[0], os.path.join(self.build_temp, "glibc-2.28-stubs"))
+            ext.extra_link_args = [*ext.extra_link_args, *stubs]
+            with _toolkit(cuda_home, ext.cuda_archs):
+                super().build_extension(ext)
         finally:
             self.build_temp = base
 
@@ -108,15 +175,31 @@ def _stable(ext, libraries):
     return ext
 
 
+def _cuda_extension(home, archs, sources, stable):
+    """The CUDA kernel library ``atss_ops._C_cudaN`` compiled by the toolkit at ``home``."""
+    version = _cuda_version(home)
+    # -DUSE_CUDA: the C shim declares its CUDA functions (the current stream).
+    cxx = [*build_config.CXX_NUMERICS, *stable]
+    nvcc = [*build_config.NVCC_NUMERICS, "-lineinfo", *stable, "-DUSE_CUDA"]
+    with _toolkit(home, archs):  # the toolkit's include and library folders
+        ext = CUDAExtension(
+            f"atss_ops._C_cuda{version.split('.')[0]}",
+            sources,
+            extra_compile_args={"cxx": [*cxx, "-DUSE_CUDA"], "nvcc": nvcc},
+            # The static runtime's symbols stay inside the library.
+            extra_link_args=["-Wl,--exclude-libs,libcudart_static.a"],
+            py_limited_api=True,
+        )
+    ext.cuda_home, ext.cuda_archs, ext.cuda_version = home, archs, version
+    return _stable(ext, ["torch_cpu", "torch_cuda", "cudart_static"])
+
+
 def _extensions():
     _torch_at_least_target()
     target = build_config.torch_target()
     stable = [build_config.stable_abi_define()]
     common = _sources("csrc/common/*.cpp")
     cpp = _sources("csrc/*.cpp") + common + _sources("csrc/cpu/*.cpp")
-    cuda = _want_cuda()
-    cuda_version = _nvcc_version() if cuda else ""
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if cuda else ""
     cxx = [*build_config.CXX_NUMERICS, *stable]
     exts = [
         _stable(
@@ -124,33 +207,25 @@ def _extensions():
             ["torch_cpu"],
         )
     ]
-    if cuda:
-        cu = _sources("csrc/cuda/*.cu")
-        print(
-            f"atss_ops: building CPU + CUDA kernels ({len(cpp)} C++ and {len(cu)} CUDA files, "
-            f"CUDA {cuda_version}, archs {archs or '(detected from the visible GPUs)'}, "
-            f"CUDA_HOME={CUDA_HOME}), stable ABI of torch {target}"
-        )
-        # -DUSE_CUDA: the C shim declares its CUDA functions (the current stream).
-        nvcc = [*build_config.NVCC_NUMERICS, "-lineinfo", *stable, "-DUSE_CUDA"]
-        exts.append(
-            _stable(
-                CUDAExtension(
-                    f"atss_ops._C_cuda{cuda_version.split('.')[0]}",
-                    common + cu,
-                    extra_compile_args={"cxx": [*cxx, "-DUSE_CUDA"], "nvcc": nvcc},
-                    py_limited_api=True,
-                ),
-                # The CUDA runtime of torch's own CUDA major version (libcudart.so.N, which
-                # torch's CUDA build brings and loads): no CUDA toolkit needed, only the driver.
-                ["torch_cpu", "torch_cuda", "cudart"],
-            )
-        )
-    else:
+    if not _want_cuda():
         print(
             f"atss_ops: building CPU kernels only ({len(cpp)} C++ files), stable ABI of torch "
             f"{target}; set FORCE_CUDA=1 to build the CUDA kernels"
         )
+        return exts
+    cu = _sources("csrc/cuda/*.cu")
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    homes = [CUDA_HOME] + [h for h in os.environ.get("ATSS_EXTRA_CUDA_HOMES", "").split(os.pathsep) if h]
+    for i, home in enumerate(homes):
+        ext = _cuda_extension(home, archs if i == 0 or not archs else _toolkit_archs(home, archs), common + cu, stable)
+        if any(getattr(e, "cuda_version", "").split(".")[0] == ext.cuda_version.split(".")[0] for e in exts):
+            raise RuntimeError(f"two CUDA toolkits of major version {ext.cuda_version.split('.')[0]}: {homes}")
+        exts.append(ext)
+        print(
+            f"atss_ops: building CUDA kernels {ext.name} ({len(cu)} CUDA files, CUDA {ext.cuda_version} at "
+            f"{home}, static runtime, archs {ext.cuda_archs or '(detected from the visible GPUs)'})"
+        )
+    print(f"atss_ops: and the CPU kernels ({len(cpp)} C++ files), stable ABI of torch {target}")
     return exts
 
 

@@ -6,12 +6,17 @@ The libraries are built on the LibTorch stable ABI of :data:`TORCH_MINIMUM` (see
 ``build_config.py``), so one build serves every torch from that version on:
 
 * ``atss_ops/_C.abi3.so``: the schemas and the CPU kernels (imported as a module);
-* ``atss_ops/_C_cudaN.abi3.so``: the CUDA kernels for CUDA major version N, loaded
-  with ``torch.ops.load_library`` only under a CUDA build of torch of that major
-  version (the CUDA runtime is linked in statically; a driver for CUDA N is needed).
+* ``atss_ops/_C_cudaN.abi3.so``: the CUDA kernels built by a CUDA N.x toolkit, with
+  that CUDA runtime linked in statically (no ``libcudart.so`` needed, so any CUDA build
+  of torch will do: the kernels take torch's tensors and current stream). They need an
+  NVIDIA driver for CUDA N (:data:`DRIVER_MINIMUM`). Under a CUDA build of torch, the
+  newest library the driver can run is loaded with ``torch.ops.load_library``; with no
+  driver at all (a machine without a GPU) the newest one is loaded, so that its kernels
+  are registered.
 
-Under an older torch, or a torch built for another CUDA major version, the reason is
-said in one line (:data:`EXTENSION_ERROR`, :data:`CUDA_ERROR`) and the reference serves.
+Under an older torch, or a driver too old for every CUDA library, the reason is said in
+one line (:data:`EXTENSION_ERROR`, :data:`CUDA_ERROR`) and the reference serves.
+``python -m atss_ops`` prints what was found and chosen.
 """
 
 from __future__ import annotations
@@ -122,27 +127,94 @@ def cuda_libraries() -> dict:
     return found
 
 
+# Per CUDA major version of a kernel library: the oldest driver that runs it, as
+# cuDriverGetVersion reports it (1000 * major + 10 * minor), and its driver branch.
+DRIVER_MINIMUM = {12: (12000, "R525"), 13: (13000, "R580")}
+
+# For tests and diagnosis only: a driver CUDA version to assume instead of asking the
+# driver ("13000"; "none": no driver).
+FAKE_DRIVER_ENV = "ATSS_OPS_FAKE_DRIVER_VERSION"
+
+
+def driver_version() -> Optional[int]:
+    """The CUDA version the installed NVIDIA driver supports (``cuDriverGetVersion``:
+    1000 * major + 10 * minor, e.g. 12080 for 12.8), or None without a driver. Asks
+    ``libcuda.so.1`` directly: no CUDA context is created, no GPU is touched."""
+    fake = os.environ.get(FAKE_DRIVER_ENV)
+    if fake is not None:
+        return None if fake.strip().lower() in ("", "none") else int(fake)
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value
+
+
+def driver_release() -> Optional[str]:
+    """The loaded NVIDIA kernel module's version ("580.65.06"), or None."""
+    try:
+        with open("/sys/module/nvidia/version") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def format_cuda_version(version: int) -> str:
+    """12080 -> "12.8"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def choose_cuda_library(majors, driver: Optional[int]) -> tuple:
+    """Which CUDA kernel library to load, given the CUDA major versions of those found
+    and the driver's CUDA version (None: no driver). Returns ``(major, None)``, or
+    ``(None, why)`` when none can run. With no driver the newest is chosen (its kernels
+    are registered; no CUDA tensor can exist to reach them)."""
+    majors = sorted(majors)
+    if not majors:
+        return None, "the compiled extension has no CUDA kernels (built without the CUDA toolkit: FORCE_CUDA=1)"
+    if driver is None:
+        return majors[-1], None
+    fitting = [m for m in majors if driver >= DRIVER_MINIMUM.get(m, (m * 1000, "?"))[0]]
+    if fitting:
+        return fitting[-1], None
+    oldest = majors[0]
+    need, branch = DRIVER_MINIMUM.get(oldest, (oldest * 1000, "?"))
+    release = driver_release()
+    return None, (
+        f"the NVIDIA driver{' ' + release if release else ''} supports CUDA {format_cuda_version(driver)}, but the "
+        f"CUDA kernels of atss_ops need CUDA {format_cuda_version(need)} (driver {branch} or newer)"
+    )
+
+
+# What was decided, for `python -m atss_ops`: the driver seen and the library loaded.
+DRIVER_VERSION: Optional[int] = None
+CUDA_LIBRARY: Optional[str] = None
+
+
 def _load_cuda() -> Optional[str]:
-    """Loads the CUDA kernels that fit this torch; returns why none serve CUDA tensors, or None."""
+    """Loads the CUDA kernels that fit the driver; returns why none serve CUDA tensors, or None."""
+    global DRIVER_VERSION, CUDA_LIBRARY
     if EXTENSION_ERROR is not None:
         return EXTENSION_ERROR
     libraries = cuda_libraries()
-    if not libraries:
-        return "the compiled extension has no CUDA kernels (built without the CUDA toolkit: FORCE_CUDA=1)"
-    if torch.version.cuda is None:
+    if libraries and torch.version.cuda is None:
+        # (the CUDA libraries link libtorch_cuda, which a CPU-only torch does not have)
         return f"torch {torch.__version__} is a CPU-only build"
-    major = int(torch.version.cuda.split(".")[0])
-    if major not in libraries:
-        built = ", ".join(f"CUDA {m}" for m in sorted(libraries))
-        _MISMATCHED.add("cuda")
-        return (
-            f"the CUDA kernels of atss_ops are built for {built}, but torch {torch.__version__} is "
-            f"built for CUDA {torch.version.cuda}: install a torch built for {built}"
-        )
+    DRIVER_VERSION = driver_version()
+    major, why = choose_cuda_library(libraries, DRIVER_VERSION)
+    if major is None:
+        if libraries:
+            _MISMATCHED.add("cuda")
+        return why
     try:
         torch.ops.load_library(libraries[major])
     except OSError as exc:
-        return f"the CUDA kernels of atss_ops failed to load ({exc.__cause__ or exc})"
+        name = os.path.basename(libraries[major])
+        return f"the CUDA kernels of atss_ops ({name}) failed to load ({exc.__cause__ or exc})"
+    CUDA_LIBRARY = libraries[major]
     _read_input_errors_of(libraries[major])
     return None
 
@@ -178,19 +250,24 @@ _warned_fallback: set = set()
 
 
 def _warn_mismatch_at_import() -> None:
-    """A library that exists but does not fit this torch (too old a torch, another CUDA
-    major version) is said once, at import, in one line; the per-device fallback
+    """A library that exists but cannot serve (too old a torch, a driver too old for
+    every CUDA library) is said once, at import, in one line; the per-device fallback
     warning then stays silent for what it already covers."""
     if not _MISMATCHED:
         return
     devices = tuple(d for d in ("cpu", "cuda") if d in _MISMATCHED)
     why = EXTENSION_ERROR if "cpu" in _MISMATCHED else CUDA_ERROR
     _warned_fallback.update(devices)
-    warnings.warn(
+    global IMPORT_WARNING
+    IMPORT_WARNING = (
         f"atss_ops: {why}; the pure-PyTorch reference serves {' and '.join(devices)} tensors "
-        "(identical results, slower).",
-        stacklevel=4,
+        "(identical results, slower; `python -m atss_ops` says more)."
     )
+    warnings.warn(IMPORT_WARNING, stacklevel=4)
+
+
+# The one line said at import, if any (python -m atss_ops repeats it).
+IMPORT_WARNING: Optional[str] = None
 
 
 _warn_mismatch_at_import()
@@ -206,7 +283,8 @@ def use_kernel(op: str, device: torch.device) -> bool:
         why = EXTENSION_ERROR or (CUDA_ERROR if device.type == "cuda" else None)
         why = why or f"the compiled extension has no {device.type} kernels"
         warnings.warn(
-            f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. Results are identical, only slower.",
+            f"atss_ops: using the pure-PyTorch reference on {device.type}: {why}. Results are identical, only "
+            "slower (`python -m atss_ops` says more).",
             stacklevel=3,
         )
     return False

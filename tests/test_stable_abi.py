@@ -7,6 +7,7 @@ The symbol checks read the built libraries with binutils' ``nm`` and ``readelf``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,10 +24,12 @@ from atss_ops import _extension
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(atss_ops.__file__)
 
-# What a library of the wheel may ask of the system (manylinux_2_28's whitelist) and of torch.
+# What a library of the wheel may ask of the system (manylinux_2_28's whitelist) and of torch:
+# no CUDA runtime (the CUDA libraries carry theirs; its pthread, dl and shm calls keep
+# glibc 2.28's libraries, build_config.GLIBC_2_28_STUBS).
 ALLOWED_NEEDED = re.compile(
-    r"^(libtorch_cpu\.so|libtorch_cuda\.so|libcudart\.so\.\d+|libstdc\+\+\.so\.6|libm\.so\.6|libgcc_s\.so\.1"
-    r"|libc\.so\.6|ld-linux-x86-64\.so\.2)$"
+    r"^(libtorch_cpu\.so|libtorch_cuda\.so|libstdc\+\+\.so\.6|libm\.so\.6|libgcc_s\.so\.1"
+    r"|libc\.so\.6|ld-linux-x86-64\.so\.2|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1)$"
 )
 MANYLINUX_2_28 = {"GLIBC": (2, 28), "GLIBCXX": (3, 4, 25), "CXXABI": (1, 3, 11), "GCC": (7, 0, 0)}
 IOSTREAM = re.compile(r"basic_ostream|basic_istream|basic_[io]?stringstream|basic_stringbuf|ios_base|\bcerr\b|\bcout\b")
@@ -69,8 +72,8 @@ def test_torch_minimum_has_one_value():
 
 
 def test_library_uses_the_stable_abi_only(library):
-    """Only C symbols of torch's shim (aoti_torch_*, torch_*), CPython's limited API, the
-    CUDA runtime and the C/C++ runtimes: no mangled ATen, c10 or torch C++ symbol."""
+    """Only C symbols of torch's shim (aoti_torch_*, torch_*), CPython's limited API and
+    the C/C++ runtimes: no mangled ATen, c10 or torch C++ symbol, and no libcudart."""
     symbols = undefined_symbols(library)
     cxx_torch = [s for s in symbols if re.match(r"_ZN?K?(2at|3c10|5torch|8pybind11)", s)]
     assert not cxx_torch, cxx_torch
@@ -79,6 +82,7 @@ def test_library_uses_the_stable_abi_only(library):
     needed = subprocess.run([tool("readelf"), "-d", library], capture_output=True, text=True, check=True).stdout
     libs = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", needed)
     assert all(ALLOWED_NEEDED.match(n) for n in libs), libs
+    assert not [n for n in libs if n.startswith("libcudart")], libs  # the CUDA runtime is inside
     assert "libc10.so" not in libs and "libtorch_python.so" not in libs and "libgomp.so.1" not in libs
 
 
@@ -134,47 +138,125 @@ def test_an_older_torch_is_refused_in_one_line(tmp_path):
     assert message == (
         f"atss_ops: the compiled extension atss_ops._C needs torch >= {minimum} (it is built on the LibTorch "
         f"stable ABI of torch {minimum}), but torch 2.9.1+cu128 is installed: upgrade torch; the pure-PyTorch "
-        "reference serves cpu and cuda tensors (identical results, slower)."
+        "reference serves cpu and cuda tensors (identical results, slower; `python -m atss_ops` says more)."
     ), message
 
 
-def test_cuda_kernels_of_another_cuda_major_are_refused_in_one_line(tmp_path):
-    """A CUDA kernel library built for another CUDA major version than torch's is never
-    loaded: one warning line at import names both versions; CPU kernels still serve."""
+@pytest.mark.parametrize(
+    "majors, driver, chosen",
+    [
+        ((13,), None, 13),  # no driver (no GPU): the newest, so that its kernels are registered
+        ((12, 13), None, 13),
+        ((13,), 13000, 13),
+        ((13,), 13020, 13),
+        ((12, 13), 13000, 13),
+        ((12, 13), 12080, 12),  # an R570 driver: the CUDA 12 library
+        ((12, 13), 12000, 12),
+        ((13,), 12090, None),
+        ((12, 13), 11080, None),
+        ((), 13000, None),
+    ],
+)
+def test_the_cuda_library_is_chosen_by_the_driver(majors, driver, chosen):
+    major, why = _extension.choose_cuda_library(majors, driver)
+    assert major == chosen
+    assert (why is None) == (chosen is not None)
+    if chosen is None and majors:
+        oldest = min(majors)
+        assert f"supports CUDA {driver // 1000}.{driver % 1000 // 10}, but the CUDA kernels" in why
+        assert f"need CUDA {oldest}.0 (driver {_extension.DRIVER_MINIMUM[oldest][1]} or newer)" in why
+
+
+def _package_with_cuda_libraries(tmp_path, majors):
+    """A copy of the package whose CUDA libraries are empty files named for ``majors``
+    (only their names are read until one is loaded)."""
+    shutil.copytree(PACKAGE, tmp_path / "atss_ops", ignore=shutil.ignore_patterns("_C_cuda*.so", "__pycache__"))
+    for major in majors:
+        (tmp_path / "atss_ops" / f"_C_cuda{major}.abi3.so").write_bytes(b"")
+    return str(tmp_path)
+
+
+IMPORT_AND_REPORT = (
+    "import warnings, torch\n"
+    "torch.version.cuda = torch.version.cuda or '12.8'\n"  # (a CPU-only torch here: the choice is the same)
+    "with warnings.catch_warnings(record=True) as w:\n"
+    "    warnings.simplefilter('always')\n"
+    "    import atss_ops\n"
+    "print(atss_ops.extension_available(), atss_ops.has_kernel('atss_assign', 'cpu'),"
+    " atss_ops.has_kernel('atss_assign', 'cuda'), len(w))\n"
+    "print(w[0].message if w else atss_ops._extension.CUDA_ERROR)\n"
+)
+
+
+def test_an_old_driver_is_refused_in_one_line(tmp_path, monkeypatch):
+    """With a driver older than every CUDA library needs, none is loaded: one warning
+    line at import names the driver's CUDA version and the one needed; the CPU kernels
+    still serve, the reference serves CUDA tensors."""
     if not atss_ops.extension_available():
         pytest.skip("needs the compiled extension")
-    shutil.copytree(PACKAGE, tmp_path / "atss_ops", ignore=shutil.ignore_patterns("_C_cuda*.so", "__pycache__"))
-    # Never loaded: only its name (the CUDA major version) is read.
-    (tmp_path / "atss_ops" / "_C_cuda99.abi3.so").write_bytes(b"")
-    script = (
-        "import warnings, torch\n"
-        "torch.version.cuda = '13.0'\n"
-        "with warnings.catch_warnings(record=True) as w:\n"
-        "    warnings.simplefilter('always')\n"
-        "    import atss_ops\n"
-        "print(atss_ops.extension_available(), atss_ops.has_kernel('atss_assign', 'cpu'),"
-        " atss_ops.has_kernel('atss_assign', 'cuda'), len(w))\n"
-        "print(w[0].message)\n"
-    )
-    proc = run_import(script, str(tmp_path))
+    monkeypatch.setenv(_extension.FAKE_DRIVER_ENV, "12080")
+    proc = run_import(IMPORT_AND_REPORT, _package_with_cuda_libraries(tmp_path, [13]))
     assert proc.returncode == 0, proc.stderr
     flags, message = proc.stdout.splitlines()[:2]
     assert flags == "True True False 1", proc.stdout
-    assert message.startswith(
-        "atss_ops: the CUDA kernels of atss_ops are built for CUDA 99, but torch "
-    ) and message.endswith(
-        "is built for CUDA 13.0: install a torch built for CUDA 99; the pure-PyTorch reference serves cuda "
-        "tensors (identical results, slower)."
+    assert message.startswith("atss_ops: the NVIDIA driver") and message.endswith(
+        "supports CUDA 12.8, but the CUDA kernels of atss_ops need CUDA 13.0 (driver R580 or newer); the "
+        "pure-PyTorch reference serves cuda tensors (identical results, slower; `python -m atss_ops` says more)."
     ), message
+
+
+@pytest.mark.parametrize("driver, loads", [("12080", "_C_cuda12"), ("13000", "_C_cuda13"), ("none", "_C_cuda13")])
+def test_import_loads_the_newest_library_the_driver_runs(tmp_path, monkeypatch, driver, loads):
+    """The library chosen is the one import tries to load (here an empty file, so the
+    load fails and says which file it was), whatever torch's own CUDA version."""
+    if not atss_ops.extension_available():
+        pytest.skip("needs the compiled extension")
+    monkeypatch.setenv(_extension.FAKE_DRIVER_ENV, driver)
+    proc = run_import(IMPORT_AND_REPORT, _package_with_cuda_libraries(tmp_path, [12, 13]))
+    assert proc.returncode == 0, proc.stderr
+    flags, message = proc.stdout.splitlines()[:2]
+    assert flags == "True True False 0", proc.stdout
+    assert message.startswith(f"the CUDA kernels of atss_ops ({loads}.abi3.so) failed to load"), message
+
+
+def test_python_m_atss_ops_reports_what_serves_each_op(tmp_path, monkeypatch):
+    """``python -m atss_ops``: torch and its build, the driver, each library and its
+    state, and per op and device a compiled kernel or the reference, as text and JSON."""
+    monkeypatch.setenv(_extension.FAKE_DRIVER_ENV, "12080")
+    package = _package_with_cuda_libraries(tmp_path, [13]) if atss_ops.extension_available() else ROOT
+    script = (
+        "import runpy, sys\nsys.argv = ['atss_ops'] + {args!r}\nrunpy.run_module('atss_ops', run_name='__main__')\n"
+    )
+    text = run_import(script.format(args=[]), package)
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert f"torch {torch.__version__} (" in out
+    assert "NVIDIA driver: " in out and "supports CUDA 12.8" in out
+    for op in _extension.OPS:
+        assert re.search(rf"^  {op} +(compiled|reference) +reference$", out, re.M), out
+    info = run_import(script.format(args=["--json"]), package)
+    assert info.returncode == 0, info.stderr
+    report = json.loads(info.stdout)
+    assert report["torch"] == torch.__version__ and report["driver_cuda"] == "12.8"
+    states = {lib["file"]: lib["state"] for lib in report["libraries"]}
+    if atss_ops.extension_available():
+        assert set(states) == {os.path.basename(atss_ops._C.__file__), "_C_cuda13.abi3.so"}, states
+        assert states[os.path.basename(atss_ops._C.__file__)] == "loaded"
+        assert states["_C_cuda13.abi3.so"].startswith("not loaded: the NVIDIA driver"), states
+        assert all(report["ops"][op] == {"cpu": "compiled", "cuda": "reference"} for op in _extension.OPS)
+    if atss_ops.extension_available():
+        assert report["import_warning"].startswith("atss_ops: the NVIDIA driver supports CUDA 12.8"), report
 
 
 def test_cuda_library_names_its_major_version():
     for major, path in _extension.cuda_libraries().items():
         assert os.path.basename(path).startswith(f"_C_cuda{major}.")
     if torch.version.cuda is not None and _extension.cuda_libraries():
-        major = int(torch.version.cuda.split(".")[0])
-        if major in _extension.cuda_libraries():
-            assert _extension.CUDA_ERROR is None
+        # Whatever torch's CUDA version: a library loads unless the driver is too old for all.
+        major, _ = _extension.choose_cuda_library(_extension.cuda_libraries(), _extension.driver_version())
+        if major is not None:
+            assert _extension.CUDA_ERROR is None, _extension.CUDA_ERROR
+            assert _extension.CUDA_LIBRARY == _extension.cuda_libraries()[major]
             assert all(atss_ops.has_kernel(op, "cuda") for op in _extension.OPS)
 
 
