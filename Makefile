@@ -20,7 +20,7 @@ export CUDA_HOME ?= /usr/local/cuda
 endif
 
 .PHONY: venv build install test demo bench bench-gpu gpu-extra cmake-check cmake-cuda-check emu emu-asan emu-tsan emu-sanitize \
-	wheel wheel-check lint format clean
+	wheel cuda12-toolkit wheel-check lint format clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -65,24 +65,36 @@ emu-sanitize: emu-asan emu-tsan
 # The binary wheel: dist/atss_ops-<version>-cp310-abi3-manylinux_2_28_x86_64.whl, CPU and
 # CUDA kernels (WHEEL_ARCHS: SASS for each, PTX of the newest; CUDA toolkit from CUDA_HOME),
 # on the LibTorch stable ABI (every torch from pyproject.toml's minimum on) and CPython's
-# limited API (every Python >= 3.10). auditwheel checks its symbols against the manylinux
-# policy (it also fits the older manylinux_2_24; the file keeps the one tag
-# manylinux_2_28); torch's own libraries and the CUDA runtime torch brings stay external.
+# limited API (every Python >= 3.10). Each CUDA library carries its CUDA runtime
+# (static), so it runs under any CUDA build of torch: _C_cuda13 (CUDA_HOME's toolkit,
+# drivers R580+) and, with WHEEL_CUDA12=1 (the default), _C_cuda12 (the CUDA 12.4 toolkit
+# that `make cuda12-toolkit` assembles in CUDA12_HOME, drivers R525+; the archs of
+# WHEEL_ARCHS it knows). auditwheel checks its symbols against the manylinux policy (it
+# also fits the older manylinux_2_24; the file keeps the one tag manylinux_2_28);
+# torch's own libraries stay external.
 WHEEL_ARCHS ?= $(shell $(PYTHON) -c 'import build_config; print(build_config.WHEEL_CUDA_ARCHS)')
 WHEEL_PLAT := manylinux_2_28_x86_64
-wheel: venv
+WHEEL_CUDA12 ?= 1
+CUDA12_HOME ?= $(HOME)/.cache/atss-ops/cuda-12
+wheel: venv $(if $(filter 1,$(WHEEL_CUDA12)),cuda12-toolkit)
 	rm -rf dist/raw dist/repaired build/lib.* build/bdist.* && mkdir -p dist
 	@start=$$(date +%s); \
-	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" $(PY) -m pip wheel --quiet --disable-pip-version-check \
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" $(if $(filter 1,$(WHEEL_CUDA12)),ATSS_EXTRA_CUDA_HOMES="$(CUDA12_HOME)") \
+	  $(PY) -m pip wheel --quiet --disable-pip-version-check \
 	  --no-build-isolation --no-deps -w dist/raw . && \
 	$(VENV)/bin/auditwheel repair --plat $(WHEEL_PLAT) --exclude libtorch_cpu.so --exclude libtorch_cuda.so \
-	  --exclude 'libcudart.so.*' -w dist/repaired dist/raw/atss_ops-*.whl && \
+	  -w dist/repaired dist/raw/atss_ops-*.whl && \
 	rm -f dist/atss_ops-*.whl && \
 	$(PY) -m wheel tags --remove --platform-tag $(WHEEL_PLAT) dist/repaired/atss_ops-*.whl && \
 	mv dist/repaired/atss_ops-*.whl dist/ && rm -rf dist/repaired dist/raw && \
 	$(VENV)/bin/auditwheel show dist/atss_ops-*-$(WHEEL_PLAT).whl && \
 	ls -l dist/atss_ops-*-$(WHEEL_PLAT).whl && \
 	echo "make wheel: archs $(WHEEL_ARCHS), $$(( $$(date +%s) - start )) s"
+
+# The CUDA 12 toolkit of the wheel's _C_cuda12 (nvcc 12.4 from Debian's package, headers
+# and the static runtime from NVIDIA's PyPI wheels; about 130 MB, kept in CUDA12_HOME).
+cuda12-toolkit: venv
+	$(PY) scripts/cuda12_toolkit.py --dest "$(CUDA12_HOME)"
 
 # The wheel installed with no compiler into venvs of several torch releases (holding that
 # torch and the test tools only, kept in ~/.cache/atss-ops/wheel-check between runs), and

@@ -14,8 +14,14 @@
 #   bash scripts/gpu_check.sh --dry-run      # on a machine without a GPU: every step's
 #                                            # plumbing, with the CPU standing in
 #
-# Steps: env build test errors memcheck racecheck synccheck bench detector monai
-# (default, in that order); also test-all (the whole suite). detector trains
+# Steps: env build test cuda12 errors memcheck racecheck synccheck bench detector monai
+# (default, in that order); also test-all (the whole suite). cuda12 runs the CUDA tests
+# again with the wheel's _C_cuda12 library (the CUDA 12 build, static CUDA 12 runtime)
+# chosen instead of _C_cuda13 (ATSS_OPS_FAKE_DRIVER_VERSION=12080 makes import take it,
+# as under an R570 driver), and then under a CUDA 12 build of torch (torch 2.10.0's
+# default, +cu128) when one is at hand: CU12_PYTHON names an interpreter that has it;
+# otherwise the step tries to install one into a venv within its time, and says so when
+# it cannot (the GPU machine has had no package registry). detector trains
 # atss_detector's tiny preset for 30 steps on CUDA (scripts/detector_gpu_step.py:
 # finite losses, the first batch's assignment equal to the CPU kernel's bit for
 # bit, the time of a step and the share of it spent in atss_assign). monai times atss_assign
@@ -47,7 +53,7 @@ for arg in "$@"; do
     *) STEPS+=("$arg") ;;
   esac
 done
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test errors memcheck racecheck synccheck bench detector monai)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test cuda12 errors memcheck racecheck synccheck bench detector monai)
 
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-/tmp/atss-gpu-check}
@@ -145,6 +151,7 @@ step_build() {
       return $st
     fi
   fi
+  "$PY" -m atss_ops
   "$PY" - <<'EOF'
 import sys, atss_ops
 from atss_ops import _extension
@@ -153,6 +160,48 @@ print("atss_ops", atss_ops.__version__, "from", atss_ops.__file__)
 print("CUDA kernels registered:", ok, _extension.EXTENSION_ERROR or _extension.CUDA_ERROR or "")
 sys.exit(0 if ok else 1)
 EOF
+}
+
+# The CUDA 12 library: chosen by a faked R570 driver under this torch, then (if one can
+# be had) under a CUDA 12 build of torch.
+step_cuda12() {
+  local marker=cuda
+  [ $DRY_RUN = 1 ] && marker="not cuda and not emu and not slow"
+  if ! "$PY" -c "import sys; from atss_ops import _extension as e; sys.exit(0 if 12 in e.cuda_libraries() else 1)"; then
+    echo "this build has no _C_cuda12 library (make wheel builds it): nothing to check"
+    return 0
+  fi
+  local st=0
+  ATSS_OPS_FAKE_DRIVER_VERSION=12080 "$PY" -m atss_ops | grep -E "^torch|_C_cuda|atss_assign"
+  ATSS_OPS_FAKE_DRIVER_VERSION=12080 "$PY" -c "
+import sys, os, atss_ops
+from atss_ops import _extension as e
+print('library serving CUDA tensors:', e.CUDA_LIBRARY, e.CUDA_ERROR or '')
+sys.exit(0 if os.path.basename(e.CUDA_LIBRARY or '').startswith('_C_cuda12') else 1)" || st=1
+  # shellcheck disable=SC2086
+  ATSS_OPS_FAKE_DRIVER_VERSION=12080 "$PY" -m pytest -q -rfE -p no:cacheprovider $PYTEST_PATH_ARGS -m "$marker" \
+    tests/test_cuda.py tests/test_equivalence.py > "$OUT_DIR/test_cuda12.log" 2>&1 || st=1
+  grep -E "^(FAILED|ERROR)|passed|failed|error" "$OUT_DIR/test_cuda12.log" | tail -10
+  local cu12py=${CU12_PYTHON:-}
+  if [ -z "$cu12py" ] && [ $DRY_RUN = 0 ]; then
+    if timeout 20 "$PY" -m pip index versions torch > /dev/null 2>&1; then
+      echo "installing torch 2.10.0 (+cu128) into /tmp/atss-cu12-venv"
+      "$PY" -m venv /tmp/atss-cu12-venv &&
+        timeout 200 /tmp/atss-cu12-venv/bin/pip install -q torch==2.10.0 pytest hypothesis expecttest numpy \
+          > "$OUT_DIR/cu12_torch.log" 2>&1 && cu12py=/tmp/atss-cu12-venv/bin/python
+    fi
+  fi
+  if [ -z "$cu12py" ]; then
+    echo "no CUDA 12 build of torch here (no CU12_PYTHON, and no package registry answered, or the install ran"
+    echo "out of time): the kernels under a cu12x torch stay unverified on this machine"
+    return $st
+  fi
+  "$cu12py" -m atss_ops | grep -E "^torch|_C_cuda|atss_assign"
+  # shellcheck disable=SC2086
+  "$cu12py" -m pytest -q -rfE -p no:cacheprovider $PYTEST_PATH_ARGS -m "$marker" tests/test_cuda.py \
+    > "$OUT_DIR/test_cu12_torch.log" 2>&1 || st=1
+  grep -E "^(FAILED|ERROR)|passed|failed|error" "$OUT_DIR/test_cu12_torch.log" | tail -10
+  return $st
 }
 
 OP_TESTS="tests/test_cuda.py tests/test_equivalence.py tests/test_errors.py tests/test_properties.py tests/test_determinism.py tests/test_opcheck_compile.py tests/test_ignore_mask.py"
@@ -287,7 +336,7 @@ step_monai() {
   return $st
 }
 
-export -f step_env extension_current step_build pytest_parallel_args step_test step_test_all step_errors \
+export -f step_env extension_current step_build pytest_parallel_args step_test step_cuda12 step_test_all step_errors \
   sanitizer step_bench step_detector step_monai
 export PY OUT_DIR DRY_RUN OP_TESTS WHEEL WHEEL_DIR PYTEST_PATH_ARGS
 
@@ -297,6 +346,7 @@ for step in "${STEPS[@]}"; do
     env) run_step env 30 step_env ;;
     build) run_step build 300 step_build ;;
     test) run_step test 200 step_test ;;
+    cuda12) run_step cuda12 150 step_cuda12 ;;
     test-all) run_step test-all 480 step_test_all ;;
     errors) run_step errors 90 step_errors ;;
     memcheck) run_step memcheck 110 sanitizer memcheck ;;
@@ -305,7 +355,7 @@ for step in "${STEPS[@]}"; do
     bench) run_step bench 120 step_bench ;;
     detector) run_step detector 120 step_detector ;;
     monai) run_step monai 90 step_monai ;;
-    *) echo "unknown step '$step' (env build test test-all errors memcheck racecheck synccheck bench detector monai)"; FAILED=1 ;;
+    *) echo "unknown step '$step' (env build test cuda12 test-all errors memcheck racecheck synccheck bench detector monai)"; FAILED=1 ;;
   esac
   if [ "$step" = build ] && [ $FAILED = 1 ]; then
     echo "build failed: later steps need it"
