@@ -294,3 +294,26 @@ def test_kernel_input_errors_are_value_errors_in_the_public_api(monkeypatch):
     monkeypatch.setattr(torch.ops.atss_ops, "atss_assign", other_failure)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         atss_ops.atss_assign(anchors, levels, torch.tensor([[[0.0, 0.0, 9.0, 9.0]]]))
+
+
+def test_python_m_atss_ops_under_a_cpu_only_torch(tmp_path):
+    """Under a CPU-only torch the CUDA libraries are not loaded (they need libtorch_cuda),
+    and the report says why; the CPU kernels serve."""
+    package = _package_with_cuda_libraries(tmp_path, [12, 13]) if atss_ops.extension_available() else ROOT
+    script = (
+        "import runpy, sys, torch\n"
+        "torch.version.cuda = None\n"
+        "sys.argv = ['atss_ops', '--json']\n"
+        "runpy.run_module('atss_ops', run_name='__main__')\n"
+    )
+    proc = run_import(script, package)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["torch_cuda"] is None
+    assert all(report["ops"][op]["cuda"] == "reference" for op in _extension.OPS)
+    if atss_ops.extension_available():
+        states = {lib["file"]: lib["state"] for lib in report["libraries"]}
+        for name in ("_C_cuda12.abi3.so", "_C_cuda13.abi3.so"):
+            assert states[name] == f"not loaded: torch {torch.__version__} is a CPU-only build", states
+        assert all(report["ops"][op]["cpu"] == "compiled" for op in _extension.OPS)
+        assert report["import_warning"] is None  # a CPU-only torch is no mismatch
