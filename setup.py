@@ -19,7 +19,7 @@ TORCH_CUDA_ARCH_LIST (``make wheel`` sets the release list of build_config.py).
 ATSS_EXTRA_CUDA_HOMES (toolkit folders, ':'-separated) adds one more CUDA library per
 toolkit of another major version, from the same sources and flags (``make wheel``
 passes the CUDA 12 toolkit of scripts/cuda12_toolkit.py), for the archs of
-TORCH_CUDA_ARCH_LIST that toolkit knows (PTX of the newest of them).
+TORCH_CUDA_ARCH_LIST that toolkit knows, one per major architecture (PTX of the newest).
 The build prints what it built and never downloads anything (install with
 ``pip install --no-build-isolation``, or build the wheel with ``make wheel``).
 """
@@ -88,14 +88,19 @@ def _cuda_version(home):
 
 
 def _toolkit_archs(home, wanted):
-    """The architectures of ``wanted`` (TORCH_CUDA_ARCH_LIST syntax) that the nvcc at
-    ``home`` can compile for, with PTX of the newest of them when ``wanted`` asks for PTX."""
+    """The architectures of ``wanted`` (TORCH_CUDA_ARCH_LIST syntax) for an extra CUDA
+    library built by the nvcc at ``home``: those it can compile for, one per major
+    architecture (the lowest: a cubin runs on the later minors of its major, so sm_80's
+    serves sm_86 and sm_89 GPUs), with PTX of the newest when ``wanted`` asks for PTX."""
     listed = subprocess.run(
         [os.path.join(home, "bin", "nvcc"), "--list-gpu-arch"], capture_output=True, text=True, check=True
     ).stdout.split()
     known = {a[len("compute_") :] for a in listed if a.startswith("compute_")}
     names = [a.strip() for a in wanted.replace(";", " ").split() if a.strip()]
-    keep = [a.replace("+PTX", "") for a in names if a.replace("+PTX", "").replace(".", "") in known]
+    keep = []
+    for arch in sorted({a.replace("+PTX", "") for a in names}, key=lambda a: tuple(map(int, a.split(".")))):
+        if arch.replace(".", "") in known and arch.split(".")[0] not in {k.split(".")[0] for k in keep}:
+            keep.append(arch)
     if not keep:
         raise RuntimeError(f"the CUDA toolkit at {home} compiles none of TORCH_CUDA_ARCH_LIST={wanted}")
     if any(a.endswith("+PTX") for a in names):
