@@ -573,6 +573,11 @@ def run_predict(args: argparse.Namespace) -> None:
         f"wrote {pictures} picture(s) and {results}: {len(records)} detections of every score "
         "(COCO results format: image_id, file_name, category_id, bbox x, y, w, h, score)"
     )
+    if not records:
+        print(
+            "no detections: a model trained for a few steps finds nothing (the tiny preset tests the set-up "
+            "only; --preset small learns in 1-2 minutes)"
+        )
     if bad_images.found:
         print(bad_images.summary())
 

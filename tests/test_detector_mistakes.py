@@ -153,6 +153,13 @@ def _interrupt(target: str, after_epochs: int = 0):
     return setup
 
 
+def _raise(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
 def _image_goes_bad_after_the_first_checkpoint(ctx: Context) -> None:
     """A training image truncated on disk once the first checkpoint is written (a file that breaks mid-run)."""
     real = engine.Trainer._end_epoch
@@ -525,7 +532,16 @@ CASES = [
         r"--resume without a path needs --output-dir \(the run to continue\)",
         usage=True,
     ),
-    # 10. --skip-bad-images: the run goes on, and says what it left out
+    # 10. a bug (not a mistake): one line too, and --debug for the traceback
+    Case(
+        "train-unexpected-error",
+        train(),
+        1,
+        r"unexpected RuntimeError: something broke \(--debug shows the traceback\)$",
+        lambda ctx: ctx.monkeypatch.setattr(engine, "train", _raise(RuntimeError("something broke\nin detail"))),
+        no_run_folder,
+    ),
+    # 11. --skip-bad-images: the run goes on, and says what it left out
     Case(
         "train-skip-bad-images",
         train("--iterations", "2", "--skip-bad-images"),
@@ -622,7 +638,7 @@ def test_the_table_covers_each_command_and_mistake():
     """Each of train, eval and predict meets at least ten mistakes; every exit status is exercised."""
     for command in ("train", "eval", "predict"):
         assert sum(c.id.startswith(command + "-") for c in CASES) >= 10, command
-    assert {c.code for c in CASES} == set(EXIT_CODES) - {1}
+    assert {c.code for c in CASES} == set(EXIT_CODES)
 
 
 def test_the_console_prints_one_line_alone(tmp_path):
