@@ -570,7 +570,8 @@ class Trainer:
                 f.write(f"stopped at iteration {self.iteration} of {self.total}: {reason}\n")
         except OSError:
             pass  # the folder itself may be what failed; the message still says why
-        if os.path.isfile(checkpoint):
+        # a checkpoint of this run, or the one it resumed from (not an older run's, left in the folder)
+        if os.path.isfile(checkpoint) and (self.saved_iteration is not None or self.resumed_from):
             at = self.saved_iteration if self.saved_iteration is not None else self.iteration_resumed
             add_note(
                 exc,

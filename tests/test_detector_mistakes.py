@@ -198,6 +198,12 @@ def output_file_untouched(ctx: Context) -> None:
     assert (ctx.tmp / "file").read_text() == "x" and not ctx.out.exists()
 
 
+def marked_failed(ctx: Context) -> None:
+    """A folder that was there before the run keeps what it held, and says why the run stopped."""
+    assert (ctx.out / "notes.txt").read_text() == "mine" and not (ctx.out / "checkpoint.pt").exists()
+    assert (ctx.out / "failed.txt").read_text() == "stopped at iteration 0 of 4: interrupted (Ctrl-C)\n"
+
+
 def no_eval_output(ctx: Context) -> None:
     assert not list(ctx.checkpoint.parent.glob("eval_*")) and not ctx.out.exists()
 
@@ -504,6 +510,14 @@ CASES = [
         r"interrupted \(Ctrl-C\); stopped before the first checkpoint: the run folder {out} is removed",
         _interrupt("train"),
         no_run_folder,
+    ),
+    Case(
+        "train-interrupted-in-a-folder-of-its-own",
+        train(),
+        130,
+        r"interrupted \(Ctrl-C\); stopped before the first checkpoint; {out}/failed.txt says why$",
+        lambda ctx: (ctx.out.mkdir(), (ctx.out / "notes.txt").write_text("mine"), _interrupt("train")(ctx)),
+        marked_failed,
     ),
     Case(
         "train-interrupted-after-a-checkpoint",
