@@ -332,6 +332,7 @@ def build_loader(
     num_workers: int = 0,
     seed: int = 0,
     size_divisible: int = 32,
+    defer_bad_images: bool = False,
 ) -> DataLoader:
     """A loader of :class:`Batch` objects for process ``rank`` of ``world_size``.
 
@@ -341,9 +342,10 @@ def build_loader(
     incomplete last batch dropped so every rank takes the same number of steps.
     Evaluation: in order; with several processes each rank gets a disjoint share
     (the sampler may repeat a few images to even out the shares: deduplicate by
-    ``image_id``). An image that cannot be decoded does not stop the loader: it is
-    left out of its batch and named in ``Batch.bad_images`` (:class:`BadImages`
-    decides what happens next).
+    ``image_id``). An image that cannot be decoded raises an ``ImageError`` naming it;
+    with ``defer_bad_images`` it is left out of its batch instead and named in
+    ``Batch.bad_images``, for the caller to pass the batches through :class:`BadImages`
+    (which stops there or skips it).
     """
     if train and len(dataset) < batch_size * world_size:
         raise ValueError(
@@ -355,7 +357,7 @@ def build_loader(
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
-        _ImagesMayFail(dataset),
+        _ImagesMayFail(dataset) if defer_bad_images else dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=train,

@@ -318,7 +318,13 @@ def evaluate(
     was_training = model.training
     bad_images = bad_images or BadImages(skip=False)
     loader = build_loader(
-        dataset, batch_size, train=False, rank=dist.rank(), world_size=dist.world_size(), num_workers=num_workers
+        dataset,
+        batch_size,
+        train=False,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+        num_workers=num_workers,
+        defer_bad_images=True,
     )
     image_ids, detections = predict_batches(model, bad_images.batches(loader), device, amp, progress=dist.is_main())
     results: Dict[int, List[Dict]] = {}
@@ -500,6 +506,7 @@ class Trainer:
             num_workers=workers,
             seed=tc.seed,
             size_divisible=cfg.data.size_divisible,
+            defer_bad_images=True,
         )
         self.iters_per_epoch = len(self.loader)
         self.total = tc.iterations if tc.iterations is not None else tc.epochs * self.iters_per_epoch

@@ -706,3 +706,26 @@ def test_help_reads_as_plain_text(capsys):
     assert "start with --preset small" in train_help
     for code in EXIT_CODES:
         assert f"{code} {' '.join(EXIT_CODES[code].split())}" in top
+
+
+def test_a_loader_never_drops_a_bad_image_silently(pristine, tmp_path):
+    """Without ``defer_bad_images`` the loader raises the ImageError naming the file; with it the batch
+    carries the message, and BadImages stops there or skips (counting each file once)."""
+    from atss_detector.data import BadImages, build_dataset, build_loader
+    from atss_detector.errors import ImageError
+
+    shutil.copytree(pristine / "data", tmp_path / "data")
+    cfg = preset("tiny").data
+    cfg.data = str(tmp_path / "data")
+    dataset = build_dataset(cfg, "val", train=False)
+    bad = _truncate_png(Context(tmp_path, None).image("val", 1))
+    with pytest.raises(ImageError, match=re.escape(f"{bad}: the image cannot be decoded")):
+        list(build_loader(dataset, 2, train=False))
+    batches = list(build_loader(dataset, 2, train=False, defer_bad_images=True))
+    assert [len(b) for b in batches] == [1, 2] and batches[0].bad_images[0].startswith(f"{bad}: ")
+    with pytest.raises(ImageError, match="--skip-bad-images"):
+        list(BadImages().batches(batches))
+    skipping = BadImages(skip=True)
+    assert [len(b) for b in skipping.batches(batches + batches)] == [1, 2, 1, 2]
+    assert list(skipping.found) == [batches[0].bad_images[0]]
+    assert skipping.summary().startswith(f"skipped 1 image(s) that cannot be decoded (--skip-bad-images): {bad}: ")
