@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from .config import DataConfig
-from .errors import ImageError
+from .errors import DataError, ImageError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -274,7 +274,6 @@ def check_data(cfg: DataConfig, splits: Optional[Sequence[str]] = None) -> List[
         UsageError: ``ignore_crowd`` with synthetic data.
     """
     from .coco import check_split, find_split
-    from .errors import DataError, UsageError
 
     if cfg.data == "synthetic":
         if cfg.ignore_crowd:  # two flags that do not go together
@@ -348,9 +347,9 @@ def build_loader(
     (which stops there or skips it).
     """
     if train and len(dataset) < batch_size * world_size:
-        raise ValueError(
+        raise DataError(
             f"the training set has {len(dataset)} images, fewer than one batch of {batch_size} "
-            f"for each of {world_size} processes"
+            f"for each of {world_size} processes: lower --batch-size"
         )
     if train or world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)

@@ -36,7 +36,16 @@ from . import distributed as dist
 from .coco import load_image
 from .config import Config, TrainConfig
 from .data import BadImages, Batch, DetectionTransform, build_dataset, build_loader, collate
-from .errors import CheckpointError, DataError, DivergedError, ImageError, add_note, first_line
+from .errors import (
+    CheckpointError,
+    DataError,
+    DeviceError,
+    DivergedError,
+    ImageError,
+    UsageError,
+    add_note,
+    first_line,
+)
 from .evaluation import coco_evaluate, format_line, format_table, to_coco_results
 from .model import ATSSDetector, Detections, build_model, rescale_detections
 
@@ -72,7 +81,7 @@ def select_device(name: str) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+        raise DeviceError("--device cuda: CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     gpus = torch.cuda.device_count()
@@ -80,7 +89,7 @@ def select_device(name: str) -> torch.device:
     if processes > gpus:
         why = f"{processes} processes on this machine but {gpus} GPU(s)"
         if name == "cuda":
-            raise RuntimeError(f"device 'cuda': {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
+            raise DeviceError(f"--device cuda: {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
         if dist.local_rank() == 0:
             print(
                 f"{why}: every process runs on the CPU (torchrun --nproc_per_node {gpus} uses the GPUs)",
@@ -511,7 +520,7 @@ class Trainer:
         self.iters_per_epoch = len(self.loader)
         self.total = tc.iterations if tc.iterations is not None else tc.epochs * self.iters_per_epoch
         if self.total < 1:
-            raise ValueError(
+            raise UsageError(
                 f"nothing to train: {self.total} iterations (epochs={tc.epochs}, iterations={tc.iterations})"
             )
         self.epochs = math.ceil(self.total / self.iters_per_epoch)

@@ -36,6 +36,10 @@ class UsageError(UserError, ValueError):
     exit_code = 2
 
 
+class DeviceError(UsageError, RuntimeError):
+    """A device asked for (``--device cuda``) that this machine or process group cannot give."""
+
+
 class DataError(UserError, ValueError):
     """Input that cannot be used (a path, a data file, an image): the message names the file and the entry."""
 

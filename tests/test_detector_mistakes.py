@@ -546,6 +546,22 @@ CASES = [
         r"--resume without a path needs --output-dir \(the run to continue\)",
         usage=True,
     ),
+    Case(
+        "train-cuda-without-a-gpu",
+        train("--device", "cuda"),
+        2,
+        r"--device cuda: CUDA is not available here \(no GPU, or a CPU-only torch\): use --device cpu",
+        lambda ctx: ctx.monkeypatch.setattr(torch.cuda, "is_available", lambda: False),
+        no_run_folder,
+        usage=True,
+    ),
+    Case(
+        "train-batch-larger-than-the-data",
+        train("--batch-size", "16"),
+        3,
+        r"the training set has 8 images, fewer than one batch of 16 for each of 1 processes: lower --batch-size",
+        left=no_run_folder,
+    ),
     # 10. a bug (not a mistake): one line too, and --debug for the traceback
     Case(
         "train-unexpected-error",
