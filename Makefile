@@ -2,7 +2,7 @@
 # virtual environment, installs what the project needs, builds the extension
 # (incrementally, with ninja) and runs.
 #
-# Knobs: PYTHON (the interpreter that creates the venv), VENV, TORCH_SPEC.
+# Knobs: PYTHON (the interpreter that creates the venv), VENV, TORCH_SPEC (or TORCH_BUILD=cpu).
 # CUDA kernels: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 CUDA_HOME=/usr/local/cuda make build
 # (built automatically when the CUDA toolkit, a CUDA build of torch and a GPU are present).
 # The release wheel: `make wheel` (WHEEL_ARCHS), checked by `make wheel-check` (WHEEL_TORCH).
@@ -10,7 +10,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# What pip installs first into the venv (torchvision 0.29.x goes with torch 2.14 and 2.15). The
+# default comes from PyPI, whose Linux x86-64 torch is the CUDA 13 build: with its NVIDIA
+# libraries the venv takes about 5.7 GB. TORCH_BUILD=cpu takes PyTorch's CPU-only build from
+# PyTorch's own package index instead (a fraction of the size; no CUDA kernels are built or
+# tested with it). Either applies when the venv is made: pip keeps a torch it already has, so
+# switch with `rm -rf .venv` first. Any other pip arguments: TORCH_SPEC="torch==... --index-url ...".
+TORCH_VERSIONS ?= torch==2.14.1 torchvision==0.29.1
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+ifeq ($(TORCH_BUILD),cpu)
+TORCH_SPEC ?= $(TORCH_VERSIONS) --index-url $(TORCH_CPU_INDEX)
+else
+TORCH_SPEC ?= $(TORCH_VERSIONS)
+endif
 export MAX_JOBS ?= 2
 # The venv's ninja and cmake (from requirements.txt) come first.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -28,11 +40,19 @@ $(VENV)/.stamp-deps: requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	@$(PY) -c 'import torch; print(f"venv: torch {torch.__version__}, " + (f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"))'
 	touch $@
 
-# In-place build: ninja recompiles only what changed.
+# In-place build: ninja recompiles only what changed. torch's BuildExtension runs ninja with -v
+# (one full compiler command line per file, whatever --quiet says), so its output goes to
+# build/make-build.log: shown whole when the build fails, and otherwise all but ninja's
+# "[n/N] <command>" lines (setup.py's summary and any compiler warning stay).
 build: venv
-	$(PY) setup.py --quiet build_ext --inplace
+	@mkdir -p build
+	@echo "$(PY) setup.py --quiet build_ext --inplace  (log: build/make-build.log)"
+	@if $(PY) setup.py --quiet build_ext --inplace > build/make-build.log 2>&1; then \
+	  grep -v -e '^\[[0-9]*/[0-9]*\] ' -e '^ninja: no work to do' build/make-build.log || true; \
+	else status=$$?; cat build/make-build.log; exit $$status; fi
 
 # Installs both packages with the detector's dependencies (the `detector` extra of
 # pyproject.toml) and the `atss-detector` console script into the venv. The

@@ -6,7 +6,8 @@ COCO-format dataset, on one CPU/GPU or many processes under ``torchrun``.
 
 Modules:
 
-* :mod:`~atss_detector.config`: settings and presets (``full``, ``demo``, ``tiny``);
+* :mod:`~atss_detector.config`: settings and presets (``full``, ``demo``, ``small``, ``tiny``, ``ablate``);
+* :mod:`~atss_detector.errors`: the user's mistakes as exceptions of one line, and the exit statuses;
 * :mod:`~atss_detector.synthetic`: the built-in synthetic shapes dataset;
 * :mod:`~atss_detector.coco`: COCO-format datasets and the whole-split check of their files;
 * :mod:`~atss_detector.data`: transforms, padded batches, loaders;

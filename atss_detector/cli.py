@@ -1,9 +1,10 @@
-"""``atss-detector``: train, evaluate and run the bundled ATSS detector.
+"""atss-detector: train, evaluate and run the bundled ATSS detector.
 
-Examples::
+Examples:
 
-    atss-detector train                                  # the full schedule, synthetic data
-    atss-detector train --preset demo --output-dir runs/demo
+    atss-detector train --preset small --data path/to/coco --output-dir runs/mine   # start here
+    atss-detector train --preset demo --output-dir runs/demo    # minutes on a CPU, synthetic data
+    atss-detector train                                          # the full schedule (one GPU)
     atss-detector train --data /data/coco --train-split train2017 --val-split val2017 \\
         --image-size 800 --optimizer sgd --lr 0.01 --schedule step --epochs 12
     torchrun --nproc_per_node 8 -m atss_detector.cli train ...
@@ -13,10 +14,10 @@ Examples::
     atss-detector ablate                                 # the paper's Tables 2, 4, 7 (see ablate --help)
     atss-detector ablate --data /data/mycoco --image-size 512 --output-dir runs/ablate-mycoco
 
-Every ``train`` flag left out keeps the value of ``--preset`` (or, with
-``--resume``, of the checkpoint being resumed). On a CPU shared with other jobs,
-set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads otherwise slow training
-down many times over (``python -m atss_detector.demo`` and ``ablate`` set it themselves).
+Every train flag left out keeps the value of --preset (or, with --resume, of the
+checkpoint being resumed). On a CPU shared with other jobs, set
+OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads otherwise slow training down
+many times over (python -m atss_detector.demo and ablate set it themselves).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Optional, Sequence, Tuple
 
-from .config import PRESETS, Config, preset
+from .config import PRESET_SUMMARIES, PRESETS, Config, preset
+from .errors import EXIT_CODES, UsageError, UserError, check_writable, first_line
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -168,6 +171,13 @@ TRAIN_SWITCHES = (
         "ignore_crowd",
         "COCO data: crowd boxes become ignore regions (their anchors take no loss) instead of being dropped",
     ),
+    (
+        "--skip-bad-images",
+        "data",
+        "skip_bad_images",
+        "leave out the images that cannot be decoded (missing, not an image, truncated), count them and "
+        "report them at the end, instead of stopping at the first",
+    ),
 )
 
 
@@ -175,21 +185,61 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+def _table(rows: Sequence[Tuple[str, str]], width: int = 100) -> str:
+    """Two columns, the second wrapped under itself: ``--help``'s lists of presets and exit codes."""
+    import textwrap
+
+    first = max(len(key) for key, _ in rows)
+    return "\n".join(
+        textwrap.fill(text, width, initial_indent=f"  {key:<{first}}  ", subsequent_indent=" " * (first + 4))
+        for key, text in rows
+    )
+
+
+def presets_text() -> str:
+    """The presets, one line each (wrapped), for ``--help``."""
+    return _table([(name, PRESET_SUMMARIES[name]) for name in PRESETS])
+
+
+def exit_codes_text() -> str:
+    """The exit statuses, one line each (wrapped), for ``--help``."""
+    return _table([(f"{code:>3}", meaning) for code, meaning in EXIT_CODES.items()])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atss-detector",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2],
+        epilog=__doc__.split("\n", 2)[2]
+        + "\nPresets (train --preset):\n"
+        + presets_text()
+        + "\n\nA mistake (a path, an image, a checkpoint, a folder that cannot be written) ends in one line\n"
+        "that names the file; --debug adds the traceback. Exit status:\n" + exit_codes_text(),
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
 
-    train = commands.add_parser("train", help="train (and evaluate on the val split at the end)")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], **kwargs)
+        sub.set_defaults(command_parser=sub)
+        return sub
+
+    train = command(
+        "train",
+        help="train (and evaluate on the val split at the end)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Presets (each flag left out keeps the preset's value):\n"
+        + presets_text()
+        + "\n\nOn your own data, start with --preset small: within minutes it shows that the data, the\n"
+        "set-up and training work, before the longer demo and full schedules.",
+    )
     train.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=list(PRESETS),
         default="full",
-        help="base settings: full (one GPU, default), demo (2-core CPU), tiny (tests)",
+        help="base settings (default full; each is described below)",
     )
     for flag, _, _, kind, choices, help_text in TRAIN_FLAGS:
         train.add_argument(
@@ -216,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run (default: OUTPUT_DIR/checkpoint.pt)",
     )
 
-    evaluate = commands.add_parser("eval", help="COCO metrics of a checkpoint")
+    evaluate = command("eval", help="COCO metrics of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data", default=None, help="dataset (default: the training run's)")
     evaluate.add_argument("--split", default=None, help="split (default: the training run's val split)")
@@ -226,8 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--threads", type=_positive, default=None)
+    evaluate.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out (of the score too) the images that cannot be decoded, and count them, instead of stopping",
+    )
 
-    predict = commands.add_parser(
+    predict = command(
         "predict",
         help="draw a checkpoint's detections on images; also OUTPUT_DIR/detections.json (COCO results)",
         description="Draws each image's detections into OUTPUT_DIR, mirroring the input tree (pics/sub/a.jpg "
@@ -242,16 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive, default=8)
     predict.add_argument("--device", choices=DEVICES, default="auto")
     predict.add_argument("--threads", type=_positive, default=None)
+    predict.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the images that cannot be decoded, and count them, instead of stopping at the first",
+    )
 
     from .ablate_grid import RECORD_MINUTES
 
-    ablate = commands.add_parser(
+    ablate = command(
         "ablate",
         help=f"the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs "
         f"(about {RECORD_MINUTES} min on one CPU thread)",
         description="Trains the grid of the paper's Tables 2, 4 and 7 (see atss_detector.ablate) with "
         "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
-        f"results.md and the plots there. The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
+        f"results.md and the plots there. Each run starts from the ablate preset (ablate-smoke with --smoke). "
+        f"The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
         "on one thread of a 2-core CPU (docs/experiments.md).",
     )
     ablate.add_argument(
@@ -265,7 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=("table2", "table4", "table7"),
         help="comma-separated subset of 2,4,7 (default all)",
     )
-    ablate.add_argument("--smoke", action="store_true", help="two configurations, a few steps (for CI)")
+    ablate.add_argument(
+        "--smoke",
+        action="store_true",
+        help="two configurations of the ablate-smoke preset, 2 steps each: seconds (for CI)",
+    )
     ablate.add_argument("--data", default=None, help="'synthetic' (default) or a COCO-format directory")
     ablate.add_argument("--train-split", default=None, help="training split name")
     ablate.add_argument("--val-split", default=None, help="validation split name")
@@ -335,20 +400,25 @@ def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
         return args.resume
     output_dir = args.output_dir or (cfg.train.output_dir if cfg else None)
     if output_dir is None:
-        raise SystemExit("--resume without a path needs --output-dir (the run to continue)")
+        raise UsageError("--resume without a path needs --output-dir (the run to continue)")
     return os.path.join(output_dir, CHECKPOINT)
 
 
-def check_data(parser: argparse.ArgumentParser, cfg: Config, splits: Optional[Sequence[str]] = None) -> None:
+def check_data(cfg: Config, splits: Optional[Sequence[str]] = None) -> None:
     """The data of ``splits`` (default train and val) checked whole before anything starts
-    (:func:`atss_detector.data.check_data`): an argparse error, one line naming the folder,
-    or the file and the entry, otherwise."""
+    (:func:`atss_detector.data.check_data`): a ``DataError`` of one line naming the folder,
+    or the file and the entry. With ``--skip-bad-images`` the images that fail are named in a
+    warning and left out."""
     from .data import check_data as check
 
-    try:
-        check(cfg.data, splits)
-    except ValueError as exc:
-        parser.error(str(exc))
+    bad_images = check(cfg.data, splits)
+    if bad_images:
+        more = f" and {len(bad_images) - 1} more" if len(bad_images) > 1 else ""
+        print(
+            f"warning: {len(bad_images)} image(s) cannot be read and will be skipped (--skip-bad-images): "
+            f"{bad_images[0]}{more}",
+            file=sys.stderr,
+        )
 
 
 def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
@@ -365,13 +435,20 @@ def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
         )
 
 
-def run_train(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+def run_train(args: argparse.Namespace) -> None:
     from . import engine
     from .evaluation import format_table
 
     cfg = train_config(args)
-    check_data(parser or build_parser(), cfg)
+    check_data(cfg)
+    check_writable("--output-dir", cfg.train.output_dir)
     warn_if_sized_for_a_gpu(args, cfg)
+    if args.preset == "tiny" and not args.resume and engine.dist.is_main():
+        print(
+            "note: the 'tiny' preset trains for seconds to test the set-up: expect AP near 0 and few or no "
+            "detections (--preset small learns in about a minute)",
+            file=sys.stderr,
+        )
     resume = _resume_path(args, cfg) if args.resume else None
     try:
         summary = engine.train(cfg, resume=resume)
@@ -379,15 +456,27 @@ def run_train(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser
             title = f"{cfg.data.data} {cfg.data.val_split} after {summary['iterations']} iterations"
             print(format_table(summary["metrics"], title))
             print(f"wrote {os.path.join(cfg.train.output_dir, engine.METRICS_JSON)}")
+            _report_skipped(summary["skipped_images"])
     finally:
         engine.dist.shutdown()
 
 
-def run_eval(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+def _report_skipped(messages: Sequence[str]) -> None:
+    from .data import BadImages
+
+    skipped = BadImages(skip=True)
+    skipped.found.update(dict.fromkeys(messages))
+    if skipped.found:
+        print(skipped.summary())
+
+
+def run_eval(args: argparse.Namespace) -> None:
     from . import engine
-    from .data import build_dataset
+    from .data import BadImages, build_dataset
+    from .errors import DataError
     from .evaluation import format_table
 
+    out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     device = engine.select_device(args.device)
     engine.dist.init(device.type)
     engine.configure_threads(args.threads, device)
@@ -397,27 +486,41 @@ def run_eval(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser]
             cfg.data.data = args.data
         split = args.split or cfg.data.val_split
         cfg.data.ignore_crowd = False  # training's setting: evaluation reads crowd boxes through pycocotools
-        check_data(parser or build_parser(), cfg, [split])
+        cfg.data.skip_bad_images = args.skip_bad_images
+        check_data(cfg, [split])
+        check_writable("--output-dir" if args.output_dir else "the checkpoint's folder", out)
         dataset = build_dataset(cfg.data, split, train=False)
         if tuple(dataset.classes) != tuple(checkpoint["classes"]):
-            raise SystemExit(f"the dataset's classes {dataset.classes} differ from the model's {checkpoint['classes']}")
-        metrics = engine.evaluate(model, dataset, device, args.batch_size, engine.autocast_dtype(cfg.train.amp, device))
+            raise DataError(
+                f"--data {cfg.data.data} {split}: its classes {list(dataset.classes)} differ from those the model "
+                f"of {args.checkpoint} was trained on {list(checkpoint['classes'])}"
+            )
+        bad_images = BadImages(skip=args.skip_bad_images)
+        metrics = engine.evaluate(
+            model,
+            dataset,
+            device,
+            args.batch_size,
+            engine.autocast_dtype(cfg.train.amp, device),
+            bad_images=bad_images,
+        )
         if engine.dist.is_main():
             title = f"{cfg.data.data} {split}, {len(dataset)} images, {os.path.basename(args.checkpoint)}"
             print(format_table(metrics, title))
-            out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
             engine.write_metrics(
                 out,
                 metrics,
                 {
                     "checkpoint": args.checkpoint,
                     "split": split,
-                    "images": len(dataset),
+                    "images": len(dataset) - len(bad_images.found),
                     "iteration": checkpoint["iteration"],
+                    "skipped_images": list(bad_images.found),
                 },
                 stem=f"eval_{split}",
             )
             print(f"wrote {os.path.join(out, f'eval_{split}.json')}")
+            _report_skipped(list(bad_images.found))
     finally:
         engine.dist.shutdown()
 
@@ -426,38 +529,70 @@ def run_predict(args: argparse.Namespace) -> None:
     import json
 
     from . import engine
-    from .data import build_transform
+    from .data import BadImages, build_transform
     from .evaluation import to_coco_results
     from .visualize import draw_detections
 
+    files = engine.image_files(args.images, recursive=args.recursive)
+    check_writable("--output-dir", args.output_dir)
     device = engine.select_device(args.device)
     engine.configure_threads(args.threads, device)
     model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
-    files = engine.image_files(args.images, recursive=args.recursive)
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
-        print(f"found {len(files)} image(s) in {', '.join(folders)}" + (" and subfolders" if args.recursive else ""))
+        print("found " + "; ".join(_folder_counts(files, folders, args.recursive)))
     targets = engine.output_paths(files, args.images, args.output_dir)
+    bad_images = BadImages(skip=args.skip_bad_images)
     detections = engine.predict_files(
-        model, files, build_transform(cfg.data, train=False), device, args.batch_size, cfg.data.size_divisible
+        model,
+        files,
+        build_transform(cfg.data, train=False),
+        device,
+        args.batch_size,
+        cfg.data.size_divisible,
+        bad_images=bad_images,
     )
     classes = checkpoint["classes"]
     category_ids = checkpoint.get("category_ids") or list(range(1, len(classes) + 1))
-    records = []
+    records, pictures = [], 0
     for image_id, (path, target, det) in enumerate(zip(files, targets, detections), start=1):
+        if det is None:  # skipped: it cannot be decoded
+            continue
         os.makedirs(os.path.dirname(target), exist_ok=True)
         draw_detections(engine.load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
+        pictures += 1
         shown = int((det["scores"] >= args.score_threshold).sum())
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
         for record in to_coco_results([image_id], [det], category_ids):
             records.append({"image_id": image_id, "file_name": path, **record})
+    os.makedirs(args.output_dir, exist_ok=True)
     results = os.path.join(args.output_dir, DETECTIONS_JSON)
     with open(results, "w") as f:
         json.dump(records, f)
     print(
-        f"wrote {len(targets)} picture(s) and {results}: {len(records)} detections of every score "
+        f"wrote {pictures} picture(s) and {results}: {len(records)} detections of every score "
         "(COCO results format: image_id, file_name, category_id, bbox x, y, w, h, score)"
     )
+    if not records:
+        print(
+            "no detections: a model trained for a few steps finds nothing (the tiny preset tests the set-up "
+            "only; --preset small learns in 1-2 minutes)"
+        )
+    if bad_images.found:
+        print(bad_images.summary())
+
+
+def _folder_counts(files: Sequence[str], folders: Sequence[str], recursive: bool) -> list:
+    """``"N image(s) in FOLDER"`` for each folder given to ``predict`` (a file found in two given
+    folders, one inside the other, counts in the first)."""
+    counted: set = set()
+    texts = []
+    for folder in folders:
+        root = os.path.abspath(folder)
+        inside = [f for f in files if os.path.abspath(f).startswith(root + os.sep) and f not in counted]
+        counted.update(inside)
+        texts.append(f"{len(inside)} image(s) in {folder}" + (" and subfolders" if recursive else ""))
+    return texts
 
 
 # What `predict` writes beside its pictures: every detection, in COCO's results format.
@@ -484,7 +619,7 @@ def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:
     return cfg, name
 
 
-def run_ablate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+def run_ablate(args: argparse.Namespace) -> None:
     """The ``ablate`` subcommand: the sweep of :mod:`atss_detector.ablate` with this command's flags."""
     from . import ablate
 
@@ -504,7 +639,7 @@ def run_ablate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParse
         with open(os.path.join(args.output_dir, ablate.POSITIVES_MD), "w") as f:
             f.write(text)
         return
-    check_data(parser or build_parser(), cfg)
+    check_data(cfg)
     ablate.sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)
 
 
@@ -527,21 +662,55 @@ def check_dependencies() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of the ``atss-detector`` console script."""
+    """Entry point of the ``atss-detector`` console script.
+
+    A user's mistake (:class:`~atss_detector.errors.UserError`), Ctrl-C, or any other error ends
+    in one line on stderr and the exit status of :data:`~atss_detector.errors.EXIT_CODES`
+    (``SystemExit``); ``--debug`` prints the traceback too. Usage errors print the command's usage
+    first, as argparse does."""
     check_dependencies()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train":
-        run_train(args, parser)
-    elif args.command == "ablate":
-        from .engine import restart_with_passive_openmp
+    command = args.command_parser
+    try:
+        if args.command == "train":
+            run_train(args)
+        elif args.command == "ablate":
+            from .engine import restart_with_passive_openmp
 
-        restart_with_passive_openmp("atss_detector.cli")
-        run_ablate(args, parser)
-    elif args.command == "eval":
-        run_eval(args, parser)
-    else:
-        run_predict(args)
+            restart_with_passive_openmp("atss_detector.cli")
+            run_ablate(args)
+        elif args.command == "eval":
+            run_eval(args)
+        else:
+            run_predict(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, UsageError):
+            command.error(_one_line(exc))  # the command's usage, then the line; exit status 2
+        code, line = _describe(exc)
+        print(f"{command.prog}: {line}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` and its notes (what a stopped run kept), as one line."""
+    notes = [first_line(n) for n in getattr(exc, "__notes__", ())]
+    return "; ".join([first_line(exc), *notes]) if str(exc) else "; ".join(notes)
+
+
+def _describe(exc: BaseException) -> Tuple[int, str]:
+    """The exit status and the line printed for ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        notes = _one_line(exc)
+        return 130, "interrupted (Ctrl-C)" + (f"; {notes}" if notes else "")
+    if isinstance(exc, UserError):
+        return exc.exit_code, f"error: {_one_line(exc)}"
+    if isinstance(exc, OSError) and exc.filename:  # a file this process could not read or write
+        notes = "".join(f"; {first_line(n)}" for n in getattr(exc, "__notes__", ()))
+        return 1, f"error: {exc.filename}: {exc.strerror or first_line(exc)}{notes}"
+    return 1, f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows the traceback)"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError, ImageError, first_line
+
+__all__ = ["DataError", "CocoDetection", "check_split", "find_split", "load_annotations", "load_image"]
 
 
 def find_split(root: str, split: str) -> Tuple[str, str]:
@@ -53,8 +57,23 @@ def find_split(root: str, split: str) -> Tuple[str, str]:
     )
 
 
-class DataError(ValueError):
-    """A data file that cannot be used: the message names the file and the entry, in one line."""
+def load_image(path: str) -> np.ndarray:
+    """The pixels of an image file, uint8 ``[H, W, 3]`` RGB.
+
+    Raises:
+        ImageError: one line naming ``path`` and what is wrong (missing, not an image,
+            truncated or corrupt: PIL finds most of these only when it decodes the pixels).
+    """
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (PIL does not recognise its format)") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, zlib errors... for bad files
+        reason = first_line(exc)
+        raise ImageError(f"{path}: the image cannot be decoded: a truncated or corrupt file? ({reason})") from None
 
 
 def load_annotations(annotation_file: str) -> Dict[str, Any]:
@@ -147,10 +166,17 @@ def _check_entries(annotation_file: str, data: Dict[str, Any]) -> None:
             raise DataError(f"{annotation_file}: {name} is for image_id {ann['image_id']!r}, which 'images' lacks")
 
 
-def check_split(annotation_file: str, image_dir: str) -> int:
+def check_split(annotation_file: str, image_dir: str, bad_images: Optional[List[str]] = None) -> int:
     """Checks a whole split before any training: the json (:func:`load_annotations`), every
     entry, and every listed image file (it exists and PIL reads its header; no pixels are
     decoded, so this costs well under a millisecond per image). Returns the number of images.
+
+    A file cut short after a valid header passes: such files are found where their pixels are
+    decoded (:func:`load_image`), and that error names them too.
+
+    Args:
+        bad_images: when given, the images that fail (missing, or no image header) are appended
+            to it, one line each, instead of raising (``--skip-bad-images``).
 
     Raises:
         DataError: one line naming ``annotation_file`` and the first bad entry.
@@ -160,15 +186,21 @@ def check_split(annotation_file: str, image_dir: str) -> int:
     for i, info in enumerate(data["images"]):
         path = os.path.join(image_dir, info["file_name"])
         name = _entry("images", i, info)
+        problem = None
         if not os.path.isfile(path):
-            raise DataError(f"{annotation_file}: {name} lists file_name {info['file_name']!r}, but {path} is missing")
-        try:
-            with Image.open(path) as im:  # reads the header only
-                width, height = im.size
-        except Exception as exc:  # PIL raises several kinds for unreadable files
-            raise DataError(f"{annotation_file}: {name}: {path} is not an image PIL can read ({exc})") from None
-        if width < 1 or height < 1:
-            raise DataError(f"{annotation_file}: {name}: {path} has size {width} x {height}")
+            problem = f"{annotation_file}: {name} lists file_name {info['file_name']!r}, but {path} is missing"
+        else:
+            try:
+                with Image.open(path) as im:  # reads the header only
+                    width, height = im.size
+                if width < 1 or height < 1:
+                    problem = f"{annotation_file}: {name}: {path} has size {width} x {height}"
+            except Exception as exc:  # PIL raises several kinds for unreadable files
+                problem = f"{annotation_file}: {name}: {path} is not an image PIL can read ({first_line(exc)})"
+        if problem is not None:
+            if bad_images is None:
+                raise ImageError(problem)
+            bad_images.append(problem)
     return len(data["images"])
 
 
@@ -229,8 +261,7 @@ class CocoDetection:
     def __getitem__(self, index: int) -> Dict[str, Any]:
         info = self.images[index]
         path = os.path.join(self.image_dir, info["file_name"])
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = load_image(path)
         H, W = image.shape[:2]
         boxes, labels = [], []
         for bbox, label in self._annotations[info["id"]]:
@@ -239,7 +270,7 @@ class CocoDetection:
                 boxes.append(box)
                 labels.append(label)
         item = {
-            "image": torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "image_id": info["id"],

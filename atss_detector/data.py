@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from .config import DataConfig
+from .errors import DataError, ImageError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +42,9 @@ class Batch:
     # B x [M_i, 4] float32 regions whose anchors take no loss (COCO crowd boxes with
     # ignore_crowd), resized and flipped like boxes; None: the items have none
     ignore_boxes: Optional[List[Tensor]] = None
+    # one line per image of this batch that could not be decoded (left out of the tensors above);
+    # see BadImages
+    bad_images: List[str] = field(default_factory=list)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         def move(x):
@@ -136,9 +140,26 @@ class TransformedDataset(Dataset):
 
 
 def collate(items: Sequence[Dict[str, Any]], size_divisible: int = 32) -> Batch:
-    """Pads transformed items into one :class:`Batch` (zeros, up to multiples of ``size_divisible``)."""
+    """Pads transformed items into one :class:`Batch` (zeros, up to multiples of ``size_divisible``).
+
+    Items that stand for an image that could not be decoded (``{"bad_image": message}``, from
+    :func:`build_loader`'s datasets) are left out and their messages kept in ``Batch.bad_images``;
+    when every item is one, the batch holds no image."""
     if not items:
         raise ValueError("cannot collate an empty list of items")
+    bad_images = [it["bad_image"] for it in items if "bad_image" in it]
+    items = [it for it in items if "bad_image" not in it]
+    if not items:
+        return Batch(
+            images=torch.zeros(0, 3, size_divisible, size_divisible),
+            image_sizes=torch.zeros(0, 2, dtype=torch.int64),
+            boxes=[],
+            labels=[],
+            image_ids=[],
+            scales=torch.zeros(0, 2),
+            original_sizes=torch.zeros(0, 2, dtype=torch.int64),
+            bad_images=bad_images,
+        )
     sizes = [tuple(it["image"].shape[1:]) for it in items]
     H = math.ceil(max(h for h, _ in sizes) / size_divisible) * size_divisible
     W = math.ceil(max(w for _, w in sizes) / size_divisible) * size_divisible
@@ -159,7 +180,60 @@ def collate(items: Sequence[Dict[str, Any]], size_divisible: int = 32) -> Batch:
             if any("ignore_boxes" in it for it in items)
             else None
         ),
+        bad_images=bad_images,
     )
+
+
+class BadImages:
+    """The images a run could not decode, met where their pixels are read.
+
+    ``skip=False``: the first one stops the run (:class:`~atss_detector.errors.ImageError`,
+    one line naming the file). ``skip=True`` (``--skip-bad-images``): each is left out,
+    kept in ``found`` (its message, once per file) and reported at the end.
+    """
+
+    def __init__(self, skip: bool = False):
+        self.skip = skip
+        self.found: Dict[str, None] = {}  # the messages, in the order met (a dict: once each)
+
+    def batches(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """The batches of a loader with the bad images handled; batches left empty are dropped."""
+        for batch in batches:
+            self.check(batch.bad_images)
+            if len(batch):
+                yield batch
+
+    def check(self, messages: Iterable[str]) -> None:
+        for message in messages:
+            if not self.skip:
+                raise ImageError(f"{message} (--skip-bad-images leaves out the images that cannot be decoded)")
+            self.found.setdefault(message)
+
+    def summary(self) -> str:
+        """One line: how many images were skipped, and the first of them."""
+        if not self.found:
+            return ""
+        first = next(iter(self.found))
+        more = f" and {len(self.found) - 1} more" if len(self.found) > 1 else ""
+        return f"skipped {len(self.found)} image(s) that cannot be decoded (--skip-bad-images): {first}{more}"
+
+
+class _ImagesMayFail(Dataset):
+    """A dataset whose items stand in as ``{"bad_image": message}`` for an image that cannot be
+    decoded: the message reaches the main process with the batch (:func:`collate`), also from
+    loader workers, whose own exceptions arrive wrapped in their traceback."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        try:
+            return self.dataset[index]
+        except ImageError as exc:
+            return {"bad_image": str(exc)}
 
 
 class Collate:
@@ -183,7 +257,7 @@ def build_transform(cfg: DataConfig, *, train: bool) -> DetectionTransform:
     return DetectionTransform(cfg.image_size, max_size, flip_prob=flip)
 
 
-def check_data(cfg: DataConfig, splits: Optional[Sequence[str]] = None) -> None:
+def check_data(cfg: DataConfig, splits: Optional[Sequence[str]] = None) -> List[str]:
     """Checks the data of ``splits`` (default: the train and val splits) before anything is built.
 
     Synthetic data need nothing (but cannot be used with ``ignore_crowd``). A
@@ -191,23 +265,33 @@ def check_data(cfg: DataConfig, splits: Optional[Sequence[str]] = None) -> None:
     and each split must pass :func:`~atss_detector.coco.check_split`: the json,
     every entry, and every listed image file (from its header: fast).
 
+    Returns:
+        With ``cfg.skip_bad_images``, the images that fail the check (one line each; they
+        will be left out where they are read); otherwise an empty list.
+
     Raises:
-        DataError (a ``ValueError``): one line naming the folder, or the file and the entry.
+        DataError (a ``ValueError``): one line naming the folder, or the file and the entry;
+        UsageError: ``ignore_crowd`` with synthetic data.
     """
-    from .coco import DataError, check_split, find_split
+    from .coco import check_split, find_split
 
     if cfg.data == "synthetic":
-        if cfg.ignore_crowd:
-            raise DataError("--ignore-crowd needs COCO data (--data FOLDER): synthetic images have no crowd boxes")
-        return
+        if cfg.ignore_crowd:  # two flags that do not go together
+            raise UsageError("--ignore-crowd needs COCO data (--data FOLDER): synthetic images have no crowd boxes")
+        return []
     if not os.path.isdir(cfg.data):
         raise DataError(f"--data {cfg.data}: no such folder ('synthetic' or a COCO-format folder)")
+    bad_images: List[str] = []
     for split in splits if splits is not None else (cfg.train_split, cfg.val_split):
         try:
             annotation_file, image_dir = find_split(cfg.data, split)
         except FileNotFoundError as exc:
             raise DataError(f"--data {cfg.data}: {exc}") from None
-        check_split(annotation_file, image_dir)
+        try:
+            check_split(annotation_file, image_dir, bad_images if cfg.skip_bad_images else None)
+        except ImageError as exc:
+            raise ImageError(f"{exc} (--skip-bad-images leaves out the images that cannot be read)") from None
+    return bad_images
 
 
 def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> TransformedDataset:
@@ -247,6 +331,7 @@ def build_loader(
     num_workers: int = 0,
     seed: int = 0,
     size_divisible: int = 32,
+    defer_bad_images: bool = False,
 ) -> DataLoader:
     """A loader of :class:`Batch` objects for process ``rank`` of ``world_size``.
 
@@ -256,19 +341,22 @@ def build_loader(
     incomplete last batch dropped so every rank takes the same number of steps.
     Evaluation: in order; with several processes each rank gets a disjoint share
     (the sampler may repeat a few images to even out the shares: deduplicate by
-    ``image_id``).
+    ``image_id``). An image that cannot be decoded raises an ``ImageError`` naming it;
+    with ``defer_bad_images`` it is left out of its batch instead and named in
+    ``Batch.bad_images``, for the caller to pass the batches through :class:`BadImages`
+    (which stops there or skips it).
     """
     if train and len(dataset) < batch_size * world_size:
-        raise ValueError(
+        raise DataError(
             f"the training set has {len(dataset)} images, fewer than one batch of {batch_size} "
-            f"for each of {world_size} processes"
+            f"for each of {world_size} processes: lower --batch-size"
         )
     if train or world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
-        dataset,
+        _ImagesMayFail(dataset) if defer_bad_images else dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=train,

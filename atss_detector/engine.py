@@ -9,7 +9,12 @@ A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 * ``train_log.jsonl``: one JSON record appended per logging step (losses, lr)
   and per evaluation (COCO metrics);
 * ``curves.png``: the loss and AP curves, redrawn after every epoch;
-* ``metrics.json`` and ``metrics.txt``: the final evaluation on the val split.
+* ``metrics.json`` and ``metrics.txt``: the final evaluation on the val split;
+* ``failed.txt``: only after a run that stopped (the reason, one line), removed when a run starts.
+
+A run that stops before its first checkpoint removes the folder it made (a folder that was
+there before keeps what it held, plus ``failed.txt``); one that stops later keeps its last
+checkpoint, and the exception's note says how to continue (``--resume``).
 """
 
 from __future__ import annotations
@@ -17,19 +22,30 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed as dist
+from .coco import load_image
 from .config import Config, TrainConfig
-from .data import Batch, DetectionTransform, build_dataset, build_loader, collate
+from .data import BadImages, Batch, DetectionTransform, build_dataset, build_loader, collate
+from .errors import (
+    CheckpointError,
+    DataError,
+    DeviceError,
+    DivergedError,
+    ImageError,
+    UsageError,
+    add_note,
+    first_line,
+)
 from .evaluation import coco_evaluate, format_line, format_table, to_coco_results
 from .model import ATSSDetector, Detections, build_model, rescale_detections
 
@@ -39,6 +55,11 @@ LOG = "train_log.jsonl"
 CURVES = "curves.png"
 METRICS_JSON = "metrics.json"
 METRICS_TXT = "metrics.txt"
+FAILED = "failed.txt"
+# The layout of checkpoint.pt; a newer layout is refused in one line (CheckpointError).
+CHECKPOINT_FORMAT = 1
+# The keys of every checkpoint the trainer writes (and `eval`, `predict` and `--resume` read).
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "iteration", "config", "classes")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -60,7 +81,7 @@ def select_device(name: str) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+        raise DeviceError("--device cuda: CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     gpus = torch.cuda.device_count()
@@ -68,7 +89,7 @@ def select_device(name: str) -> torch.device:
     if processes > gpus:
         why = f"{processes} processes on this machine but {gpus} GPU(s)"
         if name == "cuda":
-            raise RuntimeError(f"device 'cuda': {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
+            raise DeviceError(f"--device cuda: {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
         if dist.local_rank() == 0:
             print(
                 f"{why}: every process runs on the CPU (torchrun --nproc_per_node {gpus} uses the GPUs)",
@@ -174,16 +195,74 @@ def save_checkpoint(path: str, **state: Any) -> None:
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
+    """The checkpoint dict of a training run's ``checkpoint.pt``.
+
+    Raises:
+        CheckpointError: one line naming ``path``: no such file, not a file torch can read,
+            not an atss-detector checkpoint (another model's weights, a bare state_dict), or
+            written by a newer atss-detector.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        what = "a folder, not a checkpoint file" if os.path.isdir(path) else "no such file"
+        raise CheckpointError(f"no checkpoint at {path}: {what} (a training run writes OUTPUT_DIR/{CHECKPOINT})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises pickle, zip and runtime errors of many kinds
+        raise CheckpointError(
+            f"{path}: not a checkpoint torch can read ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path}: not an atss-detector checkpoint (a {type(checkpoint).__name__}; a training run's "
+            f"{CHECKPOINT} is a dict of {', '.join(CHECKPOINT_KEYS)})"
+        )
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        keys = ", ".join(map(repr, list(checkpoint)[:4])) + (", ..." if len(checkpoint) > 4 else "")
+        raise CheckpointError(
+            f"{path}: not an atss-detector checkpoint (no {missing[0]!r}; its keys: {keys or 'none'}; a training "
+            f"run's {CHECKPOINT} holds {', '.join(CHECKPOINT_KEYS)})"
+        )
+    version = checkpoint.get("format", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: written by a newer atss-detector (checkpoint format {version!r}; this one reads "
+            f"{CHECKPOINT_FORMAT}): upgrade atss-ops to use it"
+        )
+    try:
+        Config.from_dict(checkpoint["config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: its settings are not this atss-detector's (another version?): {first_line(exc)}"
+        ) from None
+    return checkpoint
+
+
+def _check_weights(path: str, model: nn.Module, weights: Dict[str, Any]) -> None:
+    """``weights`` fit ``model`` key for key and shape for shape, or a one-line CheckpointError."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [
+        f"{k} {list(weights[k].shape)} (expected {list(v.shape)})"
+        for k, v in own.items()
+        if k in weights and getattr(weights[k], "shape", None) != v.shape
+    ]
+    if missing or unexpected or reshaped:
+        first = (reshaped or [f"missing {k}" for k in missing] or [f"unexpected {k}" for k in unexpected])[0]
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its settings describe ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} of another shape; first: {first})"
+        )
 
 
 def model_from_checkpoint(path: str, device: torch.device) -> Tuple[ATSSDetector, Config, Dict[str, Any]]:
-    """The trained model (eval mode, on ``device``), its config and the checkpoint dict."""
+    """The trained model (eval mode, on ``device``), its config and the checkpoint dict
+    (a :class:`~atss_detector.errors.CheckpointError` for a file that is not one)."""
     checkpoint = load_checkpoint(path)
     cfg = Config.from_dict(checkpoint["config"])
     model = build_model(cfg.model, len(checkpoint["classes"]))
+    _check_weights(path, model, checkpoint["model"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), cfg, checkpoint
 
@@ -218,15 +297,15 @@ def predict_batches(
     """Runs ``model`` on every batch; detections in the original images' pixels (on the CPU)."""
     model.eval()
     image_ids, detections = [], []
-    for batch in tqdm(
-        batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True, mininterval=_bar_interval()
-    ):
-        batch = batch.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            out = model(batch.images, batch.image_sizes)
-        out = rescale_detections(out, batch.scales, batch.original_sizes)
-        image_ids += batch.image_ids
-        detections += [{k: v.cpu() for k, v in d.items()} for d in out]
+    bar = tqdm(batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True, mininterval=_bar_interval())
+    with bar:  # cleared on the way out too, so that an error's line starts a line of its own
+        for batch in bar:
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                out = model(batch.images, batch.image_sizes)
+            out = rescale_detections(out, batch.scales, batch.original_sizes)
+            image_ids += batch.image_ids
+            detections += [{k: v.cpu() for k, v in d.items()} for d in out]
     return image_ids, detections
 
 
@@ -237,15 +316,26 @@ def evaluate(
     batch_size: int = 8,
     amp: Optional[torch.dtype] = None,
     num_workers: int = 0,
+    bad_images: Optional[BadImages] = None,
 ) -> Dict[str, float]:
     """COCO metrics of ``model`` on ``dataset``; under ``torchrun`` each rank runs
-    its share and rank 0 scores the union. Every rank returns the metrics."""
+    its share and rank 0 scores the union. Every rank returns the metrics.
+
+    An image that cannot be decoded stops the evaluation (``ImageError`` naming it), or with
+    ``bad_images`` skipping is left out (of the score too) and recorded there."""
     model = _unwrap(model)
     was_training = model.training
+    bad_images = bad_images or BadImages(skip=False)
     loader = build_loader(
-        dataset, batch_size, train=False, rank=dist.rank(), world_size=dist.world_size(), num_workers=num_workers
+        dataset,
+        batch_size,
+        train=False,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+        num_workers=num_workers,
+        defer_bad_images=True,
     )
-    image_ids, detections = predict_batches(model, loader, device, amp, progress=dist.is_main())
+    image_ids, detections = predict_batches(model, bad_images.batches(loader), device, amp, progress=dist.is_main())
     results: Dict[int, List[Dict]] = {}
     for shard in dist.all_gather_objects(
         {i: to_coco_results([i], [d], dataset.category_ids) for i, d in zip(image_ids, detections)}
@@ -253,7 +343,10 @@ def evaluate(
         results.update(shard)  # images repeated to even out the shares collapse here
     metrics = None
     if dist.is_main():
-        metrics = coco_evaluate(dataset.coco(), [r for records in results.values() for r in records])
+        skipped = len(results) < len(dataset)  # images that could not be decoded: left out of the score too
+        metrics = coco_evaluate(
+            dataset.coco(), [r for records in results.values() for r in records], sorted(results) if skipped else None
+        )
     model.train(was_training)
     return dist.broadcast_object(metrics)
 
@@ -272,12 +365,12 @@ def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise FileNotFoundError(f"no image or folder at {path}")
+            raise DataError(f"no image or folder at {path}")
     seen: set = set()  # a file given twice, or also found in a given folder: once
     files = [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
     if not files:
         where = "or their subfolders" if recursive else "(--recursive looks into subfolders too)"
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)} {where}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)} {where}")
     return files
 
 
@@ -304,14 +397,6 @@ def output_paths(files: Sequence[str], inputs: Sequence[str], output_dir: str, s
     return [os.path.join(output_dir, name) for name in names]
 
 
-def load_image(path: str) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).copy()
-
-
 def predict_files(
     model: ATSSDetector,
     files: Sequence[str],
@@ -319,13 +404,26 @@ def predict_files(
     device: torch.device,
     batch_size: int = 8,
     size_divisible: int = 32,
-) -> List[Detections]:
-    """Detections (original pixels) for image files, in order."""
-    detections: List[Detections] = []
+    bad_images: Optional[BadImages] = None,
+) -> List[Optional[Detections]]:
+    """Detections (original pixels) for image files, in order.
+
+    Each image is decoded here (:func:`~atss_detector.coco.load_image`): one that cannot be
+    stops with an ``ImageError`` naming it, or with ``bad_images`` skipping gets ``None`` and
+    is recorded there."""
+    bad_images = bad_images or BadImages(skip=False)
+    detections: List[Optional[Detections]] = []
     for start in range(0, len(files), batch_size):
-        items = []
+        items, decoded = [], []
         for i, path in enumerate(files[start : start + batch_size]):
-            image = torch.from_numpy(load_image(path)).permute(2, 0, 1).contiguous()
+            try:
+                pixels = load_image(path)
+            except ImageError as exc:
+                bad_images.check([str(exc)])
+                decoded.append(False)
+                continue
+            decoded.append(True)
+            image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
             items.append(
                 transform(
                     {
@@ -336,7 +434,8 @@ def predict_files(
                     }
                 )
             )
-        detections += predict_batches(model, [collate(items, size_divisible)], device)[1]
+        found = iter(predict_batches(model, [collate(items, size_divisible)], device)[1] if items else [])
+        detections += [next(found) if ok else None for ok in decoded]
     return detections
 
 
@@ -389,6 +488,8 @@ class Trainer:
         self.main = dist.is_main()
         self.out = tc.output_dir
         self.log_path = os.path.join(self.out, LOG)
+        self.bad_images = BadImages(skip=cfg.data.skip_bad_images)
+        self.saved_iteration: Optional[int] = None  # of the last checkpoint this run wrote
 
         # Everything that can fail on bad data or settings runs before the run directory is
         # made: a failed start leaves no half-made folder behind.
@@ -414,11 +515,12 @@ class Trainer:
             num_workers=workers,
             seed=tc.seed,
             size_divisible=cfg.data.size_divisible,
+            defer_bad_images=True,
         )
         self.iters_per_epoch = len(self.loader)
         self.total = tc.iterations if tc.iterations is not None else tc.epochs * self.iters_per_epoch
         if self.total < 1:
-            raise ValueError(
+            raise UsageError(
                 f"nothing to train: {self.total} iterations (epochs={tc.epochs}, iterations={tc.iterations})"
             )
         self.epochs = math.ceil(self.total / self.iters_per_epoch)
@@ -427,14 +529,18 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(tc, self.total))
         self.start_epoch, self.iteration = 0, 0
         self.resumed_from = resume
+        self.iteration_resumed = 0
         if resume:
             self._restore(resume)
         self.ddp_model: nn.Module = self.model
         if dist.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.made_folder = not os.path.exists(self.out)  # removed again if the run stops before a checkpoint
         if self.main:
             os.makedirs(self.out, exist_ok=True)
+            if os.path.isfile(os.path.join(self.out, FAILED)):
+                os.remove(os.path.join(self.out, FAILED))  # an earlier run's
             with open(os.path.join(self.out, CONFIG), "w") as f:
                 json.dump(cfg.to_dict(), f, indent=2)
 
@@ -442,15 +548,56 @@ class Trainer:
         checkpoint = load_checkpoint(path)
         saved = Config.from_dict(checkpoint["config"]).resolved().model  # as trained (older files: unresolved)
         if saved != self.cfg.model:
-            raise ValueError(f"cannot resume from {path}: its model settings {saved} differ from {self.cfg.model}")
+            changed = [f for f in saved.__dataclass_fields__ if getattr(saved, f) != getattr(self.cfg.model, f)]
+            raise CheckpointError(
+                f"cannot resume from {path}: its model settings differ in "
+                + ", ".join(f"{f} ({getattr(saved, f)!r} there, {getattr(self.cfg.model, f)!r} here)" for f in changed)
+            )
+        _check_weights(path, self.model, checkpoint["model"])
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.start_epoch, self.iteration = checkpoint["epoch"], checkpoint["iteration"]
+        self.iteration_resumed = self.iteration
 
     def run(self) -> Dict[str, Any]:
         """Trains and evaluates; returns ``{"model", "metrics", "iterations", "epochs",
-        "output_dir", "train_seconds", "rank", "world_size"}`` on every rank."""
+        "output_dir", "train_seconds", "rank", "world_size", "skipped_images"}`` on every rank.
+
+        Whatever stops it (an exception, Ctrl-C) leaves the run folder as the module docstring
+        says and gets a note saying what is kept (:meth:`_stopped`), then propagates."""
+        try:
+            return self._run()
+        except BaseException as exc:
+            if self.main:
+                self._stopped(exc)
+            raise
+
+    def _stopped(self, exc: BaseException) -> None:
+        """Cleans up after a run that stopped, and notes on ``exc`` what is kept."""
+        checkpoint = os.path.join(self.out, CHECKPOINT)
+        if self.saved_iteration is None and self.made_folder and not self.resumed_from:
+            shutil.rmtree(self.out, ignore_errors=True)
+            add_note(exc, f"stopped before the first checkpoint: the run folder {self.out} is removed")
+            return
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
+        try:
+            with open(os.path.join(self.out, FAILED), "w") as f:
+                f.write(f"stopped at iteration {self.iteration} of {self.total}: {reason}\n")
+        except OSError:
+            pass  # the folder itself may be what failed; the message still says why
+        # a checkpoint of this run, or the one it resumed from (not an older run's, left in the folder)
+        if os.path.isfile(checkpoint) and (self.saved_iteration is not None or self.resumed_from):
+            at = self.saved_iteration if self.saved_iteration is not None else self.iteration_resumed
+            add_note(
+                exc,
+                f"stopped at iteration {self.iteration} of {self.total}; {checkpoint} (iteration {at}) is kept: "
+                f"continue with `atss-detector train --output-dir {self.out} --resume`",
+            )
+        else:
+            add_note(exc, f"stopped before the first checkpoint; {os.path.join(self.out, FAILED)} says why")
+
+    def _run(self) -> Dict[str, Any]:
         self._announce()
         started = self.started = time.time()
         for epoch in range(self.start_epoch, self.epochs):
@@ -468,6 +615,7 @@ class Trainer:
                     "images": len(self.val_set),
                     "iterations": self.iteration,
                     "train_seconds": round(train_seconds, 1),
+                    "skipped_images": list(self.bad_images.found),
                 },
             )
         return {
@@ -479,6 +627,7 @@ class Trainer:
             "train_seconds": train_seconds,
             "rank": dist.rank(),
             "world_size": dist.world_size(),
+            "skipped_images": list(self.bad_images.found),
         }
 
     def _announce(self) -> None:
@@ -501,37 +650,39 @@ class Trainer:
         self.ddp_model.train()
         progress = _Progress()
         steps = min(self.iters_per_epoch, self.total - self.iteration)
-        bar = tqdm(
+        # closed on the way out too, so that an error's line starts a line of its own
+        with tqdm(
             total=steps,
             desc=f"epoch {epoch + 1}/{self.epochs}",
             disable=not self.main,
             dynamic_ncols=True,
             mininterval=_bar_interval(),
-        )
-        for batch in self.loader:
-            if self.iteration >= self.total:
-                break
-            batch = batch.to(self.device, non_blocking=True)
-            with _autocast(self.device, self.amp):
-                losses = self.ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.ignore_boxes)
-            loss = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.iteration += 1
-            progress.add({"loss": loss, **losses})
-            if self.iteration % tc.log_every == 0 or self.iteration == self.total:
-                self._log_losses(epoch, progress.pop(), bar)
-            bar.update(1)
-        bar.close()
+        ) as bar:
+            for batch in self.bad_images.batches(self.loader):
+                if self.iteration >= self.total:
+                    break
+                batch = batch.to(self.device, non_blocking=True)
+                with _autocast(self.device, self.amp):
+                    losses = self.ddp_model(
+                        batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.ignore_boxes
+                    )
+                loss = sum(losses.values())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.iteration += 1
+                progress.add({"loss": loss, **losses})
+                if self.iteration % tc.log_every == 0 or self.iteration == self.total:
+                    self._log_losses(epoch, progress.pop(), bar)
+                bar.update(1)
 
     def _log_losses(self, epoch: int, values: Dict[str, float], bar: tqdm) -> None:
         # Reading the losses syncs with the device: done every log_every steps only.
         if not math.isfinite(values["loss"]):
-            raise FloatingPointError(
+            raise DivergedError(
                 f"the loss is {values['loss']} at iteration {self.iteration}: lower --lr or raise --warmup-iters"
             )
         lr = self.optimizer.param_groups[0]["lr"]
@@ -566,15 +717,19 @@ class Trainer:
                 scheduler=self.scheduler.state_dict(),
                 epoch=done,
                 iteration=self.iteration,
+                format=CHECKPOINT_FORMAT,
                 config=self.cfg.to_dict(),
                 classes=list(self.train_set.classes),
                 category_ids=list(self.train_set.category_ids),
             )
+            self.saved_iteration = self.iteration
             _plot(self.out)
         dist.barrier()
 
     def _evaluate(self, epoch: int) -> Dict[str, float]:
-        metrics = evaluate(self.model, self.val_set, self.device, self.tc.batch_size, self.amp)
+        metrics = evaluate(
+            self.model, self.val_set, self.device, self.tc.batch_size, self.amp, bad_images=self.bad_images
+        )
         if self.main:
             append_log(self.log_path, {"kind": "eval", "epoch": epoch, "iteration": self.iteration, **metrics})
         return metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import TYPE_CHECKING, Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from torch import Tensor
 
@@ -56,12 +56,13 @@ def to_coco_results(
     return records
 
 
-def coco_evaluate(coco_gt, results: List[Dict]) -> Dict[str, float]:
+def coco_evaluate(coco_gt, results: List[Dict], image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` of ``results`` against ``coco_gt``.
 
     Values are fractions in [0, 1]; -1 where the ground truth has no box of that
     size range (pycocotools' convention). No detections at all gives zeros.
-    Only the images of ``coco_gt`` that have results or ground truth count.
+    Only the images of ``coco_gt`` that have results or ground truth count; with
+    ``image_ids``, only those images (e.g. all but the ones that could not be decoded).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -70,6 +71,8 @@ def coco_evaluate(coco_gt, results: List[Dict]) -> Dict[str, float]:
     with _quiet():
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

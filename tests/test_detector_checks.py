@@ -141,15 +141,16 @@ BAD_FILES = [_truncate, _three_numbers, _missing_image, _unknown_category, _no_i
 @pytest.mark.parametrize("split", ["train", "val"])
 @pytest.mark.parametrize("spoil", [*BAD_FILES, _unlisted_image_id], ids=lambda f: getattr(f, "__name__", f))
 def test_bad_data_files_fail_before_training_in_one_line(coco_root, tmp_path, spoil, split, capsys):
-    """``train`` checks both splits whole before it builds anything: an argparse error of one line
-    naming the file and the entry, and no run folder."""
+    """``train`` checks both splits whole before it builds anything: one line naming the file and
+    the entry (no usage: it is not a usage error), exit status 3, and no run folder."""
     annotation_file, message = spoil(coco_root, split)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--preset", "tiny", "--data", str(coco_root), "--output-dir", str(out)])
-    assert exit_info.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"atss-detector: error: {annotation_file}: ")
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"atss-detector train: error: {annotation_file}: ") and "usage:" not in err
     assert re.search(message, last), last
     assert not out.exists()
 
@@ -193,7 +194,7 @@ def test_eval_checks_its_split(coco_root, tmp_path, capsys):
     _missing_image(coco_root, "val")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--threads", "1"])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 3
     assert "is missing" in capsys.readouterr().err.strip().splitlines()[-1]
 
 

@@ -21,6 +21,7 @@ pytest.importorskip("matplotlib", reason="needs the detector extra")
 
 from atss_detector import cli, engine
 from atss_detector.engine import read_log
+from atss_detector.errors import DataError
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,11 +110,15 @@ def test_train_on_a_coco_folder(tmp_path):
     assert checkpoint["iteration"] == 2 and checkpoint["classes"][0] == "rectangle"
 
 
-def test_cli_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+def test_cli_errors_are_clear(tmp_path, capsys):
+    """One line and the checkpoint's exit status (the whole table: test_detector_mistakes.py)."""
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--output-dir", str(tmp_path), "--resume"])
-    with pytest.raises(SystemExit):
+    assert exit_info.value.code == 4
+    assert capsys.readouterr().err.startswith(f"atss-detector train: error: no checkpoint at {tmp_path}/checkpoint.pt")
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--preset", "huge"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize(
@@ -140,7 +145,7 @@ def test_a_data_folder_in_another_layout_says_which_it_expects(tmp_path, capsys)
     (tmp_path / "annotations.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--data", str(tmp_path)])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert f"{tmp_path}/train/annotations.json with the images in {tmp_path}/train/images/" in err
     assert f"the COCO 2017 layout {tmp_path}/annotations/instances_train.json" in err
@@ -183,7 +188,7 @@ def test_image_files_in_folders_and_subfolders(tmp_path):
     assert engine.image_files([str(tmp_path)], recursive=True)[-1] == str(tmp_path / "sub" / "c.jpeg")
     (tmp_path / "empty" / "deeper").mkdir(parents=True)
     (tmp_path / "empty" / "deeper" / "d.png").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="--recursive looks into subfolders"):
+    with pytest.raises(DataError, match="--recursive looks into subfolders"):
         engine.image_files([str(tmp_path / "empty")])
     assert engine.image_files([str(tmp_path / "empty")], recursive=True) == [
         str(tmp_path / "empty" / "deeper" / "d.png")
@@ -213,7 +218,7 @@ def test_predict_mirrors_the_input_tree_and_writes_coco_results(tmp_path, untrai
     args = ["predict", str(pics), "--recursive", "--checkpoint", str(untrained_checkpoint), "--threads", "1"]
     cli.main([*args, "--output-dir", str(out)])
     printed = capsys.readouterr().out
-    assert f"found 5 image(s) in {pics} and subfolders" in printed
+    assert f"found 5 image(s) in {pics} and subfolders\n" in printed
     pictures = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     assert pictures == [
         "img_000.png",
