@@ -17,6 +17,7 @@ device-to-host sync: the public API runs them on CUDA only when asked
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -98,6 +99,24 @@ def check_topk_type(topk: int) -> None:
     integral = isinstance(topk, torch.SymInt) or hasattr(type(topk), "__index__")
     if isinstance(topk, bool) or not integral:
         _fail(f"topk must be an int, got {type(topk).__name__} {topk!r}")
+
+
+def check_center_eps_type(center_eps) -> None:
+    """A Python number or None (never a bool): what the public functions accept."""
+    if center_eps is not None and (isinstance(center_eps, bool) or not isinstance(center_eps, numbers.Real)):
+        _fail(f"center_eps must be a number or None, got {type(center_eps).__name__} {center_eps!r}")
+
+
+def check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        _fail(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_iof_threshold(iof_threshold) -> None:
+    """The IoF above which an anchor counts as ignored (:func:`atss_ops.ignore_mask`)."""
+    number = not isinstance(iof_threshold, bool) and isinstance(iof_threshold, numbers.Real)
+    if not (number and math.isfinite(iof_threshold) and 0.0 <= iof_threshold <= 1.0):
+        _fail(f"iof_threshold must be a number in [0, 1], got {type(iof_threshold).__name__} {iof_threshold!r}")
 
 
 def check_center_eps(center_eps: Optional[float]) -> None:

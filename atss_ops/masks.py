@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from . import _validation as V
 
 __all__ = ["ignore_mask"]
 
@@ -109,10 +110,7 @@ def ignore_mask(
             f"ignore_boxes is on {ignore_boxes.device} but anchors is on {anchors.device}: "
             "all tensors must be on one device"
         )
-    if isinstance(iof_threshold, bool) or not isinstance(iof_threshold, (int, float)):
-        raise TypeError(f"iof_threshold must be a float, got {type(iof_threshold).__name__}")
-    if not (math.isfinite(iof_threshold) and 0.0 <= iof_threshold <= 1.0):
-        raise ValueError(f"iof_threshold must be in [0, 1], got {iof_threshold}")
+    V.check_iof_threshold(iof_threshold)
     B, M, _ = ignore_boxes.shape
     A = anchors.shape[0]
     if ignore_counts is None:

@@ -1,6 +1,6 @@
 """The public API: typed wrappers of the ``torch.ops.atss_ops`` ops and ``atss_assign``.
 
-Every op is a dispatcher op (schemas in ``csrc/atss_ops.cpp``), so
+Every op is a dispatcher op (schemas in ``csrc/schemas.h``), so
 ``torch.compile(fullgraph=True)``, ``torch.export`` and
 ``torch.library.opcheck`` see it. When the compiled extension is missing, or
 has no kernel for the device at hand (a CPU-only build given CUDA tensors), the
@@ -19,7 +19,6 @@ data, and work with or without the compiled extension.
 
 from __future__ import annotations
 
-import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -365,10 +364,8 @@ def atss_assign(
     anchors, gt_boxes = _as_float32(anchors), _as_float32(gt_boxes)
     V.check_gt_counts_type(gt_counts)
     V.check_topk_type(topk)
-    if not isinstance(ensure_positive, bool):
-        raise ValueError(f"ensure_positive must be a bool, got {type(ensure_positive).__name__} {ensure_positive!r}")
-    if center_eps is not None and (isinstance(center_eps, bool) or not isinstance(center_eps, numbers.Real)):
-        raise ValueError(f"center_eps must be a number or None, got {type(center_eps).__name__} {center_eps!r}")
+    V.check_bool(ensure_positive, "ensure_positive")
+    V.check_center_eps_type(center_eps)
     if gt_counts is not None and gt_counts.dtype != torch.int64:
         if gt_counts.dtype.is_floating_point or gt_counts.dtype == torch.bool:
             raise ValueError(f"gt_counts must be int64, got {gt_counts.dtype}")

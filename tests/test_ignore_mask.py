@@ -189,10 +189,10 @@ NAN_BOX = [[[float("nan"), 0.0, 1.0, 1.0]]]
         (dict(ignore_counts=torch.tensor([1.0])), ValueError, "ignore_counts must hold integers"),
         (dict(ignore_counts=torch.tensor([1, 1])), ValueError, r"ignore_counts must have shape \[B\] = \[1\]"),
         (dict(ignore_counts=[1]), TypeError, "ignore_counts must be a torch.Tensor or None, got list"),
-        (dict(iof_threshold=1.5), ValueError, r"iof_threshold must be in \[0, 1\], got 1.5"),
-        (dict(iof_threshold=-0.1), ValueError, r"got -0.1"),
-        (dict(iof_threshold=float("nan")), ValueError, "got nan"),
-        (dict(iof_threshold="0.5"), TypeError, "iof_threshold must be a float, got str"),
+        (dict(iof_threshold=1.5), ValueError, r"iof_threshold must be a number in \[0, 1\], got float 1.5"),
+        (dict(iof_threshold=-0.1), ValueError, r"got float -0.1"),
+        (dict(iof_threshold=float("nan")), ValueError, "got float nan"),
+        (dict(iof_threshold="0.5"), ValueError, r"iof_threshold must be a number in \[0, 1\], got str '0.5'"),
     ],
 )
 def test_errors_name_argument_and_value(kwargs, error, match):

@@ -417,7 +417,7 @@ def test_use_atss_ops_checks_and_survives_deepcopy():
     detector.box_overlap_metric = box_giou
     with pytest.raises(ValueError, match="similarity_fn must be monai.data.box_utils.box_iou"):
         use_atss_ops(detector)
-    with pytest.raises(ValueError, match=r"iof_threshold must be in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"iof_threshold must be a number in \[0, 1\], got int 2"):
         use_atss_ops(_detector(), ignore_box_key="ignore", iof_threshold=2)
     detector = use_atss_ops(_detector())
     clone = copy.deepcopy(detector)

@@ -351,15 +351,15 @@ def test_other_models_are_a_type_error():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(topk=0), r"topk must be an int >= 1, got int 0"),
-        (dict(topk=2.0), r"topk must be an int >= 1, got float 2.0"),
-        (dict(topk=True), r"topk must be an int >= 1, got bool True"),
-        (dict(center_eps=-1.0), r"center_eps must be finite and >= 0 .*got -1.0"),
+        (dict(topk=0), r"topk must be >= 1, got 0"),
+        (dict(topk=2.0), r"topk must be an int, got float 2.0"),
+        (dict(topk=True), r"topk must be an int, got bool True"),
+        (dict(center_eps=-1.0), r"center_eps must be finite and >= 0 .*got -1$"),
         (dict(center_eps=float("nan")), r"center_eps must be finite and >= 0"),
-        (dict(center_eps="0.01"), r"center_eps must be a number >= 0 or None, got str '0.01'"),
+        (dict(center_eps="0.01"), r"center_eps must be a number or None, got str '0.01'"),
         (dict(ensure_positive=1), r"ensure_positive must be a bool, got int 1"),
         (dict(ignore_box_key=3), r"ignore_box_key must be a str or None, got int 3"),
-        (dict(iof_threshold=1.5), r"iof_threshold must be a number in \[0, 1\], got 1.5"),
+        (dict(iof_threshold=1.5), r"iof_threshold must be a number in \[0, 1\], got float 1.5"),
         (dict(fcos_anchor_scale=0), r"fcos_anchor_scale must be finite and > 0, got 0"),
     ],
 )

@@ -38,6 +38,7 @@ from typing import List, Optional, Sequence
 from torch import Tensor
 
 import atss_ops
+from atss_ops import _validation as V
 from atss_ops.types import AssignResult
 
 from ._common import ignore_mask_of, per_anchor_group, to_sentinels
@@ -263,8 +264,7 @@ def use_atss_ops(
             f"detector must be a monai.apps.detection.networks.retinanet_detector.RetinaNetDetector, "
             f"got {type(detector).__name__}"
         )
-    if isinstance(iof_threshold, bool) or not isinstance(iof_threshold, (int, float)) or not 0 <= iof_threshold <= 1:
-        raise ValueError(f"iof_threshold must be in [0, 1], got {iof_threshold!r}")
+    V.check_iof_threshold(iof_threshold)
     detector.proposal_matcher = ATSSMatcher(num_candidates, detector.box_overlap_metric, center_in_gt, detector.debug)
     detector.compute_anchor_matched_idxs = _BatchedAnchorMatching(detector, ignore_box_key, float(iof_threshold))
     return detector

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 import atss_ops
+from atss_ops import _validation as V
 
 from ._common import ignore_mask_of, per_anchor_group, to_sentinels
 
@@ -278,18 +279,11 @@ def use_atss_ops(
     """
     if not isinstance(model, (RetinaNet, FCOS)):
         raise TypeError(f"model must be a torchvision.models.detection.RetinaNet or FCOS, got {type(model).__name__}")
-    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
-        raise ValueError(f"topk must be an int >= 1, got {type(topk).__name__} {topk!r}")
-    if center_eps is not None:
-        if isinstance(center_eps, bool) or not isinstance(center_eps, numbers.Real):
-            raise ValueError(
-                f"center_eps must be a number >= 0 or None, got {type(center_eps).__name__} {center_eps!r}"
-            )
-        if not (math.isfinite(center_eps) and center_eps >= 0):
-            raise ValueError(f"center_eps must be finite and >= 0 (or None: no centre test), got {center_eps!r}")
-        center_eps = float(center_eps)
-    if not isinstance(ensure_positive, bool):
-        raise ValueError(f"ensure_positive must be a bool, got {type(ensure_positive).__name__} {ensure_positive!r}")
+    V.check_topk(topk)
+    V.check_center_eps_type(center_eps)
+    V.check_center_eps(center_eps)
+    center_eps = None if center_eps is None else float(center_eps)
+    V.check_bool(ensure_positive, "ensure_positive")
     if isinstance(model, FCOS) and (center_eps is None or ensure_positive):
         raise ValueError(
             "FCOS needs center_eps >= 0 and ensure_positive=False: torchvision's FCOS head regresses distances "
@@ -301,8 +295,7 @@ def use_atss_ops(
         raise ValueError(
             f"ignore_box_key must be a str or None, got {type(ignore_box_key).__name__} {ignore_box_key!r}"
         )
-    if isinstance(iof_threshold, bool) or not isinstance(iof_threshold, numbers.Real) or not 0 <= iof_threshold <= 1:
-        raise ValueError(f"iof_threshold must be a number in [0, 1], got {iof_threshold!r}")
+    V.check_iof_threshold(iof_threshold)
     if isinstance(fcos_anchor_scale, bool) or not isinstance(fcos_anchor_scale, numbers.Real):
         raise ValueError(f"fcos_anchor_scale must be a number > 0, got {fcos_anchor_scale!r}")
     if not (math.isfinite(fcos_anchor_scale) and fcos_anchor_scale > 0):
