@@ -119,10 +119,11 @@ cuda12-toolkit: venv
 # The wheel installed with no compiler into venvs of several torch releases (holding that
 # torch and the test tools only, kept in ~/.cache/atss-ops/wheel-check between runs), and
 # the op tests run against the installed package (scripts/wheel_check.py).
-WHEEL_TORCH ?= 2.10.0@3.10 2.12.0 2.15.0@3.12
+# WHEEL_TORCH: the torch versions to try, TORCH[@PYTHON] (default: scripts/wheel_check.py's DEFAULT_TORCH).
+WHEEL_TORCH ?=
 WHEEL_TESTS ?= auto
 wheel-check: venv
-	$(PY) scripts/wheel_check.py --torch $(WHEEL_TORCH) --tests $(WHEEL_TESTS)
+	$(PY) scripts/wheel_check.py $(if $(WHEEL_TORCH),--torch $(WHEEL_TORCH)) --tests $(WHEEL_TESTS)
 
 demo: install
 	$(PY) -m benchmarks.bench_cpu --check

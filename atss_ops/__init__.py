@@ -20,7 +20,7 @@ readable pure-PyTorch implementation. MONAI's detectors switch over with
 Needs torch alone.
 """
 
-from . import _fake, reference
+from . import _fake, _metadata, reference
 from ._extension import extension_available, has_kernel
 
 if extension_available():
@@ -39,7 +39,7 @@ from .ops import (
 from .targets import AssignTargets, assign_targets
 from .types import AssignResult, num_candidates
 
-__version__ = "0.2.0"
+__version__ = _metadata.VERSION  # pyproject.toml's, the one home of the version
 
 __all__ = [
     "AssignResult",

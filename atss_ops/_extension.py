@@ -30,11 +30,13 @@ from typing import Optional, Union
 
 import torch
 
+from . import _metadata
+
 OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
 
 # The oldest torch whose stable ABI the libraries target: pyproject.toml's torch>=
-# (tests/test_stable_abi.py checks that these agree, and the compiled library's own record).
-TORCH_MINIMUM = (2, 10)
+# (tests/test_stable_abi.py checks it against the compiled library's own record).
+TORCH_MINIMUM = _metadata.torch_minimum()
 
 BUILD_HINT = (
     "install the prebuilt wheel (`make wheel` writes it to dist/), or build it with "

@@ -1,7 +1,7 @@
 // Every atss_ops schema, in one place: the library atss_ops (csrc/atss_ops.cpp)
 // and the test-only emulated library atss_ops_emu (csrc/cuda/emu/) define the
 // same ops with these. Kernels: csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu
-// (CUDA); fake kernels: atss_ops/ops.py. The function they compute is
+// (CUDA); fake kernels: atss_ops/_fake.py. The function they compute is
 // docs/contract.md.
 #pragma once
 

@@ -185,9 +185,11 @@ sys.exit(0 if os.path.basename(e.CUDA_LIBRARY or '').startswith('_C_cuda12') els
   local cu12py=${CU12_PYTHON:-}
   if [ -z "$cu12py" ] && [ $DRY_RUN = 0 ]; then
     if timeout 20 "$PY" -m pip index versions torch > /dev/null 2>&1; then
-      echo "installing torch 2.10.0 (+cu128) into /tmp/atss-cu12-venv"
+      local minimum  # pyproject.toml's torch>= (X.Y.0 from PyPI: a CUDA 12 build for 2.10)
+      minimum=$("$PY" -c "import sys; sys.path.insert(0, '.'); import build_config; print(build_config.torch_target())")
+      echo "installing torch $minimum.0 (PyPI's default build) into /tmp/atss-cu12-venv"
       "$PY" -m venv /tmp/atss-cu12-venv &&
-        timeout 200 /tmp/atss-cu12-venv/bin/pip install -q torch==2.10.0 pytest hypothesis expecttest numpy \
+        timeout 200 /tmp/atss-cu12-venv/bin/pip install -q "torch==$minimum.0" pytest hypothesis expecttest numpy \
           > "$OUT_DIR/cu12_torch.log" 2>&1 && cu12py=/tmp/atss-cu12-venv/bin/python
     fi
   fi

@@ -45,10 +45,14 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The minimum (pyproject.toml's torch>=) on the oldest Python the wheel supports, one in
-# the middle, the newest on the registry on a newer Python: "TORCH[@PYTHON]". A Python
-# that is not on this machine is replaced by the one running this script (and said).
-DEFAULT_TORCH = ("2.10.0@3.10", "2.12.0", "2.15.0@3.12")
+# The minimum (pyproject.toml's torch>=, as X.Y.0: PyPI's default build, CUDA 12.8 for
+# 2.10) on the oldest Python the wheel supports, one in the middle, the newest on the
+# registry on a newer Python: "TORCH[@PYTHON]". A Python that is not on this machine is
+# replaced by the one running this script (and said).
+sys.path.insert(0, ROOT)
+import build_config  # noqa: E402
+
+DEFAULT_TORCH = (f"{build_config.torch_target()}.0@3.10", "2.12.0", "2.15.0@3.12")
 
 # The op tests: everything about the ops and the public API, nothing about the build,
 # the emulated CUDA library, the detector or MONAI.
@@ -71,8 +75,21 @@ OP_TESTS = {
 }
 OP_TESTS["quick"] = ["test_equivalence.py", "test_errors.py", "test_error_parity.py", "test_stable_abi.py"]
 
-# What the op tests need besides torch (numpy: torch warns without it).
-TEST_TOOLS = ["pytest", "hypothesis", "expecttest", "numpy"]
+
+def op_test_tools() -> list:
+    """What the op tests need besides torch (numpy: torch warns without it): the part of
+    requirements-test.txt above its "# Beyond the op tests" line."""
+    tools = []
+    with open(os.path.join(ROOT, "requirements-test.txt")) as f:
+        for line in f:
+            if line.startswith("# Beyond the op tests"):
+                break
+            if line.strip() and not line.startswith("#"):
+                tools.append(line.strip())
+    return tools
+
+
+TEST_TOOLS = op_test_tools()
 
 PROBE = r"""
 import json, os, platform, site, sys, warnings
@@ -148,10 +165,8 @@ def make_venv(version: str, base: str, python: str, env: dict) -> str:
         shutil.rmtree(venv, ignore_errors=True)
         run([python, "-m", "venv", venv])
         run([py, "-m", "pip", "install", "-q", f"torch=={version}", *TEST_TOOLS], env=env)
-    else:
-        missing = subprocess.run([py, "-c", "import pytest, hypothesis, expecttest, numpy"], capture_output=True)
-        if missing.returncode != 0:
-            run([py, "-m", "pip", "install", "-q", *TEST_TOOLS], env=env)
+    else:  # (a no-op, with no download, when every tool is there)
+        run([py, "-m", "pip", "install", "-q", *TEST_TOOLS], env=env)
     return py
 
 

@@ -317,3 +317,26 @@ def test_python_m_atss_ops_under_a_cpu_only_torch(tmp_path):
             assert states[name] == f"not loaded: torch {torch.__version__} is a CPU-only build", states
         assert all(report["ops"][op]["cpu"] == "compiled" for op in _extension.OPS)
         assert report["import_warning"] is None  # a CPU-only torch is no mismatch
+
+
+def test_version_and_torch_minimum_have_one_home():
+    """atss_ops.__version__ and the torch minimum are pyproject.toml's (read from it in a
+    source tree, from the distribution's metadata when installed)."""
+    import importlib.metadata
+
+    from atss_ops import _metadata
+
+    pyproject = os.path.join(os.path.dirname(PACKAGE), "pyproject.toml")
+    if os.path.exists(pyproject):
+        with open(pyproject) as f:
+            text = f.read()
+        version = re.search(r'^version\s*=\s*"([^"]*)"', text, re.M).group(1)
+        minimum = tuple(int(x) for x in re.search(r'"torch>=(\d+)\.(\d+)"', text).groups())
+    else:
+        version = importlib.metadata.version("atss-ops")
+        requires = " ".join(importlib.metadata.requires("atss-ops") or [])
+        minimum = tuple(int(x) for x in re.search(r"torch\s*>=\s*(\d+)\.(\d+)", requires).groups())
+    assert atss_ops.__version__ == _metadata.VERSION == version
+    assert _extension.TORCH_MINIMUM == _metadata.torch_minimum() == minimum
+    if atss_ops.extension_available():  # the compiled library's own record of its target
+        assert atss_ops._C.torch_target == "{}.{}".format(*minimum)

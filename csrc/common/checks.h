@@ -34,7 +34,7 @@ void check_candidate_like(const Tensor& t, const char* name, const Tensor& candi
 void check_num_anchors(int64_t num_anchors);
 
 // Every structural check of one op, in the order both backends run them (and
-// the order of the fake kernels in atss_ops/ops.py).
+// the order of the fake kernels in atss_ops/_fake.py).
 void check_center_distance_args(const Tensor& anchors, const Tensor& gt_boxes,
                                 const OptionalTensor& gt_counts);
 void check_topk_per_level_args(const Tensor& distances, IntArrayRef num_anchors_per_level,
