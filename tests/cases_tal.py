@@ -169,6 +169,15 @@ def _edges():
     return c
 
 
+@register("points_on_edges_eps_0")
+def _edges_eps0():
+    """The same with eps = 0: a point on an edge (difference 0) is still outside; one 1 ulp in is inside."""
+    c = _edges()
+    c["eps"] = 0.0
+    c["gt_boxes"][1, ::2, :2] = torch.nextafter(c["gt_boxes"][1, ::2, :2], torch.tensor(-1.0))
+    return c
+
+
 register("empty_images")(lambda: random_case(16, B=4, G=6, fixed_counts=[0, 6, 0, 2]))
 register("all_padding")(lambda: random_case(17, B=2, G=5, fixed_counts=[0, 0]))
 
