@@ -85,9 +85,16 @@ inline Exponent exponent_of(double e) {
   return {static_cast<int64_t>(whole), e - whole == 0.5};
 }
 
+// The GT's term of the CIoU's aspect penalty, atan_c(gw / gh): a caller scoring many
+// anchors against one GT computes it once.
+ATSS_HD float tal_gt_aspect(const float* g) {
+  return atan_c((g[2] - g[0]) / ((g[3] - g[1]) + tal::kIouEps));
+}
+
 // The contract's overlap o(g, p) of GT box g and predicted box p (x1, y1, x2, y2):
-// pos(IoU), or pos(CIoU) with ciou, in the written order of operations.
-ATSS_HD float tal_overlap(const float* g, const float* p, bool ciou) {
+// pos(IoU), or pos(CIoU) with ciou, in the written order of operations; gt_aspect
+// is tal_gt_aspect(g).
+ATSS_HD float tal_overlap(const float* g, const float* p, bool ciou, float gt_aspect) {
   const float E = tal::kIouEps;
   const float gw = g[2] - g[0], gh = (g[3] - g[1]) + E;
   const float pw = p[2] - p[0], ph = (p[3] - p[1]) + E;
@@ -104,7 +111,7 @@ ATSS_HD float tal_overlap(const float* g, const float* p, bool ciou) {
   const float dx = ((p[0] + p[2]) - g[0]) - g[2];
   const float dy = ((p[1] + p[3]) - g[1]) - g[3];
   const float rho2 = ((dx * dx) + (dy * dy)) / 4.0f;
-  const float d = atan_c(pw / ph) - atan_c(gw / gh);
+  const float d = atan_c(pw / ph) - gt_aspect;
   const float v = tal::kFourOverPi2 * (d * d);
   const float k = v / (((1.0f - iou) + v) + E);
   return pos_of(iou - ((rho2 / c2) + (v * k)));

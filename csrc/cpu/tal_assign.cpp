@@ -125,14 +125,16 @@ struct Inputs {
   bool widen;
   float min_side, eps;
 
-  // Step 2 for an inside pair.
-  Scored score(int64_t b, int64_t g, int64_t a) const {
+  // Step 2 for an inside pair; gt_aspect = tal_gt_aspect of the GT.
+  Scored score(int64_t b, int64_t g, int64_t a, float gt_aspect) const {
     const int64_t ba = b * A + a;
-    const float overlap = tal_overlap(gt + 4 * (b * G + g), pred + 4 * ba, ciou);
+    const float overlap = tal_overlap(gt + 4 * (b * G + g), pred + 4 * ba, ciou, gt_aspect);
     const float s = clamp01(scores[ba * C + labels[b * G + g]]);
     const float metric = power_c(s, alpha.n, alpha.half) * power_c(overlap, beta.n, beta.half);
     return {a, metric, overlap};
   }
+
+  float gt_aspect(int64_t b, int64_t g) const { return tal_gt_aspect(gt + 4 * (b * G + g)); }
 
   TestBox test_box(int64_t b, int64_t g) const {
     return tal_test_box(gt + 4 * (b * G + g), widen, min_side);
@@ -195,9 +197,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> tal_assign_cpu(
       const int64_t b = bg / G, g = bg % G;
       if (g >= valid_gt_count(cp, b, G)) continue;  // padding: never read
       const TestBox box = in.test_box(b, g);
+      const float aspect = in.gt_aspect(b, g);
       inside.clear();
       grid.for_each_near(box, [&](int64_t a) {
-        if (tal_inside(grid.x(a), grid.y(a), box, in.eps)) inside.push_back(in.score(b, g, a));
+        if (tal_inside(grid.x(a), grid.y(a), box, in.eps))
+          inside.push_back(in.score(b, g, a, aspect));
       });
       keep_first(inside, topk);
       picks[bg].assign(inside.begin(), inside.end());
@@ -238,9 +242,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> tal_assign_cpu(
         std::fill(best.begin(), best.end(), -1.0f);
         for (int64_t g = 0; g < valid; ++g) {
           const TestBox box = in.test_box(b, g);
+          const float aspect = in.gt_aspect(b, g);
           grid.for_each_near(box, [&](int64_t a) {
             if (pickers[a] < 2 || !tal_inside(grid.x(a), grid.y(a), box, in.eps)) return;
-            const float o = tal_overlap(in.gt + 4 * (b * G + g), in.pred + 4 * (b * A + a), ciou);
+            const float o =
+                tal_overlap(in.gt + 4 * (b * G + g), in.pred + 4 * (b * A + a), ciou, aspect);
             if (o > best[a]) {
               best[a] = o;
               owner[a] = g;
@@ -249,7 +255,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> tal_assign_cpu(
         }
         for (int64_t a = 0; a < A; ++a) {
           if (pickers[a] < 2) continue;
-          const Scored s = in.score(b, owner[a], a);
+          const Scored s = in.score(b, owner[a], a, in.gt_aspect(b, owner[a]));
           metric[a] = s.metric;
           anchor_overlap[a] = s.overlap;
         }
