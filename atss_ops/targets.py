@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -142,6 +142,8 @@ def tal_targets(
     gt_boxes: Union[Tensor, Sequence[Tensor]],
     gt_labels: Union[Tensor, Sequence[Tensor]],
     num_classes: int,
+    *,
+    out: Optional[Tensor] = None,
 ) -> TalTargets:
     """The five outputs of Ultralytics' ``TaskAlignedAssigner`` from a :func:`atss_ops.tal_assign` result.
 
@@ -150,6 +152,9 @@ def tal_targets(
         gt_boxes: ``Tensor[B, G, 4]`` (or the list given to ``tal_assign``).
         gt_labels: ``Tensor[B, G]`` or Ultralytics' ``Tensor[B, G, 1]`` (or the list given to ``tal_assign``).
         num_classes: C.
+        out: optional ``Tensor[B, A, C]`` float32 to hold ``target_scores`` (overwritten): a training
+            loop that passes the same buffer at every step skips allocating (and, on Linux, page-faulting
+            in) a fresh ``[B, A, C]`` tensor each time, which costs more than the assignment itself.
 
     Returns:
         :class:`TalTargets` ``(target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx)``
@@ -169,15 +174,25 @@ def tal_targets(
     B, A = result.gt_index.shape
     G = gt_boxes.shape[1]
     fg = result.gt_index >= 0
+    if out is None:
+        scores = torch.zeros(B, A, num_classes, dtype=torch.float32, device=fg.device)
+    else:
+        if not isinstance(out, Tensor) or tuple(out.shape) != (B, A, num_classes) or out.dtype != torch.float32:
+            shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            dtype = f" {out.dtype}" if isinstance(out, Tensor) else ""
+            raise ValueError(f"out must be a float32 Tensor[B, A, C] = [{B}, {A}, {num_classes}], got {shape}{dtype}")
+        if out.device != fg.device:
+            raise ValueError(
+                f"out is on {out.device} but the result is on {fg.device}: all tensors must be on one device"
+            )
+        scores = out.zero_()
     if G == 0:
         labels = torch.full((B, A), num_classes, dtype=torch.int64, device=fg.device)
         boxes = torch.zeros(B, A, 4, dtype=torch.float32, device=fg.device)
-        scores = torch.zeros(B, A, num_classes, dtype=torch.float32, device=fg.device)
         return TalTargets(labels, boxes, scores, fg, torch.zeros(B, A, dtype=torch.int64, device=fg.device))
     idx = result.gt_index.clamp(min=0)
     labels = gt_labels.long().gather(1, idx).clamp(min=0)
     boxes = gt_boxes.to(torch.float32).gather(1, idx[..., None].expand(B, A, 4))
-    scores = torch.zeros(B, A, num_classes, dtype=torch.float32, device=fg.device)
     positive_score = torch.where(fg, result.target_score, 0.0)
     scores.scatter_(2, labels.clamp(max=num_classes - 1)[..., None], positive_score[..., None])
     return TalTargets(labels, boxes, scores, fg, idx)

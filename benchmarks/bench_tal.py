@@ -94,7 +94,17 @@ def methods(x: Dict[str, torch.Tensor]):
     def tal_assign_targets():
         return atss_ops.tal_targets(tal_assign(), x["gt_boxes"], x["gt_labels"], NUM_CLASSES)
 
-    return {"ultralytics": ultralytics, "tal_assign": tal_assign, "tal_assign+targets": tal_assign_targets}
+    buffer = torch.zeros(B, x["anchor_points"].shape[0], NUM_CLASSES)
+
+    def tal_assign_targets_out():
+        return atss_ops.tal_targets(tal_assign(), x["gt_boxes"], x["gt_labels"], NUM_CLASSES, out=buffer)
+
+    return {
+        "ultralytics": ultralytics,
+        "tal_assign": tal_assign,
+        "tal_assign+targets": tal_assign_targets,
+        "+targets, out=": tal_assign_targets_out,
+    }
 
 
 def _status_kb(field: str) -> int:
@@ -146,7 +156,7 @@ def bench_case(case: str, threads: int) -> Dict:
     for name, fn in calls.items():
         row[name] = time_call(fn, min_runs=3, max_runs=50, budget_s=3.0)
         row[name]["peak_extra_bytes"] = peak_memory(case, name, threads)
-    for name in ("tal_assign", "tal_assign+targets"):
+    for name in ("tal_assign", "tal_assign+targets", "+targets, out="):
         row[name]["speedup"] = row["ultralytics"]["median_ms"] / row[name]["median_ms"]
         row[name]["memory_ratio"] = row["ultralytics"]["peak_extra_bytes"] / max(row[name]["peak_extra_bytes"], 1)
     return row
@@ -159,7 +169,8 @@ def _mb(n: int) -> str:
 def print_table(rows: List[Dict]) -> None:
     """One line per (case, method): the two tal_assign lines compare with the Ultralytics line above them.
     ``tal_assign`` returns its own outputs ([B, A] and [B, G]); ``+targets`` adds Ultralytics' five
-    (the [B, A, C] class targets among them), what a drop-in replacement returns."""
+    (the [B, A, C] class targets among them), what a drop-in replacement returns; ``out=`` writes
+    the class targets into a buffer kept between calls (as a training loop can)."""
     header = (
         f"{'case':<6} {'B':>3} {'G':>5} {'A':>5}  {'method':<19} {'ms (p10-p90)':>24} {'speed-up':>8}  "
         f"{'peak extra MB':>13} {'memory':>7}  {'fg U / ours / same':>20}"
@@ -168,7 +179,7 @@ def print_table(rows: List[Dict]) -> None:
     print("-" * len(header))
     for r in rows:
         fg = f"{r['foreground_ultralytics']} / {r['foreground_tal_assign']} / {r['same_foreground_and_gt']}"
-        for name in ("ultralytics", "tal_assign", "tal_assign+targets"):
+        for name in ("ultralytics", "tal_assign", "tal_assign+targets", "+targets, out="):
             m = r[name]
             timing = f"{m['median_ms']:.1f} ({m['p10_ms']:.1f}-{m['p90_ms']:.1f})"
             speedup = f"{m['speedup']:.1f}x" if "speedup" in m else ""
@@ -188,7 +199,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        case, method = args.memory_child.split(",")
+        case, method = args.memory_child.split(",", 1)
         print(memory_child(case, method))
         return 0
     try:

@@ -474,3 +474,30 @@ def test_empty_shapes_are_background(shape):
     assert r.gt_index.shape == (B, A) and bool((r.gt_index == -1).all())
     assert r.num_positive.shape == (B, G) and bool((r.num_positive == 0).all())
     assert r.target_score.shape == (B, A) and r.overlap.shape == (B, A)
+
+
+def test_tal_targets_conventions_and_out_buffer():
+    """Ultralytics' five outputs: background has GT 0's label and box and index 0; target scores at the
+    label of positives; ``out`` gives the same bits without a new [B, A, C] tensor; G = 0."""
+    c = small_call()
+    r = atss_ops.tal_assign(**c, topk=2)
+    labels, boxes, scores, fg, idx = atss_ops.tal_targets(r, c["gt_boxes"], c["gt_labels"], 3)
+    assert torch.equal(fg, r.gt_index >= 0) and bool(fg.any()) and bool((~fg).any())
+    assert torch.equal(idx, r.gt_index.clamp(min=0))
+    assert torch.equal(labels, c["gt_labels"].gather(1, idx))
+    assert torch.equal(boxes, c["gt_boxes"].gather(1, idx[..., None].expand(-1, -1, 4)))
+    expected = torch.zeros(2, 6, 3)
+    for b, a in fg.nonzero().tolist():
+        expected[b, a, labels[b, a]] = r.target_score[b, a]
+    assert_bits_equal(scores, expected, "target_scores")
+    buffer = torch.full((2, 6, 3), 7.0)
+    again = atss_ops.tal_targets(r, c["gt_boxes"], c["gt_labels"][..., None], 3, out=buffer)  # [B, G, 1] labels too
+    assert again.target_scores is buffer
+    assert_bits_equal(again.target_scores, scores, "out=")
+    with pytest.raises(ValueError, match=r"out must be a float32 Tensor\[B, A, C\] = \[2, 6, 3\], got \[2, 6, 4\]"):
+        atss_ops.tal_targets(r, c["gt_boxes"], c["gt_labels"], 3, out=torch.zeros(2, 6, 4))
+    with pytest.raises(ValueError, match=r"num_classes must be an int >= 1, got 0"):
+        atss_ops.tal_targets(r, c["gt_boxes"], c["gt_labels"], 0)
+    empty = atss_ops.tal_assign(**dict(c, gt_boxes=c["gt_boxes"][:, :0], gt_labels=c["gt_labels"][:, :0]))
+    out = atss_ops.tal_targets(empty, c["gt_boxes"][:, :0], c["gt_labels"][:, :0], 3)
+    assert bool((out.target_labels == 3).all()) and not bool(out.fg_mask.any()) and not bool(out.target_scores.any())

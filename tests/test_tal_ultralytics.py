@@ -194,3 +194,18 @@ def test_full_contract_agreement_with_ultralytics(runs):
     summary = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
     print(f"\ntal_assign vs Ultralytics (mean over {len(rows)} batches): {summary}")
     assert summary["same_foreground_flag"] > 0.99
+
+
+def test_tal_targets_match_ultralytics_outputs_where_the_assignments_agree(runs):
+    """The five outputs of tal_targets against Ultralytics' on the anchors both assign alike: labels,
+    boxes and GT index (background included: GT 0's), and the class targets to 1e-6."""
+    for (scores, boxes, points, gt_boxes, gt_labels, counts), theirs in runs:
+        result = atss_ops.tal_assign(scores, boxes, points, gt_boxes, gt_labels, counts, min_side=MIN_SIDE)
+        ours = atss_ops.tal_targets(result, gt_boxes, gt_labels, scores.shape[2])
+        labels, target_boxes, target_scores, fg, idx = theirs["outputs"]
+        same = result.gt_index == theirs["gt_index"]
+        assert torch.equal(ours.fg_mask[same], fg[same])
+        assert torch.equal(ours.target_gt_idx[same], idx[same])
+        assert torch.equal(ours.target_labels[same], labels[same])
+        assert torch.equal(ours.target_bboxes[same], target_boxes[same])
+        assert float((ours.target_scores[same] - target_scores[same]).abs().max()) <= 1e-6
