@@ -10,6 +10,8 @@ import pytest
 import torch
 from cases import assert_bits_equal, isolated_results, raw_op_error, run_isolated
 from cases_tal import TAL_ARG_NAMES, TAL_CASE_NAMES, make_tal_case, tal_args
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_tal_reference import BAD, op_call_args, small_call
 
 import atss_ops
@@ -175,3 +177,45 @@ def test_memory_is_not_dense():
     results = isolated_results(run_isolated(MEMORY_SETUP, {"tal_assign": "run()"}, memory_gb=8), ["tal_assign"])
     assert results["tal_assign"].startswith("ok "), results
     assert int(results["tal_assign"][3:]) > 8 * 8000  # most GTs got picks
+
+
+# --------------------------------------------------------------------------- property test
+
+
+@st.composite
+def tal_inputs(draw):
+    """Small batches on a coarse lattice (so ties of every kind are common): points, predicted and GT boxes
+    in half-units, scores in quarters, any options."""
+    B, G, A, C = draw(st.integers(0, 3)), draw(st.integers(0, 6)), draw(st.integers(0, 40)), draw(st.integers(1, 4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    half = lambda *shape, hi=24: torch.randint(0, hi, shape, generator=g).float() / 2  # noqa: E731
+    points = half(A, 2)
+    lo, size = half(B, A, 2), half(B, A, 2, hi=12)
+    pred_boxes = torch.cat([lo, lo + size], dim=-1)
+    glo, gsize = half(B, G, 2), half(B, G, 2, hi=16)
+    gt_boxes = torch.cat([glo, glo + gsize], dim=-1)
+    scores = torch.randint(0, 5, (B, A, C), generator=g).float() / 4
+    labels = torch.randint(0, C, (B, G), generator=g)
+    counts = torch.randint(0, G + 1, (B,), generator=g) if draw(st.booleans()) else None
+    return dict(
+        pred_scores=scores,
+        pred_boxes=pred_boxes,
+        anchor_points=points,
+        gt_boxes=gt_boxes,
+        gt_labels=labels,
+        gt_counts=counts,
+        topk=draw(st.integers(1, 6)),
+        alpha=draw(st.sampled_from([0.0, 0.5, 1.0, 1.5])),
+        beta=draw(st.sampled_from([0.0, 1.0, 2.5, 6.0])),
+        ciou=draw(st.booleans()),
+        min_side=draw(st.sampled_from([None, 1.0, 4.0])),
+        topk2=draw(st.sampled_from([None, 1, 3, 8])),
+        eps=draw(st.sampled_from([0.0, 1e-9, 0.5])),
+    )
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(tal_inputs())
+def test_kernel_matches_reference_on_random_lattices(case):
+    args = tal_args(case)
+    assert_bits_equal(tuple(torch.ops.atss_ops.tal_assign(*args)), tuple(reference_tal.tal_assign(*args)), "lattice")
