@@ -219,3 +219,15 @@ def tal_inputs(draw):
 def test_kernel_matches_reference_on_random_lattices(case):
     args = tal_args(case)
     assert_bits_equal(tuple(torch.ops.atss_ops.tal_assign(*args)), tuple(reference_tal.tal_assign(*args)), "lattice")
+
+
+def test_without_a_kernel_the_reference_serves_with_a_warning(monkeypatch, expected):
+    """A device (or a library) without a tal_assign kernel: the public call warns once and returns the
+    reference's bits (the CUDA path until a CUDA kernel exists)."""
+    from atss_ops import _extension
+
+    monkeypatch.setattr(_extension, "_KERNELS", {})
+    monkeypatch.setattr(_extension, "_warned_fallback", set())
+    with pytest.warns(UserWarning, match="tal_assign has no cpu kernel yet: the pure-PyTorch reference serves it"):
+        out = public_call(make_tal_case("crowded"))
+    assert_bits_equal(out, expected["crowded"], "fallback")
