@@ -29,6 +29,7 @@ import torch
 import atss_ops
 
 from .bench_cpu import environment, time_call
+from .cases import anchor_points
 
 # name: (B, G): the issue's B = 16 at G = 20 and 100; the dense case (1,000 boxes per image) at B = 8,
 # where Ultralytics' [B, G, A] tensors already take gigabytes.
@@ -37,19 +38,10 @@ NUM_CLASSES = 80
 STRIDES = (8, 16, 32)
 
 
-def anchor_points(size: int = 640) -> torch.Tensor:
-    out = []
-    for s in STRIDES:
-        n = size // s
-        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        out.append((torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * s)
-    return torch.cat(out).float()
-
-
 def inputs(B: int, G: int, seed: int = 0) -> Dict[str, torch.Tensor]:
     """A YOLO-like batch: predictions around each point, GTs of all sizes, 3/4 of the slots valid on average."""
     g = torch.Generator().manual_seed(seed)
-    points = anchor_points()
+    points = anchor_points(640, STRIDES)
     A = points.shape[0]
     ltrb = torch.rand(B, A, 4, generator=g) * 60 + 0.5
     boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)

@@ -15,6 +15,8 @@ from typing import Callable, Dict
 
 import torch
 
+from benchmarks.cases import anchor_points
+
 TAL_ARG_NAMES = (
     "pred_scores",
     "pred_boxes",
@@ -52,16 +54,6 @@ def tal_args(case: dict) -> tuple:
     return tuple(case[k] for k in TAL_ARG_NAMES)
 
 
-def grid_points(size: int = 320, strides=(8, 16, 32)) -> torch.Tensor:
-    """YOLO's anchor points: each stride's cell centres, level by level, row-major."""
-    out = []
-    for s in strides:
-        n = size // s
-        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        out.append((torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * s)
-    return torch.cat(out).float()
-
-
 def predictions(points: torch.Tensor, B: int, C: int, g: torch.Generator, spread: float = 40.0):
     """Scores ``[B, A, C]`` in [0, 1] and boxes ``[B, A, 4]`` around each point."""
     A = points.shape[0]
@@ -79,7 +71,7 @@ def random_gts(B: int, G: int, C: int, g: torch.Generator, size: int = 320, max_
 
 def random_case(seed: int, B=2, G=7, C=5, size=320, counts=True, fixed_counts=None, **options) -> dict:
     g = torch.Generator().manual_seed(seed)
-    points = grid_points(size)
+    points = anchor_points(size)
     scores, boxes = predictions(points, B, C, g)
     gt, labels = random_gts(B, G, C, g, size)
     gt_counts = None

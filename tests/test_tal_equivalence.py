@@ -155,9 +155,9 @@ def test_error_messages_equal_the_reference(name):
 
 
 MEMORY_SETUP = """
-from cases_tal import grid_points
+from benchmarks.cases import anchor_points
 B, G, C = 8, 8000, 3
-points = grid_points(1280, (4, 8, 16, 32))  # A = 136000: a [B, G, A] float32 tensor takes 35 GB
+points = anchor_points(1280, (4, 8, 16, 32))  # A = 136000: a [B, G, A] float32 tensor takes 35 GB
 A = points.shape[0]
 g = torch.Generator().manual_seed(0)
 boxes = torch.cat([points - 3, points + 3], -1).expand(B, A, 4).contiguous()

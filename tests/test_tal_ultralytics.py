@@ -24,6 +24,7 @@ from cases import generator
 
 import atss_ops
 from atss_ops import reference_tal as R
+from benchmarks.cases import anchor_points
 
 tal = pytest.importorskip("ultralytics.utils.tal", reason="needs ultralytics (pip install ultralytics)")
 
@@ -31,21 +32,11 @@ STRIDES = (8, 16, 32)
 MIN_SIDE = 16.0  # Ultralytics' stride_val: its middle stride
 
 
-def anchor_points(size: int = 640) -> torch.Tensor:
-    """YOLO's anchor points: cell centres of each stride's grid, level by level, row-major ([8400, 2] at 640)."""
-    out = []
-    for s in STRIDES:
-        n = size // s
-        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        out.append((torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * s)
-    return torch.cat(out).float()
-
-
 def batch(seed: int, B: int = 4, G: int = 20, C: int = 80, size: int = 640):
     """Predictions that overlap the GTs to various degrees (boxes around each point, random scores) and
     GTs of all sizes, some below the minimum side, with padding."""
     g = generator(seed)
-    points = anchor_points(size)
+    points = anchor_points(size, STRIDES)
     A = points.shape[0]
     ltrb = torch.rand(B, A, 4, generator=g) * 60 + 0.5
     pred_boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
