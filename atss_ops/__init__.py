@@ -9,6 +9,9 @@ Public API::
                                center_eps=0.01, ensure_positive=False)
     res.gt_index, res.iou, res.threshold, res.num_positive
     targets = atss_ops.assign_targets(res, gt_boxes, gt_labels)   # .weight: 0 for ignored anchors
+    tal = atss_ops.tal_assign(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_counts,
+                              *, topk=10, alpha=0.5, beta=6.0, overlap="ciou", min_side=None, topk2=None)
+    labels, boxes, scores, fg, idx = atss_ops.tal_targets(tal, gt_boxes, gt_labels, num_classes)
     anchor_ignore = atss_ops.ignore_mask(anchors, ignore_boxes)   # crowd / don't-care regions
 
 Boxes are 2-D (``[..., 4]``) or 3-D (``[..., 6]``, ``x1, y1, z1, x2, y2, z2``).
@@ -20,7 +23,7 @@ readable pure-PyTorch implementation. MONAI's detectors switch over with
 Needs torch alone.
 """
 
-from . import _fake, _metadata, reference
+from . import _fake, _metadata, reference, reference_tal
 from ._extension import extension_available, has_kernel
 
 if extension_available():
@@ -34,10 +37,11 @@ from .ops import (
     iou_statistics,
     pad_gt_boxes,
     resolve_multi_gt,
+    tal_assign,
     topk_per_level,
 )
-from .targets import AssignTargets, assign_targets
-from .types import AssignResult, num_candidates
+from .targets import AssignTargets, TalTargets, assign_targets, tal_targets
+from .types import AssignResult, TalResult, num_candidates
 
 __version__ = _metadata.VERSION  # pyproject.toml's, the one home of the version
 
@@ -55,6 +59,11 @@ __all__ = [
     "num_candidates",
     "pad_gt_boxes",
     "reference",
+    "reference_tal",
     "resolve_multi_gt",
+    "TalResult",
+    "TalTargets",
+    "tal_assign",
+    "tal_targets",
     "topk_per_level",
 ]

@@ -34,6 +34,10 @@ from . import _metadata
 
 OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
 
+# Ops with a CPU kernel only so far (the TAL contract, docs/contract.md): not in OPS, the ops
+# every backend implements; on CUDA, and with a library built before them, the reference serves.
+TAL_OPS = ("tal_assign",)
+
 # The oldest torch whose stable ABI the libraries target: pyproject.toml's torch>=
 # (tests/test_stable_abi.py checks it against the compiled library's own record).
 TORCH_MINIMUM = _metadata.torch_minimum()
@@ -229,12 +233,19 @@ def extension_available() -> bool:
     return EXTENSION_ERROR is None
 
 
+def _has_kernel_for(op: str, key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"atss_ops::{op}", key)
+    except RuntimeError:  # no such op: a library built before it
+        return False
+
+
 def _kernel_table() -> dict:
     if not extension_available():  # (a library of another torch may have registered ops: never used)
         return {}
     return {
-        (op, device): torch._C._dispatch_has_kernel_for_dispatch_key(f"atss_ops::{op}", key)
-        for op in OPS
+        (op, device): _has_kernel_for(op, key)
+        for op in OPS + TAL_OPS
         for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
     }
 
@@ -280,6 +291,16 @@ def use_kernel(op: str, device: torch.device) -> bool:
     type) that the reference serves the call, and returns False."""
     if _KERNELS.get((op, device.type), False):
         return True
+    if op in TAL_OPS and extension_available():
+        # The library is there but has no kernel of this op for the device (CUDA so far).
+        if (op, device.type) not in _warned_fallback:
+            _warned_fallback.add((op, device.type))
+            warnings.warn(
+                f"atss_ops: {op} has no {device.type} kernel yet: the pure-PyTorch reference serves it "
+                "(identical results, [B, G, A] memory).",
+                stacklevel=3,
+            )
+        return False
     if device.type not in _warned_fallback:
         _warned_fallback.add(device.type)
         why = EXTENSION_ERROR or (CUDA_ERROR if device.type == "cuda" else None)

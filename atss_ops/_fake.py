@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import _validation as V
-from ._extension import OPS
+from ._extension import OPS, TAL_OPS
 from .types import num_candidates
 
 
@@ -75,11 +75,41 @@ def atss_assign(
     )
 
 
+def tal_assign(
+    pred_scores,
+    pred_boxes,
+    anchor_points,
+    gt_boxes,
+    gt_labels,
+    gt_counts=None,
+    topk=10,
+    alpha=0.5,
+    beta=6.0,
+    ciou=True,
+    min_side=None,
+    topk2=None,
+    eps=1e-9,
+):
+    V.check_tal_assign_args(
+        pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_counts, topk, alpha, beta, min_side, topk2, eps
+    )
+    B, A = pred_scores.shape[:2]
+    G = gt_boxes.shape[1]
+    return (
+        pred_scores.new_empty(B, A, dtype=torch.int64),
+        pred_scores.new_empty(B, A),
+        pred_scores.new_empty(B, A),
+        pred_scores.new_empty(B, G, dtype=torch.int64),
+    )
+
+
 # Each op's fake kernel is the function of its name above.
-KERNELS = {op: globals()[op] for op in OPS}
+KERNELS = {op: globals()[op] for op in (*OPS, *TAL_OPS)}
 
 
 def register() -> None:
     """Registers every function above as its op's fake kernel (the ops must exist: the extension is loaded)."""
     for op, kernel in KERNELS.items():
+        if op in TAL_OPS and not hasattr(torch.ops.atss_ops, op):
+            continue  # a library built before the TAL op: the reference serves it
         torch.library.register_fake(f"atss_ops::{op}")(kernel)

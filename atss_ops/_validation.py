@@ -352,3 +352,118 @@ def check_atss_assign_args(
     check_gt_counts(gt_counts, gt_boxes.shape[0])
     check_anchor_valid(anchor_valid, gt_boxes.shape[0], anchors.shape[0])
     check_anchor_ignore(anchor_ignore, gt_boxes.shape[0], anchors.shape[0])
+
+
+# --------------------------------------------------------------------------- tal_assign (TAL contract v1)
+
+# The largest power alpha and beta may take (the contract's routine P, docs/contract.md).
+MAX_POWER = 1024.0
+
+
+def _check_float32(t: Tensor, name: str) -> None:
+    if t.dtype != torch.float32:
+        _fail(f"{name} must be float32, got {t.dtype}")
+
+
+def _check_tensor(t, name: str, shape: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(t).__name__}")
+
+
+def check_power(value: float, name: str) -> None:
+    """alpha, beta: a multiple of 0.5 in [0, MAX_POWER] (the powers with a portable routine)."""
+    ok = math.isfinite(value) and 0 <= value <= MAX_POWER and float(value) * 2 == math.floor(float(value) * 2)
+    if not ok:
+        _fail(
+            f"{name} must be a multiple of 0.5 in [0, 1024] (0, 0.5, 1, 1.5, ...: the powers the "
+            f"contract computes exactly), got {value:g}"
+        )
+
+
+def check_tal_options(topk: int, alpha: float, beta: float, min_side: Optional[float], topk2, eps: float) -> None:
+    check_topk(topk)
+    if topk2 is not None and topk2 < 1:
+        _fail(f"topk2 must be >= 1 (or None: no second filter), got {topk2}")
+    check_power(alpha, "alpha")
+    check_power(beta, "beta")
+    if min_side is not None and not (math.isfinite(min_side) and min_side > 0):
+        _fail(f"min_side must be finite and > 0 (or None: no widening), got {min_side:g}")
+    if not (math.isfinite(eps) and eps >= 0):
+        _fail(f"eps must be finite and >= 0, got {eps:g}")
+
+
+def check_tal_assign_args(
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    anchor_points: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_counts: Optional[Tensor],
+    topk: int,
+    alpha: float,
+    beta: float,
+    min_side: Optional[float],
+    topk2: Optional[int],
+    eps: float,
+) -> None:
+    """Every structural check of ``tal_assign``, in the order of ``check_tal_assign_args`` in checks.cpp."""
+    _check_tensor(pred_scores, "pred_scores", "[B, A, C]")
+    if pred_scores.dim() != 3:
+        _fail(f"pred_scores must have shape [B, A, C], got shape {_shape(pred_scores)}")
+    _check_float32(pred_scores, "pred_scores")
+    B, A = pred_scores.shape[:2]
+    check_num_anchors(A)
+    _check_tensor(pred_boxes, "pred_boxes", "[B, A, 4]")
+    if tuple(pred_boxes.shape) != (B, A, 4):
+        _fail(f"pred_boxes must have shape [B, A, 4] = [{B}, {A}, 4], got shape {_shape(pred_boxes)}")
+    _check_float32(pred_boxes, "pred_boxes")
+    _check_tensor(anchor_points, "anchor_points", "[A, 2]")
+    if tuple(anchor_points.shape) != (A, 2):
+        _fail(f"anchor_points must have shape [A, 2] = [{A}, 2], got shape {_shape(anchor_points)}")
+    _check_float32(anchor_points, "anchor_points")
+    _check_tensor(gt_boxes, "gt_boxes", "[B, G, 4]")
+    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
+        _fail(f"gt_boxes must have shape [B, G, 4] with B = {B}, got shape {_shape(gt_boxes)}")
+    _check_float32(gt_boxes, "gt_boxes")
+    G = gt_boxes.shape[1]
+    _check_tensor(gt_labels, "gt_labels", "[B, G]")
+    if tuple(gt_labels.shape) != (B, G):
+        _fail(f"gt_labels must have shape [B, G] = [{B}, {G}], got shape {_shape(gt_labels)}")
+    if gt_labels.dtype != torch.int64:
+        _fail(f"gt_labels must be int64, got {gt_labels.dtype}")
+    check_same_device(
+        pred_scores=pred_scores,
+        pred_boxes=pred_boxes,
+        anchor_points=anchor_points,
+        gt_boxes=gt_boxes,
+        gt_labels=gt_labels,
+        gt_counts=gt_counts,
+    )
+    check_gt_counts(gt_counts, B)
+    check_tal_options(topk, alpha, beta, min_side, topk2, eps)
+
+
+def check_tal_values(
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    anchor_points: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_counts: Optional[Tensor],
+) -> None:
+    """The checks of ``tal_assign`` that read data: counts, finite points, finite and ordered predicted
+    and valid GT boxes, valid labels in ``[0, C)``. Scores are not read (the contract clamps them)."""
+    B, G = gt_boxes.shape[:2]
+    check_gt_counts_values(gt_counts, G)
+    bad = ~torch.isfinite(anchor_points).all(dim=-1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        _fail(f"anchor_points[{i}] = {_box_str(anchor_points[i])} is not finite")
+    _check_boxes_values("pred_boxes", pred_boxes, None)
+    valid = gt_valid_mask(B, G, gt_counts, gt_boxes.device)
+    _check_boxes_values("gt_boxes", gt_boxes, valid)
+    C = pred_scores.shape[2]
+    bad = valid & ((gt_labels < 0) | (gt_labels >= C))
+    if bool(bad.any()):
+        b, g = bad.nonzero()[0].tolist()
+        _fail(f"gt_labels[{b}, {g}] = {int(gt_labels[b, g])} is out of range [0, C = {C})")

@@ -24,10 +24,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _fake, reference
+from . import _fake, reference, reference_tal
 from . import _validation as V
 from ._extension import input_error, use_kernel
-from .types import AssignResult
+from .types import AssignResult, TalResult
 
 __all__ = [
     "atss_assign",
@@ -36,6 +36,7 @@ __all__ = [
     "iou_statistics",
     "resolve_multi_gt",
     "pad_gt_boxes",
+    "tal_assign",
 ]
 
 # Box dtypes the wrappers convert to float32 (the contract is defined in float32).
@@ -381,3 +382,134 @@ def atss_assign(
     if check_inputs and anchors.device.type != "cpu" and not torch.compiler.is_compiling():
         V.check_assign_inputs(*args[:8], values=True)
     return AssignResult(*_kernel("atss_assign", *args))
+
+
+# --------------------------------------------------------------------------- task-aligned assignment
+
+
+def _pad_labels(labels: Sequence[Tensor], counts: Tensor) -> Tensor:
+    """A list of ``Tensor[G_i]`` labels padded into ``Tensor[B, max G_i]`` int64 (padding 0, never read)."""
+    if len(labels) != counts.shape[0]:
+        raise ValueError(f"gt_labels has {len(labels)} entries but gt_boxes has {counts.shape[0]}: one per image")
+    G = int(counts.max()) if counts.numel() else 0
+    padded = torch.zeros(len(labels), G, dtype=torch.int64, device=counts.device)
+    for i, (lab, n) in enumerate(zip(labels, counts.tolist())):
+        if not isinstance(lab, Tensor) or lab.dim() != 1 or lab.shape[0] != n:
+            shape = list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__
+            raise ValueError(f"gt_labels[{i}] must be a Tensor[G_i] with G_i = {n} (as gt_boxes[{i}]), got {shape}")
+        padded[i, :n] = lab
+    return padded
+
+
+def _real(value, name: str, allow_none: bool = False) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        none = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a number{none}, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def tal_assign(
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    anchor_points: Tensor,
+    gt_boxes: Union[Tensor, Sequence[Tensor]],
+    gt_labels: Union[Tensor, Sequence[Tensor]],
+    gt_counts: Optional[Tensor] = None,
+    *,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+    overlap: str = "ciou",
+    min_side: Optional[float] = None,
+    topk2: Optional[int] = None,
+    eps: float = 1e-9,
+) -> TalResult:
+    """Task-aligned assignment (TOOD, Ultralytics YOLO) of a whole padded batch, exactly as the TAL
+    contract (version 1) in ``docs/contract.md`` defines it.
+
+    Per image and valid GT g: the anchor points inside g (widened to ``min_side``
+    for this test) are scored with ``metric = score^alpha * overlap^beta``
+    (``overlap``: CIoU or IoU of g with the anchor's predicted box, clamped at
+    0; ``score``: the predicted probability of g's class); g takes the ``topk``
+    of highest metric (ties: lower anchor index). An anchor taken by several
+    GTs goes to the GT of highest overlap among all GTs it is inside (ties:
+    lower GT index). With ``topk2``, each GT then keeps its ``topk2`` anchors
+    of highest metric. Each positive gets ``metric * O_g / (M_g + eps)`` as
+    target score (``M_g``, ``O_g``: its GT's largest metric and overlap).
+
+    Args:
+        pred_scores: ``Tensor[B, A, C]`` class probabilities (after the sigmoid);
+            NaN and negative scores count as 0, scores above 1 as 1.
+        pred_boxes: ``Tensor[B, A, 4]`` predicted ``x1, y1, x2, y2``, finite, ``x2 >= x1``, ``y2 >= y1``.
+        anchor_points: ``Tensor[A, 2]`` ``x, y``, shared by the batch, any order.
+        gt_boxes: ``Tensor[B, G, 4]`` ``x1, y1, x2, y2`` padded to G, or a list of ``Tensor[G_i, 4]``.
+        gt_labels: ``Tensor[B, G]`` integer classes in ``[0, C)``, or a list of ``Tensor[G_i]``
+            (with a list of boxes).
+        gt_counts: optional ``Tensor[B]``: image b uses GTs ``0 .. gt_counts[b] - 1``; the rest is
+            never read. Must be None with lists.
+        topk: anchors each GT takes (>= 1).
+        alpha, beta: powers of the score and the overlap in the metric: multiples of 0.5 in
+            ``[0, 1024]`` (the contract computes exactly these: 0.5 is a correctly rounded square
+            root, integers a fixed product chain).
+        overlap: ``"ciou"`` (Ultralytics) or ``"iou"`` (TOOD, PP-YOLOE, YOLOv6).
+        min_side: for the inside test only, GT sides shorter than this are widened to it about
+            the box's centre (Ultralytics passes its middle stride); None: no widening.
+        topk2: Ultralytics' second filter: each GT keeps its ``topk2`` own anchors of highest metric.
+        eps: inside margin (a point must lie more than ``eps`` inside) and the normaliser's guard.
+
+    Returns:
+        :class:`TalResult`: ``gt_index`` ``Tensor[B, A]`` int64 (-1 background),
+        ``target_score`` and ``overlap`` ``Tensor[B, A]`` float32 (0 background),
+        ``num_positive`` ``Tensor[B, G]`` int64. :func:`atss_ops.tal_targets` gives
+        Ultralytics' five outputs from it.
+
+    Complexity: the CPU kernel visits, per GT, only the anchor points in the cells of a
+    uniform grid over the points that its box covers, and holds O(B·A + B·G·topk)
+    memory: no ``[B, G, A]`` and no ``[B, A, C]`` tensor. On other devices (and
+    without the compiled extension) the pure-PyTorch reference serves, with the
+    same bits and ``[B, G, A]`` memory. Deterministic. Runs under
+    ``torch.compile(fullgraph=True)``; meta tensors give shape inference.
+
+    Differences from Ultralytics' ``TaskAlignedAssigner`` (all in ``docs/contract.md``):
+    top-k among the inside anchors (Ultralytics: over all anchors, then keeps the
+    inside ones: they differ when a GT has fewer than ``topk`` inside anchors of
+    metric > 0); metric ties go to the lower anchor index (``torch.topk``'s order
+    there); an anchor taken by several GTs whose overlaps are all 0 goes to the
+    lowest GT it is inside (GT 0 there); the arctangent and the powers are the
+    contract's own routines (a few ulp from the C library's).
+    """
+    if not isinstance(gt_boxes, Tensor):
+        if gt_counts is not None:
+            raise ValueError("gt_counts must be None when gt_boxes is a list: the counts come from the list")
+        if isinstance(gt_labels, Tensor):
+            raise ValueError("gt_labels must be a list of Tensor[G_i] when gt_boxes is a list")
+        gt_boxes, gt_counts = pad_boxes(gt_boxes, "gt_boxes")
+        gt_labels = _pad_labels(gt_labels, gt_counts)
+    pred_scores, pred_boxes = _as_float32(pred_scores), _as_float32(pred_boxes)
+    anchor_points, gt_boxes = _as_float32(anchor_points), _as_float32(gt_boxes)
+    V.check_gt_counts_type(gt_counts)
+    if gt_counts is not None and gt_counts.dtype != torch.int64:
+        if gt_counts.dtype.is_floating_point or gt_counts.dtype == torch.bool:
+            raise ValueError(f"gt_counts must be int64, got {gt_counts.dtype}")
+        gt_counts = gt_counts.to(torch.int64)
+    if isinstance(gt_labels, Tensor) and gt_labels.dtype != torch.int64:
+        if gt_labels.dtype.is_floating_point or gt_labels.dtype == torch.bool:
+            raise ValueError(f"gt_labels must be int64, got {gt_labels.dtype}")
+        gt_labels = gt_labels.to(torch.int64)
+    V.check_topk_type(topk)
+    if topk2 is not None and (isinstance(topk2, bool) or not hasattr(type(topk2), "__index__")):
+        raise ValueError(f"topk2 must be an int or None, got {type(topk2).__name__} {topk2!r}")
+    alpha, beta = _real(alpha, "alpha"), _real(beta, "beta")
+    min_side, eps = _real(min_side, "min_side", allow_none=True), _real(eps, "eps")
+    if overlap not in ("ciou", "iou"):
+        raise ValueError(f"overlap must be 'ciou' or 'iou', got {overlap!r}")
+    ciou = overlap == "ciou"
+    args = (pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_counts)
+    args += (topk, alpha, beta, ciou, min_side, topk2, eps)
+    if _on_meta(*args[:6]):
+        return TalResult(*_fake.tal_assign(*args))
+    if isinstance(pred_scores, Tensor) and use_kernel("tal_assign", pred_scores.device):
+        return TalResult(*_kernel("tal_assign", *args))
+    return reference_tal.tal_assign(*args)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .types import AssignResult
+from .types import AssignResult, TalResult
 
 
 class AssignTargets(NamedTuple):
@@ -125,3 +125,74 @@ def assign_targets(
     boxes = gt_boxes.gather(1, idx[..., None].expand(B, A, width))
     boxes = torch.where(positive[..., None], boxes, 0.0)
     return AssignTargets(labels, boxes, positive, ignored)
+
+
+class TalTargets(NamedTuple):
+    """Ultralytics' ``TaskAlignedAssigner`` outputs, in its order and conventions (see :func:`tal_targets`)."""
+
+    target_labels: Tensor  # [B, A] int64: class of the anchor's GT (of GT 0 for background)
+    target_bboxes: Tensor  # [B, A, 4] float32: the anchor's GT box (GT 0's for background)
+    target_scores: Tensor  # [B, A, C] float32: target_score at the label of positives, 0 elsewhere
+    fg_mask: Tensor  # [B, A] bool: positive
+    target_gt_idx: Tensor  # [B, A] int64: the anchor's GT (0 for background)
+
+
+def tal_targets(
+    result: TalResult,
+    gt_boxes: Union[Tensor, Sequence[Tensor]],
+    gt_labels: Union[Tensor, Sequence[Tensor]],
+    num_classes: int,
+    *,
+    out: Optional[Tensor] = None,
+) -> TalTargets:
+    """The five outputs of Ultralytics' ``TaskAlignedAssigner`` from a :func:`atss_ops.tal_assign` result.
+
+    Args:
+        result: from ``tal_assign`` on the same GTs.
+        gt_boxes: ``Tensor[B, G, 4]`` (or the list given to ``tal_assign``).
+        gt_labels: ``Tensor[B, G]`` or Ultralytics' ``Tensor[B, G, 1]`` (or the list given to ``tal_assign``).
+        num_classes: C.
+        out: optional ``Tensor[B, A, C]`` float32 to hold ``target_scores`` (overwritten): a training
+            loop that passes the same buffer at every step skips allocating (and, on Linux, page-faulting
+            in) a fresh ``[B, A, C]`` tensor each time, which costs more than the assignment itself.
+
+    Returns:
+        :class:`TalTargets` ``(target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx)``
+        with Ultralytics' conventions: a background anchor has GT index 0 and GT 0's label and box
+        (``fg_mask`` tells them apart); with G = 0 the labels are ``num_classes`` and the boxes 0.
+        ``target_scores`` is the only ``[B, A, C]`` tensor.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if not isinstance(gt_boxes, Tensor):
+        from .ops import _pad_labels, pad_gt_boxes
+
+        gt_boxes, counts = pad_gt_boxes(gt_boxes)
+        gt_labels = _pad_labels(gt_labels, counts)
+    if gt_labels.dim() == 3 and gt_labels.shape[-1] == 1:
+        gt_labels = gt_labels[..., 0]
+    B, A = result.gt_index.shape
+    G = gt_boxes.shape[1]
+    fg = result.gt_index >= 0
+    if out is None:
+        scores = torch.zeros(B, A, num_classes, dtype=torch.float32, device=fg.device)
+    else:
+        if not isinstance(out, Tensor) or tuple(out.shape) != (B, A, num_classes) or out.dtype != torch.float32:
+            shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            dtype = f" {out.dtype}" if isinstance(out, Tensor) else ""
+            raise ValueError(f"out must be a float32 Tensor[B, A, C] = [{B}, {A}, {num_classes}], got {shape}{dtype}")
+        if out.device != fg.device:
+            raise ValueError(
+                f"out is on {out.device} but the result is on {fg.device}: all tensors must be on one device"
+            )
+        scores = out.zero_()
+    if G == 0:
+        labels = torch.full((B, A), num_classes, dtype=torch.int64, device=fg.device)
+        boxes = torch.zeros(B, A, 4, dtype=torch.float32, device=fg.device)
+        return TalTargets(labels, boxes, scores, fg, torch.zeros(B, A, dtype=torch.int64, device=fg.device))
+    idx = result.gt_index.clamp(min=0)
+    labels = gt_labels.long().gather(1, idx).clamp(min=0)
+    boxes = gt_boxes.to(torch.float32).gather(1, idx[..., None].expand(B, A, 4))
+    positive_score = torch.where(fg, result.target_score, 0.0)
+    scores.scatter_(2, labels.clamp(max=num_classes - 1)[..., None], positive_score[..., None])
+    return TalTargets(labels, boxes, scores, fg, idx)

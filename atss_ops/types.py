@@ -6,7 +6,7 @@ from typing import NamedTuple, Sequence
 
 from torch import Tensor
 
-__all__ = ["AssignResult", "num_candidates"]
+__all__ = ["AssignResult", "TalResult", "num_candidates"]
 
 
 class AssignResult(NamedTuple):
@@ -31,3 +31,21 @@ def num_candidates(num_anchors_per_level: Sequence[int], topk: int) -> int:
     """``C``, the candidate slots per GT (last dimension of ``topk_per_level``'s
     output): ``sum_l min(topk, N_l)``."""
     return sum(min(int(topk), int(n)) for n in num_anchors_per_level)
+
+
+class TalResult(NamedTuple):
+    """Result of :func:`atss_ops.tal_assign` (TAL contract version 1, ``docs/contract.md``).
+
+    - ``gt_index`` ``Tensor[B, A]`` int64: index into ``gt_boxes[b]`` of the GT the anchor goes to; -1 for
+      background.
+    - ``target_score`` ``Tensor[B, A]`` float32: ``metric * O_g / (M_g + eps)`` (contract step 5); 0 for
+      background.
+    - ``overlap`` ``Tensor[B, A]`` float32: the overlap (CIoU or IoU, clamped at 0) with the anchor's GT; 0 for
+      background.
+    - ``num_positive`` ``Tensor[B, G]`` int64: anchors each GT finally owns; 0 for padding.
+    """
+
+    gt_index: Tensor
+    target_score: Tensor
+    overlap: Tensor
+    num_positive: Tensor

@@ -25,6 +25,17 @@ def grid_anchors(
     return atss_ops.grid_anchors(height, width, strides, scales=(scale,), device=device)
 
 
+def anchor_points(size: int = 640, strides: Sequence[int] = (8, 16, 32)) -> Tensor:
+    """YOLO's anchor points ``[A, 2]`` of a ``size`` x ``size`` image: each stride's cell centres
+    ``((i + 0.5) * stride, (j + 0.5) * stride)``, level by level, row-major (A = 8,400 at 640)."""
+    out = []
+    for s in strides:
+        n = size // s
+        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        out.append((torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * s)
+    return torch.cat(out).float()
+
+
 def random_gt(batch: int, num_gt: int, height: int, width: int, seed: int = 0, device: str = "cpu") -> Tensor:
     """COCO-like GT boxes ``[B, G, 4]``: log-uniform sizes from 8 px to most of the image."""
     g = torch.Generator().manual_seed(seed)

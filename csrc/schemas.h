@@ -34,6 +34,14 @@ inline void define_schemas(torch::stable::detail::StableLibrary& m) {
       "Tensor? gt_counts=None, int topk=9, Tensor? anchor_valid=None, float? center_eps=0.01, "
       "Tensor? anchor_ignore=None, bool ensure_positive=False) -> "
       "(Tensor gt_index, Tensor iou, Tensor threshold, Tensor num_positive)");
+  // Task-aligned assignment (the TAL contract, version 1), never materialising [B, G, A] or
+  // [B, A, C]: (gt_index [B, A] int64, target_score [B, A] float32, overlap [B, A] float32,
+  // num_positive [B, G] int64). A CPU kernel only so far (atss_ops._extension.TAL_OPS).
+  m.def(
+      "tal_assign(Tensor pred_scores, Tensor pred_boxes, Tensor anchor_points, Tensor gt_boxes, "
+      "Tensor gt_labels, Tensor? gt_counts=None, int topk=10, float alpha=0.5, float beta=6.0, "
+      "bool ciou=True, float? min_side=None, int? topk2=None, float eps=1e-09) -> "
+      "(Tensor gt_index, Tensor target_score, Tensor overlap, Tensor num_positive)");
 }
 
 }  // namespace atss

@@ -462,6 +462,133 @@ void check_atss_assign_args(const Tensor& anchors, IntArrayRef num_anchors_per_l
   check_anchor_ignore(anchor_ignore, gt_boxes.size(0), anchors.size(0));
 }
 
+namespace {
+
+std::string dims_str(std::initializer_list<int64_t> sizes) {
+  std::string out = "[";
+  size_t i = 0;
+  for (int64_t n : sizes) out += (i++ ? ", " : "") + num(n);
+  return out + "]";
+}
+
+// alpha, beta: the powers the contract's routine P computes (multiples of 0.5 in [0, 1024]).
+void check_power(double value, const char* name) {
+  const bool ok =
+      std::isfinite(value) && value >= 0 && value <= 1024.0 && value * 2 == std::floor(value * 2);
+  ATSS_CHECK_VALUE(ok, name,
+                   " must be a multiple of 0.5 in [0, 1024] (0, 0.5, 1, 1.5, ...: the powers the "
+                   "contract computes exactly), got ",
+                   num(value));
+}
+
+// Finite, then ordered (x2 >= x1, y2 >= y1), named `name[i, j]`, for the first `valid(i)` rows
+// of each of `rows` blocks of `cols` 2-D boxes.
+template <class Valid>
+void check_boxes_2d(const char* name, const float* p, int64_t rows, int64_t cols,
+                    const Valid& valid) {
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t n = valid(i);
+      for (int64_t j = 0; j < n; ++j) {
+        const float* box = p + 4 * (i * cols + j);
+        if (pass == 0) {
+          ATSS_CHECK_VALUE(box_finite(box, 2), name, "[", num(i), ", ", num(j),
+                           "] = ", box_str(box, 2), " is not finite");
+        } else {
+          ATSS_CHECK_VALUE(box_ordered(box, 2), name, "[", num(i), ", ", num(j),
+                           "] = ", box_str(box, 2), misordered(2));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void check_tal_assign_args(const Tensor& pred_scores, const Tensor& pred_boxes,
+                           const Tensor& anchor_points, const Tensor& gt_boxes,
+                           const Tensor& gt_labels, const OptionalTensor& gt_counts, int64_t topk,
+                           double alpha, double beta, std::optional<double> min_side,
+                           std::optional<int64_t> topk2, double eps) {
+  ATSS_CHECK_VALUE(pred_scores.dim() == 3, "pred_scores must have shape [B, A, C], got shape ",
+                   sizes_str(pred_scores.sizes()));
+  check_dtype(pred_scores, "pred_scores", ScalarType::Float);
+  const int64_t B = pred_scores.size(0), A = pred_scores.size(1);
+  check_num_anchors(A);
+  ATSS_CHECK_VALUE(pred_boxes.dim() == 3 && pred_boxes.size(0) == B && pred_boxes.size(1) == A &&
+                       pred_boxes.size(2) == 4,
+                   "pred_boxes must have shape [B, A, 4] = ", dims_str({B, A, 4}), ", got shape ",
+                   sizes_str(pred_boxes.sizes()));
+  check_dtype(pred_boxes, "pred_boxes", ScalarType::Float);
+  ATSS_CHECK_VALUE(
+      anchor_points.dim() == 2 && anchor_points.size(0) == A && anchor_points.size(1) == 2,
+      "anchor_points must have shape [A, 2] = ", dims_str({A, 2}), ", got shape ",
+      sizes_str(anchor_points.sizes()));
+  check_dtype(anchor_points, "anchor_points", ScalarType::Float);
+  ATSS_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(0) == B && gt_boxes.size(2) == 4,
+                   "gt_boxes must have shape [B, G, 4] with B = ", num(B), ", got shape ",
+                   sizes_str(gt_boxes.sizes()));
+  check_dtype(gt_boxes, "gt_boxes", ScalarType::Float);
+  const int64_t G = gt_boxes.size(1);
+  ATSS_CHECK_VALUE(gt_labels.dim() == 2 && gt_labels.size(0) == B && gt_labels.size(1) == G,
+                   "gt_labels must have shape [B, G] = ", dims_str({B, G}), ", got shape ",
+                   sizes_str(gt_labels.sizes()));
+  check_dtype(gt_labels, "gt_labels", ScalarType::Long);
+  check_same_device({{"pred_scores", &pred_scores},
+                     {"pred_boxes", &pred_boxes},
+                     {"anchor_points", &anchor_points},
+                     {"gt_boxes", &gt_boxes},
+                     {"gt_labels", &gt_labels},
+                     {"gt_counts", maybe(gt_counts)}});
+  check_gt_counts(gt_counts, B);
+  check_topk(topk);
+  if (topk2.has_value()) {
+    ATSS_CHECK_VALUE(*topk2 >= 1, "topk2 must be >= 1 (or None: no second filter), got ",
+                     num(*topk2));
+  }
+  check_power(alpha, "alpha");
+  check_power(beta, "beta");
+  if (min_side.has_value()) {
+    ATSS_CHECK_VALUE(std::isfinite(*min_side) && *min_side > 0,
+                     "min_side must be finite and > 0 (or None: no widening), got ",
+                     num(*min_side));
+  }
+  ATSS_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "eps must be finite and >= 0, got ", num(eps));
+}
+
+void check_tal_values(const Tensor& pred_scores, const Tensor& pred_boxes,
+                      const Tensor& anchor_points, const Tensor& gt_boxes, const Tensor& gt_labels,
+                      const OptionalTensor& gt_counts) {
+  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchor_points.size(0);
+  const int64_t C = pred_scores.size(2);
+  check_gt_counts_values(gt_counts, G);
+  const Tensor points = as_contiguous(anchor_points);
+  const float* pp = data<float>(points);
+  for (int64_t i = 0; i < A; ++i) {
+    ATSS_CHECK_VALUE(std::isfinite(pp[2 * i]) && std::isfinite(pp[2 * i + 1]), "anchor_points[",
+                     num(i), "] = ", box_str(pp + 2 * i, 1), " is not finite");
+  }
+  const Tensor pred = as_contiguous(pred_boxes);
+  const float* pb = data<float>(pred);
+  if (!boxes_all_good(pb, B * A, 2)) {
+    check_boxes_2d("pred_boxes", pb, B, A, [A](int64_t) { return A; });
+  }
+  const OptionalTensor counts = as_contiguous(gt_counts);
+  const int64_t* cp = data<int64_t>(counts);
+  const auto valid = [cp, G](int64_t b) { return valid_gt_count(cp, b, G); };
+  const Tensor g = as_contiguous(gt_boxes);
+  check_boxes_2d("gt_boxes", data<float>(g), B, G, valid);
+  const Tensor labels = as_contiguous(gt_labels);
+  const int64_t* lp = data<int64_t>(labels);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < valid(b); ++j) {
+      const int64_t label = lp[b * G + j];
+      ATSS_CHECK_VALUE(label >= 0 && label < C, "gt_labels[", num(b), ", ", num(j),
+                       "] = ", num(label), " is out of range [0, C = ", num(C), ")");
+    }
+  }
+}
+
 Tensor unassigned_gt_index(const Tensor& like, int64_t batch, int64_t num_anchors,
                            const OptionalTensor& anchor_ignore) {
   if (!anchor_ignore || batch * num_anchors == 0) {

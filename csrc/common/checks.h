@@ -52,6 +52,17 @@ void check_atss_assign_args(const Tensor& anchors, IntArrayRef num_anchors_per_l
                             const OptionalTensor& anchor_valid, std::optional<double> center_eps,
                             const OptionalTensor& anchor_ignore);
 
+// tal_assign (TAL contract version 1): every structural check, in the order of
+// check_tal_assign_args in atss_ops/_validation.py, and the value checks.
+void check_tal_assign_args(const Tensor& pred_scores, const Tensor& pred_boxes,
+                           const Tensor& anchor_points, const Tensor& gt_boxes,
+                           const Tensor& gt_labels, const OptionalTensor& gt_counts, int64_t topk,
+                           double alpha, double beta, std::optional<double> min_side,
+                           std::optional<int64_t> topk2, double eps);
+void check_tal_values(const Tensor& pred_scores, const Tensor& pred_boxes,
+                      const Tensor& anchor_points, const Tensor& gt_boxes, const Tensor& gt_labels,
+                      const OptionalTensor& gt_counts);
+
 // Value checks: read tensor data (contiguous CPU tensors).
 void check_gt_counts_values(const OptionalTensor& gt_counts, int64_t num_gt);
 void check_box_values(const Tensor& anchors, const Tensor& gt_boxes,
