@@ -19,6 +19,7 @@ data, and work with or without the compiled extension.
 
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
