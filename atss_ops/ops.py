@@ -325,39 +325,20 @@ def atss_assign(
           GT (step 8 included); 0 for padding.
 
     Complexity: memory O(B·A + B·G·C) with ``C = sum_l min(topk, N_l)``: no
-    ``[B, G, A]`` tensor is ever built by the kernels (the pure-PyTorch
-    fallback does build them). Time on CUDA: O(A) once per call (the box of
-    each block of 256 anchor centres), then per GT and level the blocks
-    nearest first, each skipped when its exact distance bound is above the
-    k-th key found so far: about O(k) anchors per GT and level on spatially
-    ordered anchors (grids), O(A) per GT when the order is random. On the CPU, about
-    O(A + B·G·L·k): a uniform grid over each level's anchor centres (built
-    once per call, or reused when the calling thread's previous call had
-    bit-for-bit the same anchors) finds each GT's candidates without scanning
-    the level. It is exact: the scan's bits, ties included, on any layout.
-    The environment variable ``ATSS_CPU_SELECT``, read on every call, picks
-    the CPU path for tests and benchmarks: ``auto`` (default), ``index``,
-    ``index:N`` (about N anchors per cell) or ``scan`` (every anchor,
-    O(B·G·A)). Deterministic: the same inputs give
-    the same bits on every run, thread count and device. No host sync on CUDA
-    unless ``check_inputs=True``; runs under ``torch.compile(fullgraph=True)``
-    and CUDA graph capture.
-    Meta tensors give shape inference: empty meta outputs of the right shapes
-    and dtypes after the structural checks (``num_anchors_per_level`` must then
-    be a list of ints).
+    ``[B, G, A]`` tensor is built by the kernels (the pure-PyTorch fallback does
+    build them); time about O(A + B·G·L·k) on grid-like anchors, on CPU and CUDA
+    (how each kernel finds a GT's candidates without scanning a level: the
+    comments of ``csrc/cpu/atss_assign.cpp`` and ``csrc/cuda/select_culled.cuh``;
+    the README's "The CPU spatial index", ``ATSS_CPU_SELECT`` included).
+    Deterministic: the same inputs give the same bits on every run, thread count
+    and device. No host sync on CUDA unless ``check_inputs=True``; runs under
+    ``torch.compile(fullgraph=True)`` and CUDA graph capture. Meta tensors give
+    shape inference (``num_anchors_per_level`` must then be a list of ints).
 
-    Differences from MMDetection's ``ATSSAssigner`` (and the original code):
-    0-based GT indices with -1 for background and -2 for ignored anchors
-    (MMDetection: 1-based, 0 negative, -1 ignored); background IoU 0
-    (MMDetection: -1e8); the caller chooses ``topk`` (the original multiplies k
-    by anchors per location itself); distance ties go to the lower anchor index
-    and IoU ties to the lower GT index (both unspecified there); mean and std
-    are float64 in a fixed order (float32, library order there); a GT with a
-    single candidate gets std 0 (NaN there, so no positive); IoU uses
-    continuous areas with ``union`` clamped to 1e-6 (as MMDetection; the
-    original adds 1 pixel); ignored anchors are never positive (MMDetection's
-    may be); the whole padded batch in one call (per image there). For MONAI's
-    ``ATSSMatcher`` see ``docs/contract.md`` and :mod:`atss_ops.integrations.monai`.
+    How this differs from the original code, MMDetection's ``ATSSAssigner`` and
+    MONAI's ``ATSSMatcher`` (GT index sentinels, tie rules, float64 statistics,
+    the IoU convention, ignored anchors): ``docs/contract.md``, "Deliberate
+    differences from other implementations".
     """
     if not isinstance(gt_boxes, Tensor):
         if gt_counts is not None:
