@@ -1,4 +1,4 @@
-"""Inputs of the benchmarks (and of the tests): COCO-like anchor grids and random GT boxes."""
+"""Inputs of the benchmarks: COCO-like anchor grids, random GT boxes (atss_ops.testing), the cases' sizes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 import atss_ops
+from atss_ops.testing import anchor_points, random_gt  # noqa: F401  (the benchmarks take them from here)
 
 
 def grid_anchors(
@@ -23,26 +24,6 @@ def grid_anchors(
     An 800x1344 image with strides 8..128 gives A = 22,400 anchors.
     """
     return atss_ops.grid_anchors(height, width, strides, scales=(scale,), device=device)
-
-
-def anchor_points(size: int = 640, strides: Sequence[int] = (8, 16, 32)) -> Tensor:
-    """YOLO's anchor points ``[A, 2]`` of a ``size`` x ``size`` image: each stride's cell centres
-    ``((i + 0.5) * stride, (j + 0.5) * stride)``, level by level, row-major (A = 8,400 at 640)."""
-    out = []
-    for s in strides:
-        n = size // s
-        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        out.append((torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * s)
-    return torch.cat(out).float()
-
-
-def random_gt(batch: int, num_gt: int, height: int, width: int, seed: int = 0, device: str = "cpu") -> Tensor:
-    """COCO-like GT boxes ``[B, G, 4]``: log-uniform sizes from 8 px to most of the image."""
-    g = torch.Generator().manual_seed(seed)
-    size = torch.exp(torch.empty(batch, num_gt, 2).uniform_(2.0, 6.3, generator=g))
-    size = torch.minimum(size, torch.tensor([width * 0.9, height * 0.9]))
-    top_left = torch.rand(batch, num_gt, 2, generator=g) * (torch.tensor([width, height]) - size)
-    return torch.cat([top_left, top_left + size], dim=-1).to(device)
 
 
 # name: (B, G, height, width, strides)

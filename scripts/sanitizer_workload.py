@@ -34,9 +34,13 @@ import argparse
 import sys
 
 import torch
-from cases import OPS, bits_equal, compute_stages, env_vars, make_case, move, op_args, random_case, random_case_3d
+from backends import move
+from bits import bits_equal
+from cases import compute_stages, make_case, op_args, random_case, random_case_3d
+from subprocesses import env_vars
 
 import atss_ops
+from atss_ops._extension import OPS
 
 
 def same(a, b) -> bool:

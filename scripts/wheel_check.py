@@ -71,8 +71,13 @@ OP_TESTS = {
         "test_determinism.py",
         "test_cuda.py",
         "test_stable_abi.py",
+        "test_tal_reference.py",
+        "test_tal_equivalence.py",
     ],
 }
+# What the op tests import: the case catalogues and the helpers (they need nothing else
+# of the source tree: the installed atss_ops, atss_ops.testing's inputs).
+TEST_HELPERS = ["conftest.py", "cases.py", "cases_tal.py", "bits.py", "backends.py", "subprocesses.py"]
 OP_TESTS["quick"] = ["test_equivalence.py", "test_errors.py", "test_error_parity.py", "test_stable_abi.py"]
 
 
@@ -175,11 +180,8 @@ def copy_tests(dest: str, files: list) -> None:
     configuration of their own (the repository's would put the sources on the path)."""
     tests = os.path.join(dest, "tests")
     os.makedirs(tests)
-    for name in files + ["conftest.py", "cases.py"]:
+    for name in files + TEST_HELPERS:
         shutil.copy2(os.path.join(ROOT, "tests", name), tests)
-    os.makedirs(os.path.join(dest, "benchmarks"))
-    for name in ("__init__.py", "cases.py"):
-        shutil.copy2(os.path.join(ROOT, "benchmarks", name), os.path.join(dest, "benchmarks"))
     with open(os.path.join(dest, "pytest.ini"), "w") as f:
         f.write(
             "[pytest]\n"

@@ -1,4 +1,4 @@
-"""Inputs of the test suite, and the bit-for-bit comparison helpers.
+"""The test suite's case catalogue: the inputs every implementation is compared on.
 
 Every generator is a plain function of no argument returning a *case*: a dict
 with the arguments of ``atss_assign`` (``anchors``, ``num_anchors_per_level``,
@@ -19,75 +19,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import subprocess
-import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-import pytest
 import torch
 from torch import Tensor
 
-import atss_ops
-from atss_ops import reference
-from atss_ops._extension import OPS  # noqa: F401  (the op names, for the tests that import them from here)
-from benchmarks.cases import grid_anchors, random_gt
-
-# --------------------------------------------------------------------------- comparison
-
-_INT_VIEW = {
-    torch.float32: torch.int32,
-    torch.float64: torch.int64,
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-}
-
-
-def _bits(t: Tensor) -> Tensor:
-    t = t.detach().cpu().contiguous()
-    view = _INT_VIEW.get(t.dtype)
-    return t.view(view) if view is not None else t
-
-
-def bits_equal(a: Tensor, b: Tensor) -> bool:
-    """True when ``a`` and ``b`` have the same dtype, shape and bits.
-
-    Floats are compared through an integer view, so NaN equals NaN (same
-    payload) and -0.0 differs from +0.0. Tensors on different devices are
-    compared on the CPU.
-    """
-    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
-        return False
-    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
-        return False
-    return torch.equal(_bits(a), _bits(b))
-
-
-def describe_difference(a: Tensor, b: Tensor) -> str:
-    """A short human-readable account of why ``bits_equal(a, b)`` is False."""
-    if a.dtype != b.dtype:
-        return f"dtype {a.dtype} != {b.dtype}"
-    if tuple(a.shape) != tuple(b.shape):
-        return f"shape {list(a.shape)} != {list(b.shape)}"
-    diff = (_bits(a) != _bits(b)).nonzero()
-    first = tuple(diff[0].tolist())
-    return (
-        f"{len(diff)} of {a.numel()} elements differ; first at {list(first)}: "
-        f"{a.detach().cpu()[first].item()!r} != {b.detach().cpu()[first].item()!r}"
-    )
-
-
-def assert_bits_equal(a, b, what: str = "") -> None:
-    """``bits_equal`` over a tensor or a (named) tuple of tensors, with a useful message."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        assert bits_equal(a, b), f"{what}: {describe_difference(a, b)}"
-        return
-    a, b = tuple(a), tuple(b)
-    assert len(a) == len(b), f"{what}: {len(a)} outputs != {len(b)}"
-    fields = getattr(a, "_fields", None) or [str(i) for i in range(len(a))]
-    for name, x, y in zip(fields, a, b):
-        assert_bits_equal(x, y, f"{what}[{name}]" if what else name)
-
+from atss_ops import grid_anchors, reference
+from atss_ops.testing import random_gt
 
 # --------------------------------------------------------------------------- case plumbing
 
@@ -238,7 +176,7 @@ def _multi_anchor_ratios():
     for s in (8, 16, 32):
         level = []
         for ratio in (0.5, 1.0, 2.0):
-            a, n = grid_anchors(128, 128, (s,), scale=4.0)
+            a, n = grid_anchors(128, 128, (s,), scales=(4.0,))
             cx, cy = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2
             w, h = (a[:, 2] - a[:, 0]) * math.sqrt(ratio), (a[:, 3] - a[:, 1]) / math.sqrt(ratio)
             level.append(boxes_around(cx, cy, w, h))
@@ -510,7 +448,7 @@ def _tiny():
 
 @register("tiny_image_1px")
 def _tiny_1px():
-    anchors, levels = grid_anchors(1, 1, (1, 2, 4), scale=1.0)
+    anchors, levels = grid_anchors(1, 1, (1, 2, 4), scales=(1.0,))
     gt = torch.tensor([[[0.0, 0.0, 1.0, 1.0]], [[0.25, 0.25, 0.75, 0.75]]])
     return case_of(anchors, levels, gt, topk=3, center_eps=0.0)
 
@@ -550,7 +488,7 @@ def _huge():
 @register("tiny_coordinates")
 def _tiny_coords():
     """Sub-normal sizes: areas underflow to 0 and the union clamps to 1e-6."""
-    anchors, levels = grid_anchors(16, 16, (4, 8), scale=2.0)
+    anchors, levels = grid_anchors(16, 16, (4, 8), scales=(2.0,))
     anchors = anchors * 1e-20
     gt = torch.tensor([[[0.0, 0.0, 8e-20, 8e-20], [1e-20, 2e-20, 9e-20, 1.5e-19], [0.0, 0.0, 1.0, 1.0]]])
     return case_of(anchors, levels, gt, center_eps=0.0)
@@ -794,7 +732,7 @@ def _competing():
 @register("ensure_positive_no_overlap")
 def _no_overlap():
     """GTs whose candidates all have IoU 0 (far from every usable anchor, degenerate): nothing to propose."""
-    anchors, levels = grid_anchors(64, 64, (8, 16), scale=1.0)
+    anchors, levels = grid_anchors(64, 64, (8, 16), scales=(1.0,))
     valid = torch.ones(1, anchors.shape[0], dtype=torch.bool)
     cx = (anchors[:, 0] + anchors[:, 2]) / 2
     valid[0, cx < 40] = False
@@ -893,194 +831,3 @@ def chain_stage_kernels(case: dict, impl=None) -> tuple:
     stages = _chain(case, torch.ops.atss_ops if impl is None else impl)
     gt_index, iou, num_positive = stages["resolve_multi_gt"]
     return gt_index, iou, stages["iou_statistics"][1], num_positive
-
-
-def move(x, device):
-    """``x`` (a tensor, or a tuple / dict of them, or anything else) moved to ``device``."""
-    if isinstance(x, Tensor):
-        return x.to(device)
-    if isinstance(x, tuple):
-        return tuple(move(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: move(v, device) for k, v in x.items()}
-    return x
-
-
-def kernel(op: str):
-    """The compiled op ``torch.ops.atss_ops.<op>``."""
-    return getattr(torch.ops.atss_ops, op)
-
-
-def reference_op(op: str):
-    return getattr(reference, op)
-
-
-@functools.lru_cache(maxsize=None)
-def raw_op_error() -> type:
-    """The exception type of the compiled kernels' input errors when an op is called raw
-    (``torch.ops.atss_ops.*``): the kernels throw ``std::invalid_argument``, which torch
-    2.10 to 2.14 deliver as ``ValueError`` and torch 2.15 as ``RuntimeError`` (same
-    message). The public functions raise ``ValueError`` on every version. Probed on
-    first use, not at import: the sanitizer workload imports this module, and an
-    exception thrown under AddressSanitizer before libstdc++ is loaded aborts it."""
-    if not atss_ops.has_kernel("center_distance", "cpu"):
-        return ValueError
-    try:
-        torch.ops.atss_ops.center_distance(torch.zeros(1, 4), torch.full((1, 1, 4), float("nan")))
-    except (ValueError, RuntimeError) as exc:
-        assert str(exc).startswith("gt_boxes[0, 0] = [nan, nan, nan, nan] is not finite"), exc
-        return type(exc)
-    raise AssertionError("center_distance accepted a NaN box")
-
-
-def raw_op_error_for(path: str) -> type:
-    """The exception type invalid input raises through entry point ``path``: raw ops
-    ("op", "emu": the compiled kernels) give raw_op_error(), the public functions and the
-    reference ValueError."""
-    return raw_op_error() if path in ("op", "emu") else ValueError
-
-
-def api_op(op: str):
-    """The public ``atss_ops.<op>`` as a function of the op's positional arguments
-    (``op_args``): ``atss_assign``'s wrapper takes its options by keyword."""
-    if op == "atss_assign":
-        return lambda a, levels, g, n, *rest: atss_ops.atss_assign(a, levels, g, n, **dict(zip(ARG_NAMES[4:], rest)))
-    return getattr(atss_ops, op)
-
-
-def run_import(script: str, package_dir: str) -> subprocess.CompletedProcess:
-    """Runs ``script`` in a fresh interpreter that imports ``atss_ops`` from ``package_dir``
-    (not this tree's editable install)."""
-    preamble = (
-        # An editable install's finder (pip install -e) would import the built package instead.
-        "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]\n"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", preamble + script],
-        cwd=package_dir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=package_dir),
-    )
-
-
-def has_cuda_kernels() -> bool:
-    return torch.cuda.is_available() and atss_ops.has_kernel("atss_assign", "cuda")
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# --------------------------------------------------------------------------- the emulated CUDA kernels
-
-# The test-only library of the CUDA kernel sources run through the host execution
-# model (``make emu``; csrc/cuda/emu/): ops ``torch.ops.atss_ops_emu.<op>`` on CPU
-# tensors. ATSS_EMU_LIBRARY points at another build (the sanitized ones).
-EMU_LIBRARY = os.environ.get("ATSS_EMU_LIBRARY") or os.path.join(ROOT, "build-emu", "libatss_ops_emu.so")
-_emu_state: dict = {}
-
-
-def emu_available() -> bool:
-    """True once the emulated library is loaded (loads it on first call)."""
-    if "ok" not in _emu_state:
-        _emu_state["ok"] = False
-        if os.path.exists(EMU_LIBRARY):
-            torch.ops.load_library(EMU_LIBRARY)
-            _emu_state["ok"] = True
-    return _emu_state["ok"]
-
-
-# The backend axis of the kernel tests: the CPU kernels, the CUDA kernels on a GPU
-# (marker ``cuda``) and the CUDA kernels emulated on the host (marker ``emu``).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda), pytest.param("emu", marks=pytest.mark.emu)]
-# The public API runs on real devices only.
-API_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-
-
-def tensor_device(backend: str) -> str:
-    """The device of a backend's tensors (the emulated kernels take CPU tensors)."""
-    return "cpu" if backend == "emu" else backend
-
-
-def ops_of(backend: str):
-    """The op namespace of a backend: ``torch.ops.atss_ops`` or ``torch.ops.atss_ops_emu``."""
-    return torch.ops.atss_ops_emu if backend == "emu" else torch.ops.atss_ops
-
-
-def backend_kernel(op: str, backend: str):
-    return getattr(ops_of(backend), op)
-
-
-class env_vars:
-    """Context manager: environment variables set (None: unset) for the block (e.g. ATSS_MAX_BLOCKS)."""
-
-    def __init__(self, **values):
-        self.values = values
-        self.saved = {}
-
-    def __enter__(self):
-        for k, v in self.values.items():
-            self.saved[k] = os.environ.get(k)
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = str(v)
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def run_isolated(setup: str, calls: Dict[str, str], memory_gb: int = 8) -> subprocess.CompletedProcess:
-    """Runs ``calls`` (label -> Python expression) after ``setup`` in a fresh interpreter.
-
-    For inputs that may crash the process (a segfault would take pytest down)
-    or allocate absurd amounts of memory: the child's address space is capped
-    at ``memory_gb`` GiB, so a huge allocation fails fast instead of swapping.
-    Each call prints one line, flushed, ``label: ok <repr>`` or
-    ``label: <ExceptionType>: <message>``, so the lines before a crash survive.
-    """
-    lines = [
-        "import sys, torch, atss_ops",
-        "from atss_ops import reference",
-        setup,
-        "def _probe(label, fn):",
-        "    try:",
-        "        out = fn()",
-        "        print(f'{label}: ok {out!r}'.replace(chr(10), ' '), flush=True)",
-        "    except Exception as e:",
-        "        print(f'{label}: {type(e).__name__}: {e}'.replace(chr(10), ' '), flush=True)",
-    ]
-    lines += [f"_probe({label!r}, lambda: {expr})" for label, expr in calls.items()]
-
-    def limit():
-        import resource
-
-        cap = memory_gb << 30
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(os.path.abspath(__file__))]))
-    return subprocess.run(
-        [sys.executable, "-c", "\n".join(lines)],
-        preexec_fn=limit,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
-
-
-def isolated_results(proc: subprocess.CompletedProcess, labels) -> Dict[str, str]:
-    """label -> what ``run_isolated`` printed for it ("<no output: process died with code N>" after a crash)."""
-    out = {}
-    for line in proc.stdout.splitlines():
-        label, _, rest = line.partition(": ")
-        out[label] = rest
-    died = f"<no output: the process died with code {proc.returncode}; stderr tail: {proc.stderr[-300:]!r}>"
-    return {label: out.get(label, died) for label in labels}

@@ -15,7 +15,7 @@ from typing import Callable, Dict
 
 import torch
 
-from benchmarks.cases import anchor_points
+from atss_ops.testing import anchor_points
 
 TAL_ARG_NAMES = (
     "pred_scores",

@@ -31,7 +31,7 @@ def cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    from cases import EMU_LIBRARY, emu_available
+    from backends import EMU_LIBRARY, emu_available
 
     if not cuda_available():
         why = "no CUDA device" if not torch.cuda.is_available() else "atss_ops was built without CUDA kernels"

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 import torch
-from cases import assert_bits_equal, run_import
+from bits import assert_bits_equal
+from subprocesses import run_import
 from test_errors import base_case, stage_inputs
 
 import atss_ops

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import atss_ops
-from benchmarks.cases import grid_anchors, random_gt
+from atss_ops import grid_anchors
+from atss_ops.testing import random_gt
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "build-cmake" / "libatss_ops.so"

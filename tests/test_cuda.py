@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import (
-    CASE_NAMES,
-    OPS,
-    assert_bits_equal,
-    compute_stages,
-    generator,
-    kernel,
-    make_case,
-    move,
-    op_args,
-    ops_of,
-    random_case,
-    reference_stages,
-    tensor_device,
-)
+from backends import kernel, move, ops_of, tensor_device
+from bits import assert_bits_equal
+from cases import CASE_NAMES, compute_stages, generator, make_case, op_args, random_case, reference_stages
 
 import atss_ops
 from atss_ops import reference
+from atss_ops._extension import OPS
 
 # The CUDA kernels on a GPU, and (for the tests that need no real device) the
 # same kernel sources run through the host execution model (``make emu``).

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import OPS, assert_bits_equal, compute_reference_stages, kernel, op_args, pad_counts
+from backends import kernel
+from bits import assert_bits_equal
+from cases import compute_reference_stages, op_args, pad_counts
 
-from benchmarks.cases import grid_anchors, random_gt
+from atss_ops import grid_anchors
+from atss_ops._extension import OPS
+from atss_ops.testing import random_gt
 
 
 @pytest.fixture(scope="module")

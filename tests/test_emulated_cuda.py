@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backends import emu_available
+from bits import assert_bits_equal
 from cases import (
-    OPS,
-    assert_bits_equal,
     boxes_around,
     case_args,
     case_of,
     compute_stages,
-    emu_available,
-    env_vars,
     generator,
     make_case,
     multi_scale_anchors,
@@ -37,6 +35,9 @@ from cases import (
     random_case,
     random_case_3d,
 )
+from subprocesses import env_vars
+
+from atss_ops._extension import OPS
 
 pytestmark = pytest.mark.emu
 

@@ -11,29 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import (
-    API_DEVICES,
-    ARG_NAMES,
-    CASE_NAMES,
-    DEVICES,
-    OPS,
-    assert_bits_equal,
-    bits_equal,
-    chain_stage_kernels,
-    generator,
-    isolated_results,
-    kernel,
-    make_case,
-    move,
-    op_args,
-    ops_of,
-    reference_op,
-    reference_stages,
-    run_isolated,
-    tensor_device,
-)
+from backends import API_DEVICES, DEVICES, kernel, move, ops_of, reference_op, tensor_device
+from bits import assert_bits_equal, bits_equal
+from cases import ARG_NAMES, CASE_NAMES, chain_stage_kernels, generator, make_case, op_args, reference_stages
+from subprocesses import isolated_results, run_isolated
 
 import atss_ops
+from atss_ops._extension import OPS
 
 
 def check_op(op: str, args: tuple, device: str, expected, layout=lambda args: args) -> None:
@@ -364,7 +348,8 @@ def test_bits_equal_helper():
 
 
 HUGE_TOPK_SETUP = """
-from cases import make_case, op_args, compute_reference_stages, assert_bits_equal
+from bits import assert_bits_equal
+from cases import make_case, op_args, compute_reference_stages
 c = make_case("level_smaller_than_topk")
 stages = compute_reference_stages(c)
 def check(op, topk):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import raw_op_error
+from backends import raw_op_error
 from test_errors import ANCHOR_COUNT, ASSIGN_ARGS, INVALID, OP_ARGS, STAGE_INVALID, base_case, stage_inputs
 
 import atss_ops

@@ -8,18 +8,10 @@ import re
 
 import pytest
 import torch
-from cases import (
-    ARG_NAMES,
-    EMPTY_CASE_NAMES,
-    api_op,
-    assert_bits_equal,
-    bits_equal,
-    emu_available,
-    isolated_results,
-    make_case,
-    raw_op_error_for,
-    run_isolated,
-)
+from backends import api_op, emu_available, raw_op_error_for
+from bits import assert_bits_equal, bits_equal
+from cases import ARG_NAMES, EMPTY_CASE_NAMES, make_case
+from subprocesses import isolated_results, run_isolated
 
 import atss_ops
 from atss_ops import reference

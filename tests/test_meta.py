@@ -13,10 +13,12 @@ import warnings
 
 import pytest
 import torch
-from cases import OPS, api_op, make_case, move, op_args, reference_stages
+from backends import api_op, move
+from cases import make_case, op_args, reference_stages
 
 import atss_ops
 from atss_ops import _extension
+from atss_ops._extension import OPS
 
 META_CASES = ["coco_s1_b2_g7", "ignore_random_with_valid", "d3_everything", "d3_g0_ignore", "g0", "b0"]
 

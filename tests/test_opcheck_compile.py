@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import OPS, assert_bits_equal, compute_reference_stages, kernel, make_case, op_args, reference_stages
+from backends import kernel
+from bits import assert_bits_equal
+from cases import compute_reference_stages, make_case, op_args, reference_stages
 
 import atss_ops
+from atss_ops._extension import OPS
 
 
 def _sample(name: str, **changes) -> dict:

@@ -7,23 +7,14 @@ import math
 
 import pytest
 import torch
-from cases import (
-    CASE_NAMES,
-    OPS,
-    assert_bits_equal,
-    bits_equal,
-    chain_stage_kernels,
-    compute_reference_stages,
-    kernel,
-    make_case,
-    op_args,
-    ops_of,
-    reference_stages,
-)
+from backends import kernel, ops_of
+from bits import assert_bits_equal, bits_equal
+from cases import CASE_NAMES, chain_stage_kernels, compute_reference_stages, make_case, op_args, reference_stages
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from atss_ops import AssignResult, reference
+from atss_ops._extension import OPS
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

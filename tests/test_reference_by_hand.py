@@ -22,7 +22,8 @@ from typing import Sequence
 
 import pytest
 import torch
-from cases import assert_bits_equal, emu_available
+from backends import emu_available
+from bits import assert_bits_equal
 
 from atss_ops import reference
 

@@ -25,17 +25,16 @@ import re
 
 import pytest
 import torch
+from backends import api_op, raw_op_error
+from bits import assert_bits_equal
 from cases import (
     CASE_NAMES,
-    api_op,
-    assert_bits_equal,
     case_args,
     case_of,
     chain_stage_kernels,
     make_case,
     multi_scale_anchors,
     random_case,
-    raw_op_error,
     reference_stages,
 )
 from hypothesis import HealthCheck, given, settings

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from cases import run_import
+from subprocesses import run_import
 
 import atss_ops
 from atss_ops import _extension

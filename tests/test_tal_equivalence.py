@@ -8,10 +8,12 @@ import warnings
 
 import pytest
 import torch
-from cases import assert_bits_equal, isolated_results, raw_op_error, run_isolated
+from backends import raw_op_error
+from bits import assert_bits_equal
 from cases_tal import TAL_ARG_NAMES, TAL_CASE_NAMES, make_tal_case, tal_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from subprocesses import isolated_results, run_isolated
 from test_tal_reference import BAD, op_call_args, small_call
 
 import atss_ops
@@ -155,7 +157,7 @@ def test_error_messages_equal_the_reference(name):
 
 
 MEMORY_SETUP = """
-from benchmarks.cases import anchor_points
+from atss_ops.testing import anchor_points
 B, G, C = 8, 8000, 3
 points = anchor_points(1280, (4, 8, 16, 32))  # A = 136000: a [B, G, A] float32 tensor takes 35 GB
 A = points.shape[0]

@@ -16,7 +16,8 @@ import struct
 
 import pytest
 import torch
-from cases import assert_bits_equal, generator
+from bits import assert_bits_equal
+from cases import generator
 
 import atss_ops
 from atss_ops import reference_tal as R

@@ -24,7 +24,7 @@ from cases import generator
 
 import atss_ops
 from atss_ops import reference_tal as R
-from benchmarks.cases import anchor_points
+from atss_ops.testing import anchor_points
 
 tal = pytest.importorskip("ultralytics.utils.tal", reason="needs ultralytics (pip install ultralytics)")
 

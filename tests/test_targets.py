@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import assert_bits_equal, bits_equal, make_case
+from bits import assert_bits_equal, bits_equal
+from cases import make_case
 
 import atss_ops
 
