@@ -44,7 +44,7 @@ def test_without_ultralytics_the_module_imports_and_use_names_the_extra():
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'ultralytics' or name.startswith('ultralytics.'):\n"
-        "            raise ImportError('No module named ' + repr(name))\n"
+        "            raise ModuleNotFoundError('No module named ' + repr(name))\n"
         "sys.meta_path.insert(0, Block())\n"
         "import atss_ops.integrations.ultralytics as U\n"
         "try:\n"
