@@ -2,6 +2,7 @@
 
     python -m benchmarks.ultralytics_train [--epochs 60] [--seeds 0 1] [--images 64] [--threads 1]
                                            [--atss-warmup 0] [--out benchmarks/results] [--doc docs/ultralytics.md]
+    python -m benchmarks.ultralytics_train --table-only benchmarks/results/ultralytics_train.json  # table again
 
 Needs Ultralytics (``pip install atss-ops[ultralytics]``). Nothing is downloaded: the data set is written
 here (``write_dataset``: coloured rectangles of two classes on noise, YOLO-format labels, ``data.yaml``),
@@ -182,10 +183,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--atss-warmup", type=int, default=0, help="epochs of ATSS for a third variant (0: none)")
+    p.add_argument(
+        "--variants", nargs="+", choices=("ultralytics", "atss_ops", "atss_warmup"), help="default: all that apply"
+    )
     p.add_argument("--work", default=None, help="folder for the data set and the runs (default: a temporary one)")
     p.add_argument("--out", default="benchmarks/results", help="folder for ultralytics_train.json")
     p.add_argument("--doc", default="docs/ultralytics.md", help="markdown file whose table is replaced ('' : none)")
+    p.add_argument("--table-only", metavar="JSON", help="no training: print the table of a results file (and --doc)")
     args = p.parse_args(argv)
+    if args.table_only:
+        results = json.loads(Path(args.table_only).read_text())
+        text = table(results["runs"], results["setup"]["atss_warmup"])
+        print(text)
+        if args.doc:
+            write_table(Path(args.doc), text)
+        return
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ultralytics-train-")).resolve()
     offline_ultralytics(str(work / "yolo-config"))
@@ -199,7 +211,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     forbid_downloads()
 
     data = write_dataset(work / "data", n_train=args.images, n_val=max(args.images // 2, 1), size=args.imgsz)
-    variants = ["ultralytics", "atss_ops"] + (["atss_warmup"] if args.atss_warmup else [])
+    variants = args.variants or ["ultralytics", "atss_ops"] + (["atss_warmup"] if args.atss_warmup else [])
+    if "atss_warmup" in variants and not args.atss_warmup:
+        p.error("--variants atss_warmup needs --atss-warmup N > 0")
     runs = []
     for seed in args.seeds:
         for variant in variants:
