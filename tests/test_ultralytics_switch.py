@@ -388,9 +388,10 @@ def test_gts_with_padding_between_them_map_back(setup):
         assert torch.equal(shuffled[i][fg], plain[i][fg])
 
 
-def test_extra_tensors_and_empty_batches(setup):
+@pytest.mark.parametrize("warmup", [0, 1], ids=["tal", "atss_warmup"])
+def test_extra_tensors_and_empty_batches(setup, warmup):
     pd_scores, pd_bboxes, points, gt_labels, gt_bboxes, mask_gt = setup.calls["trained"][0]
-    ours = switch_assigner(setup.assigner)
+    ours = switch_assigner(setup.assigner, atss_warmup_epochs=warmup)
     with pytest.raises(TypeError, match=r"got extra \['gt_kpts'\]"):
         ours(*setup.calls["trained"][0], gt_kpts=gt_bboxes)
     B, A, C = pd_scores.shape
@@ -399,6 +400,7 @@ def test_extra_tensors_and_empty_batches(setup):
     assert not fg.any() and not scores.any() and scores.shape == (B, A, C) and bool((labels == C).all())
     labels, boxes, scores, fg, idx = ours(pd_scores, pd_bboxes, points, gt_labels, gt_bboxes, torch.zeros_like(mask_gt))
     assert not fg.any() and not scores.any()
+    assert ours.switch.calls == ({"tal": 0, "atss": 2} if warmup else {"tal": 2, "atss": 0})
 
 
 # --------------------------------------------------------------------------- use_atss_ops

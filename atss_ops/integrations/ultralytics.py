@@ -253,6 +253,9 @@ class AtssOpsAssigner:
         res = atss_ops.atss_assign(anchors, per_level, gt_boxes, counts, topk=self.switch.atss_topk)
         fg = res.gt_index >= 0
         B, A = res.gt_index.shape
+        if gt_boxes.shape[1] == 0:  # no GT in the batch: nothing to gather
+            zeros = torch.zeros(B, A, dtype=torch.float32, device=fg.device)
+            return TalResult(res.gt_index, zeros, zeros, res.num_positive)
         assigned = gt_boxes.float().gather(1, res.gt_index.clamp(min=0)[..., None].expand(B, A, 4))
         iou = reference_tal.box_overlap(assigned, pd_bboxes.float(), ciou=False)
         iou = torch.where(fg, iou, torch.zeros((), dtype=iou.dtype, device=iou.device))
