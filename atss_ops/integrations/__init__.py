@@ -5,4 +5,6 @@ Each submodule imports its library only when it is itself imported, so
 
 - :mod:`atss_ops.integrations.monai`: MONAI's ``ATSSMatcher`` and ``RetinaNetDetector``.
 - :mod:`atss_ops.integrations.torchvision`: torchvision's ``RetinaNet`` and ``FCOS``.
+- :mod:`atss_ops.integrations.ultralytics`: Ultralytics YOLO's ``TaskAlignedAssigner`` (on ``tal_assign``; Ultralytics
+  is imported only when ``use_atss_ops`` runs).
 """
