@@ -16,11 +16,11 @@ Modules:
 * :mod:`~atss_detector.model`: backbone, FPN, head, inference;
 * :mod:`~atss_detector.engine`: training, evaluation, prediction, checkpoints;
 * :mod:`~atss_detector.evaluation`, :mod:`~atss_detector.visualize`: metrics, PNGs;
-* :mod:`~atss_detector.ablate` (the paper's ablation sweep), over
-  :mod:`~atss_detector.ablate_report` (its tables and plots) and
-  :mod:`~atss_detector.ablate_grid` (the grid both read);
 * :mod:`~atss_detector.cli` (``atss-detector``) and :mod:`~atss_detector.demo`: the commands,
   which call the modules above and are called by none of them.
+
+The paper's experiments (the ablation sweep, torchvision's table) are not part of the
+package: they live in the source checkout's ``experiments/`` and use this package.
 """
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig, preset

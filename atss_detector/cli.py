@@ -11,13 +11,14 @@ Examples:
     atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
     atss-detector eval --checkpoint runs/x/checkpoint.pt
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
-    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (see ablate --help)
-    atss-detector ablate --data /data/mycoco --image-size 512 --output-dir runs/ablate-mycoco
 
 Every train flag left out keeps the value of --preset (or, with --resume, of the
 checkpoint being resumed). On a CPU shared with other jobs, set
 OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads otherwise slow training down
-many times over (python -m atss_detector.demo and ablate set it themselves).
+many times over (python -m atss_detector.demo sets it itself).
+
+The paper's ablations are not part of this command: from a source checkout of
+atss-ops, python -m experiments.ablate (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Optional, Sequence, Tuple
+from typing import NoReturn, Optional, Sequence, Tuple
 
 from .config import PRESET_SUMMARIES, PRESETS, Config, preset
 from .errors import EXIT_CODES, UsageError, UserError, check_writable, first_line
@@ -55,7 +56,7 @@ def _fractions(text: str):
     return values
 
 
-def _int_at_least(low: int):
+def int_at_least(low: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -79,8 +80,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-_positive = _int_at_least(1)
-_non_negative = _int_at_least(0)
+_positive = int_at_least(1)
+_non_negative = int_at_least(0)
 
 
 # (flag, config section, field, type, choices, help): the train flags, each overriding one Config field.
@@ -302,72 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the images that cannot be decoded, and count them, instead of stopping at the first",
     )
-
-    from .ablate_grid import RECORD_MINUTES
-
-    ablate = command(
-        "ablate",
-        help=f"the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs "
-        f"(about {RECORD_MINUTES} min on one CPU thread)",
-        description="Trains the grid of the paper's Tables 2, 4 and 7 (see atss_detector.ablate) with "
-        "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
-        f"results.md and the plots there. Each run starts from the ablate preset (ablate-smoke with --smoke). "
-        f"The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
-        "on one thread of a 2-core CPU (docs/experiments.md).",
-    )
-    ablate.add_argument(
-        "--output-dir", default="docs/experiments", help="results.json, results.md, PNGs (default docs/experiments)"
-    )
-    ablate.add_argument("--runs-dir", default=None, help="the runs' checkpoints and logs (default runs/ablate[-smoke])")
-    ablate.add_argument("--seeds", type=_seeds, default=(0, 1), help="comma-separated training seeds (default 0,1)")
-    ablate.add_argument(
-        "--tables",
-        type=_tables,
-        default=("table2", "table4", "table7"),
-        help="comma-separated subset of 2,4,7 (default all)",
-    )
-    ablate.add_argument(
-        "--smoke",
-        action="store_true",
-        help="two configurations of the ablate-smoke preset, 2 steps each: seconds (for CI)",
-    )
-    ablate.add_argument("--data", default=None, help="'synthetic' (default) or a COCO-format directory")
-    ablate.add_argument("--train-split", default=None, help="training split name")
-    ablate.add_argument("--val-split", default=None, help="validation split name")
-    ablate.add_argument("--image-size", type=_positive, default=None, help="as for train")
-    ablate.add_argument("--iterations", type=_positive, default=None, help="training steps of each run")
-    ablate.add_argument("--threads", type=_positive, default=None, help="CPU threads (default 1)")
-    ablate.add_argument("--device", choices=DEVICES, default=None, help="default auto")
-    ablate.add_argument("--verbose", action="store_true", help="show each run's own output and progress bars")
-    ablate.add_argument(
-        "--positives",
-        type=_positive,
-        default=None,
-        metavar="BATCHES",
-        help="train nothing: how each configuration's rule spreads positives over levels and object sizes, "
-        "on this many training batches (positives.md/.json)",
-    )
-    ablate.add_argument(
-        "--report-only", action="store_true", help="redraw results.md and the plots from results.json, train nothing"
-    )
     return parser
-
-
-def _seeds(text: str):
-    try:
-        seeds = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
-    return seeds
-
-
-def _tables(text: str):
-    names = tuple(f"table{v.strip()}" for v in text.split(","))
-    if not names or any(n not in ("table2", "table4", "table7") for n in names):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of 2,4,7, got {text!r}")
-    return names
 
 
 def train_config(args: argparse.Namespace) -> Config:
@@ -599,50 +535,6 @@ def _folder_counts(files: Sequence[str], folders: Sequence[str], recursive: bool
 DETECTIONS_JSON = "detections.json"
 
 
-def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:
-    """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the ``ablate`` flags applied."""
-    name = "ablate-smoke" if args.smoke else "ablate"
-    cfg = preset(name)
-    if args.data is not None:
-        cfg.data.data = args.data
-    for flag, section, field in (
-        ("train_split", "data", "train_split"),
-        ("val_split", "data", "val_split"),
-        ("image_size", "data", "image_size"),
-        ("iterations", "train", "iterations"),
-        ("threads", "train", "threads"),
-        ("device", "train", "device"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(getattr(cfg, section), field, value)
-    return cfg, name
-
-
-def run_ablate(args: argparse.Namespace) -> None:
-    """The ``ablate`` subcommand: the sweep of :mod:`atss_detector.ablate` with this command's flags."""
-    from . import ablate
-
-    if args.report_only:
-        results = ablate.load_results(os.path.join(args.output_dir, ablate.RESULTS_JSON))
-        ablate.write_report(results, args.output_dir)
-        print(f"redrew results.md and the plots in {args.output_dir} from {len(results['runs'])} runs")
-        return
-    cfg, name = ablate_config(args)
-    runs_dir = args.runs_dir or os.path.join("runs", name)
-    settings = list(ablate.SMOKE) if args.smoke else ablate.grid(args.tables)
-    if args.positives:
-        rows = ablate.positive_statistics(cfg, settings, args.positives)
-        text = ablate.positives_markdown(rows)
-        print(text)
-        ablate.write_json_atomically(os.path.join(args.output_dir, ablate.POSITIVES_JSON), rows)
-        with open(os.path.join(args.output_dir, ablate.POSITIVES_MD), "w") as f:
-            f.write(text)
-        return
-    check_data(cfg)
-    ablate.sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)
-
-
 # The `detector` extra of pyproject.toml (import names).
 DEPENDENCIES = ("torchvision", "numpy", "tqdm", "matplotlib", "PIL", "pycocotools")
 
@@ -675,23 +567,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         if args.command == "train":
             run_train(args)
-        elif args.command == "ablate":
-            from .engine import restart_with_passive_openmp
-
-            restart_with_passive_openmp("atss_detector.cli")
-            run_ablate(args)
         elif args.command == "eval":
             run_eval(args)
         else:
             run_predict(args)
     except (Exception, KeyboardInterrupt) as exc:
-        if args.debug:
-            traceback.print_exc()
-        if isinstance(exc, UsageError):
-            command.error(_one_line(exc))  # the command's usage, then the line; exit status 2
-        code, line = _describe(exc)
-        print(f"{command.prog}: {line}", file=sys.stderr)
-        raise SystemExit(code) from None
+        fail(command, exc, args.debug)
+
+
+def fail(command: argparse.ArgumentParser, exc: BaseException, debug: bool = False) -> NoReturn:
+    """Ends the command ``command`` after ``exc``: one line on stderr (the traceback too with
+    ``debug``) and the exit status of :data:`~atss_detector.errors.EXIT_CODES`; a usage error
+    prints the command's usage first, as argparse does."""
+    if debug:
+        traceback.print_exc()
+    if isinstance(exc, UsageError):
+        command.error(_one_line(exc))  # the command's usage, then the line; exit status 2
+    code, line = _describe(exc)
+    print(f"{command.prog}: {line}", file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 def _one_line(exc: BaseException) -> str:

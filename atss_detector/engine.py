@@ -164,9 +164,13 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
-def lr_factor(cfg: TrainConfig, total_iterations: int):
+def lr_factor(cfg: TrainConfig, total_iterations: int, decay_after_warmup: bool = False):
     """The learning-rate multiplier at each iteration: linear warm-up from
-    ``warmup_factor``, then ``step`` (x0.1 at each fraction of ``steps``) or ``cosine`` decay."""
+    ``warmup_factor``, then ``step`` (x0.1 at each fraction of ``steps``) or ``cosine`` decay.
+
+    The cosine runs over the whole of training (the warm-up ramp multiplying its first
+    steps), or with ``decay_after_warmup`` over the steps after the warm-up only (the
+    schedule of ``experiments/torchvision_table.py``)."""
     if cfg.schedule not in ("step", "cosine"):
         raise ValueError(f"schedule must be 'step' or 'cosine', got {cfg.schedule!r}")
     warmup = min(cfg.warmup_iters, total_iterations)
@@ -175,6 +179,9 @@ def lr_factor(cfg: TrainConfig, total_iterations: int):
     def factor(iteration: int) -> float:
         if cfg.schedule == "step":
             value = 0.1 ** sum(iteration >= m for m in milestones)
+        elif decay_after_warmup:
+            progress = (min(iteration, total_iterations) - warmup) / max(1, total_iterations - warmup)
+            value = 1.0 if iteration < warmup else 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
             value = 0.5 * (1.0 + math.cos(math.pi * min(iteration, total_iterations) / max(total_iterations, 1)))
         if iteration < warmup:

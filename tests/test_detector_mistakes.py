@@ -708,7 +708,7 @@ def test_help_reads_as_plain_text(capsys):
     from atss_detector.config import PRESET_SUMMARIES, PRESETS
 
     texts = [cli.build_parser().format_help()]
-    for command in ("train", "eval", "predict", "ablate"):
+    for command in ("train", "eval", "predict"):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         texts.append(capsys.readouterr().out)
