@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config(args: argparse.Namespace) -> Config:
     """The preset (or the resumed checkpoint's config) with the given flags applied."""
     if args.resume:
-        from .engine import load_checkpoint
+        from .checkpoints import load_checkpoint
 
         cfg = Config.from_dict(load_checkpoint(_resume_path(args, None))["config"])
     else:
@@ -330,7 +330,7 @@ def train_config(args: argparse.Namespace) -> Config:
 
 
 def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
-    from .engine import CHECKPOINT
+    from .checkpoints import CHECKPOINT
 
     if args.resume != "auto":
         return args.resume
@@ -372,14 +372,15 @@ def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from . import engine
-    from .evaluation import format_table
+    from . import distributed as dist
+    from . import training
+    from .evaluation import METRICS_JSON, format_table
 
     cfg = train_config(args)
     check_data(cfg)
     check_writable("--output-dir", cfg.train.output_dir)
     warn_if_sized_for_a_gpu(args, cfg)
-    if args.preset == "tiny" and not args.resume and engine.dist.is_main():
+    if args.preset == "tiny" and not args.resume and dist.is_main():
         print(
             "note: the 'tiny' preset trains for seconds to test the set-up: expect AP near 0 and few or no "
             "detections (--preset small learns in about a minute)",
@@ -387,14 +388,14 @@ def run_train(args: argparse.Namespace) -> None:
         )
     resume = _resume_path(args, cfg) if args.resume else None
     try:
-        summary = engine.train(cfg, resume=resume)
-        if engine.dist.is_main():
+        summary = training.train(cfg, resume=resume)
+        if dist.is_main():
             title = f"{cfg.data.data} {cfg.data.val_split} after {summary['iterations']} iterations"
             print(format_table(summary["metrics"], title))
-            print(f"wrote {os.path.join(cfg.train.output_dir, engine.METRICS_JSON)}")
+            print(f"wrote {os.path.join(cfg.train.output_dir, METRICS_JSON)}")
             _report_skipped(summary["skipped_images"])
     finally:
-        engine.dist.shutdown()
+        dist.shutdown()
 
 
 def _report_skipped(messages: Sequence[str]) -> None:
@@ -407,17 +408,19 @@ def _report_skipped(messages: Sequence[str]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from . import engine
+    from . import distributed as dist
+    from . import evaluation
+    from .checkpoints import model_from_checkpoint
     from .data import BadImages, build_dataset
     from .errors import DataError
-    from .evaluation import format_table
+    from .runtime import autocast_dtype, configure_threads, select_device
 
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
-    device = engine.select_device(args.device)
-    engine.dist.init(device.type)
-    engine.configure_threads(args.threads, device)
+    device = select_device(args.device)
+    dist.init(device.type)
+    configure_threads(args.threads, device)
     try:
-        model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
+        model, cfg, checkpoint = model_from_checkpoint(args.checkpoint, device)
         if args.data:
             cfg.data.data = args.data
         split = args.split or cfg.data.val_split
@@ -432,18 +435,18 @@ def run_eval(args: argparse.Namespace) -> None:
                 f"of {args.checkpoint} was trained on {list(checkpoint['classes'])}"
             )
         bad_images = BadImages(skip=args.skip_bad_images)
-        metrics = engine.evaluate(
+        metrics = evaluation.evaluate(
             model,
             dataset,
             device,
             args.batch_size,
-            engine.autocast_dtype(cfg.train.amp, device),
+            autocast_dtype(cfg.train.amp, device),
             bad_images=bad_images,
         )
-        if engine.dist.is_main():
+        if dist.is_main():
             title = f"{cfg.data.data} {split}, {len(dataset)} images, {os.path.basename(args.checkpoint)}"
-            print(format_table(metrics, title))
-            engine.write_metrics(
+            print(evaluation.format_table(metrics, title))
+            evaluation.write_metrics(
                 out,
                 metrics,
                 {
@@ -458,28 +461,31 @@ def run_eval(args: argparse.Namespace) -> None:
             print(f"wrote {os.path.join(out, f'eval_{split}.json')}")
             _report_skipped(list(bad_images.found))
     finally:
-        engine.dist.shutdown()
+        dist.shutdown()
 
 
 def run_predict(args: argparse.Namespace) -> None:
     import json
 
-    from . import engine
+    from . import prediction
+    from .checkpoints import model_from_checkpoint
+    from .coco import load_image
     from .data import BadImages, build_transform
     from .evaluation import to_coco_results
+    from .runtime import configure_threads, select_device
     from .visualize import draw_detections
 
-    files = engine.image_files(args.images, recursive=args.recursive)
+    files = prediction.image_files(args.images, recursive=args.recursive)
     check_writable("--output-dir", args.output_dir)
-    device = engine.select_device(args.device)
-    engine.configure_threads(args.threads, device)
-    model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
+    device = select_device(args.device)
+    configure_threads(args.threads, device)
+    model, cfg, checkpoint = model_from_checkpoint(args.checkpoint, device)
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
         print("found " + "; ".join(_folder_counts(files, folders, args.recursive)))
-    targets = engine.output_paths(files, args.images, args.output_dir)
+    targets = prediction.output_paths(files, args.images, args.output_dir)
     bad_images = BadImages(skip=args.skip_bad_images)
-    detections = engine.predict_files(
+    detections = prediction.predict_files(
         model,
         files,
         build_transform(cfg.data, train=False),
@@ -495,7 +501,7 @@ def run_predict(args: argparse.Namespace) -> None:
         if det is None:  # skipped: it cannot be decoded
             continue
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        draw_detections(engine.load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
+        draw_detections(load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
         pictures += 1
         shown = int((det["scores"] >= args.score_threshold).sum())
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")

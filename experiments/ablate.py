@@ -156,7 +156,7 @@ def sweep(
     Seed-major order: every configuration's first seed comes before any second one,
     so a sweep stopped early still covers the whole grid.
     """
-    from atss_detector import engine
+    from atss_detector.training import LOG
 
     path = os.path.join(output_dir, RESULTS_JSON)
     results = load_results(path)
@@ -186,7 +186,7 @@ def sweep(
             done_walls.setdefault(record["config"]["anchors_per_location"], []).append(record["wall_seconds"])
     started = time.time()
     for number, (setting, seed, cfg) in enumerate(todo, start=skipped + 1):
-        log = os.path.join(cfg.train.output_dir, engine.LOG)
+        log = os.path.join(cfg.train.output_dir, LOG)
         if os.path.exists(log):
             os.remove(log)  # an interrupted earlier try: start the run afresh
         print(f"[{number}/{total}] {setting.label()} seed {seed} ...", flush=True)
@@ -219,14 +219,14 @@ def _train(cfg: Config, quiet: bool) -> Dict[str, Any]:
     warnings) goes to ``output.log`` in its run directory instead of the terminal."""
     import contextlib
 
-    from atss_detector import engine
+    from atss_detector.training import train
 
     if not quiet:
-        return engine.train(cfg)
+        return train(cfg)
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     with open(os.path.join(cfg.train.output_dir, RUN_OUTPUT), "w") as out:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            return engine.train(cfg)
+            return train(cfg)
 
 
 # Object-size bins of the positives statistics: sqrt(area) in pixels of the input images.
@@ -436,7 +436,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m experiments.ablate``: errors end as ``atss-detector``'s do (one line, its exit statuses)."""
     from atss_detector.cli import check_dependencies, fail
-    from atss_detector.engine import restart_with_passive_openmp
+    from atss_detector.runtime import restart_with_passive_openmp
 
     check_dependencies()
     args = build_parser().parse_args(argv)

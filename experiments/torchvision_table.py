@@ -45,9 +45,9 @@ import torch
 from torch import nn
 
 from atss_detector.config import Config, TrainConfig, preset
-from atss_detector.engine import lr_factor
 from atss_detector.evaluation import METRICS, coco_evaluate, to_coco_results
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
+from atss_detector.training import lr_factor
 
 from . import records
 from .ablate_grid import OCTAVE_SCALES, RATIOS  # RetinaNet #A = 9: 3 octave scales x 3 ratios
@@ -109,8 +109,9 @@ class Schedule:
         )
 
     def lr_factor(self):
-        """The multiplier of ``lr`` at each step: the engine's cosine schedule (:func:`atss_detector.engine.lr_factor`)
-        with a warm-up from 0.001, decaying over the steps after the warm-up."""
+        """The multiplier of ``lr`` at each step: the detector's cosine schedule
+        (:func:`atss_detector.training.lr_factor`) with a warm-up from 0.001, decaying over
+        the steps after the warm-up."""
         train = TrainConfig(schedule="cosine", warmup_iters=self.warmup_iters, warmup_factor=0.001)
         return lr_factor(train, self.iterations, decay_after_warmup=True)
 

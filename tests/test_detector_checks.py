@@ -18,7 +18,7 @@ pytest.importorskip("torchvision", reason="needs the detector extra")
 pytest.importorskip("tqdm", reason="needs the detector extra")
 pytest.importorskip("matplotlib", reason="needs the detector extra")
 
-from atss_detector import cli, engine
+from atss_detector import cli, training
 from atss_detector.coco import DataError, check_split
 from atss_detector.config import preset
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
@@ -180,7 +180,7 @@ def test_a_failed_start_leaves_no_run_folder(coco_root, tmp_path):
     cfg = preset("tiny")
     cfg.data.data, cfg.train.output_dir, cfg.train.threads = str(coco_root), str(tmp_path / "run"), 1
     with pytest.raises(DataError, match="annotations.json: not valid JSON"):
-        engine.Trainer(cfg)
+        training.Trainer(cfg)
     assert not (tmp_path / "run").exists()
 
 
@@ -188,7 +188,7 @@ def test_eval_checks_its_split(coco_root, tmp_path, capsys):
     pytest.importorskip("pycocotools")
     cfg = preset("tiny")
     cfg.data.data, cfg.train.output_dir, cfg.train.threads = str(coco_root), str(tmp_path / "run"), 1
-    trainer = engine.Trainer(cfg)  # a checkpoint without training: the first epoch's save
+    trainer = training.Trainer(cfg)  # a checkpoint without training: the first epoch's save
     trainer._end_epoch(0)
     _missing_image(coco_root, "val")
     with pytest.raises(SystemExit) as exit_info:
@@ -207,7 +207,7 @@ def test_config_json_records_the_epochs_that_run(tmp_path, iterations, epochs):
     cfg = preset("tiny")
     cfg.train.iterations, cfg.train.output_dir, cfg.train.threads = iterations, str(tmp_path), 1
     before = cfg.to_dict()
-    trainer = engine.Trainer(cfg)
+    trainer = training.Trainer(cfg)
     written = json.loads((tmp_path / "config.json").read_text())["train"]
     assert (written["epochs"], written["iterations"]) == (epochs, iterations) == (trainer.epochs, iterations)
     assert cfg.to_dict() == before

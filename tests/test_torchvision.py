@@ -410,8 +410,8 @@ def test_cuda_matches_cpu(kind):
         assert g.is_cuda and torch.equal(c, g.cpu())
 
 
-def test_the_table_runs_the_engines_schedule_as_recorded():
-    """experiments/torchvision_table.py takes its learning rate from the engine's schedule
+def test_the_table_runs_the_detectors_schedule_as_recorded():
+    """experiments/torchvision_table.py takes its learning rate from the detector's schedule
     (``lr_factor(..., decay_after_warmup=True)``); every step's rate is, bit for bit, that of the
     formula the records of docs/experiments/torchvision.json were trained with."""
     import dataclasses
