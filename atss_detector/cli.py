@@ -568,6 +568,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     first, as argparse does."""
     check_dependencies()
     parser = build_parser()
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["ablate"]:  # the verb of atss-ops 0.2, now outside the installed package
+        parser.error("ablate is not part of atss-detector: from a source checkout, python -m experiments.ablate")
     args = parser.parse_args(argv)
     command = args.command_parser
     try:

@@ -130,6 +130,16 @@ def test_help_and_duration_have_one_source(capsys):
     assert f"**{RECORD_MINUTES}.0 minutes** wall time for 24 runs" in experiments
 
 
+def test_the_old_verb_says_where_the_command_went(capsys):
+    from atss_detector import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["ablate", "--smoke"])
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith("ablate is not part of atss-detector: from a source checkout, python -m experiments.ablate")
+
+
 def test_a_mistake_ends_in_one_line():
     """Errors end as ``atss-detector``'s do: one line naming the problem, its exit status."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
