@@ -14,13 +14,17 @@ Modules:
 * :mod:`~atss_detector.anchors`: anchors, their validity, box coding;
 * :mod:`~atss_detector.loss`: assignment targets and the losses;
 * :mod:`~atss_detector.model`: backbone, FPN, head, inference;
-* :mod:`~atss_detector.engine`: training, evaluation, prediction, checkpoints;
-* :mod:`~atss_detector.evaluation`, :mod:`~atss_detector.visualize`: metrics, PNGs;
-* :mod:`~atss_detector.ablate` (the paper's ablation sweep), over
-  :mod:`~atss_detector.ablate_report` (its tables and plots) and
-  :mod:`~atss_detector.ablate_grid` (the grid both read);
+* :mod:`~atss_detector.training`: the optimiser, the schedule, the training loop and its run folder;
+* :mod:`~atss_detector.checkpoints`: checkpoints, and the model they hold;
+* :mod:`~atss_detector.prediction`: the model on batches and on image files;
+* :mod:`~atss_detector.evaluation`: COCO metrics, their files, and a model scored on a split;
+* :mod:`~atss_detector.runtime`: device, threads, OpenMP, autocast, progress bars;
+* :mod:`~atss_detector.visualize`: PNGs (curves, detections);
 * :mod:`~atss_detector.cli` (``atss-detector``) and :mod:`~atss_detector.demo`: the commands,
   which call the modules above and are called by none of them.
+
+The paper's experiments (the ablation sweep, torchvision's table) are not part of the
+package: they live in the source checkout's ``experiments/`` and use this package.
 """
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig, preset

@@ -11,13 +11,14 @@ Examples:
     atss-detector train --output-dir runs/x --resume      # continue from runs/x/checkpoint.pt
     atss-detector eval --checkpoint runs/x/checkpoint.pt
     atss-detector predict --checkpoint runs/x/checkpoint.pt images/ --output-dir runs/x/predictions
-    atss-detector ablate                                 # the paper's Tables 2, 4, 7 (see ablate --help)
-    atss-detector ablate --data /data/mycoco --image-size 512 --output-dir runs/ablate-mycoco
 
 Every train flag left out keeps the value of --preset (or, with --resume, of the
 checkpoint being resumed). On a CPU shared with other jobs, set
 OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads otherwise slow training down
-many times over (python -m atss_detector.demo and ablate set it themselves).
+many times over (python -m atss_detector.demo sets it itself).
+
+The paper's ablations are not part of this command: from a source checkout of
+atss-ops, python -m experiments.ablate (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Optional, Sequence, Tuple
+from typing import NoReturn, Optional, Sequence, Tuple
 
 from .config import PRESET_SUMMARIES, PRESETS, Config, preset
 from .errors import EXIT_CODES, UsageError, UserError, check_writable, first_line
@@ -55,7 +56,7 @@ def _fractions(text: str):
     return values
 
 
-def _int_at_least(low: int):
+def int_at_least(low: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -79,8 +80,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-_positive = _int_at_least(1)
-_non_negative = _int_at_least(0)
+_positive = int_at_least(1)
+_non_negative = int_at_least(0)
 
 
 # (flag, config section, field, type, choices, help): the train flags, each overriding one Config field.
@@ -302,78 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the images that cannot be decoded, and count them, instead of stopping at the first",
     )
-
-    from .ablate_grid import RECORD_MINUTES
-
-    ablate = command(
-        "ablate",
-        help=f"the paper's ablations (Tables 2, 4, 7): a grid of runs, resumable; JSON, markdown and PNGs "
-        f"(about {RECORD_MINUTES} min on one CPU thread)",
-        description="Trains the grid of the paper's Tables 2, 4 and 7 (see atss_detector.ablate) with "
-        "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
-        f"results.md and the plots there. Each run starts from the ablate preset (ablate-smoke with --smoke). "
-        f"The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
-        "on one thread of a 2-core CPU (docs/experiments.md).",
-    )
-    ablate.add_argument(
-        "--output-dir", default="docs/experiments", help="results.json, results.md, PNGs (default docs/experiments)"
-    )
-    ablate.add_argument("--runs-dir", default=None, help="the runs' checkpoints and logs (default runs/ablate[-smoke])")
-    ablate.add_argument("--seeds", type=_seeds, default=(0, 1), help="comma-separated training seeds (default 0,1)")
-    ablate.add_argument(
-        "--tables",
-        type=_tables,
-        default=("table2", "table4", "table7"),
-        help="comma-separated subset of 2,4,7 (default all)",
-    )
-    ablate.add_argument(
-        "--smoke",
-        action="store_true",
-        help="two configurations of the ablate-smoke preset, 2 steps each: seconds (for CI)",
-    )
-    ablate.add_argument("--data", default=None, help="'synthetic' (default) or a COCO-format directory")
-    ablate.add_argument("--train-split", default=None, help="training split name")
-    ablate.add_argument("--val-split", default=None, help="validation split name")
-    ablate.add_argument("--image-size", type=_positive, default=None, help="as for train")
-    ablate.add_argument("--iterations", type=_positive, default=None, help="training steps of each run")
-    ablate.add_argument("--threads", type=_positive, default=None, help="CPU threads (default 1)")
-    ablate.add_argument("--device", choices=DEVICES, default=None, help="default auto")
-    ablate.add_argument("--verbose", action="store_true", help="show each run's own output and progress bars")
-    ablate.add_argument(
-        "--positives",
-        type=_positive,
-        default=None,
-        metavar="BATCHES",
-        help="train nothing: how each configuration's rule spreads positives over levels and object sizes, "
-        "on this many training batches (positives.md/.json)",
-    )
-    ablate.add_argument(
-        "--report-only", action="store_true", help="redraw results.md and the plots from results.json, train nothing"
-    )
     return parser
-
-
-def _seeds(text: str):
-    try:
-        seeds = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
-    return seeds
-
-
-def _tables(text: str):
-    names = tuple(f"table{v.strip()}" for v in text.split(","))
-    if not names or any(n not in ("table2", "table4", "table7") for n in names):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of 2,4,7, got {text!r}")
-    return names
 
 
 def train_config(args: argparse.Namespace) -> Config:
     """The preset (or the resumed checkpoint's config) with the given flags applied."""
     if args.resume:
-        from .engine import load_checkpoint
+        from .checkpoints import load_checkpoint
 
         cfg = Config.from_dict(load_checkpoint(_resume_path(args, None))["config"])
     else:
@@ -394,7 +330,7 @@ def train_config(args: argparse.Namespace) -> Config:
 
 
 def _resume_path(args: argparse.Namespace, cfg: Optional[Config]) -> str:
-    from .engine import CHECKPOINT
+    from .checkpoints import CHECKPOINT
 
     if args.resume != "auto":
         return args.resume
@@ -436,14 +372,15 @@ def warn_if_sized_for_a_gpu(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from . import engine
-    from .evaluation import format_table
+    from . import distributed as dist
+    from . import training
+    from .evaluation import METRICS_JSON, format_table
 
     cfg = train_config(args)
     check_data(cfg)
     check_writable("--output-dir", cfg.train.output_dir)
     warn_if_sized_for_a_gpu(args, cfg)
-    if args.preset == "tiny" and not args.resume and engine.dist.is_main():
+    if args.preset == "tiny" and not args.resume and dist.is_main():
         print(
             "note: the 'tiny' preset trains for seconds to test the set-up: expect AP near 0 and few or no "
             "detections (--preset small learns in about a minute)",
@@ -451,14 +388,14 @@ def run_train(args: argparse.Namespace) -> None:
         )
     resume = _resume_path(args, cfg) if args.resume else None
     try:
-        summary = engine.train(cfg, resume=resume)
-        if engine.dist.is_main():
+        summary = training.train(cfg, resume=resume)
+        if dist.is_main():
             title = f"{cfg.data.data} {cfg.data.val_split} after {summary['iterations']} iterations"
             print(format_table(summary["metrics"], title))
-            print(f"wrote {os.path.join(cfg.train.output_dir, engine.METRICS_JSON)}")
+            print(f"wrote {os.path.join(cfg.train.output_dir, METRICS_JSON)}")
             _report_skipped(summary["skipped_images"])
     finally:
-        engine.dist.shutdown()
+        dist.shutdown()
 
 
 def _report_skipped(messages: Sequence[str]) -> None:
@@ -471,17 +408,19 @@ def _report_skipped(messages: Sequence[str]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from . import engine
+    from . import distributed as dist
+    from . import evaluation
+    from .checkpoints import model_from_checkpoint
     from .data import BadImages, build_dataset
     from .errors import DataError
-    from .evaluation import format_table
+    from .runtime import autocast_dtype, configure_threads, select_device
 
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
-    device = engine.select_device(args.device)
-    engine.dist.init(device.type)
-    engine.configure_threads(args.threads, device)
+    device = select_device(args.device)
+    dist.init(device.type)
+    configure_threads(args.threads, device)
     try:
-        model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
+        model, cfg, checkpoint = model_from_checkpoint(args.checkpoint, device)
         if args.data:
             cfg.data.data = args.data
         split = args.split or cfg.data.val_split
@@ -496,18 +435,18 @@ def run_eval(args: argparse.Namespace) -> None:
                 f"of {args.checkpoint} was trained on {list(checkpoint['classes'])}"
             )
         bad_images = BadImages(skip=args.skip_bad_images)
-        metrics = engine.evaluate(
+        metrics = evaluation.evaluate(
             model,
             dataset,
             device,
             args.batch_size,
-            engine.autocast_dtype(cfg.train.amp, device),
+            autocast_dtype(cfg.train.amp, device),
             bad_images=bad_images,
         )
-        if engine.dist.is_main():
+        if dist.is_main():
             title = f"{cfg.data.data} {split}, {len(dataset)} images, {os.path.basename(args.checkpoint)}"
-            print(format_table(metrics, title))
-            engine.write_metrics(
+            print(evaluation.format_table(metrics, title))
+            evaluation.write_metrics(
                 out,
                 metrics,
                 {
@@ -522,28 +461,31 @@ def run_eval(args: argparse.Namespace) -> None:
             print(f"wrote {os.path.join(out, f'eval_{split}.json')}")
             _report_skipped(list(bad_images.found))
     finally:
-        engine.dist.shutdown()
+        dist.shutdown()
 
 
 def run_predict(args: argparse.Namespace) -> None:
     import json
 
-    from . import engine
+    from . import prediction
+    from .checkpoints import model_from_checkpoint
+    from .coco import load_image
     from .data import BadImages, build_transform
     from .evaluation import to_coco_results
+    from .runtime import configure_threads, select_device
     from .visualize import draw_detections
 
-    files = engine.image_files(args.images, recursive=args.recursive)
+    files = prediction.image_files(args.images, recursive=args.recursive)
     check_writable("--output-dir", args.output_dir)
-    device = engine.select_device(args.device)
-    engine.configure_threads(args.threads, device)
-    model, cfg, checkpoint = engine.model_from_checkpoint(args.checkpoint, device)
+    device = select_device(args.device)
+    configure_threads(args.threads, device)
+    model, cfg, checkpoint = model_from_checkpoint(args.checkpoint, device)
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
         print("found " + "; ".join(_folder_counts(files, folders, args.recursive)))
-    targets = engine.output_paths(files, args.images, args.output_dir)
+    targets = prediction.output_paths(files, args.images, args.output_dir)
     bad_images = BadImages(skip=args.skip_bad_images)
-    detections = engine.predict_files(
+    detections = prediction.predict_files(
         model,
         files,
         build_transform(cfg.data, train=False),
@@ -559,7 +501,7 @@ def run_predict(args: argparse.Namespace) -> None:
         if det is None:  # skipped: it cannot be decoded
             continue
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        draw_detections(engine.load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
+        draw_detections(load_image(path), det, classes, score_threshold=args.score_threshold).save(target)
         pictures += 1
         shown = int((det["scores"] >= args.score_threshold).sum())
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {target}")
@@ -599,50 +541,6 @@ def _folder_counts(files: Sequence[str], folders: Sequence[str], recursive: bool
 DETECTIONS_JSON = "detections.json"
 
 
-def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:
-    """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the ``ablate`` flags applied."""
-    name = "ablate-smoke" if args.smoke else "ablate"
-    cfg = preset(name)
-    if args.data is not None:
-        cfg.data.data = args.data
-    for flag, section, field in (
-        ("train_split", "data", "train_split"),
-        ("val_split", "data", "val_split"),
-        ("image_size", "data", "image_size"),
-        ("iterations", "train", "iterations"),
-        ("threads", "train", "threads"),
-        ("device", "train", "device"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(getattr(cfg, section), field, value)
-    return cfg, name
-
-
-def run_ablate(args: argparse.Namespace) -> None:
-    """The ``ablate`` subcommand: the sweep of :mod:`atss_detector.ablate` with this command's flags."""
-    from . import ablate
-
-    if args.report_only:
-        results = ablate.load_results(os.path.join(args.output_dir, ablate.RESULTS_JSON))
-        ablate.write_report(results, args.output_dir)
-        print(f"redrew results.md and the plots in {args.output_dir} from {len(results['runs'])} runs")
-        return
-    cfg, name = ablate_config(args)
-    runs_dir = args.runs_dir or os.path.join("runs", name)
-    settings = list(ablate.SMOKE) if args.smoke else ablate.grid(args.tables)
-    if args.positives:
-        rows = ablate.positive_statistics(cfg, settings, args.positives)
-        text = ablate.positives_markdown(rows)
-        print(text)
-        ablate.write_json_atomically(os.path.join(args.output_dir, ablate.POSITIVES_JSON), rows)
-        with open(os.path.join(args.output_dir, ablate.POSITIVES_MD), "w") as f:
-            f.write(text)
-        return
-    check_data(cfg)
-    ablate.sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)
-
-
 # The `detector` extra of pyproject.toml (import names).
 DEPENDENCIES = ("torchvision", "numpy", "tqdm", "matplotlib", "PIL", "pycocotools")
 
@@ -670,28 +568,33 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     first, as argparse does."""
     check_dependencies()
     parser = build_parser()
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["ablate"]:  # the verb of atss-ops 0.2, now outside the installed package
+        parser.error("ablate is not part of atss-detector: from a source checkout, python -m experiments.ablate")
     args = parser.parse_args(argv)
     command = args.command_parser
     try:
         if args.command == "train":
             run_train(args)
-        elif args.command == "ablate":
-            from .engine import restart_with_passive_openmp
-
-            restart_with_passive_openmp("atss_detector.cli")
-            run_ablate(args)
         elif args.command == "eval":
             run_eval(args)
         else:
             run_predict(args)
     except (Exception, KeyboardInterrupt) as exc:
-        if args.debug:
-            traceback.print_exc()
-        if isinstance(exc, UsageError):
-            command.error(_one_line(exc))  # the command's usage, then the line; exit status 2
-        code, line = _describe(exc)
-        print(f"{command.prog}: {line}", file=sys.stderr)
-        raise SystemExit(code) from None
+        fail(command, exc, args.debug)
+
+
+def fail(command: argparse.ArgumentParser, exc: BaseException, debug: bool = False) -> NoReturn:
+    """Ends the command ``command`` after ``exc``: one line on stderr (the traceback too with
+    ``debug``) and the exit status of :data:`~atss_detector.errors.EXIT_CODES`; a usage error
+    prints the command's usage first, as argparse does."""
+    if debug:
+        traceback.print_exc()
+    if isinstance(exc, UsageError):
+        command.error(_one_line(exc))  # the command's usage, then the line; exit status 2
+    code, line = _describe(exc)
+    print(f"{command.prog}: {line}", file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 def _one_line(exc: BaseException) -> str:

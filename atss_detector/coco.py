@@ -23,17 +23,22 @@ run on their splits before the first step.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, ImageError, first_line
+
+if TYPE_CHECKING:  # pycocotools is imported where it is used
+    from pycocotools.coco import COCO
 
 __all__ = ["DataError", "CocoDetection", "check_split", "find_split", "load_annotations", "load_image"]
 
@@ -282,6 +287,21 @@ class CocoDetection:
 
     def coco(self):
         """The ground truth as a ``pycocotools.coco.COCO`` object (crowd boxes included)."""
-        from .evaluation import load_coco
-
         return load_coco(self.annotation_file)
+
+
+def coco_from_dict(data: Dict) -> "COCO":
+    """A ``pycocotools.coco.COCO`` built from an in-memory COCO dict."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it indexes
+        coco.createIndex()
+    return coco
+
+
+def load_coco(annotation_file: str) -> "COCO":
+    """A ``pycocotools.coco.COCO`` read from ``annotation_file``, without its prints."""
+    with open(annotation_file) as f:
+        return coco_from_dict(json.load(f))

@@ -9,8 +9,8 @@ rebuild exactly the model that was trained. The presets:
 * ``small``: 1-2 minutes on a CPU, enough to see a detector learn on a dozen images:
   the first run on one's own data;
 * ``tiny``: a few seconds of training, for the tests (it learns nothing);
-* ``ablate``: one run of ``atss-detector ablate``'s grid (the demo's model, a
-  shorter schedule, one thread); ``ablate-smoke``: its CI version, a few steps.
+* ``ablate``: one run of the ablation grid of ``python -m experiments.ablate`` (the demo's
+  model, a shorter schedule, one thread); ``ablate-smoke``: its CI version, a few steps.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def _small() -> Config:
 def _ablate() -> Config:
     # One run of the ablation grid (24 runs: 12 configurations x 2 seeds) on one
     # thread of the 2-core CPU, sized beforehand for a sweep of about 80 minutes while
-    # other jobs share the machine (it took ablate_grid.RECORD_MINUTES, the number
+    # other jobs share the machine (it took experiments/ablate_grid.RECORD_MINUTES, the number
     # to quote): the demo's model and data, 300 steps of 16 images
     # (1.5 epochs), evaluated once at the end. Measured per step, data included:
     # 0.39 s on an idle core, 0.6-0.77 s with other jobs' builds and tests running
@@ -232,7 +232,8 @@ def _ablate() -> Config:
 
 
 def _ablate_smoke() -> Config:
-    # Seconds: `ablate --smoke`, for CI (the tiny model, 2 steps, 8 val images).
+    # Seconds: the --smoke of python -m experiments.ablate and of experiments.torchvision_table, for CI
+    # (the tiny model, 2 steps, 8 val images).
     cfg = _tiny()
     cfg.train = dataclasses.replace(cfg.train, iterations=2, eval_every=0, threads=1, output_dir="runs/ablate-smoke")
     return cfg
@@ -257,7 +258,7 @@ PRESET_SUMMARIES = {
     "tiny": "ResNet-18, P3-P4, 32 channels, 64 px, 2 epochs of 16 images (8 steps); seconds; tests the set-up "
     "only (AP near 0)",
     "ablate": "one run of the ablate grid: the demo model, 300 steps on one thread; 2-4.5 min",
-    "ablate-smoke": "one run of ablate --smoke (CI): the tiny model, 2 steps; seconds",
+    "ablate-smoke": "one run of the ablation grid's --smoke (CI): the tiny model, 2 steps; seconds",
 }
 
 

@@ -27,14 +27,15 @@ SHOWN_SCORE = 0.4  # detections drawn in predictions.png score at least this
 
 def write_predictions_png(checkpoint: str, path: str, num_images: int = NUM_SHOWN) -> None:
     """A grid of the first ``num_images`` val images with the checkpoint's detections."""
-    from . import engine
+    from .checkpoints import model_from_checkpoint
+    from .prediction import predict_batches
     from .visualize import detection_legend, draw_detections, save_grid
 
     device = torch.device("cpu")
-    model, cfg, ckpt = engine.model_from_checkpoint(checkpoint, device)
+    model, cfg, ckpt = model_from_checkpoint(checkpoint, device)
     dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
     subset = torch.utils.data.Subset(dataset, range(min(num_images, len(dataset))))
-    _, detections = engine.predict_batches(model, build_loader(subset, num_images, train=False), device)
+    _, detections = predict_batches(model, build_loader(subset, num_images, train=False), device)
     tiles = []
     for index, det in enumerate(detections):
         image, boxes, _ = dataset.dataset.render(index)
@@ -51,19 +52,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--device", default="cpu", help="'cpu' (default, what the numbers are for), 'cuda', 'auto'")
     args = parser.parse_args(argv)
 
-    from . import engine
+    from .checkpoints import CHECKPOINT
+    from .evaluation import write_metrics
+    from .training import LOG, train
 
     started = float(os.environ.pop("ATSS_DEMO_STARTED", time.time()))  # counts the restart
     cfg = preset("demo")
     cfg.train.output_dir = args.out
     cfg.train.threads = args.threads
     cfg.train.device = args.device
-    if os.path.exists(os.path.join(args.out, engine.LOG)):
-        os.remove(os.path.join(args.out, engine.LOG))  # a fresh run: do not append to an old log
-    summary = engine.train(cfg)
-    write_predictions_png(os.path.join(args.out, engine.CHECKPOINT), os.path.join(args.out, "predictions.png"))
+    if os.path.exists(os.path.join(args.out, LOG)):
+        os.remove(os.path.join(args.out, LOG))  # a fresh run: do not append to an old log
+    summary = train(cfg)
+    write_predictions_png(os.path.join(args.out, CHECKPOINT), os.path.join(args.out, "predictions.png"))
     wall = time.time() - started
-    engine.write_metrics(
+    write_metrics(
         args.out,
         summary["metrics"],
         {
@@ -86,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    from .engine import restart_with_passive_openmp
+    from .runtime import restart_with_passive_openmp
 
     restart_with_passive_openmp("atss_detector.demo", {"ATSS_DEMO_STARTED": repr(time.time())})
     main()

@@ -1,40 +1,31 @@
-"""COCO box metrics through pycocotools, and their table."""
+"""COCO box metrics through pycocotools, their table and files, and the evaluation of a model on a split."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+import os
+from typing import Any, Dict, List, Optional, Sequence
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-if TYPE_CHECKING:  # pycocotools is imported where it is used
-    from pycocotools.coco import COCO
+from . import distributed as dist
+from .data import BadImages, build_loader
+from .model import ATSSDetector
+from .prediction import predict_batches
 
 # The first six numbers of COCOeval.stats, in order.
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# What write_metrics writes (a training run's final evaluation, `atss-detector eval`).
+METRICS_JSON = "metrics.json"
+METRICS_TXT = "metrics.txt"
 
 
 def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
-
-
-def coco_from_dict(data: Dict) -> "COCO":
-    """A ``pycocotools.coco.COCO`` built from an in-memory COCO dict."""
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = data
-    with _quiet():
-        coco.createIndex()
-    return coco
-
-
-def load_coco(annotation_file: str) -> "COCO":
-    """A ``pycocotools.coco.COCO`` read from ``annotation_file``, without its prints."""
-    with open(annotation_file) as f:
-        return coco_from_dict(json.load(f))
 
 
 def to_coco_results(
@@ -94,3 +85,58 @@ def format_table(metrics: Dict[str, float], title: str = "COCO box metrics") -> 
 def format_line(metrics: Dict[str, float]) -> str:
     """``AP 33.8 AP50 58.0 ...`` on one line (in percent)."""
     return " ".join(f"{n} {_percent(metrics[n])}" for n in METRICS if n in metrics)
+
+
+def write_metrics(directory: str, metrics: Dict[str, float], info: Dict[str, Any], stem: str = "metrics") -> None:
+    """``<stem>.json`` (metrics and ``info``) and ``<stem>.txt`` (the table) in ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, stem + ".json"), "w") as f:
+        json.dump({"metrics": metrics, **info}, f, indent=2)
+    with open(os.path.join(directory, stem + ".txt"), "w") as f:
+        f.write(format_table(metrics) + "\n")
+
+
+def unwrap(model: nn.Module) -> ATSSDetector:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def evaluate(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    batch_size: int = 8,
+    amp: Optional[torch.dtype] = None,
+    num_workers: int = 0,
+    bad_images: Optional[BadImages] = None,
+) -> Dict[str, float]:
+    """COCO metrics of ``model`` on ``dataset``; under ``torchrun`` each rank runs
+    its share and rank 0 scores the union. Every rank returns the metrics.
+
+    An image that cannot be decoded stops the evaluation (``ImageError`` naming it), or with
+    ``bad_images`` skipping is left out (of the score too) and recorded there."""
+    model = unwrap(model)
+    was_training = model.training
+    bad_images = bad_images or BadImages(skip=False)
+    loader = build_loader(
+        dataset,
+        batch_size,
+        train=False,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+        num_workers=num_workers,
+        defer_bad_images=True,
+    )
+    image_ids, detections = predict_batches(model, bad_images.batches(loader), device, amp, progress=dist.is_main())
+    results: Dict[int, List[Dict]] = {}
+    for shard in dist.all_gather_objects(
+        {i: to_coco_results([i], [d], dataset.category_ids) for i, d in zip(image_ids, detections)}
+    ):
+        results.update(shard)  # images repeated to even out the shares collapse here
+    metrics = None
+    if dist.is_main():
+        skipped = len(results) < len(dataset)  # images that could not be decoded: left out of the score too
+        metrics = coco_evaluate(
+            dataset.coco(), [r for records in results.values() for r in records], sorted(results) if skipped else None
+        )
+    model.train(was_training)
+    return dist.broadcast_object(metrics)

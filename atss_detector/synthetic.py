@@ -310,7 +310,7 @@ class SyntheticShapes:
 
     def coco(self):
         """The split's ground truth as a ``pycocotools.coco.COCO`` object."""
-        from .evaluation import coco_from_dict
+        from .coco import coco_from_dict
 
         return coco_from_dict(self.coco_dict())
 

@@ -31,8 +31,9 @@ sys.path.insert(0, ROOT)
 import atss_ops  # noqa: E402
 from atss_detector.config import preset  # noqa: E402
 from atss_detector.data import build_dataset, build_loader  # noqa: E402
-from atss_detector.engine import autocast_dtype, build_optimizer  # noqa: E402
 from atss_detector.model import build_model  # noqa: E402
+from atss_detector.runtime import autocast_dtype  # noqa: E402
+from atss_detector.training import build_optimizer  # noqa: E402
 
 
 class Clock:

@@ -61,10 +61,10 @@ def restore_threads():
 @pytest.fixture
 def untrained_checkpoint(tmp_path):
     """A tiny model's checkpoint, without training (the trainer's end-of-epoch save)."""
-    from atss_detector import engine
+    from atss_detector import training
     from atss_detector.config import preset
 
     cfg = preset("tiny")
     cfg.train.output_dir, cfg.train.threads = str(tmp_path / "run"), 1
-    engine.Trainer(cfg)._end_epoch(0)
+    training.Trainer(cfg)._end_epoch(0)
     return tmp_path / "run" / "checkpoint.pt"

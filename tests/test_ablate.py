@@ -1,7 +1,10 @@
-"""``atss-detector ablate``: the grid, and the smoke sweep end to end (records, report, resuming)."""
+"""``python -m experiments.ablate``: the grid, the smoke sweep end to end (records, report, resuming),
+its help, and the experiments kept out of the installed package."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +21,9 @@ pytest.importorskip("tqdm", reason="needs the detector extra")
 pytest.importorskip("matplotlib", reason="needs the detector extra")
 pytest.importorskip("pycocotools", reason="needs the detector extra")
 
-from atss_detector.ablate import (
+from atss_detector.config import preset
+from atss_detector.evaluation import METRICS
+from experiments.ablate import (
     SMOKE,
     TABLES,
     Setting,
@@ -28,19 +33,17 @@ from atss_detector.ablate import (
     positive_statistics,
     positives_markdown,
 )
-from atss_detector.config import preset
-from atss_detector.evaluation import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def ablate(*args: str) -> str:
-    """Runs ``python -m atss_detector.cli ablate args...``; returns stdout, fails with the output."""
+    """Runs ``python -m experiments.ablate args...``; returns stdout, fails with the output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     proc = subprocess.run(
-        [sys.executable, "-m", "atss_detector.cli", "ablate", *args],
+        [sys.executable, "-m", "experiments.ablate", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -107,3 +110,83 @@ def test_positive_statistics_count_every_gt():
         assert row["images"] == 8 and row["gts"] == sum(b["gts"] for b in row["by_size"]) > 0
         assert 0 <= row["without_positive"] <= 1 and 0 <= row["on_finest_level"] <= 1
     assert "| `atss-box-k9-A1` |" in positives_markdown(rows)
+
+
+def test_help_and_duration_have_one_source(capsys):
+    """``--help`` is plain text and quotes the sweep of record's minutes (``RECORD_MINUTES``), as
+    the README and docs/experiments.md do; nothing quotes the 80-minute estimate as its duration."""
+    from experiments.ablate import main
+    from experiments.ablate_grid import RECORD_MINUTES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.startswith("usage: python -m experiments.ablate")
+    assert "``" not in help_text and ":mod:" not in help_text
+    assert f"took {RECORD_MINUTES} minutes on one thread" in help_text and "80 min" not in help_text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"the 24 runs took {RECORD_MINUTES} minutes on one thread" in readme
+    experiments = " ".join((REPO / "docs" / "experiments.md").read_text().split())
+    assert f"**{RECORD_MINUTES}.0 minutes** wall time for 24 runs" in experiments
+
+
+def test_the_old_verb_says_where_the_command_went(capsys):
+    from atss_detector import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["ablate", "--smoke"])
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith("ablate is not part of atss-detector: from a source checkout, python -m experiments.ablate")
+
+
+def test_a_mistake_ends_in_one_line():
+    """Errors end as ``atss-detector``'s do: one line naming the problem, its exit status."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.ablate", "--smoke", "--data", str(REPO / "no-such-folder")],
+        cwd=REPO,
+        env=dict(env, OMP_WAIT_POLICY="PASSIVE"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode not in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("python -m experiments.ablate: error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_the_records_of_docs_keep_their_fingerprints():
+    """The records in docs/experiments/ carry the fingerprint the commands compute today, so the
+    same commands find them done (one fingerprint, :func:`experiments.records.fingerprint`)."""
+    from experiments import records, torchvision_table
+
+    results = json.loads((REPO / "docs" / "experiments" / "results.json").read_text())
+    assert len(results["runs"]) == 24
+    for record in results["runs"]:
+        c = record["config"]
+        setting = Setting(c["assigner"], c["regression"], c["topk"], c["anchors_per_location"])
+        cfg = configure(preset("ablate"), setting, c["seed"], "unused")
+        assert record["fingerprint"] == fingerprint(cfg), c["name"]
+    table = json.loads((REPO / "docs" / "experiments" / "torchvision.json").read_text())
+    stored = {"schedule": table["schedule"], "torch": table["versions"]["torch"]}
+    assert table["fingerprint"] == records.fingerprint(stored)
+    assert table["schedule"] == dataclasses.asdict(torchvision_table.Schedule())
+
+
+def test_experiments_stay_out_of_the_package():
+    """pyproject.toml installs atss_ops and atss_detector only, and neither imports ``experiments``."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
+    import setuptools
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packaged = setuptools.find_packages(str(REPO), include=include)
+    assert "experiments" not in packaged and "atss_detector" in packaged and "atss_ops" in packaged
+    assert not [p for p in packaged if p.split(".")[0] not in ("atss_ops", "atss_detector")], packaged
+    for package in ("atss_ops", "atss_detector"):
+        for path in (REPO / package).rglob("*.py"):
+            assert "experiments" not in {
+                name.split(".")[0]
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for name in ([node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+            }, path

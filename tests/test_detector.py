@@ -24,11 +24,11 @@ from atss_detector.anchors import AnchorGenerator, BoxCoder, PointCoder, anchor_
 from atss_detector.coco import CocoDetection, find_split
 from atss_detector.config import Config, preset
 from atss_detector.data import DetectionTransform, TransformedDataset, build_dataset, collate
-from atss_detector.engine import lr_factor
 from atss_detector.evaluation import coco_evaluate, to_coco_results
 from atss_detector.loss import fcos_assign, fcos_size_ranges, max_iou_assign
 from atss_detector.model import build_model, rescale_detections
 from atss_detector.synthetic import CLASSES, SyntheticShapes, SyntheticSpec, render
+from atss_detector.training import lr_factor
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -181,7 +181,7 @@ def test_transform_pixels_match_torchvision(flip, sizes):
 
 def test_coco_evaluation_scores_perfect_detections_one():
     pytest.importorskip("pycocotools")
-    from atss_detector.evaluation import coco_from_dict
+    from atss_detector.coco import coco_from_dict
 
     gt = coco_from_dict(
         {

@@ -18,7 +18,7 @@ pytest.importorskip("torchvision", reason="needs the detector extra")
 pytest.importorskip("tqdm", reason="needs the detector extra")
 pytest.importorskip("matplotlib", reason="needs the detector extra")
 
-from atss_detector import cli, engine
+from atss_detector import cli, training
 from atss_detector.coco import DataError, check_split
 from atss_detector.config import preset
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
@@ -52,7 +52,6 @@ def test_the_detector_imports_have_no_cycle():
     """No module imports, even lazily, one that imports it back (issue 17): command modules call
     the library, shared helpers live a floor below both."""
     graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    assert graph["ablate_report"] <= {"ablate_grid", "evaluation", "visualize", "config"}
     assert "cli" not in set().union(*graph.values()), "a library module imports the command module"
     state = {}
 
@@ -181,7 +180,7 @@ def test_a_failed_start_leaves_no_run_folder(coco_root, tmp_path):
     cfg = preset("tiny")
     cfg.data.data, cfg.train.output_dir, cfg.train.threads = str(coco_root), str(tmp_path / "run"), 1
     with pytest.raises(DataError, match="annotations.json: not valid JSON"):
-        engine.Trainer(cfg)
+        training.Trainer(cfg)
     assert not (tmp_path / "run").exists()
 
 
@@ -189,7 +188,7 @@ def test_eval_checks_its_split(coco_root, tmp_path, capsys):
     pytest.importorskip("pycocotools")
     cfg = preset("tiny")
     cfg.data.data, cfg.train.output_dir, cfg.train.threads = str(coco_root), str(tmp_path / "run"), 1
-    trainer = engine.Trainer(cfg)  # a checkpoint without training: the first epoch's save
+    trainer = training.Trainer(cfg)  # a checkpoint without training: the first epoch's save
     trainer._end_epoch(0)
     _missing_image(coco_root, "val")
     with pytest.raises(SystemExit) as exit_info:
@@ -208,33 +207,11 @@ def test_config_json_records_the_epochs_that_run(tmp_path, iterations, epochs):
     cfg = preset("tiny")
     cfg.train.iterations, cfg.train.output_dir, cfg.train.threads = iterations, str(tmp_path), 1
     before = cfg.to_dict()
-    trainer = engine.Trainer(cfg)
+    trainer = training.Trainer(cfg)
     written = json.loads((tmp_path / "config.json").read_text())["train"]
     assert (written["epochs"], written["iterations"]) == (epochs, iterations) == (trainer.epochs, iterations)
     assert cfg.to_dict() == before
     assert os.listdir(tmp_path) == ["config.json"]
-
-
-# --------------------------------------------------------------------------- one duration for ablate
-
-
-def test_ablate_duration_has_one_source(capsys):
-    """``ablate --help``, the README and docs/experiments.md quote the sweep of record's minutes
-    (``ablate_grid.RECORD_MINUTES``), and nothing quotes the 80-minute estimate as its duration."""
-    from atss_detector.ablate_grid import RECORD_MINUTES
-
-    repo = PACKAGE.parent
-    with pytest.raises(SystemExit):
-        cli.main(["ablate", "--help"])
-    help_text = " ".join(capsys.readouterr().out.split())
-    assert f"took {RECORD_MINUTES} minutes on one thread" in help_text
-    top_help = cli.build_parser().format_help()
-    assert f"about {RECORD_MINUTES} min on one CPU thread" in " ".join(top_help.split())
-    assert "80 min" not in top_help and "80 min" not in help_text
-    readme = " ".join((repo / "README.md").read_text().split())
-    assert f"the 24 runs took {RECORD_MINUTES} minutes on one thread" in readme
-    experiments = " ".join((repo / "docs" / "experiments.md").read_text().split())
-    assert f"**{RECORD_MINUTES}.0 minutes** wall time for 24 runs" in experiments
 
 
 # --------------------------------------------------------------------------- predictions.png

@@ -19,10 +19,10 @@ pytest.importorskip("torchvision", reason="needs the detector extra")
 pytest.importorskip("tqdm", reason="needs the detector extra")
 pytest.importorskip("matplotlib", reason="needs the detector extra")
 
-from atss_detector import cli, engine
-from atss_detector.engine import read_log
+from atss_detector import cli, prediction, runtime
 from atss_detector.errors import DataError
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
+from atss_detector.training import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--threads", "1"]
@@ -171,26 +171,26 @@ def test_more_processes_than_gpus_run_on_the_cpu(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     for rank in ("0", "1"):
         monkeypatch.setenv("LOCAL_RANK", rank)
-        assert engine.select_device("auto") == torch.device("cpu")
+        assert runtime.select_device("auto") == torch.device("cpu")
     assert "2 processes on this machine but 1 GPU(s)" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="start at most 1"):
-        engine.select_device("cuda")
+        runtime.select_device("cuda")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert engine.select_device("auto") == torch.device("cuda", 0)
+    assert runtime.select_device("auto") == torch.device("cuda", 0)
 
 
 def test_image_files_in_folders_and_subfolders(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("a.png", "b.JPG", "notes.txt", "sub/c.jpeg"):
         (tmp_path / name).write_bytes(b"")
-    assert engine.image_files([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.JPG")]
-    assert engine.image_files([str(tmp_path)], recursive=True)[-1] == str(tmp_path / "sub" / "c.jpeg")
+    assert prediction.image_files([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.JPG")]
+    assert prediction.image_files([str(tmp_path)], recursive=True)[-1] == str(tmp_path / "sub" / "c.jpeg")
     (tmp_path / "empty" / "deeper").mkdir(parents=True)
     (tmp_path / "empty" / "deeper" / "d.png").write_bytes(b"")
     with pytest.raises(DataError, match="--recursive looks into subfolders"):
-        engine.image_files([str(tmp_path / "empty")])
-    assert engine.image_files([str(tmp_path / "empty")], recursive=True) == [
+        prediction.image_files([str(tmp_path / "empty")])
+    assert prediction.image_files([str(tmp_path / "empty")], recursive=True) == [
         str(tmp_path / "empty" / "deeper" / "d.png")
     ]
 
@@ -205,7 +205,7 @@ def test_predict_mirrors_the_input_tree_and_writes_coco_results(tmp_path, untrai
     for i, name in enumerate(names):
         (pics / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40 + 8 * i, 32), (10 * i, 80, 160)).save(pics / name)
-    real = engine.predict_files
+    real = prediction.predict_files
 
     def with_a_known_detection(model, files, *args, **kwargs):
         """The model's own detections, plus one known box per image (an untrained model finds little)."""
@@ -213,7 +213,7 @@ def test_predict_mirrors_the_input_tree_and_writes_coco_results(tmp_path, untrai
         known = dict(boxes=torch.tensor([[1.0, 2.0, 11.0, 22.0]]), scores=torch.tensor([0.9]), labels=torch.tensor([1]))
         return [{k: torch.cat([d[k], known[k]]) for k in d} for d in out]
 
-    monkeypatch.setattr(engine, "predict_files", with_a_known_detection)
+    monkeypatch.setattr(prediction, "predict_files", with_a_known_detection)
     out = tmp_path / "preds"
     args = ["predict", str(pics), "--recursive", "--checkpoint", str(untrained_checkpoint), "--threads", "1"]
     cli.main([*args, "--output-dir", str(out)])
@@ -248,11 +248,11 @@ def test_output_paths_never_collide(tmp_path):
     files = [str(tmp_path / n) for n in ("a/p.jpg", "a/p.png", "a/p.png.jpg", "a/x/p.jpg", "b/p.jpg")]
     for f in files:
         Path(f).write_bytes(b"")
-    found = engine.image_files([str(tmp_path / "a"), str(tmp_path / "b"), files[0]], recursive=True)
+    found = prediction.image_files([str(tmp_path / "a"), str(tmp_path / "b"), files[0]], recursive=True)
     assert sorted(found) == sorted(files)  # the file given again is listed once
-    outputs = engine.output_paths(found, [str(tmp_path / "a"), str(tmp_path / "b")], "OUT")
+    outputs = prediction.output_paths(found, [str(tmp_path / "a"), str(tmp_path / "b")], "OUT")
     assert len(set(outputs)) == len(found) and all(o.startswith("OUT/") for o in outputs)
-    assert engine.output_paths([files[3]], [files[3]], "OUT") == ["OUT/p.png"]
+    assert prediction.output_paths([files[3]], [files[3]], "OUT") == ["OUT/p.png"]
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ pytest.importorskip("tqdm", reason="needs the detector extra")
 pytest.importorskip("matplotlib", reason="needs the detector extra")
 pytest.importorskip("pycocotools", reason="training and eval score with it")
 
-from atss_detector import cli, engine
+from atss_detector import checkpoints, cli, evaluation, prediction, training
 from atss_detector.config import preset
 from atss_detector.errors import EXIT_CODES
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
@@ -51,7 +51,7 @@ def pristine(tmp_path_factory):
     cfg = preset("tiny")
     cfg.data.data, cfg.train.output_dir, cfg.train.threads = str(root / "data"), str(root / "trained"), 1
     threads = torch.get_num_threads()
-    engine.Trainer(cfg)._end_epoch(0)  # the first epoch's save, without training
+    training.Trainer(cfg)._end_epoch(0)  # the first epoch's save, without training
     torch.set_num_threads(threads)
     return root
 
@@ -108,7 +108,7 @@ def _bare_state_dict(ctx: Context) -> None:
 
 def _newer_format(ctx: Context) -> None:
     checkpoint = torch.load(ctx.checkpoint, weights_only=False)
-    checkpoint["format"] = engine.CHECKPOINT_FORMAT + 1
+    checkpoint["format"] = checkpoints.CHECKPOINT_FORMAT + 1
     torch.save(checkpoint, ctx.checkpoint)
 
 
@@ -135,20 +135,20 @@ def _interrupt(target: str, after_epochs: int = 0):
 
     def setup(ctx: Context) -> None:
         if target == "train":
-            real = engine.Trainer._train_epoch
+            real = training.Trainer._train_epoch
 
             def epoch(self, index):
                 if index >= after_epochs:
                     raise KeyboardInterrupt
                 return real(self, index)
 
-            ctx.monkeypatch.setattr(engine.Trainer, "_train_epoch", epoch)
+            ctx.monkeypatch.setattr(training.Trainer, "_train_epoch", epoch)
         else:
 
             def stop(*args, **kwargs):
                 raise KeyboardInterrupt
 
-            ctx.monkeypatch.setattr(engine, target, stop)
+            ctx.monkeypatch.setattr({"evaluate": evaluation, "predict_files": prediction}[target], target, stop)
 
     return setup
 
@@ -162,7 +162,7 @@ def _raise(exc: BaseException):
 
 def _image_goes_bad_after_the_first_checkpoint(ctx: Context) -> None:
     """A training image truncated on disk once the first checkpoint is written (a file that breaks mid-run)."""
-    real = engine.Trainer._end_epoch
+    real = training.Trainer._end_epoch
 
     def end_epoch(self, index):
         real(self, index)
@@ -170,7 +170,7 @@ def _image_goes_bad_after_the_first_checkpoint(ctx: Context) -> None:
             for i in range(8):
                 _truncate_png(ctx.image("train", i))
 
-    ctx.monkeypatch.setattr(engine.Trainer, "_end_epoch", end_epoch)
+    ctx.monkeypatch.setattr(training.Trainer, "_end_epoch", end_epoch)
 
 
 # --------------------------------------------------------------------------- what is left on disk
@@ -568,7 +568,7 @@ CASES = [
         train(),
         1,
         r"unexpected RuntimeError: something broke \(--debug shows the traceback\)$",
-        lambda ctx: ctx.monkeypatch.setattr(engine, "train", _raise(RuntimeError("something broke\nin detail"))),
+        lambda ctx: ctx.monkeypatch.setattr(training, "train", _raise(RuntimeError("something broke\nin detail"))),
         no_run_folder,
     ),
     # 11. --skip-bad-images: the run goes on, and says what it left out
@@ -708,7 +708,7 @@ def test_help_reads_as_plain_text(capsys):
     from atss_detector.config import PRESET_SUMMARIES, PRESETS
 
     texts = [cli.build_parser().format_help()]
-    for command in ("train", "eval", "predict", "ablate"):
+    for command in ("train", "eval", "predict"):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         texts.append(capsys.readouterr().out)

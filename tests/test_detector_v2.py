@@ -26,9 +26,9 @@ from atss_detector.anchors import anchor_validity
 from atss_detector.coco import CocoDetection, find_split
 from atss_detector.config import Config, preset
 from atss_detector.data import build_dataset, collate
-from atss_detector.engine import read_log
 from atss_detector.model import build_model
 from atss_detector.synthetic import CLASSES, SyntheticShapes, SyntheticSpec
+from atss_detector.training import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--threads", "1"]

@@ -410,9 +410,30 @@ def test_cuda_matches_cpu(kind):
         assert g.is_cuda and torch.equal(c, g.cpu())
 
 
+def test_the_table_runs_the_detectors_schedule_as_recorded():
+    """experiments/torchvision_table.py takes its learning rate from the detector's schedule
+    (``lr_factor(..., decay_after_warmup=True)``); every step's rate is, bit for bit, that of the
+    formula the records of docs/experiments/torchvision.json were trained with."""
+    import dataclasses
+    import math
+
+    from experiments.torchvision_table import SMOKE, Schedule
+
+    def recorded(step, schedule):  # the table's own copy before issue 24
+        if step < schedule.warmup_iters:
+            return 0.001 + (1 - 0.001) * step / schedule.warmup_iters
+        progress = (step - schedule.warmup_iters) / max(1, schedule.iterations - schedule.warmup_iters)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    for schedule in (Schedule(), SMOKE, dataclasses.replace(Schedule(), iterations=300, warmup_iters=7)):
+        factor = schedule.lr_factor()
+        for step in range(schedule.iterations):
+            assert schedule.lr * factor(step) == schedule.lr * recorded(step, schedule), (schedule, step)
+
+
 def test_the_table_command_smoke(tmp_path):
     pytest.importorskip("pycocotools")
-    from atss_detector import torchvision_table
+    from experiments import torchvision_table
 
     output = tmp_path / "torchvision.json"
     assert torchvision_table.main(["--smoke", "--seeds", "0", "--output", str(output)]) == 0

@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from atss_detector import engine
+from atss_detector import distributed as dist
+from atss_detector import training
 from atss_detector.config import preset
 from atss_detector.model import build_model
 
@@ -23,7 +24,7 @@ def main(out: str) -> None:
     cfg.train.eval_every = 0
     torch.manual_seed(cfg.train.seed)
     initial = build_model(cfg.model, 6).state_dict()  # train() starts from these weights
-    summary = engine.train(cfg)
+    summary = training.train(cfg)
     torch.save(
         {
             "world_size": summary["world_size"],
@@ -33,7 +34,7 @@ def main(out: str) -> None:
         },
         f"{out}/rank{summary['rank']}.pt",
     )
-    engine.dist.shutdown()
+    dist.shutdown()
 
 
 if __name__ == "__main__":

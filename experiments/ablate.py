@@ -1,4 +1,4 @@
-"""``atss-detector ablate``: the paper's three ablations on the bundled detector, in one command.
+"""``python -m experiments.ablate``: the paper's three ablations on the bundled detector, in one command.
 
 The grid (the ATSS paper's tables; ``k`` is ATSS's one parameter, #A the anchors
 per location):
@@ -16,11 +16,11 @@ shared by two tables runs once. Each finished run is added to
 second invocation skips what is done and an interrupted sweep resumes where it
 stopped; the run directories (checkpoints, logs) go under ``--runs-dir``. After
 every run ``results.md`` (the tables) and the plots are redrawn from the JSON
-(see :mod:`~atss_detector.ablate_report`).
+(see :mod:`~experiments.ablate_report`).
 
-Imports run one way: the command (:mod:`atss_detector.cli`) calls this module,
-which calls :mod:`~atss_detector.ablate_report`; both take the grid from
-:mod:`~atss_detector.ablate_grid`.
+Imports run one way: this module (the sweep and its command, :func:`main`) calls
+:mod:`~experiments.ablate_report`; both take the grid from :mod:`~experiments.ablate_grid`
+and use :mod:`atss_detector`, which never imports them.
 
 A run counts as done only for the same settings: its record keeps a fingerprint
 of the full configuration, and a record from other settings (another preset,
@@ -29,17 +29,19 @@ of the full configuration, and a record from other settings (another preset,
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
-import hashlib
-import json
 import os
+import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .ablate_grid import OCTAVE_SCALES, RATIOS, SMOKE, TABLES, Setting, grid, tables_of
+from atss_detector.config import Config, preset
+
+from . import records
+from .ablate_grid import OCTAVE_SCALES, RATIOS, RECORD_MINUTES, SMOKE, TABLES, Setting, grid, tables_of
 from .ablate_report import write_report
-from .config import Config
 
 __all__ = [
     "OCTAVE_SCALES",
@@ -50,6 +52,7 @@ __all__ = [
     "configure",
     "fingerprint",
     "grid",
+    "main",
     "positive_statistics",
     "positives_markdown",
     "sweep",
@@ -80,27 +83,14 @@ def fingerprint(cfg: Config) -> str:
     """A short hash of everything that decides a run's result (not where it is written)."""
     settings = cfg.to_dict()
     settings["train"].pop("output_dir")
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return records.fingerprint(settings)
 
 
 # --------------------------------------------------------------------------- the results file
 
 
 def load_results(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        return {"runs": []}
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json_atomically(path: str, data: Any) -> None:
-    """Writes through a temporary file and a rename: a crash leaves the old file or the new one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    return records.load_json(path, {"runs": []})
 
 
 def find_run(results: Dict[str, Any], setting: Setting, seed: int) -> Optional[Dict[str, Any]]:
@@ -166,7 +156,7 @@ def sweep(
     Seed-major order: every configuration's first seed comes before any second one,
     so a sweep stopped early still covers the whole grid.
     """
-    from . import engine
+    from atss_detector.training import LOG
 
     path = os.path.join(output_dir, RESULTS_JSON)
     results = load_results(path)
@@ -196,7 +186,7 @@ def sweep(
             done_walls.setdefault(record["config"]["anchors_per_location"], []).append(record["wall_seconds"])
     started = time.time()
     for number, (setting, seed, cfg) in enumerate(todo, start=skipped + 1):
-        log = os.path.join(cfg.train.output_dir, engine.LOG)
+        log = os.path.join(cfg.train.output_dir, LOG)
         if os.path.exists(log):
             os.remove(log)  # an interrupted earlier try: start the run afresh
         print(f"[{number}/{total}] {setting.label()} seed {seed} ...", flush=True)
@@ -208,7 +198,7 @@ def sweep(
             r for r in results["runs"] if not (r["config"]["name"] == setting.name and r["config"]["seed"] == seed)
         ]
         results["runs"].append(record)
-        write_json_atomically(path, results)
+        records.write_json_atomically(path, results)
         write_report(results, output_dir)
         done_walls.setdefault(setting.anchors_per_location, []).append(wall)
         remaining = todo[number - skipped :]
@@ -229,14 +219,14 @@ def _train(cfg: Config, quiet: bool) -> Dict[str, Any]:
     warnings) goes to ``output.log`` in its run directory instead of the terminal."""
     import contextlib
 
-    from . import engine
+    from atss_detector.training import train
 
     if not quiet:
-        return engine.train(cfg)
+        return train(cfg)
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     with open(os.path.join(cfg.train.output_dir, RUN_OUTPUT), "w") as out:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            return engine.train(cfg)
+            return train(cfg)
 
 
 # Object-size bins of the positives statistics: sqrt(area) in pixels of the input images.
@@ -253,9 +243,9 @@ def positive_statistics(base: Config, settings: Sequence[Setting], num_batches: 
     """
     import torch
 
-    from .anchors import anchor_validity
-    from .data import build_dataset, build_loader
-    from .model import build_model
+    from atss_detector.anchors import anchor_validity
+    from atss_detector.data import build_dataset, build_loader
+    from atss_detector.model import build_model
 
     dataset = build_dataset(base.data, base.data.train_split, train=True)
     torch.manual_seed(base.train.seed)
@@ -308,7 +298,7 @@ def positives_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     header += [f"{b}: none / per GT" for b in bins]
     lines = [
         f"Positives on the first {rows[0]['images'] if rows else 0} training images "
-        "(`atss-detector ablate --positives`; object sizes as sqrt(area)):",
+        "(`python -m experiments.ablate --positives`; object sizes as sqrt(area)):",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),
@@ -326,3 +316,137 @@ def positives_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     gts = [b["gts"] for b in rows[0]["by_size"]] if rows else []
     lines += ["", "GTs per size bin: " + ", ".join(f"{b} {n}" for b, n in zip(bins, gts)) + "."]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the command
+
+PROG = "python -m experiments.ablate"
+
+
+def _seeds(text: str) -> Tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def _tables(text: str) -> Tuple[str, ...]:
+    names = tuple(f"table{v.strip()}" for v in text.split(","))
+    if not names or any(n not in TABLES for n in names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of 2,4,7, got {text!r}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from atss_detector.cli import DEVICES, int_at_least
+
+    positive = int_at_least(1)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Trains the grid of the paper's Tables 2, 4 and 7 (see experiments/ablate.py) with "
+        "each seed, skipping the runs already in OUTPUT_DIR/results.json, and writes the results, "
+        "results.md and the plots there. Each run starts from the ablate preset (ablate-smoke with --smoke). "
+        f"The sweep of record (24 runs) took {RECORD_MINUTES} minutes "
+        "on one thread of a 2-core CPU (docs/experiments.md). Run it from the root of a source checkout.",
+    )
+    parser.set_defaults(command_parser=parser)
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
+    parser.add_argument(
+        "--output-dir", default="docs/experiments", help="results.json, results.md, PNGs (default docs/experiments)"
+    )
+    parser.add_argument("--runs-dir", default=None, help="the runs' checkpoints and logs (default runs/ablate[-smoke])")
+    parser.add_argument("--seeds", type=_seeds, default=(0, 1), help="comma-separated training seeds (default 0,1)")
+    parser.add_argument(
+        "--tables", type=_tables, default=tuple(TABLES), help="comma-separated subset of 2,4,7 (default all)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="two configurations of the ablate-smoke preset, 2 steps each: seconds (for CI)",
+    )
+    parser.add_argument("--data", default=None, help="'synthetic' (default) or a COCO-format directory")
+    parser.add_argument("--train-split", default=None, help="training split name")
+    parser.add_argument("--val-split", default=None, help="validation split name")
+    parser.add_argument("--image-size", type=positive, default=None, help="as for atss-detector train")
+    parser.add_argument("--iterations", type=positive, default=None, help="training steps of each run")
+    parser.add_argument("--threads", type=positive, default=None, help="CPU threads (default 1)")
+    parser.add_argument("--device", choices=DEVICES, default=None, help="default auto")
+    parser.add_argument("--verbose", action="store_true", help="show each run's own output and progress bars")
+    parser.add_argument(
+        "--positives",
+        type=positive,
+        default=None,
+        metavar="BATCHES",
+        help="train nothing: how each configuration's rule spreads positives over levels and object sizes, "
+        "on this many training batches (positives.md/.json)",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw results.md and the plots from results.json, train nothing"
+    )
+    return parser
+
+
+def ablate_config(args: argparse.Namespace) -> Tuple[Config, str]:
+    """The preset (``ablate``, or ``ablate-smoke`` with ``--smoke``) with the command's flags applied."""
+    name = "ablate-smoke" if args.smoke else "ablate"
+    cfg = preset(name)
+    if args.data is not None:
+        cfg.data.data = args.data
+    for flag, section, field in (
+        ("train_split", "data", "train_split"),
+        ("val_split", "data", "val_split"),
+        ("image_size", "data", "image_size"),
+        ("iterations", "train", "iterations"),
+        ("threads", "train", "threads"),
+        ("device", "train", "device"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(cfg, section), field, value)
+    return cfg, name
+
+
+def run(args: argparse.Namespace) -> None:
+    """The command: the sweep (or ``--report-only``, ``--positives``) with the parsed flags."""
+    from atss_detector.cli import check_data
+
+    if args.report_only:
+        results = load_results(os.path.join(args.output_dir, RESULTS_JSON))
+        write_report(results, args.output_dir)
+        print(f"redrew results.md and the plots in {args.output_dir} from {len(results['runs'])} runs")
+        return
+    cfg, name = ablate_config(args)
+    runs_dir = args.runs_dir or os.path.join("runs", name)
+    settings = list(SMOKE) if args.smoke else grid(args.tables)
+    if args.positives:
+        rows = positive_statistics(cfg, settings, args.positives)
+        text = positives_markdown(rows)
+        print(text)
+        records.write_json_atomically(os.path.join(args.output_dir, POSITIVES_JSON), rows)
+        with open(os.path.join(args.output_dir, POSITIVES_MD), "w") as f:
+            f.write(text)
+        return
+    check_data(cfg)
+    sweep(cfg, settings, args.seeds, args.output_dir, runs_dir, name, quiet=not args.verbose)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m experiments.ablate``: errors end as ``atss-detector``'s do (one line, its exit statuses)."""
+    from atss_detector.cli import check_dependencies, fail
+    from atss_detector.runtime import restart_with_passive_openmp
+
+    check_dependencies()
+    args = build_parser().parse_args(argv)
+    if argv is None:
+        restart_with_passive_openmp(__spec__.name if __spec__ else "experiments.ablate")
+    try:
+        run(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        fail(args.command_parser, exc, args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

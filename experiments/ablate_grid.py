@@ -1,7 +1,7 @@
-"""The grid of ``atss-detector ablate``: the ATSS paper's Tables 2, 4 and 7 as :class:`Setting` rows.
+"""The grid of ``python -m experiments.ablate``: the ATSS paper's Tables 2, 4 and 7 as :class:`Setting` rows.
 
-The bottom floor of the ablation code: :mod:`~atss_detector.ablate` (the sweep)
-and :mod:`~atss_detector.ablate_report` (its tables and plots) both read it,
+The bottom floor of the ablation code: :mod:`~experiments.ablate` (the sweep)
+and :mod:`~experiments.ablate_report` (its tables and plots) both read it,
 and it imports neither.
 """
 
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 # The sweep of record (docs/experiments.md, "Run time"): 24 runs on the project's 2-core CPU, one
-# thread per run, 63.0 minutes of wall time. The one source of the duration `ablate --help` states;
-# tests/test_detector_checks.py holds the README and docs/experiments.md to it.
+# thread per run, 63.0 minutes of wall time. The one source of the duration that
+# `python -m experiments.ablate --help` states; tests/test_ablate.py holds the README and
+# docs/experiments.md to it.
 RECORD_MINUTES = 63
 
 # The octave scales and ratios of RetinaNet's #A = 9 (times the preset's one anchor scale).

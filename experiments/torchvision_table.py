@@ -6,9 +6,9 @@ One command trains torchvision's ``RetinaNet`` (#A = 9: 3 scales x 3 ratios) and
 shapes, with two seeds: 8 runs, the same schedule for all, evaluated with
 pycocotools::
 
-    python -m atss_detector.torchvision_table                     # docs/experiments/torchvision.json
-    python -m atss_detector.torchvision_table --rows diagnostics  # FCOS + ATSS on 4S anchors
-    python -m atss_detector.torchvision_table --smoke             # seconds: what CI runs
+    python -m experiments.torchvision_table                     # docs/experiments/torchvision.json
+    python -m experiments.torchvision_table --rows diagnostics  # FCOS + ATSS on 4S anchors
+    python -m experiments.torchvision_table --smoke             # seconds: what CI runs
 
 The model: a torchvision ResNet-18 from scratch (BatchNorm) with an FPN on its
 stride-8 and stride-16 stages (P3, P4: the images are 128 px, objects 8-100 px),
@@ -32,9 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
-import json
-import math
 import os
 import statistics
 import sys
@@ -47,10 +44,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ablate import write_json_atomically
+from atss_detector.config import Config, TrainConfig, preset
+from atss_detector.evaluation import METRICS, coco_evaluate, to_coco_results
+from atss_detector.synthetic import SyntheticShapes, SyntheticSpec
+from atss_detector.training import lr_factor
+
+from . import records
 from .ablate_grid import OCTAVE_SCALES, RATIOS  # RetinaNet #A = 9: 3 octave scales x 3 ratios
-from .evaluation import METRICS, coco_evaluate, to_coco_results
-from .synthetic import SyntheticShapes, SyntheticSpec
 
 OUTPUT = os.path.join("docs", "experiments", "torchvision.json")
 MODELS = ("RetinaNet", "FCOS")
@@ -85,19 +85,39 @@ class Schedule:
             max_objects=self.max_objects,
         )
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Schedule":
+        """The schedule of a detector preset: its data, channels and optimisation (``iterations``
+        set, one thread unless the preset says otherwise)."""
+        data, train = cfg.data, cfg.train
+        return cls(
+            image_size=data.image_size,
+            train_images=data.synthetic_train_images,
+            val_images=data.synthetic_val_images,
+            channels=cfg.model.fpn_channels,
+            batch_size=train.batch_size,
+            iterations=train.iterations,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            warmup_iters=train.warmup_iters,
+            grad_clip=train.grad_clip,
+            topk=cfg.model.topk,
+            threads=train.threads or 1,
+            min_object=data.synthetic_min_object,
+            mean_objects=data.synthetic_mean_objects,
+            max_objects=data.synthetic_max_objects,
+        )
 
-SMOKE = Schedule(
-    image_size=64,
-    train_images=8,
-    val_images=4,
-    channels=32,
-    batch_size=4,
-    iterations=2,
-    warmup_iters=1,
-    min_object=12.0,
-    mean_objects=3.0,
-    max_objects=4,
-)
+    def lr_factor(self):
+        """The multiplier of ``lr`` at each step: the detector's cosine schedule
+        (:func:`atss_detector.training.lr_factor`) with a warm-up from 0.001, decaying over
+        the steps after the warm-up."""
+        train = TrainConfig(schedule="cosine", warmup_iters=self.warmup_iters, warmup_factor=0.001)
+        return lr_factor(train, self.iterations, decay_after_warmup=True)
+
+
+# --smoke: the detector's own smoke preset (ablate-smoke: the tiny model's data and size, 2 steps).
+SMOKE = Schedule.from_config(preset("ablate-smoke"))
 
 
 # How a row matches: torchvision's own rule, or use_atss_ops with these arguments.
@@ -120,8 +140,8 @@ def row_name(model: str, variant: str) -> str:
 
 
 def fingerprint(schedule: Schedule) -> str:
-    text = json.dumps({"schedule": dataclasses.asdict(schedule), "torch": torch.__version__}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """:func:`experiments.records.fingerprint` of the schedule and the torch version."""
+    return records.fingerprint({"schedule": dataclasses.asdict(schedule), "torch": torch.__version__})
 
 
 # --------------------------------------------------------------------------- model
@@ -194,13 +214,6 @@ def _batch(items, indices, flips):
 # --------------------------------------------------------------------------- one run
 
 
-def _lr_factor(step: int, schedule: Schedule) -> float:
-    if step < schedule.warmup_iters:
-        return 0.001 + (1 - 0.001) * step / schedule.warmup_iters
-    progress = (step - schedule.warmup_iters) / max(1, schedule.iterations - schedule.warmup_iters)
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def build_row(model_name: str, variant: str, schedule: Schedule, num_classes: int) -> nn.Module:
     """The row's model: torchvision's, switched to ATSS by ``use_atss_ops`` unless ``variant`` is "torchvision"."""
     model = build_model(model_name, num_classes, schedule)
@@ -229,6 +242,7 @@ def train_one(
     order: List[int] = []
     losses: List[float] = []
     model.train()
+    factor = schedule.lr_factor()
     start = time.perf_counter()
     for step in range(schedule.iterations):
         if len(order) < schedule.batch_size:
@@ -236,7 +250,7 @@ def train_one(
         indices, order = order[: schedule.batch_size], order[schedule.batch_size :]
         images, targets = _batch(data.train_items, indices, rng.random(len(indices)) < 0.5)
         for group in optimizer.param_groups:
-            group["lr"] = schedule.lr * _lr_factor(step, schedule)
+            group["lr"] = schedule.lr * factor(step)
         loss_dict = model(images, targets)
         loss = sum(loss_dict.values())
         optimizer.zero_grad(set_to_none=True)
@@ -307,13 +321,6 @@ def positives(model_name: str, variant: str, schedule: Schedule, data: _Data, nu
 # --------------------------------------------------------------------------- the table
 
 
-def _load(path: str) -> Dict[str, Any]:
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return {}
-
-
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -353,7 +360,7 @@ def run_table(schedule: Schedule, output: str, seeds: Sequence[int], rows: Seque
     the runs ``output`` already holds for the same schedule; returns the record."""
     torch.set_num_threads(schedule.threads)
     key = fingerprint(schedule)
-    record = _load(output)
+    record = records.load_json(output, {})
     if record.get("fingerprint") != key:
         record = {"fingerprint": key, "schedule": dataclasses.asdict(schedule), "runs": []}
     record["versions"] = {"torch": torch.__version__, "torchvision": _torchvision_version()}
@@ -396,7 +403,7 @@ def run_table(schedule: Schedule, output: str, seeds: Sequence[int], rows: Seque
             r for r in record["runs"] if (r["model"], r["variant"], r["seed"]) != (model_name, variant, seed)
         ] + [result]
         record["summary"] = summarise(record["runs"])
-        write_json_atomically(output, record)
+        records.write_json_atomically(output, record)
         left = statistics.fmean(run_seconds) * (len(todo) - number)
         print(
             f"{label}: AP {100 * result['AP']:.1f} AP50 {100 * result['AP50']:.1f}, "
@@ -415,9 +422,7 @@ def _torchvision_version() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m atss_detector.torchvision_table", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m experiments.torchvision_table", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=None, help=f"the JSON records (default {OUTPUT}; --smoke: a temp file)")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Training, evaluation and prediction loops; checkpoints and the run directory.
+"""Training: the optimiser, the learning-rate schedule, the loop and the run directory.
 
 A training run writes into ``TrainConfig.output_dir`` (rank 0 only):
 
@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -33,115 +33,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed as dist
-from .coco import load_image
+from .checkpoints import CHECKPOINT, CHECKPOINT_FORMAT, check_weights, load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig
-from .data import BadImages, Batch, DetectionTransform, build_dataset, build_loader, collate
-from .errors import (
-    CheckpointError,
-    DataError,
-    DeviceError,
-    DivergedError,
-    ImageError,
-    UsageError,
-    add_note,
-    first_line,
-)
-from .evaluation import coco_evaluate, format_line, format_table, to_coco_results
-from .model import ATSSDetector, Detections, build_model, rescale_detections
+from .data import BadImages, build_dataset, build_loader
+from .errors import CheckpointError, DivergedError, UsageError, add_note, first_line
+from .evaluation import evaluate, format_line, write_metrics
+from .model import build_model
+from .runtime import autocast, autocast_dtype, available_cores, bar_interval, configure_threads, select_device
 
-CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 LOG = "train_log.jsonl"
 CURVES = "curves.png"
-METRICS_JSON = "metrics.json"
-METRICS_TXT = "metrics.txt"
 FAILED = "failed.txt"
-# The layout of checkpoint.pt; a newer layout is refused in one line (CheckpointError).
-CHECKPOINT_FORMAT = 1
-# The keys of every checkpoint the trainer writes (and `eval`, `predict` and `--resume` read).
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "iteration", "config", "classes")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def select_device(name: str) -> torch.device:
-    """``auto``: this process's GPU under ``torchrun`` (or the only one) when CUDA is there, else the CPU.
-
-    With more processes on this machine than GPUs, ``auto`` runs every process on
-    the CPU (and says so) rather than pick a GPU index that does not exist;
-    ``cuda`` is then an error.
-    """
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda: CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    gpus = torch.cuda.device_count()
-    processes = max(dist.local_world_size(), dist.local_rank() + 1)
-    if processes > gpus:
-        why = f"{processes} processes on this machine but {gpus} GPU(s)"
-        if name == "cuda":
-            raise DeviceError(f"--device cuda: {why}: start at most {gpus} (torchrun --nproc_per_node {gpus})")
-        if dist.local_rank() == 0:
-            print(
-                f"{why}: every process runs on the CPU (torchrun --nproc_per_node {gpus} uses the GPUs)",
-                file=sys.stderr,
-            )
-        return torch.device("cpu")
-    return torch.device("cuda", dist.local_rank())
-
-
-def configure_threads(threads: Optional[int], device: torch.device) -> int:
-    """Sets torch's intra-op threads: ``threads``, or on CPU the available cores
-    shared among the processes of this machine (at least 1). Returns the count."""
-    if threads is None:
-        cores = available_cores()
-        threads = max(1, cores // dist.local_world_size()) if device.type == "cpu" else min(4, cores)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    return threads
-
-
-def restart_with_passive_openmp(module: str, extra_env: Optional[Dict[str, str]] = None) -> None:
-    """Re-executes ``python -m module <this process's arguments>`` with ``OMP_WAIT_POLICY=PASSIVE``
-    unless it is set (and then returns at once).
-
-    With the default policy, OpenMP threads spin while they wait; when other jobs
-    share the cores (CI, builds), the spinning threads starve the working ones and
-    a training step gets 10-50x slower. The policy is read once, when torch loads
-    OpenMP, which importing torch has already done: hence a fresh process.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **(extra_env or {}))
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
-
-
-def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype: ``auto`` is bf16 on CUDA and off on CPU (where bf16 is
-    usually slower); ``bf16`` forces it; ``off`` disables it."""
-    if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-# --------------------------------------------------------------------------- optimisation
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -164,9 +67,13 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
-def lr_factor(cfg: TrainConfig, total_iterations: int):
+def lr_factor(cfg: TrainConfig, total_iterations: int, decay_after_warmup: bool = False):
     """The learning-rate multiplier at each iteration: linear warm-up from
-    ``warmup_factor``, then ``step`` (x0.1 at each fraction of ``steps``) or ``cosine`` decay."""
+    ``warmup_factor``, then ``step`` (x0.1 at each fraction of ``steps``) or ``cosine`` decay.
+
+    The cosine runs over the whole of training (the warm-up ramp multiplying its first
+    steps), or with ``decay_after_warmup`` over the steps after the warm-up only (the
+    schedule of ``experiments/torchvision_table.py``)."""
     if cfg.schedule not in ("step", "cosine"):
         raise ValueError(f"schedule must be 'step' or 'cosine', got {cfg.schedule!r}")
     warmup = min(cfg.warmup_iters, total_iterations)
@@ -175,6 +82,9 @@ def lr_factor(cfg: TrainConfig, total_iterations: int):
     def factor(iteration: int) -> float:
         if cfg.schedule == "step":
             value = 0.1 ** sum(iteration >= m for m in milestones)
+        elif decay_after_warmup:
+            progress = (min(iteration, total_iterations) - warmup) / max(1, total_iterations - warmup)
+            value = 1.0 if iteration < warmup else 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
             value = 0.5 * (1.0 + math.cos(math.pi * min(iteration, total_iterations) / max(total_iterations, 1)))
         if iteration < warmup:
@@ -182,89 +92,6 @@ def lr_factor(cfg: TrainConfig, total_iterations: int):
         return value
 
     return factor
-
-
-# --------------------------------------------------------------------------- checkpoints and logs
-
-
-def save_checkpoint(path: str, **state: Any) -> None:
-    """``torch.save`` through a temporary file, so a crash never leaves half a checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """The checkpoint dict of a training run's ``checkpoint.pt``.
-
-    Raises:
-        CheckpointError: one line naming ``path``: no such file, not a file torch can read,
-            not an atss-detector checkpoint (another model's weights, a bare state_dict), or
-            written by a newer atss-detector.
-    """
-    if not os.path.isfile(path):
-        what = "a folder, not a checkpoint file" if os.path.isdir(path) else "no such file"
-        raise CheckpointError(f"no checkpoint at {path}: {what} (a training run writes OUTPUT_DIR/{CHECKPOINT})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises pickle, zip and runtime errors of many kinds
-        raise CheckpointError(
-            f"{path}: not a checkpoint torch can read ({type(exc).__name__}: {first_line(exc)})"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(
-            f"{path}: not an atss-detector checkpoint (a {type(checkpoint).__name__}; a training run's "
-            f"{CHECKPOINT} is a dict of {', '.join(CHECKPOINT_KEYS)})"
-        )
-    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
-    if missing:
-        keys = ", ".join(map(repr, list(checkpoint)[:4])) + (", ..." if len(checkpoint) > 4 else "")
-        raise CheckpointError(
-            f"{path}: not an atss-detector checkpoint (no {missing[0]!r}; its keys: {keys or 'none'}; a training "
-            f"run's {CHECKPOINT} holds {', '.join(CHECKPOINT_KEYS)})"
-        )
-    version = checkpoint.get("format", 1)
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: written by a newer atss-detector (checkpoint format {version!r}; this one reads "
-            f"{CHECKPOINT_FORMAT}): upgrade atss-ops to use it"
-        )
-    try:
-        Config.from_dict(checkpoint["config"])
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(
-            f"{path}: its settings are not this atss-detector's (another version?): {first_line(exc)}"
-        ) from None
-    return checkpoint
-
-
-def _check_weights(path: str, model: nn.Module, weights: Dict[str, Any]) -> None:
-    """``weights`` fit ``model`` key for key and shape for shape, or a one-line CheckpointError."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    reshaped = [
-        f"{k} {list(weights[k].shape)} (expected {list(v.shape)})"
-        for k, v in own.items()
-        if k in weights and getattr(weights[k], "shape", None) != v.shape
-    ]
-    if missing or unexpected or reshaped:
-        first = (reshaped or [f"missing {k}" for k in missing] or [f"unexpected {k}" for k in unexpected])[0]
-        raise CheckpointError(
-            f"{path}: its weights do not fit the model its settings describe ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(reshaped)} of another shape; first: {first})"
-        )
-
-
-def model_from_checkpoint(path: str, device: torch.device) -> Tuple[ATSSDetector, Config, Dict[str, Any]]:
-    """The trained model (eval mode, on ``device``), its config and the checkpoint dict
-    (a :class:`~atss_detector.errors.CheckpointError` for a file that is not one)."""
-    checkpoint = load_checkpoint(path)
-    cfg = Config.from_dict(checkpoint["config"])
-    model = build_model(cfg.model, len(checkpoint["classes"]))
-    _check_weights(path, model, checkpoint["model"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), cfg, checkpoint
 
 
 def append_log(path: str, record: Dict[str, Any]) -> None:
@@ -277,174 +104,6 @@ def read_log(path: str) -> List[Dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _unwrap(model: nn.Module) -> ATSSDetector:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@torch.no_grad()
-def predict_batches(
-    model: ATSSDetector,
-    batches: Iterable[Batch],
-    device: torch.device,
-    amp: Optional[torch.dtype] = None,
-    progress: bool = False,
-) -> Tuple[List[int], List[Detections]]:
-    """Runs ``model`` on every batch; detections in the original images' pixels (on the CPU)."""
-    model.eval()
-    image_ids, detections = [], []
-    bar = tqdm(batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True, mininterval=_bar_interval())
-    with bar:  # cleared on the way out too, so that an error's line starts a line of its own
-        for batch in bar:
-            batch = batch.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                out = model(batch.images, batch.image_sizes)
-            out = rescale_detections(out, batch.scales, batch.original_sizes)
-            image_ids += batch.image_ids
-            detections += [{k: v.cpu() for k, v in d.items()} for d in out]
-    return image_ids, detections
-
-
-def evaluate(
-    model: nn.Module,
-    dataset,
-    device: torch.device,
-    batch_size: int = 8,
-    amp: Optional[torch.dtype] = None,
-    num_workers: int = 0,
-    bad_images: Optional[BadImages] = None,
-) -> Dict[str, float]:
-    """COCO metrics of ``model`` on ``dataset``; under ``torchrun`` each rank runs
-    its share and rank 0 scores the union. Every rank returns the metrics.
-
-    An image that cannot be decoded stops the evaluation (``ImageError`` naming it), or with
-    ``bad_images`` skipping is left out (of the score too) and recorded there."""
-    model = _unwrap(model)
-    was_training = model.training
-    bad_images = bad_images or BadImages(skip=False)
-    loader = build_loader(
-        dataset,
-        batch_size,
-        train=False,
-        rank=dist.rank(),
-        world_size=dist.world_size(),
-        num_workers=num_workers,
-        defer_bad_images=True,
-    )
-    image_ids, detections = predict_batches(model, bad_images.batches(loader), device, amp, progress=dist.is_main())
-    results: Dict[int, List[Dict]] = {}
-    for shard in dist.all_gather_objects(
-        {i: to_coco_results([i], [d], dataset.category_ids) for i, d in zip(image_ids, detections)}
-    ):
-        results.update(shard)  # images repeated to even out the shares collapse here
-    metrics = None
-    if dist.is_main():
-        skipped = len(results) < len(dataset)  # images that could not be decoded: left out of the score too
-        metrics = coco_evaluate(
-            dataset.coco(), [r for records in results.values() for r in records], sorted(results) if skipped else None
-        )
-    model.train(was_training)
-    return dist.broadcast_object(metrics)
-
-
-def image_files(paths: Sequence[str], recursive: bool = False) -> List[str]:
-    """The image files among ``paths``: files as given, folders listed (sorted; with
-    ``recursive``, their subfolders too)."""
-    files: List[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            if recursive:
-                found = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
-            else:
-                found = [os.path.join(path, f) for f in os.listdir(path)]
-            files += sorted(f for f in found if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(f))
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise DataError(f"no image or folder at {path}")
-    seen: set = set()  # a file given twice, or also found in a given folder: once
-    files = [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
-    if not files:
-        where = "or their subfolders" if recursive else "(--recursive looks into subfolders too)"
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)} {where}")
-    return files
-
-
-def output_paths(files: Sequence[str], inputs: Sequence[str], output_dir: str, suffix: str = ".png") -> List[str]:
-    """Where the pictures of ``files`` go: ``output_dir`` mirrors the input tree, so no two
-    outputs share a path.
-
-    Each file keeps its path relative to the deepest folder that holds every input
-    (the folder given, a given file's folder, or their common parent): ``predict pics
-    --recursive`` maps ``pics/a.jpg`` to ``OUT/a.png`` and ``pics/sub/a.jpg`` to
-    ``OUT/sub/a.png``. Two files of one folder that differ only in their image suffix
-    (``a.jpg``, ``a.png``) keep it: ``OUT/a.jpg.png``, ``OUT/a.png.png``.
-    """
-    roots = [os.path.abspath(p) if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)) for p in inputs]
-    root = os.path.commonpath(roots) if roots else os.getcwd()
-    relative = [os.path.relpath(os.path.abspath(f), root) for f in files]
-    stems = [os.path.splitext(r)[0] for r in relative]
-    counts: Dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    names = [(stem if counts[stem] == 1 else rel) + suffix for rel, stem in zip(relative, stems)]
-    if len(set(names)) < len(names):  # e.g. a.jpg, a.png and a.png.jpg: whole names are always distinct
-        names = [rel + suffix for rel in relative]
-    return [os.path.join(output_dir, name) for name in names]
-
-
-def predict_files(
-    model: ATSSDetector,
-    files: Sequence[str],
-    transform: DetectionTransform,
-    device: torch.device,
-    batch_size: int = 8,
-    size_divisible: int = 32,
-    bad_images: Optional[BadImages] = None,
-) -> List[Optional[Detections]]:
-    """Detections (original pixels) for image files, in order.
-
-    Each image is decoded here (:func:`~atss_detector.coco.load_image`): one that cannot be
-    stops with an ``ImageError`` naming it, or with ``bad_images`` skipping gets ``None`` and
-    is recorded there."""
-    bad_images = bad_images or BadImages(skip=False)
-    detections: List[Optional[Detections]] = []
-    for start in range(0, len(files), batch_size):
-        items, decoded = [], []
-        for i, path in enumerate(files[start : start + batch_size]):
-            try:
-                pixels = load_image(path)
-            except ImageError as exc:
-                bad_images.check([str(exc)])
-                decoded.append(False)
-                continue
-            decoded.append(True)
-            image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-            items.append(
-                transform(
-                    {
-                        "image": image,
-                        "boxes": torch.zeros(0, 4),
-                        "labels": torch.zeros(0, dtype=torch.int64),
-                        "image_id": start + i,
-                    }
-                )
-            )
-        found = iter(predict_batches(model, [collate(items, size_divisible)], device)[1] if items else [])
-        detections += [next(found) if ok else None for ok in decoded]
-    return detections
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _bar_interval() -> float:
-    """Seconds between progress-bar redraws: live on a terminal, every 30 s into a log file."""
-    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 class _Progress:
@@ -553,7 +212,7 @@ class Trainer:
                 f"cannot resume from {path}: its model settings differ in "
                 + ", ".join(f"{f} ({getattr(saved, f)!r} there, {getattr(self.cfg.model, f)!r} here)" for f in changed)
             )
-        _check_weights(path, self.model, checkpoint["model"])
+        check_weights(path, self.model, checkpoint["model"])
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -656,13 +315,13 @@ class Trainer:
             desc=f"epoch {epoch + 1}/{self.epochs}",
             disable=not self.main,
             dynamic_ncols=True,
-            mininterval=_bar_interval(),
+            mininterval=bar_interval(),
         ) as bar:
             for batch in self.bad_images.batches(self.loader):
                 if self.iteration >= self.total:
                     break
                 batch = batch.to(self.device, non_blocking=True)
-                with _autocast(self.device, self.amp):
+                with autocast(self.device, self.amp):
                     losses = self.ddp_model(
                         batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.ignore_boxes
                     )
@@ -747,12 +406,3 @@ def _plot(out: str) -> None:
     from .visualize import plot_curves
 
     plot_curves(read_log(os.path.join(out, LOG)), os.path.join(out, CURVES))
-
-
-def write_metrics(directory: str, metrics: Dict[str, float], info: Dict[str, Any], stem: str = "metrics") -> None:
-    """``<stem>.json`` (metrics and ``info``) and ``<stem>.txt`` (the table) in ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, stem + ".json"), "w") as f:
-        json.dump({"metrics": metrics, **info}, f, indent=2)
-    with open(os.path.join(directory, stem + ".txt"), "w") as f:
-        f.write(format_table(metrics) + "\n")
