@@ -9,10 +9,15 @@ root and ``tests/`` on the import path (the packages are used in place;
   library ``make emu`` builds); skipped without it, unless ATSS_REQUIRE_EMU=1
   (CI), which turns a missing library into an error.
 * ``slow``: takes more than a few seconds (deselect with ``-m "not slow"``).
+
+The detector's tests (``test_detector*.py``, ``test_ablate.py``) need its extra
+(pyproject.toml's ``detector``): without it they are not collected, and pytest's
+header says which module is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -23,6 +28,28 @@ import atss_ops
 
 settings.register_profile("atss", deadline=None, max_examples=50, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "atss"))
+
+
+# The detector extra's modules that its tests import (pycocotools: only where training evaluates).
+DETECTOR_EXTRA = ("numpy", "PIL", "torchvision", "tqdm", "matplotlib")
+DETECTOR_TESTS = ("test_detector", "test_ablate")
+
+
+def _missing_detector_extra() -> list:
+    return [m for m in DETECTOR_EXTRA if importlib.util.find_spec(m) is None]
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name.startswith(DETECTOR_TESTS) and _missing_detector_extra():
+        return True
+    return None
+
+
+def pytest_report_header(config):
+    missing = _missing_detector_extra()
+    if missing:
+        return f"detector tests not collected: {', '.join(missing)} missing (pip install '.[detector]')"
+    return None
 
 
 def cuda_available() -> bool:

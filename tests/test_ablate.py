@@ -13,12 +13,6 @@ from pathlib import Path
 
 import pytest
 
-# The detector's dependencies (its `detector` extra): skipped cleanly without them.
-pytest.importorskip("numpy", reason="needs the detector extra")
-pytest.importorskip("PIL", reason="needs the detector extra")
-pytest.importorskip("torchvision", reason="needs the detector extra")
-pytest.importorskip("tqdm", reason="needs the detector extra")
-pytest.importorskip("matplotlib", reason="needs the detector extra")
 pytest.importorskip("pycocotools", reason="needs the detector extra")
 
 from atss_detector.config import preset

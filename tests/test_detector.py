@@ -6,17 +6,9 @@ import dataclasses
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
-
-# The detector's dependencies (its `detector` extra): skipped cleanly without them.
-pytest.importorskip("numpy", reason="needs the detector extra")
-pytest.importorskip("PIL", reason="needs the detector extra")
-pytest.importorskip("torchvision", reason="needs the detector extra")
-pytest.importorskip("tqdm", reason="needs the detector extra")
-pytest.importorskip("matplotlib", reason="needs the detector extra")
-
-import numpy as np
 from PIL import Image
 
 import atss_ops

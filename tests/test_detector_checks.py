@@ -12,12 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("numpy", reason="needs the detector extra")
-pytest.importorskip("PIL", reason="needs the detector extra")
-pytest.importorskip("torchvision", reason="needs the detector extra")
-pytest.importorskip("tqdm", reason="needs the detector extra")
-pytest.importorskip("matplotlib", reason="needs the detector extra")
-
 from atss_detector import cli, training
 from atss_detector.coco import DataError, check_split
 from atss_detector.config import preset

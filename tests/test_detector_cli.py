@@ -12,13 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# The detector's dependencies (its `detector` extra): skipped cleanly without them.
-pytest.importorskip("numpy", reason="needs the detector extra")
-pytest.importorskip("PIL", reason="needs the detector extra")
-pytest.importorskip("torchvision", reason="needs the detector extra")
-pytest.importorskip("tqdm", reason="needs the detector extra")
-pytest.importorskip("matplotlib", reason="needs the detector extra")
-
 from atss_detector import cli, prediction, runtime
 from atss_detector.errors import DataError
 from atss_detector.synthetic import SyntheticShapes, SyntheticSpec

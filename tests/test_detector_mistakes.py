@@ -23,11 +23,6 @@ from typing import Callable, List, Optional
 import pytest
 import torch
 
-pytest.importorskip("numpy", reason="needs the detector extra")
-pytest.importorskip("PIL", reason="needs the detector extra")
-pytest.importorskip("torchvision", reason="needs the detector extra")
-pytest.importorskip("tqdm", reason="needs the detector extra")
-pytest.importorskip("matplotlib", reason="needs the detector extra")
 pytest.importorskip("pycocotools", reason="training and eval score with it")
 
 from atss_detector import checkpoints, cli, evaluation, prediction, training

@@ -13,13 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# The detector's dependencies (its `detector` extra): skipped cleanly without them.
-pytest.importorskip("numpy", reason="needs the detector extra")
-pytest.importorskip("PIL", reason="needs the detector extra")
-pytest.importorskip("torchvision", reason="needs the detector extra")
-pytest.importorskip("tqdm", reason="needs the detector extra")
-pytest.importorskip("matplotlib", reason="needs the detector extra")
-
 import atss_ops
 from atss_detector import cli
 from atss_detector.anchors import anchor_validity
