@@ -17,7 +17,6 @@ docs/contract.md explain the rest). Needs ultralytics (imported, never copied: A
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ import atss_ops
 
 from .bench_cpu import environment, time_call
 from .cases import anchor_points
+from .rss import peak_extra_rss
 
 # name: (B, G): the issue's B = 16 at G = 20 and 100; the dense case (1,000 boxes per image) at B = 8,
 # where Ultralytics' [B, G, A] tensors already take gigabytes.
@@ -99,26 +99,9 @@ def methods(x: Dict[str, torch.Tensor]):
     }
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(case: str, method: str) -> int:
     """Peak extra RSS in bytes of one call, in this (fresh) process."""
-    fn = methods(inputs(*CASES[case]))[method]
-    fn()  # warm-up: lazy initialisations
-    gc.collect()
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    result = fn()
-    peak = _status_kb("VmHWM")
-    del result
-    return 1024 * (peak - before)
+    return peak_extra_rss(methods(inputs(*CASES[case]))[method])
 
 
 def peak_memory(case: str, method: str, threads: int) -> int:

@@ -54,6 +54,7 @@ from torch import Tensor
 import atss_ops
 from benchmarks.bench_gpu import peak_extra_bytes, synchronize
 from benchmarks.cases import random_gt
+from benchmarks.rss import peak_extra_rss
 
 try:
     import torchvision
@@ -133,28 +134,12 @@ def positives_per_gt(matched: List[Tensor], num_gt: int) -> float:
 # --------------------------------------------------------------------------- memory
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(model_name: str, batch: int, num_gt: int, method: str) -> int:
-    """Peak extra RSS in bytes of one call, in this (fresh) process."""
+    """Peak extra RSS in bytes of one call, in this (fresh) process (after a first call:
+    the spatial index, lazy initialisations)."""
     device = torch.device("cpu")
     model = build(model_name, device)
-    fn = matchers(model, *inputs(model, batch, num_gt, device))[method]
-    fn()  # warm-up: the spatial index, lazy initialisations
-    gc.collect()
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    result = fn()
-    peak = _status_kb("VmHWM")
-    del result
-    return 1024 * (peak - before)
+    return peak_extra_rss(matchers(model, *inputs(model, batch, num_gt, device))[method])
 
 
 def cpu_peak_memory(model_name: str, batch: int, num_gt: int, method: str, threads: int) -> int:
