@@ -77,6 +77,21 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def pil_as_found():
+    """For the modules that import Ultralytics: its import replaces PIL.Image.open for the
+    whole process (a retry through a HEIF plugin it installs on demand), which would change
+    what the detector's tests see of an unreadable image; PIL's own comes back after the module."""
+    try:
+        from PIL import Image
+    except ImportError:
+        yield
+        return
+    saved = Image.open
+    yield
+    Image.open = saved
+
+
 @pytest.fixture
 def restore_threads():
     """Restores torch's intra-op thread count after the test."""

@@ -26,7 +26,9 @@ import atss_ops
 from atss_ops import reference_tal as R
 from atss_ops.testing import anchor_points
 
-tal = pytest.importorskip("ultralytics.utils.tal", reason="needs ultralytics (pip install ultralytics)")
+# Ultralytics is imported by the fixture below, not at collection: its import replaces
+# PIL.Image.open for the whole process (conftest's pil_as_found puts PIL's back after).
+pytestmark = pytest.mark.usefixtures("pil_as_found")
 
 STRIDES = (8, 16, 32)
 MIN_SIDE = 16.0  # Ultralytics' stride_val: its middle stride
@@ -49,7 +51,7 @@ def batch(seed: int, B: int = 4, G: int = 20, C: int = 80, size: int = 640):
     return pred_scores, pred_boxes, points, gt_boxes, gt_labels, counts
 
 
-def ultralytics_run(pred_scores, pred_boxes, points, gt_boxes, gt_labels, counts, topk):
+def ultralytics_run(tal, pred_scores, pred_boxes, points, gt_boxes, gt_labels, counts, topk):
     """Ultralytics' outputs, and its inside mask, overlaps, metrics and per-GT picks ([B, G, A])."""
     B, G = gt_boxes.shape[:2]
     C = pred_scores.shape[2]
@@ -113,11 +115,12 @@ SEEDS = range(4)
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(pil_as_found):
+    tal = pytest.importorskip("ultralytics.utils.tal", reason="needs ultralytics (pip install ultralytics)")
     out = []
     for seed in SEEDS:
         inputs = batch(seed)
-        theirs = ultralytics_run(*inputs, topk=10)
+        theirs = ultralytics_run(tal, *inputs, topk=10)
         out.append((inputs, theirs))
     return out
 

@@ -33,6 +33,10 @@ from ultralytics_agreement import CAUSES, Side, sort_differences
 from atss_ops import reference_tal as R
 from benchmarks.ultralytics_train import forbid_downloads, offline_ultralytics, write_dataset
 
+# Ultralytics replaces PIL.Image.open when imported: conftest's pil_as_found puts PIL's back after the module.
+pytestmark = pytest.mark.usefixtures("pil_as_found")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 160
 TRAIN_STEPS = 24  # optimizer steps between the untrained and the trained recordings
@@ -62,7 +66,7 @@ def test_without_ultralytics_the_module_imports_and_use_names_the_extra():
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, pil_as_found):
     root = tmp_path_factory.mktemp("ultralytics")
     offline_ultralytics(str(root / "yolo-config"))  # before Ultralytics' first import, where it reads them
     pytest.importorskip("ultralytics", reason="needs Ultralytics (pip install atss-ops[ultralytics])")
