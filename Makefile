@@ -43,10 +43,9 @@ $(VENV)/.stamp-deps: requirements.txt requirements-test.txt
 	@$(PY) -c 'import torch; print(f"venv: torch {torch.__version__}, " + (f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"))'
 	touch $@
 
-# In-place build: ninja recompiles only what changed. torch's BuildExtension runs ninja with -v
-# (one full compiler command line per file, whatever --quiet says), so its output goes to
-# build/make-build.log: shown whole when the build fails, and otherwise all but ninja's
-# "[n/N] <command>" lines (setup.py's summary and any compiler warning stay).
+# In-place build (setup.py drives CMakeLists.txt; ninja recompiles only what changed): its
+# output goes to build/make-build.log, shown whole when the build fails, and otherwise all
+# but ninja's "[n/N] ..." lines (setup.py's summary and any compiler warning stay).
 build: venv
 	@mkdir -p build
 	@echo "$(PY) setup.py --quiet build_ext --inplace  (log: build/make-build.log)"
@@ -65,17 +64,22 @@ install: build
 test: install emu
 	ATSS_REQUIRE_EMU=1 $(PY) -m pytest -q tests
 
+# CMake (CMakeLists.txt, the one build description) in folder $(1) with options $(2).
+cmake_build = cmake -S . -B $(1) -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) $(2) > /dev/null && \
+	cmake --build $(1) -j $(MAX_JOBS)
+
 # The test-only library of the CUDA kernel sources run through the host execution
 # model (csrc/cuda/emu/): build-emu/libatss_ops_emu.so, ops torch.ops.atss_ops_emu.*.
 emu: venv
-	$(PY) scripts/build_emu.py
+	$(call cmake_build,build-emu,-DATSS_PYTHON_MODULE=OFF -DATSS_EMU=ON -DATSS_SANITIZER=none)
 
-# The same library under AddressSanitizer + UBSan, and under ThreadSanitizer.
+# The same library under AddressSanitizer + UBSan (build-emu-asan/), and under
+# ThreadSanitizer (build-emu-tsan/).
 emu-asan: venv
-	$(PY) scripts/build_emu.py --variant asan
+	$(call cmake_build,build-emu-asan,-DATSS_PYTHON_MODULE=OFF -DATSS_EMU=ON -DATSS_SANITIZER=asan)
 
 emu-tsan: venv
-	$(PY) scripts/build_emu.py --variant tsan
+	$(call cmake_build,build-emu-tsan,-DATSS_PYTHON_MODULE=OFF -DATSS_EMU=ON -DATSS_SANITIZER=tsan)
 
 # The emulated sanitizer workload (every kernel and path) under each sanitizer:
 # any report fails.
@@ -142,17 +146,14 @@ gpu-extra: venv
 	rm -rf .gpu-extra && mkdir -p .gpu-extra
 	cp -r "$$($(PY) -c 'import monai, os; print(os.path.dirname(monai.__file__))')" .gpu-extra/
 
-# The CMake build of the same library, loaded by tests/test_cmake_library.py: the CPU
-# kernels, and with CMAKE_WITH_CUDA=ON the CUDA kernels too (compiles without a GPU;
-# archs from TORCH_CUDA_ARCH_LIST, default 9.0). CI builds it once, with CUDA where
-# the toolkit is.
+# The plain library of the same sources (build-cmake/libatss_ops.so), loaded by
+# tests/test_cmake_library.py: the CPU kernels, and with CMAKE_WITH_CUDA=ON the CUDA
+# kernels too (compiles without a GPU; archs from TORCH_CUDA_ARCH_LIST, default 9.0).
 CMAKE_WITH_CUDA ?= OFF
 cmake-check: venv
-	cmake -S . -B build-cmake -DWITH_CUDA=$(CMAKE_WITH_CUDA) -DCMAKE_BUILD_TYPE=Release \
-	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-	  $(if $(CUDA_HOME),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME)) \
-	  $(if $(filter ON,$(CMAKE_WITH_CUDA)),-DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DTORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}")
-	cmake --build build-cmake -j $(MAX_JOBS)
+	$(call cmake_build,build-cmake,-DATSS_PYTHON_MODULE=OFF -DATSS_LIBRARY=ON -DATSS_CUDA=$(CMAKE_WITH_CUDA) \
+	  $(if $(filter ON,$(CMAKE_WITH_CUDA)),-DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc \
+	  -DTORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}"))
 
 cmake-cuda-check:
 	$(MAKE) cmake-check CMAKE_WITH_CUDA=ON

@@ -2,8 +2,9 @@
 the fallback policy: without a kernel, the wrappers use :mod:`atss_ops.reference`
 (the same bits, slower) and say so once per device type.
 
-The libraries are built on the LibTorch stable ABI of :data:`TORCH_MINIMUM` (see
-``build_config.py``), so one build serves every torch from that version on:
+The libraries are built (``CMakeLists.txt``) on the LibTorch stable ABI of
+:data:`TORCH_MINIMUM` (pyproject.toml's ``torch>=``), so one build serves every torch
+from that version on:
 
 * ``atss_ops/_C.abi3.so``: the schemas and the CPU kernels (imported as a module);
 * ``atss_ops/_C_cudaN.abi3.so``: the CUDA kernels built by a CUDA N.x toolkit, with

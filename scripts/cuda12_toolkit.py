@@ -18,7 +18,8 @@ anything on the system:
   is a yanked, empty release),
 
 and lays them out as a toolkit (``bin/nvcc`` with its ``nvcc.profile``,
-``nvvm/bin/cicc``, ``include/``, ``lib64/libcudart_static.a``) in ``--dest`` (default
+``nvvm/bin/cicc``, ``include/``, ``lib64/libcudart_static.a``, and an empty ``libcudadevrt.a``:
+the kernels make no device-side launch) in ``--dest`` (default
 ``~/.cache/atss-ops/cuda-12``, kept between runs: about 130 MB). Prints that folder.
 
     python scripts/cuda12_toolkit.py [--dest DIR]
@@ -148,6 +149,11 @@ def assemble(dest: str, work: str) -> None:
         os.remove(stray)
     shutil.copytree(os.path.join(wheels["nvcc"], "cuda_nvcc/nvvm/libdevice"), os.path.join(stage, "nvvm", "libdevice"))
     shutil.copy2(os.path.join(wheels["static"], "cuda_runtime/lib/libcudart_static.a"), os.path.join(stage, "lib64"))
+    # nvcc links the device runtime (dynamic parallelism) into every executable it links,
+    # CMake's compiler check included; no wheel of CUDA <= 12.4 has it, and 12.9's is too
+    # new for nvlink 12.4. The kernels make no device-side launch (no -rdc): an empty
+    # archive stands in for it.
+    subprocess.run(["ar", "rc", os.path.join(stage, "lib64", "libcudadevrt.a")], check=True)
     version = subprocess.run([os.path.join(stage, "bin", "nvcc"), "--version"], capture_output=True, text=True)
     if version.returncode != 0 or f"release {RELEASE}" not in version.stdout:
         fail(f"the assembled nvcc does not run: {version.stdout}{version.stderr}")
@@ -161,7 +167,7 @@ def main() -> int:
     args = parser.parse_args()
     dest = os.path.abspath(args.dest)
     nvcc = os.path.join(dest, "bin", "nvcc")
-    if not os.path.exists(os.path.join(dest, "lib64", "libcudart_static.a")) or not os.access(nvcc, os.X_OK):
+    if not os.path.exists(os.path.join(dest, "lib64", "libcudadevrt.a")) or not os.access(nvcc, os.X_OK):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="atss-cuda12-") as work:
             assemble(dest, work)

@@ -17,9 +17,9 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the workload imports tests/cases.py
 status=0
 for v in "${VARIANTS[@]}"; do
-  "$PY" scripts/build_emu.py --variant "$v" || exit 1
-  lib=$("$PY" scripts/build_emu.py --variant "$v" --print-path)
-  preload=$("$PY" scripts/build_emu.py --variant "$v" --print-preload)
+  lib=build-emu-$v/libatss_ops_emu.so  # (make emu-asan, make emu-tsan: CMakeLists.txt's ATSS_EMU)
+  [ -f "$lib" ] || make --no-print-directory "emu-$v" || exit 1
+  preload=$("${CXX:-g++}" -print-file-name="lib$v.so")  # the sanitizer's runtime, preloaded into Python
   log=$(mktemp)
   echo "== emulated CUDA under $v: $lib (preloading $preload)"
   start=$SECONDS

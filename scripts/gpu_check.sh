@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one call, on a machine with a CUDA GPU: installs the wheel
 # built elsewhere (dist/atss_ops-*-abi3-*.whl, carried by the device tool; or
-# WHEEL=path) or, without one, builds the CUDA kernels from source; runs the CUDA
+# WHEEL=path) or, without one, builds the CUDA kernels from source (setup.py, which
+# needs CMake and Ninja there: pip's cmake and ninja, or the system's); runs the CUDA
 # tests of the op test files, checks that errors raised
 # by the kernels' host code reach Python, runs the sanitizer workload (every
 # CUDA op and path, a capped grid included) under compute-sanitizer memcheck,

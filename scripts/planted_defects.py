@@ -78,7 +78,17 @@ DEFECTS = {
 }
 
 CHECKS = ("tests", "workload", "asan", "tsan", "host_sim")
-SOURCES = ("csrc", "atss_ops", "tests", "scripts", "benchmarks", "setup.py", "build_config.py", "pyproject.toml")
+SOURCES = (
+    "csrc",
+    "atss_ops",
+    "tests",
+    "scripts",
+    "benchmarks",
+    "setup.py",
+    "CMakeLists.txt",
+    "build_config.py",
+    "pyproject.toml",
+)
 
 
 def run(cmd, cwd, env=None, timeout=1800):
@@ -112,11 +122,17 @@ def check(name: str, tree: str, py: str) -> dict:
             results[what] = host_sim(name)
             continue
         variant = {"tests": "plain", "workload": "plain", "asan": "asan", "tsan": "tsan"}[what]
-        rc, out, _ = run([py, "scripts/build_emu.py", "--variant", variant], tree, env)
+        build_dir = "build-emu" if variant == "plain" else f"build-emu-{variant}"
+        sanitizer = "none" if variant == "plain" else variant
+        configure = ["cmake", "-S", ".", "-B", build_dir, "-G", "Ninja", f"-DPython3_EXECUTABLE={py}"]
+        configure += ["-DATSS_PYTHON_MODULE=OFF", "-DATSS_EMU=ON", f"-DATSS_SANITIZER={sanitizer}"]
+        rc, out, _ = run(configure, tree, env)
+        if rc == 0:
+            rc, out, _ = run(["cmake", "--build", build_dir], tree, env)
         if rc != 0:
             results[what] = {"caught": True, "how": "build failed: " + out[-300:]}
             continue
-        lib = os.path.join(tree, "build-emu" if variant == "plain" else f"build-emu-{variant}", "libatss_ops_emu.so")
+        lib = os.path.join(tree, build_dir, "libatss_ops_emu.so")
         if what == "tests":
             rc, out, t = run(
                 [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "emu", "tests/test_emulated_cuda.py"],

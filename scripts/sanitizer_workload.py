@@ -6,7 +6,7 @@ On a GPU, under compute-sanitizer:
     compute-sanitizer --tool racecheck --error-exitcode 1 python scripts/sanitizer_workload.py
 
 On the host, through the emulated kernels (``--emu``: the library of
-scripts/build_emu.py, sanitized builds with the runtime preloaded; see
+``make emu`` (CMakeLists.txt's ATSS_EMU), sanitized builds with the runtime preloaded; see
 scripts/emu_sanitize.sh):
 
     LD_PRELOAD=$(gcc -print-file-name=libtsan.so) \

@@ -26,7 +26,7 @@ PACKAGE = os.path.dirname(atss_ops.__file__)
 
 # What a library of the wheel may ask of the system (manylinux_2_28's whitelist) and of torch:
 # no CUDA runtime (the CUDA libraries carry theirs; its pthread, dl and shm calls keep
-# glibc 2.28's libraries, build_config.GLIBC_2_28_STUBS).
+# glibc 2.28's libraries: CMakeLists.txt's ATSS_GLIBC_STUBS).
 ALLOWED_NEEDED = re.compile(
     r"^(libtorch_cpu\.so|libtorch_cuda\.so|libstdc\+\+\.so\.6|libm\.so\.6|libgcc_s\.so\.1"
     r"|libc\.so\.6|ld-linux-x86-64\.so\.2|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1)$"
