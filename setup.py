@@ -85,6 +85,14 @@ def _toolkit_archs(home, wanted):
     return ";".join(keep)
 
 
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 class CMakeLibrary(Extension):
     """A library that CMake builds in ``build_dir`` (options ``cmake_args``) as ``file_name``."""
 
@@ -100,7 +108,13 @@ class CMakeBuild(build_ext):
             raise RuntimeError("atss-ops builds with CMake and Ninja: pip install cmake ninja")
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         configure = [cmake, "-S", ROOT, "-B", ext.build_dir, "-G", "Ninja", f"-DPython3_EXECUTABLE={sys.executable}"]
-        subprocess.run([*configure, *ext.cmake_args], check=True, stdout=subprocess.DEVNULL)
+        configure += ext.cmake_args
+        # Configured already with these options: ninja re-runs CMake itself when CMakeLists.txt changes.
+        stamp = os.path.join(ext.build_dir, "atss-configure.txt")
+        if not os.path.exists(os.path.join(ext.build_dir, "build.ninja")) or _read(stamp) != "\n".join(configure):
+            subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
+            with open(stamp, "w") as f:
+                f.write("\n".join(configure))
         subprocess.run([cmake, "--build", ext.build_dir, "-j", jobs], check=True)
         dest = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
