@@ -102,3 +102,15 @@ def isolated_results(proc: subprocess.CompletedProcess, labels) -> Dict[str, str
         out[label] = rest
     died = f"<no output: the process died with code {proc.returncode}; stderr tail: {proc.stderr[-300:]!r}>"
     return {label: out.get(label, died) for label in labels}
+
+
+def run_python(*args: str, timeout: int = 300, **env_extra: str) -> str:
+    """Runs ``python args...`` from the repository root (on its import path, plus
+    ``env_extra``); returns stdout, fails the test with the output."""
+    env = dict(os.environ, **env_extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    # Idle OpenMP threads sleep instead of spinning: several processes share few cores here.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout

@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("pycocotools", reason="needs the detector extra")
 
+from subprocesses import run_python
+
 from atss_detector.config import preset
 from atss_detector.evaluation import METRICS
 from experiments.ablate import (
@@ -33,19 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def ablate(*args: str) -> str:
     """Runs ``python -m experiments.ablate args...``; returns stdout, fails with the output."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.ablate", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    return run_python("-m", "experiments.ablate", *args)
 
 
 def test_the_grid_is_the_papers():

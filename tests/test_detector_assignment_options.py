@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from subprocesses import run_python
 
 import atss_ops
 from atss_detector import cli
@@ -36,20 +34,7 @@ def one_thread():
 
 
 def detector(*args: str) -> str:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(
-        [sys.executable, "-m", "atss_detector.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    return run_python("-m", "atss_detector.cli", *args, OMP_NUM_THREADS="1")
 
 
 # A crowd box per training image: the top-left quarter of the 64 px image.

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from subprocesses import run_python
 
 from atss_detector import cli, prediction, runtime
 from atss_detector.errors import DataError
@@ -21,19 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--threads", "1"]
 
 
-def run(*args: str, timeout: int = 300) -> str:
-    """Runs ``python args...`` from the repository root; returns stdout, fails with the output."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    # Idle OpenMP threads sleep instead of spinning: several processes share few cores here.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
-
-
 def detector(*args: str) -> str:
-    return run("-m", "atss_detector.cli", *args)
+    return run_python("-m", "atss_detector.cli", *args)
 
 
 def test_train_checkpoint_resume_eval_predict(tmp_path):
@@ -256,7 +243,7 @@ def free_port() -> int:
 
 def test_torchrun_two_processes_stay_in_sync(tmp_path):
     pytest.importorskip("pycocotools")  # training evaluates with it
-    run(
+    run_python(
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
