@@ -56,7 +56,7 @@ def report() -> dict:
             gpus.append(f"none usable ({exc})")
     ops = {
         op: {dev: "compiled" if atss_ops.has_kernel(op, dev) else "reference" for dev in ("cpu", "cuda")}
-        for op in (*_extension.OPS, *_extension.TAL_OPS)
+        for op in _extension.ALL_OPS
     }
     return {
         "atss_ops": getattr(atss_ops, "__version__", "?"),

@@ -35,9 +35,13 @@ from . import _metadata
 
 OPS = ("center_distance", "topk_per_level", "iou_statistics", "resolve_multi_gt", "atss_assign")
 
-# Ops with a CPU kernel only so far (the TAL contract, docs/contract.md): not in OPS, the ops
-# every backend implements; on CUDA, and with a library built before them, the reference serves.
+# The ops of the TAL contract (docs/contract.md): CPU and CUDA kernels like OPS, kept apart
+# because the ATSS tests run every op of OPS on the ATSS case catalogue; with a library built
+# before them, the reference serves.
 TAL_OPS = ("tal_assign",)
+
+# Every op with compiled kernels.
+ALL_OPS = OPS + TAL_OPS
 
 # The oldest torch whose stable ABI the libraries target: pyproject.toml's torch>=
 # (tests/test_stable_abi.py checks it against the compiled library's own record).
@@ -245,9 +249,7 @@ def _kernel_table() -> dict:
     if not extension_available():  # (a library of another torch may have registered ops: never used)
         return {}
     return {
-        (op, device): _has_kernel_for(op, key)
-        for op in OPS + TAL_OPS
-        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        (op, device): _has_kernel_for(op, key) for op in ALL_OPS for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
     }
 
 
@@ -292,12 +294,14 @@ def use_kernel(op: str, device: torch.device) -> bool:
     type) that the reference serves the call, and returns False."""
     if _KERNELS.get((op, device.type), False):
         return True
-    if op in TAL_OPS and extension_available():
-        # The library is there but has no kernel of this op for the device (CUDA so far).
+    if op in TAL_OPS and _KERNELS.get((OPS[-1], device.type), False):
+        # The device's library serves the ATSS ops but has no kernel of this op: a library
+        # built before the op.
         if (op, device.type) not in _warned_fallback:
             _warned_fallback.add((op, device.type))
             warnings.warn(
-                f"atss_ops: {op} has no {device.type} kernel yet: the pure-PyTorch reference serves it "
+                f"atss_ops: {op} has no {device.type} kernel in this build of the library (built before the op): "
+                "the pure-PyTorch reference serves it "
                 "(identical results, [B, G, A] memory).",
                 stacklevel=3,
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import _validation as V
-from ._extension import OPS, TAL_OPS
+from ._extension import ALL_OPS, TAL_OPS
 from .types import num_candidates
 
 
@@ -104,7 +104,7 @@ def tal_assign(
 
 
 # Each op's fake kernel is the function of its name above.
-KERNELS = {op: globals()[op] for op in (*OPS, *TAL_OPS)}
+KERNELS = {op: globals()[op] for op in ALL_OPS}
 
 
 def register() -> None:

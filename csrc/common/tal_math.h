@@ -24,10 +24,13 @@ inline constexpr float kAtanBig = static_cast<float>(2.4142137);   // tan(3 pi /
 inline constexpr float kAtanMid = static_cast<float>(0.41421357);  // tan(pi / 8)
 inline constexpr float kHalfPi = static_cast<float>(1.5707964);
 inline constexpr float kQuarterPi = static_cast<float>(0.7853982);
-inline constexpr float kAtanPoly[5] = {
-    static_cast<float>(-0.06071304), static_cast<float>(0.10590773),
-    static_cast<float>(-0.14243065), static_cast<float>(0.19998442),
-    static_cast<float>(-0.33333313)};
+// The polynomial's coefficients, highest degree first (scalars: a constexpr array is
+// not usable in CUDA device code).
+inline constexpr float kAtanP0 = static_cast<float>(-0.06071304);
+inline constexpr float kAtanP1 = static_cast<float>(0.10590773);
+inline constexpr float kAtanP2 = static_cast<float>(-0.14243065);
+inline constexpr float kAtanP3 = static_cast<float>(0.19998442);
+inline constexpr float kAtanP4 = static_cast<float>(-0.33333313);
 }  // namespace tal
 
 // pos(v) = v > 0 ? v : +0 (NaN gives +0).
@@ -55,8 +58,11 @@ ATSS_HD float atan_c(float x) {
     t = x;
   }
   const float z = t * t;
-  float p = tal::kAtanPoly[0];
-  for (int i = 1; i < 5; ++i) p = p * z + tal::kAtanPoly[i];
+  float p = tal::kAtanP0;
+  p = p * z + tal::kAtanP1;
+  p = p * z + tal::kAtanP2;
+  p = p * z + tal::kAtanP3;
+  p = p * z + tal::kAtanP4;
   return base + (t + (t * z) * p);
 }
 

@@ -10,7 +10,8 @@
 // sits under `#if defined(ATSS_EMU)`.
 //
 // Each counter is per GT row (b * G + g) of the last launch of the selection
-// (fused atss_assign or topk_per_level): launch_select resets them. Read them
+// (fused atss_assign, topk_per_level, or tal_assign's tal_select_kernel): the
+// launch resets them. Read them
 // from Python with torch.ops.atss_ops_emu._work_counters(name) ([rows] int64;
 // the names are kWorkCounterNames). The figures are exact counts of what the
 // emulated threads did, independent of block order and concurrency.
@@ -38,6 +39,8 @@ enum WorkCounter : int {
   kBlocksVisited,      // anchor blocks scanned for the row (culling)
   kBlocksSkipped,      // anchor blocks left out by their bound (culling)
   kKeysConsidered,     // keys below the threshold when computed, compared by the warp (culling)
+  kPointsTested,       // TAL: anchor points given the inside test (those of the visited blocks)
+  kPointsInside,       // TAL: anchor points inside the GT's test box (scored)
   kNumWorkCounters,
 };
 
@@ -45,7 +48,8 @@ inline constexpr const char* kWorkCounterNames[kNumWorkCounters] = {
     "distances_computed",  "keys_inserted",   "insert_rounds",
     "bound_updates",       "passes",          "chunks",
     "merge_keys_inserted", "block_bounds",    "blocks_visited",
-    "blocks_skipped",      "keys_considered",
+    "blocks_skipped",      "keys_considered", "points_tested",
+    "points_inside",
 };
 
 #if defined(ATSS_EMU)
