@@ -407,6 +407,7 @@ def tal_assign(
     min_side: Optional[float] = None,
     topk2: Optional[int] = None,
     eps: float = 1e-9,
+    check_inputs: Optional[bool] = None,
 ) -> TalResult:
     """Task-aligned assignment (TOOD, Ultralytics YOLO) of a whole padded batch, exactly as the TAL
     contract (version 1) in ``docs/contract.md`` defines it.
@@ -440,6 +441,13 @@ def tal_assign(
             the box's centre (Ultralytics passes its middle stride); None: no widening.
         topk2: Ultralytics' second filter: each GT keeps its ``topk2`` own anchors of highest metric.
         eps: inside margin (a point must lie more than ``eps`` inside) and the normaliser's guard.
+        check_inputs: value checks (``gt_counts`` in ``[0, G]``, finite anchor points, finite predicted
+            and GT boxes with upper corners not below lower ones, labels in ``[0, C)``). The CPU kernel
+            and the reference always run them. On CUDA they cost a device-to-host sync, so they run
+            only with ``check_inputs=True``; without them the CUDA kernel never reads out of bounds
+            (counts are clamped to ``[0, G]``, a label outside ``[0, C)`` scores 0) but other bad
+            values give unspecified assignments rather than an error. Shape, dtype, device and
+            option checks always run and never sync.
 
     Returns:
         :class:`TalResult`: ``gt_index`` ``Tensor[B, A]`` int64 (-1 background),
@@ -448,11 +456,14 @@ def tal_assign(
         Ultralytics' five outputs from it.
 
     Complexity: the CPU kernel visits, per GT, only the anchor points in the cells of a
-    uniform grid over the points that its box covers, and holds O(B·A + B·G·topk)
-    memory: no ``[B, G, A]`` and no ``[B, A, C]`` tensor. On other devices (and
-    without the compiled extension) the pure-PyTorch reference serves, with the
-    same bits and ``[B, G, A]`` memory. Deterministic. Runs under
-    ``torch.compile(fullgraph=True)``; meta tensors give shape inference.
+    uniform grid over the points that its box covers; the CUDA kernel, one warp per GT,
+    only the blocks of 32 consecutive anchor points whose bounding box its box can hold
+    a point of. Both hold O(B·A + B·G·topk) memory: no ``[B, G, A]`` and no
+    ``[B, A, C]`` tensor. Without the compiled extension the pure-PyTorch reference
+    serves, with the same bits and ``[B, G, A]`` memory. Deterministic (the same bits
+    on every backend, thread count and launch configuration). No host sync on CUDA
+    unless ``check_inputs=True``. Runs under ``torch.compile(fullgraph=True)``; meta
+    tensors give shape inference.
 
     Differences from Ultralytics' ``TaskAlignedAssigner`` (all in ``docs/contract.md``):
     top-k among the inside anchors (Ultralytics: over all anchors, then keeps the
@@ -493,5 +504,8 @@ def tal_assign(
     if _on_meta(*args[:6]):
         return TalResult(*_fake.tal_assign(*args))
     if isinstance(pred_scores, Tensor) and use_kernel("tal_assign", pred_scores.device):
+        if check_inputs and pred_scores.device.type != "cpu" and not torch.compiler.is_compiling():
+            V.check_tal_assign_args(*args[:6], topk, alpha, beta, min_side, topk2, eps)
+            V.check_tal_values(*args[:6])
         return TalResult(*_kernel("tal_assign", *args))
     return reference_tal.tal_assign(*args)

@@ -212,7 +212,8 @@ class AtssOpsAssigner:
 
         Raises:
             TypeError: extra keyword tensors (the pose, segmentation and rotated assigners' inputs: not supported).
-            ValueError: from :func:`atss_ops.tal_assign`'s checks, e.g. non-finite predicted boxes.
+            ValueError: from :func:`atss_ops.tal_assign`'s checks, e.g. non-finite predicted boxes
+                (on CUDA only the checks that need no host sync run: see ``check_inputs``).
         """
         if extra:
             raise TypeError(
