@@ -15,7 +15,7 @@
 #   bash scripts/gpu_check.sh --dry-run      # on a machine without a GPU: every step's
 #                                            # plumbing, with the CPU standing in
 #
-# Steps: env build test cuda12 errors memcheck racecheck synccheck bench detector monai
+# Steps: env build test cuda12 errors memcheck racecheck synccheck bench tal detector monai
 # (default, in that order); also test-all (the whole suite). cuda12 runs the CUDA tests
 # again with the wheel's _C_cuda12 library (the CUDA 12 build, static CUDA 12 runtime)
 # chosen instead of _C_cuda13 (ATSS_OPS_FAKE_DRIVER_VERSION=12080 makes import take it,
@@ -25,7 +25,9 @@
 # it cannot (the GPU machine has had no package registry). detector trains
 # atss_detector's tiny preset for 30 steps on CUDA (scripts/detector_gpu_step.py:
 # finite losses, the first batch's assignment equal to the CPU kernel's bit for
-# bit, the time of a step and the share of it spent in atss_assign). monai times atss_assign
+# bit, the time of a step and the share of it spent in atss_assign). tal times the
+# TAL kernel against the dense reference (and Ultralytics' assigner where it imports) on
+# benchmarks/bench_tal.py's cases, its bits checked against the CPU kernel. monai times atss_assign
 # against MONAI's ATSSMatcher on the 3-D LUNA16 case (benchmarks/bench_monai.py)
 # when MONAI imports: the GPU machine has no package registry, so
 # `make gpu-extra` copies the venv's MONAI (pure Python) into .gpu-extra/, a
@@ -54,7 +56,7 @@ for arg in "$@"; do
     *) STEPS+=("$arg") ;;
   esac
 done
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test cuda12 errors memcheck racecheck synccheck bench detector monai)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(env build test cuda12 errors memcheck racecheck synccheck bench tal detector monai)
 
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-/tmp/atss-gpu-check}
@@ -156,7 +158,7 @@ step_build() {
   "$PY" - <<'EOF'
 import sys, atss_ops
 from atss_ops import _extension
-ok = atss_ops.extension_available() and all(atss_ops.has_kernel(op, "cuda") for op in _extension.OPS)
+ok = atss_ops.extension_available() and all(atss_ops.has_kernel(op, "cuda") for op in _extension.ALL_OPS)
 print("atss_ops", atss_ops.__version__, "from", atss_ops.__file__)
 print("CUDA kernels registered:", ok, _extension.EXTENSION_ERROR or _extension.CUDA_ERROR or "")
 sys.exit(0 if ok else 1)
@@ -207,7 +209,7 @@ sys.exit(0 if os.path.basename(e.CUDA_LIBRARY or '').startswith('_C_cuda12') els
   return $st
 }
 
-OP_TESTS="tests/test_cuda.py tests/test_equivalence.py tests/test_errors.py tests/test_properties.py tests/test_determinism.py tests/test_opcheck_compile.py tests/test_ignore_mask.py"
+OP_TESTS="tests/test_cuda.py tests/test_tal_cuda.py tests/test_equivalence.py tests/test_errors.py tests/test_properties.py tests/test_determinism.py tests/test_opcheck_compile.py tests/test_ignore_mask.py"
 
 pytest_parallel_args() {  # -n 8 where pytest-xdist is installed
   "$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true
@@ -312,6 +314,19 @@ step_bench() {
   return $st
 }
 
+step_tal() {
+  local tmp
+  tmp=$(mktemp -d)
+  local args=(--device cuda --out "$tmp")
+  [ $DRY_RUN = 1 ] && args=(--device cpu --quick --out "$tmp")
+  "$PY" -m benchmarks.bench_tal "${args[@]}" > "$OUT_DIR/bench_tal.log" 2>&1
+  local st=$?
+  cat "$tmp"/tal_*.json >> "$OUT_DIR/bench_tal.log" 2>/dev/null  # one file back: the JSON appended
+  rm -rf "$tmp"
+  sed -n '/^atss_ops TAL benchmark/,/^{/p' "$OUT_DIR/bench_tal.log" | grep -v "^{"
+  return $st
+}
+
 step_detector() {
   local args=(--device cuda --steps 30 --warmup 5)
   [ $DRY_RUN = 1 ] && args=(--device cpu --steps 3 --warmup 1)
@@ -340,7 +355,7 @@ step_monai() {
 }
 
 export -f step_env extension_current step_build pytest_parallel_args step_test step_cuda12 step_test_all step_errors \
-  sanitizer step_bench step_detector step_monai
+  sanitizer step_bench step_tal step_detector step_monai
 export PY OUT_DIR DRY_RUN OP_TESTS WHEEL WHEEL_DIR PYTEST_PATH_ARGS
 
 [ $DRY_RUN = 1 ] && echo "DRY RUN: the CPU stands in for the GPU; nothing here proves the CUDA kernels"
@@ -356,9 +371,10 @@ for step in "${STEPS[@]}"; do
     racecheck) run_step racecheck 110 sanitizer racecheck ;;
     synccheck) run_step synccheck 80 sanitizer synccheck ATSS_MAX_BLOCKS="$CAPPED_BLOCKS" ;;
     bench) run_step bench 120 step_bench ;;
+    tal) run_step tal 60 step_tal ;;
     detector) run_step detector 120 step_detector ;;
     monai) run_step monai 90 step_monai ;;
-    *) echo "unknown step '$step' (env build test cuda12 test-all errors memcheck racecheck synccheck bench detector monai)"; FAILED=1 ;;
+    *) echo "unknown step '$step' (env build test cuda12 test-all errors memcheck racecheck synccheck bench tal detector monai)"; FAILED=1 ;;
   esac
   if [ "$step" = build ] && [ $FAILED = 1 ]; then
     echo "build failed: later steps need it"
