@@ -207,6 +207,9 @@ struct WarpList {
         if (i < end) keys[i + 1] = v;
         __syncwarp();
       }
+      // When no group moved (the key replaces the last of a full list), no barrier yet
+      // separates every lane's reads of the list (its place, the floor) from this write.
+      __syncwarp();
       if (lane == 0) {
         keys[at] = k;
         ATSS_WORK(row, kKeysInserted, 1);
