@@ -3,14 +3,15 @@
 For each defect: a copy of the repository's sources with the defect applied,
 the emulated CUDA library built from it (plain, ASan+UBSan, TSan), then
 
-* ``tests``: ``pytest -m emu tests/test_emulated_cuda.py`` against that library;
+* ``tests``: ``pytest -m emu`` of the emulated tests of the defect's file against that library
+  (``tests/test_emulated_cuda.py``, ``tests/test_tal_cuda.py`` for the TAL kernel; see TESTS);
 * ``workload``: the sanitizer workload through the plain library (bits vs the CPU kernels);
 * ``asan`` / ``tsan``: the same workload through the sanitized libraries (any report);
 * ``host_sim``: the former hand-copied host simulations (csrc/cuda/host_sim/, as of
   ``--host-sim-commit``), built against that commit's sources with the same defect.
 
     python scripts/planted_defects.py                 # every defect, every check
-    python scripts/planted_defects.py --only missing_threadfence --checks tsan
+    python scripts/planted_defects.py --only missing_threadfence_last_block --checks tsan
 
 Prints a table (defect, check -> caught / missed) and writes it as JSON to --out.
 Slow (several builds per defect): an experiment, not a test.
@@ -75,6 +76,66 @@ DEFECTS = {
         "} else if (key_bits(next) > key_bits(threshold)) {",
         "} else if (key_bits(next) >= key_bits(threshold)) {",
     ),
+    # The TAL kernel (csrc/cuda/tal_assign.cu).
+    "tal_list_shift_missing_syncwarp": (
+        "the __syncwarp between the reads and the writes of a WarpList shift: a lane writes the key its "
+        "neighbour has yet to read",
+        "csrc/cuda/tal_assign.cu",
+        "        const u64 v = i < end ? keys[i] : 0;\n        __syncwarp();\n",
+        "        const u64 v = i < end ? keys[i] : 0;\n",
+    ),
+    "tal_list_stale_floor": (
+        "a WarpList key that passed the ballot but fell to or below the floor since is inserted anyway: one "
+        "place past the full list (the next GT row's first key)",
+        "csrc/cuda/tal_assign.cu",
+        "      if (k <= floor) continue;  // the floor rose since the ballot\n",
+        "",
+    ),
+    "tal_claim_ties_to_higher_gt": (
+        "the claim keys order equal overlaps by GT index ascending (g for ~g): the higher GT index wins a tie",
+        "csrc/cuda/tal_assign.cu",
+        "u64 claim_key_of(float overlap, int64_t g) {\n  return value_key(overlap, ~static_cast<uint32_t>(g));\n}\n"
+        "__device__ __forceinline__ int64_t claim_key_gt(u64 key) {\n"
+        "  return static_cast<int64_t>(~static_cast<uint32_t>(key));\n}",
+        "u64 claim_key_of(float overlap, int64_t g) {\n  return value_key(overlap, static_cast<uint32_t>(g));\n}\n"
+        "__device__ __forceinline__ int64_t claim_key_gt(u64 key) {\n"
+        "  return static_cast<int64_t>(static_cast<uint32_t>(key));\n}",
+    ),
+    "tal_culling_wrong_side": (
+        "block_may_hold tests the GT's right side against the block's highest x instead of its lowest: a block "
+        "that straddles the right side is skipped",
+        "csrc/cuda/tal_assign.cu",
+        "(t.x2 - box[0]) > eps &&",
+        "(t.x2 - box[2]) > eps &&",
+    ),
+    "tal_cut_drops_the_last_kept": (
+        "tal_target_kernel's step 4b cut with <= for <: the last anchor a full second list keeps is dropped",
+        "csrc/cuda/tal_assign.cu",
+        "if (metric_key(m, ba - b * A) < p.cut[row]) {",
+        "if (metric_key(m, ba - b * A) <= p.cut[row]) {",
+    ),
+    "tal_owner_picker_for_several_picks": (
+        "tal_owner_kernel gives an anchor picked by several GTs to its highest picker instead of the claim's GT",
+        "csrc/cuda/tal_assign.cu",
+        "const int64_t g = picks == 1 ? static_cast<int64_t>(p.picker[ba]) : claim_key_gt(p.best[ba]);",
+        "const int64_t g = static_cast<int64_t>(p.picker[ba]);",
+    ),
+    "tal_inside_counts_the_left_side": (
+        "step 1's inside test with >= for > on the left side (the helper both TAL kernels use; only the emulated "
+        "library is rebuilt with it): with eps = 0 a point on a GT's left side counts as inside",
+        "csrc/common/tal_math.h",
+        "return (px - t.x1) > eps && (py - t.y1) > eps",
+        "return (px - t.x1) >= eps && (py - t.y1) > eps",
+    ),
+}
+
+# The emulated tests of the ``tests`` check, by the file a defect is planted in (others:
+# DEFAULT_TESTS): the TAL kernel has its own, and the header both kernels use runs both.
+DEFAULT_TESTS = ("tests/test_emulated_cuda.py",)
+TESTS = {
+    "csrc/cuda/tal_assign.cu": ("tests/test_tal_cuda.py",),
+    "csrc/common/tal_math.h": ("tests/test_tal_cuda.py",),
+    "csrc/cuda/cuda_common.cuh": ("tests/test_emulated_cuda.py", "tests/test_tal_cuda.py"),
 }
 
 CHECKS = ("tests", "workload", "asan", "tsan", "host_sim")
@@ -134,8 +195,9 @@ def check(name: str, tree: str, py: str) -> dict:
             continue
         lib = os.path.join(tree, build_dir, "libatss_ops_emu.so")
         if what == "tests":
+            tests = TESTS.get(DEFECTS[name][1], DEFAULT_TESTS)
             rc, out, t = run(
-                [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "emu", "tests/test_emulated_cuda.py"],
+                [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "emu", *tests],
                 tree,
                 dict(env, ATSS_EMU_LIBRARY=lib),
             )

@@ -23,7 +23,10 @@ passes per chunk and per merge); one level cut into several chunks; a chunk
 staged through several shared-memory tiles; score buffers in global memory;
 a capped grid (ATSS_MAX_BLOCKS: one block serving many items); misaligned
 anchors (scalar loads); candidate indices out of range; signed zeros; G == 0,
-B == 0, A == 0. Each result is also compared with the CPU kernel (bits), so a
+B == 0, A == 0. And tal_assign (tests/cases_tal.py): shared anchors, topk2,
+min_side, lists longer than a warp, padding, a capped grid, labels outside
+[0, C) and gt_counts outside [0, G] (no value check on CUDA: a zero score,
+clamped counts). Each result is also compared with the CPU kernel (bits), so a
 run that the sanitizer passes is a correct run too. Exit status 0 when every
 comparison holds.
 """
@@ -37,6 +40,8 @@ import torch
 from backends import move
 from bits import bits_equal
 from cases import compute_stages, make_case, op_args, random_case, random_case_3d
+from cases_tal import TAL_DEFAULTS, make_tal_case, tal_args
+from cases_tal import random_case as random_tal_case
 from subprocesses import env_vars
 
 import atss_ops
@@ -95,6 +100,33 @@ def workload(emu: bool):
     yield "capped_grid_topk40", random_case(8, 1, 9, 256, 320, (8, 16), 40), {"ATSS_MAX_BLOCKS": 1}
     if not emu:
         yield "many_rows_8192_chunks", random_case(4, 8, 300, 800, 1344, (8, 16, 32, 64, 128), 9, counts=True), {}
+
+
+def tal_workload(emu: bool):
+    """(name, case, environment) triples of tal_assign; the emulated run keeps to small sizes."""
+    for name in ("crowded", "topk2_3", "huge_topk", "random_b3_g20_min_side", "empty_images", "all_padding", "g0"):
+        yield name, make_tal_case(name), {}
+    yield "capped_grid_topk2_above_topk", make_tal_case("topk2_above_topk"), {"ATSS_MAX_BLOCKS": 1}
+    if not emu:
+        case = random_tal_case(30, B=8, G=60, size=640, topk2=7, min_side=16.0)
+        yield "b8_g60_640_topk2", dict(TAL_DEFAULTS, **case), {}
+
+
+def tal_bad_values(case: dict):
+    """The case with labels outside [0, C) and gt_counts outside [0, G] (CUDA checks no value), and the
+    input the CPU kernel takes for the same result: an all-zero class C for those labels, clamped counts."""
+    labels, C = case["gt_labels"].clone(), case["pred_scores"].shape[2]
+    B, G = labels.shape
+    labels[:, ::2] = torch.tensor([-1, C, -(2**40), C + 5])[torch.arange(0, G, 2) % 4]
+    counts = torch.tensor([G + 3] + [-2] * (B - 1))
+    bad = dict(case, gt_labels=labels, gt_counts=counts)
+    zero_class = torch.cat([case["pred_scores"], torch.zeros_like(case["pred_scores"][..., :1])], dim=-1)
+    return bad, dict(
+        bad,
+        pred_scores=zero_class,
+        gt_labels=torch.where((labels < 0) | (labels >= C), C, labels),
+        gt_counts=counts.clamp(0, G),
+    )
 
 
 def finite_padding(case: dict) -> dict:
@@ -173,6 +205,21 @@ def main() -> int:
                 sync()
                 n += 3
         print(f"  {name}: ok so far ({n} calls)", flush=True)
+    for name, case, env in tal_workload(emu=bool(args.emu)):
+        with env_vars(**env):
+            out = ops.tal_assign(*tal_args(move(case, device)))
+            sync()
+            n += 1
+            if not same(out, torch.ops.atss_ops.tal_assign(*tal_args(case))):
+                failures.append(f"{name}: tal_assign")
+        print(f"  tal {name}: ok so far ({n} calls)", flush=True)
+    if not checks_values:
+        bad, good = tal_bad_values(make_tal_case("duplicate_gts"))
+        out = ops.tal_assign(*tal_args(move(bad, device)))
+        sync()
+        n += 1
+        if not same(out, torch.ops.atss_ops.tal_assign(*tal_args(good))):
+            failures.append("duplicate_gts: tal_assign with labels and gt_counts out of range")
     for f in failures:
         print("MISMATCH", f)
     where = "emulated CUDA" if args.emu else ("CPU (dry run)" if args.dry_run else "CUDA")

@@ -170,6 +170,65 @@ def _edges_eps0():
     return c
 
 
+def _rising_metrics(topk2=None) -> dict:
+    """Large GTs holding 130 to 525 points each, topk 70, and metrics that rise with the anchor index (scores
+    rising, every predicted box the same, alpha 1): each new inside anchor comes first in step 3's order, so
+    an implementation that scans anchors in index order puts every key at the head of a full list, the rest
+    moving down one place (more than 32 keys at once)."""
+    points = anchor_points(160)
+    A = points.shape[0]
+    gt = torch.tensor(
+        [
+            [[10.0, 10.0, 150.0, 150.0], [20.0, 30.0, 100.0, 125.0], [0.0, 0.0, 160.0, 160.0], [75, 5, 155, 85]],
+            [[5.0, 50.0, 155.0, 115.0], [0.0, 0.0, 160.0, 160.0], [32.0, 32.0, 128.0, 128.0], [2, 2, 50, 150]],
+        ]
+    )
+    scores = (torch.arange(A, dtype=torch.float32) + 1) / (A + 1)
+    return dict(
+        pred_scores=torch.stack([scores, scores.flip(0)], dim=-1).expand(2, A, 2).contiguous(),
+        pred_boxes=torch.tensor([30.0, 30.0, 130.0, 130.0]).expand(2, A, 4).contiguous(),
+        anchor_points=points,
+        gt_boxes=gt,
+        gt_labels=torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1]]),  # one GT of class 1: metrics falling instead
+        topk=70,
+        alpha=1.0,
+        topk2=topk2,
+    )
+
+
+def _tiled(eps: float) -> dict:
+    """A 64 x 32 integer lattice listed tile by tile (8 x 4 points, 32 to a tile): any 32 consecutive anchors
+    from a multiple of 32 form one compact tile. GT sides fall exactly on a tile's first or last row or column,
+    or one ulp either side of it, so a point of the tile's border is just outside, on the edge or just inside
+    (by more than eps or not)."""
+    g = torch.Generator().manual_seed(27)
+    ty, tx, y, x = torch.meshgrid(torch.arange(8), torch.arange(8), torch.arange(4), torch.arange(8), indexing="ij")
+    points = torch.stack([tx * 8 + x, ty * 4 + y], dim=-1).reshape(-1, 2).float()
+    B, G = 2, 16
+    lo_tile, extent = torch.randint(0, 7, (B, G, 2), generator=g), torch.randint(1, 4, (B, G, 2), generator=g)
+    size = torch.tensor([8, 4])
+    lo = (lo_tile * size - 1).float()  # the last row / column of the tile before
+    hi = ((lo_tile + extent).clamp(max=7) * size).float()  # the first row / column of a later tile
+    nudge = torch.randint(-1, 2, (B, G, 4), generator=g)  # one ulp down, none, one ulp up
+    boxes = torch.cat([lo, hi], dim=-1)
+    boxes = torch.where(nudge < 0, torch.nextafter(boxes, torch.tensor(-1e9)), boxes)
+    boxes = torch.where(nudge > 0, torch.nextafter(boxes, torch.tensor(1e9)), boxes)
+    scores, pred = predictions(points, B, 3, g, spread=12.0)
+    return dict(
+        pred_scores=scores,
+        pred_boxes=pred,
+        anchor_points=points,
+        gt_boxes=boxes,
+        gt_labels=torch.randint(0, 3, (B, G), generator=g),
+        topk=40,
+        eps=eps,
+    )
+
+
+register("tiled_points_block_borders")(lambda: _tiled(1e-9))
+register("tiled_points_block_borders_eps_1e-6")(lambda: _tiled(1e-6))  # above the ulp below 8, below it from 16
+register("rising_metrics_topk70")(_rising_metrics)
+register("rising_metrics_topk70_topk2_40")(lambda: _rising_metrics(topk2=40))
 register("empty_images")(lambda: random_case(16, B=4, G=6, fixed_counts=[0, 6, 0, 2]))
 register("all_padding")(lambda: random_case(17, B=2, G=5, fixed_counts=[0, 0]))
 
