@@ -479,3 +479,23 @@ def test_step8_proposals_tie_across_lanes(topk):
     lane), and the earliest slot must win; GTs whose best anchors coincide compete for them."""
     case = dict(tied_case(topk), center_eps=1e6, ensure_positive=True)
     assert assign_equal_cpu(case, f"step 8 ties, topk {topk}")[3].sum() > 0  # proposals were made
+
+
+# --------------------------------------------------------------------------- planted defects
+
+
+def test_every_planted_defect_still_applies():
+    """scripts/planted_defects.py replaces a text of a CUDA source by a defect: each text must stand exactly
+    once in its file, or the experiment would plant nothing (or something else) after an edit."""
+    import importlib.util
+
+    from subprocesses import ROOT
+
+    spec = importlib.util.spec_from_file_location("planted_defects", f"{ROOT}/scripts/planted_defects.py")
+    planted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planted)
+    assert len(planted.DEFECTS) >= 14
+    for name, (_, path, old, new) in planted.DEFECTS.items():
+        with open(f"{ROOT}/{path}") as f:
+            assert f.read().count(old) == 1, f"{name}: its text is not exactly once in {path}"
+        assert old != new, name

@@ -221,15 +221,26 @@ struct WarpList {
   }
 };
 
+// Calls f(row, b, g, valid) on every lane of a warp for each GT row the warp serves
+// (one warp per row, grid-stride over the B * G rows; valid: g < gt_counts[b], clamped).
+// Warp-uniform.
+template <class F>
+__device__ __forceinline__ void for_each_gt_row(const TalArgs& p, F&& f) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  const int64_t G = p.num_gt;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+       row < p.batch * G; row += warps) {
+    const int64_t b = row / G, g = row - b * G;
+    f(row, b, g, g < valid_gt_count(p.gt_counts, b, G));
+  }
+}
+
 // Steps 1 to 3 and step 4's claims: one warp per GT row (grid-stride).
 __global__ void __launch_bounds__(kThreads) tal_select_kernel(const __grid_constant__ TalArgs p) {
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  const int64_t G = p.num_gt, A = p.num_anchors;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-       row < p.batch * G; row += warps) {  // warp-uniform
-    const int64_t b = row / G, g = row - b * G;
-    if (g >= valid_gt_count(p.gt_counts, b, G)) continue;  // padding: never read
+  const int64_t A = p.num_anchors;
+  for_each_gt_row(p, [&](int64_t row, int64_t b, int64_t g, bool valid) {
+    if (!valid) return;  // padding: never read
     const float* gbox = p.gt + 4 * row;
     const TestBox t = tal_test_box(gbox, p.widen, p.min_side);
     const float aspect = tal_gt_aspect(gbox);
@@ -252,7 +263,7 @@ __global__ void __launch_bounds__(kThreads) tal_select_kernel(const __grid_const
       atomicAdd(p.pick_count + b * A + a, 1);
       atomicMax(p.picker + b * A + a, static_cast<int32_t>(g));
     }
-  }
+  });
 }
 
 // Step 4: each anchor's owner, its overlap and its metric (one thread per anchor).
@@ -284,14 +295,11 @@ __global__ void __launch_bounds__(kAnchorThreads)
 // all lie inside it, so the blocks step 1 visits hold them all.
 __global__ void __launch_bounds__(kThreads) tal_gt_kernel(const __grid_constant__ TalArgs p) {
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  const int64_t G = p.num_gt, A = p.num_anchors;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-       row < p.batch * G; row += warps) {  // warp-uniform
-    const int64_t b = row / G, g = row - b * G;
-    if (g >= valid_gt_count(p.gt_counts, b, G)) {
+  const int64_t A = p.num_anchors;
+  for_each_gt_row(p, [&](int64_t row, int64_t b, int64_t g, bool valid) {
+    if (!valid) {
       if (lane == 0) p.num_positive[row] = 0;
-      continue;
+      return;
     }
     const TestBox t = tal_test_box(p.gt + 4 * row, p.widen, p.min_side);
     const int64_t* owner = p.gt_index + b * A;
@@ -331,7 +339,7 @@ __global__ void __launch_bounds__(kThreads) tal_gt_kernel(const __grid_constant_
       p.cut[row] = cut;
       p.num_positive[row] = count;
     }
-  }
+  });
 }
 
 // Step 4b's cut and step 5's target score (one thread per anchor).
