@@ -120,6 +120,15 @@ def methods(x: Dict[str, torch.Tensor]):
     }
 
 
+def write_json(folder: str, name: str, obj) -> str:
+    """Writes ``obj`` as ``folder/name`` (the folder made if needed) and returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+    return path
+
+
 def ultralytics_assigner():
     """Ultralytics' TaskAlignedAssigner class, or None when ultralytics does not import (the GPU
     machine has had no package registry)."""
@@ -231,10 +240,7 @@ def main_device(args, device: torch.device) -> int:
     for case in args.cases.split(","):
         print(f"bench_tal: {case} on {device} ...", file=sys.stderr)
         rows.append(bench_case_device(case, device, args.quick))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"tal_{device.type}.json" if args.quick or device.type != "cuda" else "tal_cuda.json")
-    with open(path, "w") as f:
-        json.dump({"environment": env, "quick": args.quick, "rows": rows}, f, indent=2)
+    path = write_json(args.out, f"tal_{device.type}.json", {"environment": env, "quick": args.quick, "rows": rows})
     print(
         f"\natss_ops TAL benchmark on {env.get('card')}: torch {env['torch']}, CUDA {env['cuda']}, "
         f"ultralytics {env['ultralytics']} (written to {path})"
@@ -280,10 +286,7 @@ def main_work(args) -> int:
             f"bench_tal --work: {case}, {WORK_BATCH[case]} image(s) through the emulated kernels ...", file=sys.stderr
         )
         rows.append(work_case(case))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "tal_work.json")
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=1)
+    path = write_json(args.out, "tal_work.json", rows)
     print(f"tal_assign's CUDA selection (emulated): work per valid GT, mean (written to {path})")
     header = f"{'case':<6} {'B run':>5} {'G':>5} {'A':>5}  " + "  ".join(f"{c:>14}" for c in WORK_COUNTERS) + "  bits"
     print(header)
@@ -401,14 +404,9 @@ def main(argv=None) -> int:
     env["ultralytics"] = ultralytics.__version__
     rows = []
     for case in args.cases.split(","):
-        if case not in CASES:
-            p.error(f"--cases: unknown case {case!r}; known: {', '.join(CASES)}")
         print(f"bench_tal: {case} ...", file=sys.stderr)
         rows.append(bench_case(case, args.threads))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "tal.json")
-    with open(path, "w") as f:
-        json.dump({"environment": env, "rows": rows}, f, indent=2)
+    path = write_json(args.out, "tal.json", {"environment": env, "rows": rows})
     print(
         f"\nCPU: {env['cpu']}, {env['threads']} thread(s), torch {env['torch']}, ultralytics {env['ultralytics']} "
         f"(written to {path})"
